@@ -1,0 +1,45 @@
+//! `echo`: describes the request it received, routed wherever the gateway
+//! configuration mounts it (the examples use `/echo`).
+//!
+//! With a body it answers 200 `text/plain`: `METHOD URI` (URI = path and
+//! query), one `name: value` line per header, a blank line, then the raw
+//! request body. Without a body it answers 204 with an empty body. Either way
+//! the method is also sent back in `x-echo-method`.
+
+use wasmgate_sdk::http::StatusCode;
+use wasmgate_sdk::http::header::{CONTENT_TYPE, HeaderValue};
+use wasmgate_sdk::{IntoResponse, Request, Response};
+
+#[wasmgate_sdk::handler]
+fn echo(req: Request) -> Response {
+    let mut resp = if req.body().is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        let mut resp = Response::new(describe(&req));
+        // Plain `text/plain` without a charset: the body is echoed as sent
+        // and need not be UTF-8.
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    };
+    // Standard methods and extensions alike are tokens, always valid values.
+    if let Ok(method) = HeaderValue::from_str(req.method().as_str()) {
+        resp.headers_mut().insert("x-echo-method", method);
+    }
+    resp
+}
+
+/// `METHOD URI`, the headers, a blank line, the body; header values and body
+/// are copied as bytes, whatever their encoding.
+fn describe(req: &Request) -> Vec<u8> {
+    let mut out = format!("{} {}\n", req.method(), req.uri()).into_bytes();
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out.extend_from_slice(req.body());
+    out
+}

@@ -1,0 +1,476 @@
+//! The gateway configuration: plain structs read from TOML.
+//!
+//! Every key of DESIGN.md's config file is declared here with its default.
+//! Unknown keys are an error naming the key, and every error names the file
+//! and, where TOML knows it, the line. Component paths are resolved relative
+//! to the folder of the config file, so a config works from any directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// toml's message, which names the line, column and key.
+        message: String,
+    },
+    /// The TOML parsed but a value is not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The config file (or `<built-in>`).
+        path: PathBuf,
+        /// Which key or tenant/handler, and why.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The public listener and connection handling.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The admin listener (health, readiness, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Guest worker threads and the queue in front of them.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Default limits for every tenant and handler.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The tenants, each with its host patterns and handlers.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[server]`: the public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Connections served at once; further connections wait in the kernel's
+    /// accept backlog (they are not refused). Default 10000.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time, or the
+    /// connection is closed. For HTTP/1 this clock also runs while a
+    /// keep-alive connection waits for its next request. Default 5000.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed.
+    /// Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Largest request body accepted; larger requests get 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// On SIGINT/SIGTERM, in-flight requests get this long to finish.
+    /// Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 10_000,
+            header_read_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            max_body_bytes: 1 << 20,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Keep it off public interfaces:
+    /// `/metrics` needs no token. Default `127.0.0.1:9090`.
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the admin write token; when
+    /// it is unset, the admin write API is disabled. Default
+    /// `WASMGATE_ADMIN_TOKEN`.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token_env: "WASMGATE_ADMIN_TOKEN".to_owned(),
+        }
+    }
+}
+
+/// `[runtime]`: where guest code runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Guest worker threads; 0 means one per available core. Default 0.
+    pub workers: usize,
+    /// Requests waiting for a worker before new ones get 503. Default 1024.
+    pub queue_depth: usize,
+    /// Uploaded handlers and compiled code, relative to the config file's
+    /// folder. Default `wasmgate-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue_depth: 1024,
+            data_dir: PathBuf::from("wasmgate-data"),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start: `workers`, or the core count.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// `[limits]`: what one request may use. Tenants override single keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Fuel (roughly, wasm instructions) per request. Default 1e9.
+    pub fuel: u64,
+    /// Linear memory per instance, in bytes. Default 64 MiB.
+    pub memory_bytes: u64,
+    /// Wall-clock time per request, queueing included, in ms. Default 2000.
+    pub timeout_ms: u64,
+    /// Requests of one tenant in flight at once; more get 503. Default 64.
+    pub max_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 1_000_000_000,
+            memory_bytes: 64 << 20,
+            timeout_ms: 2_000,
+            max_concurrency: 64,
+        }
+    }
+}
+
+/// Per-tenant overrides of [`Limits`]; absent keys keep the default.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Overrides `limits.fuel`.
+    pub fuel: Option<u64>,
+    /// Overrides `limits.memory_bytes`.
+    pub memory_bytes: Option<u64>,
+    /// Overrides `limits.timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// Overrides `limits.max_concurrency`.
+    pub max_concurrency: Option<usize>,
+}
+
+impl LimitOverrides {
+    /// The defaults with these overrides applied.
+    pub fn apply(&self, defaults: Limits) -> Limits {
+        Limits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+        }
+    }
+}
+
+/// `[[tenant]]`: one customer of the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique name, used in metrics labels and the admin API.
+    pub name: String,
+    /// Host header patterns: exact (`api.example.com`), suffix
+    /// (`*.example.com`) or `*` for any host. Default `["*"]`.
+    #[serde(default = "any_host")]
+    pub hosts: Vec<String>,
+    /// Overrides of the `[limits]` defaults for this tenant.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// The tenant's handlers.
+    #[serde(default, rename = "handler")]
+    pub handlers: Vec<HandlerConfig>,
+}
+
+fn any_host() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// `[[tenant.handler]]`: one component served under a path prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// Name, unique within the tenant; used in metrics labels.
+    pub name: String,
+    /// Path prefix, starting with `/`; the longest matching prefix wins.
+    pub route: String,
+    /// The component file, relative to the config file's folder.
+    pub component: PathBuf,
+    /// String values the guest reads through the `config` import.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths in it are made
+    /// relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses config text; `path` is used in errors, `base` to resolve
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.resolve_paths(base);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.runtime.data_dir.is_relative() {
+            self.runtime.data_dir = base.join(&self.runtime.data_dir);
+        }
+        for handler in self.tenants.iter_mut().flat_map(|t| t.handlers.iter_mut()) {
+            if handler.component.is_relative() {
+                handler.component = base.join(&handler.component);
+            }
+        }
+    }
+
+    /// Checks the values serde cannot: non-zero limits, unique names, routes
+    /// and host patterns of the right form.
+    pub fn validate(&self) -> Result<(), String> {
+        check_limits("limits", &self.limits)?;
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        if self.runtime.queue_depth == 0 {
+            return Err("runtime.queue_depth must be at least 1".into());
+        }
+        let mut tenant_names = std::collections::HashSet::new();
+        for tenant in &self.tenants {
+            let t = &tenant.name;
+            check_name(t).map_err(|e| format!("tenant {t:?}: name {e}"))?;
+            if !tenant_names.insert(t) {
+                return Err(format!("tenant {t:?} is defined twice"));
+            }
+            check_limits(
+                &format!("tenant {t:?}: limits"),
+                &tenant.limits.apply(self.limits),
+            )?;
+            if tenant.hosts.is_empty() {
+                return Err(format!("tenant {t:?}: hosts is empty"));
+            }
+            for host in &tenant.hosts {
+                crate::router::HostPattern::parse(host)
+                    .map_err(|e| format!("tenant {t:?}: hosts: {e}"))?;
+            }
+            let mut handler_names = std::collections::HashSet::new();
+            let mut routes = std::collections::HashSet::new();
+            for handler in &tenant.handlers {
+                let h = &handler.name;
+                check_name(h).map_err(|e| format!("tenant {t:?} handler {h:?}: name {e}"))?;
+                if !handler_names.insert(h) {
+                    return Err(format!("tenant {t:?}: handler {h:?} is defined twice"));
+                }
+                crate::router::check_route(&handler.route)
+                    .map_err(|e| format!("tenant {t:?} handler {h:?}: route: {e}"))?;
+                if !routes.insert(&handler.route) {
+                    return Err(format!(
+                        "tenant {t:?} handler {h:?}: route {:?} is already used by another handler",
+                        handler.route
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective limits of a tenant.
+    pub fn tenant_limits(&self, tenant: &TenantConfig) -> Limits {
+        tenant.limits.apply(self.limits)
+    }
+}
+
+fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
+    if limits.fuel == 0 {
+        return Err(format!("{what}.fuel must be at least 1"));
+    }
+    if limits.memory_bytes < 65536 {
+        return Err(format!(
+            "{what}.memory_bytes must be at least 65536 (one wasm page)"
+        ));
+    }
+    if limits.memory_bytes > 4 << 30 {
+        return Err(format!("{what}.memory_bytes must be at most 4 GiB"));
+    }
+    if limits.timeout_ms == 0 {
+        return Err(format!("{what}.timeout_ms must be at least 1"));
+    }
+    if limits.max_concurrency == 0 {
+        return Err(format!("{what}.max_concurrency must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Tenant and handler names appear in metric labels and admin URLs.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.max_body_bytes, 1048576);
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.runtime.queue_depth, 1024);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.fuel, 1_000_000_000);
+        assert_eq!(config.runtime.data_dir, Path::new("/base/wasmgate-data"));
+    }
+
+    #[test]
+    fn full_example_parses_with_overrides_and_relative_paths() {
+        let config = parse(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[limits]
+fuel = 1000
+[[tenant]]
+name = "demo"
+hosts = ["*.example.com", "example.com"]
+limits = { fuel = 5, timeout_ms = 10 }
+[[tenant.handler]]
+name = "hello"
+route = "/hello"
+component = "hello.wasm"
+config = { greeting = "hi" }
+"#,
+        )
+        .expect("valid");
+        let tenant = &config.tenants[0];
+        let limits = config.tenant_limits(tenant);
+        assert_eq!(limits.fuel, 5);
+        assert_eq!(limits.timeout_ms, 10);
+        assert_eq!(limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(
+            tenant.handlers[0].component,
+            Path::new("/base/hello.wasm")
+        );
+        assert_eq!(tenant.handlers[0].config["greeting"], "hi");
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let table: &[(&str, &[&str])] = &[
+            ("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", &["test.toml", "line 3", "bogus"]),
+            ("[nope]\n", &["test.toml", "nope"]),
+            ("[server]\nlisten = \"not an address\"\n", &["test.toml", "line 2"]),
+            ("[limits]\nfuel = -1\n", &["test.toml", "line 2"]),
+            ("[limits]\nfuel = 0\n", &["test.toml", "limits.fuel"]),
+            (
+                "[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n",
+                &["tenant \"a\" is defined twice"],
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nlimits = { memory_bytes = 10 }\n",
+                &["tenant \"a\": limits.memory_bytes"],
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"x\"\ncomponent = \"h.wasm\"\n",
+                &["tenant \"a\" handler \"h\": route"],
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.*.com\"]\n",
+                &["tenant \"a\": hosts"],
+            ),
+            (
+                "[[tenant]]\nname = \"a b\"\n",
+                &["tenant \"a b\": name"],
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"/x\"\n",
+                &["line 4", "component"],
+            ),
+        ];
+        for (text, needles) in table {
+            let message = parse(text).expect_err(text).to_string();
+            for needle in *needles {
+                assert!(
+                    message.contains(needle),
+                    "error for {text:?} should mention {needle:?}, got: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/wasmgate.toml")).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/wasmgate.toml"));
+    }
+}

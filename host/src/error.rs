@@ -1,0 +1,134 @@
+//! Request failures and the one place they become HTTP responses.
+//!
+//! The statuses and `x-wasmgate-error` codes are a fixed interface
+//! (DESIGN.md, "Error statuses"); change them here and only here.
+
+use http::StatusCode;
+
+use crate::metrics::TrapKind;
+
+/// The header naming the cause of a gateway-generated error response.
+pub const ERROR_HEADER: &str = "x-wasmgate-error";
+
+/// Why a request did not get the guest's response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No tenant or route matched the Host header and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The request body is larger than `server.max_body_bytes`.
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The client sent a malformed body or went away while sending it.
+    #[error("could not read the request body: {0}")]
+    BadBody(String),
+    /// The tenant's concurrency limit or the worker queue is full.
+    #[error("{0}")]
+    Overloaded(&'static str),
+    /// The guest trapped: out of fuel, past its deadline, or a fault.
+    #[error("{}", trap_message(*.0))]
+    Trap(TrapKind),
+    /// The guest answered with something that is not a valid response.
+    #[error("invalid response from handler: {0}")]
+    BadResponse(String),
+    /// The request's deadline passed while it waited for a worker.
+    #[error("request timed out waiting for a worker")]
+    Expired,
+    /// The gateway is shutting down and no longer runs guests.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+fn trap_message(kind: TrapKind) -> &'static str {
+    match kind {
+        TrapKind::FuelExhausted => "handler ran out of fuel",
+        TrapKind::Timeout => "handler exceeded its time limit",
+        TrapKind::Memory => "handler trapped: memory limit or out-of-bounds access",
+        TrapKind::StackOverflow => "handler trapped: stack overflow",
+        TrapKind::Unreachable => "handler trapped: unreachable (a panic)",
+        TrapKind::Other => "handler trapped",
+    }
+}
+
+impl RequestError {
+    /// The status and `x-wasmgate-error` value for this failure.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::Trap(TrapKind::FuelExhausted) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "fuel_exhausted")
+            }
+            Self::Trap(TrapKind::Timeout) | Self::Expired => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Self::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
+            Self::BadResponse(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        }
+    }
+
+    /// The trap kind, for `wasmgate_guest_traps_total`.
+    pub fn trap_kind(&self) -> Option<TrapKind> {
+        match self {
+            Self::Trap(kind) => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The response sent to the client: the status, the error code header,
+    /// `Retry-After` when retrying later may help, and a one-line reason.
+    pub fn to_response(&self) -> http::Response<bytes::Bytes> {
+        let (status, code) = self.status_and_code();
+        let mut builder = http::Response::builder()
+            .status(status)
+            .header(ERROR_HEADER, code)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        if matches!(self, Self::Overloaded(_) | Self::ShuttingDown) {
+            builder = builder.header(http::header::RETRY_AFTER, "1");
+        }
+        let body = bytes::Bytes::from(format!("{self}\n"));
+        builder.body(body).unwrap_or_else(|_| {
+            // Unreachable: every part above is a valid constant.
+            http::Response::new(bytes::Bytes::from_static(b"error\n"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_the_design_table() {
+        let table = [
+            (RequestError::NoRoute, 404, "no_route"),
+            (RequestError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (RequestError::Overloaded("queue full"), 503, "overloaded"),
+            (RequestError::Trap(TrapKind::FuelExhausted), 503, "fuel_exhausted"),
+            (RequestError::Trap(TrapKind::Timeout), 504, "timeout"),
+            (RequestError::Trap(TrapKind::Unreachable), 500, "trap"),
+            (RequestError::Trap(TrapKind::Memory), 500, "trap"),
+            (RequestError::Trap(TrapKind::StackOverflow), 500, "trap"),
+            (RequestError::Trap(TrapKind::Other), 500, "trap"),
+            (RequestError::BadResponse("x".into()), 502, "bad_response"),
+        ];
+        for (error, status, code) in table {
+            let response = error.to_response();
+            assert_eq!(response.status().as_u16(), status, "{error:?}");
+            assert_eq!(response.headers()[ERROR_HEADER], code, "{error:?}");
+            assert!(!response.body().is_empty());
+        }
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let response = RequestError::Overloaded("tenant at max_concurrency").to_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        assert_eq!(response.body().as_ref(), b"tenant at max_concurrency\n");
+    }
+}

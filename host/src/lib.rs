@@ -1,0 +1,32 @@
+//! wasmgate: a multi-tenant HTTP gateway that answers every request from a
+//! fresh, sandboxed instance of a WebAssembly component.
+//!
+//! The binary (`main.rs`) only parses the command line; everything else is
+//! here so tests can start a real gateway on `127.0.0.1:0`:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = wasmgate::config::Config::load("wasmgate.toml".as_ref())?;
+//! let server = wasmgate::server::Server::new(&config)?;
+//! let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! server.run(public, admin, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one per concept: [`config`] (the TOML file), [`router`] (host
+//! and path to handler, pure), [`registry`] (handler versions by route),
+//! [`runtime`] (engine, host functions, worker pool), [`gateway`] (the
+//! public request path), [`admin`] (health and metrics), [`metrics`],
+//! [`error`] (failures to statuses), [`server`] (listeners, connections,
+//! shutdown).
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod registry;
+pub mod router;
+pub mod runtime;
+pub mod server;

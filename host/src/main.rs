@@ -1,0 +1,153 @@
+//! The `wasmgate` command: parses the command line and calls the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wasmgate::config::Config;
+use wasmgate::runtime::{ComponentInfo, Runtime};
+use wasmgate::server::Server;
+
+/// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the tenants and handlers of a config file.
+    Serve {
+        /// The config file (TOML). Without it: no tenants, every request 404.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `admin.listen` (port 0 picks a free port).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Check a component against the wasmgate:handler world and list its
+    /// imports and exports. Exits 1 when it does not fit.
+    Check {
+        /// The component file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => serve(config.as_deref(), listen, admin_listen),
+        Command::Check { file } => check(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(
+    path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = match path {
+        Some(path) => Config::load(path)?,
+        None => {
+            tracing::warn!("no --config given: no tenants, every request gets 404");
+            Config::default()
+        }
+    };
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if let Some(listen) = admin_listen {
+        config.admin.listen = listen;
+    }
+    let name = path.map_or_else(|| "<built-in>".to_owned(), |p| p.display().to_string());
+    let server = Server::new(&config).with_context(|| name.clone())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let public = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        println!("listening on http://{}", public.local_addr()?);
+        println!("admin on http://{}", admin.local_addr()?);
+        server.run(public, admin, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    // Workers may still be finishing abandoned guests; they are bounded by
+    // their deadlines, and exiting the process ends them.
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::for_checking()?;
+    let info = ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
+    println!("{}: ok, fits wasmgate:handler@0.1.0", file.display());
+    println!("sha256 {}", info.sha256);
+    println!("imports:");
+    for import in &info.imports {
+        println!("  {import}");
+    }
+    println!("exports:");
+    for export in &info.exports {
+        println!("  {export}");
+    }
+    Ok(())
+}

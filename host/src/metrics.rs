@@ -1,0 +1,460 @@
+//! Prometheus metrics: the fixed families of DESIGN.md in one registry.
+//!
+//! Per-handler label children are resolved once, when a handler is loaded
+//! ([`HandlerMetrics`]), so the request path does no label lookups for them.
+//! Guest-defined metrics are validated and capped per handler: a guest can
+//! never grow the registry without bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Distinct guest metric names one handler may use (counters and histograms
+/// together); further names are dropped and counted.
+pub const MAX_GUEST_METRIC_NAMES: usize = 64;
+/// Longest guest metric name accepted, in bytes.
+pub const MAX_GUEST_METRIC_NAME_LEN: usize = 64;
+
+/// Why a guest trapped, as the `kind` label of `wasmgate_guest_traps_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrapKind {
+    /// The fuel budget ran out.
+    FuelExhausted,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// A memory access out of bounds, or a trap after the memory limit
+    /// refused to grow (Rust aborts on allocation failure).
+    Memory,
+    /// The guest's stack overflowed.
+    StackOverflow,
+    /// `unreachable` was executed: in Rust, a panic.
+    Unreachable,
+    /// Any other trap or instantiation failure.
+    Other,
+}
+
+impl TrapKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FuelExhausted => "fuel_exhausted",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::StackOverflow => "stack_overflow",
+            Self::Unreachable => "unreachable",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted on the public listener.
+    pub connections_accepted: IntCounter,
+    /// Connections open now.
+    pub connections_active: IntGauge,
+    /// Connections closed.
+    pub connections_closed: IntCounter,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    /// Time to instantiate a component for one request.
+    pub instantiation_duration: Histogram,
+    fuel_consumed: HistogramVec,
+    traps: IntCounterVec,
+    /// Requests waiting for a worker.
+    pub queue_depth: IntGauge,
+    /// Workers running guest code now.
+    pub workers_busy: IntGauge,
+    /// Handler versions currently routed.
+    pub handlers_loaded: IntGauge,
+    handler_loads: IntCounterVec,
+    guest_counters: IntCounterVec,
+    guest_histograms: HistogramVec,
+    guest_dropped: IntCounterVec,
+    /// Per (tenant, handler): survives reloads so the name cap holds across
+    /// versions.
+    handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition is valid");
+    registry.register(Box::new(g.clone())).expect("metric names are unique");
+    g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition is valid");
+    registry.register(Box::new(h.clone())).expect("metric names are unique");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            r.register(Box::new(process))
+                .expect("process collector registers once");
+        }
+        let th = &["tenant", "handler"];
+        let seconds = vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let instantiate = vec![
+            0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
+            0.000_5, 0.001, 0.005, 0.01,
+        ];
+        let fuel = prometheus::exponential_buckets(1_000.0, 10.0, 8)
+            .expect("static bucket definition is valid");
+        Self {
+            connections_accepted: counter(
+                &r,
+                "wasmgate_connections_accepted_total",
+                "Connections accepted on the public listener.",
+            ),
+            connections_active: gauge(&r, "wasmgate_connections_active", "Connections open now."),
+            connections_closed: counter(
+                &r,
+                "wasmgate_connections_closed_total",
+                "Connections closed.",
+            ),
+            requests: counter_vec(
+                &r,
+                "wasmgate_requests_total",
+                "Requests answered, by tenant, handler and status code (empty tenant and handler: no route).",
+                &["tenant", "handler", "status"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "wasmgate_request_duration_seconds",
+                "Time from routing to response, queueing included.",
+                th,
+                seconds,
+            ),
+            instantiation_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wasmgate_instantiation_duration_seconds",
+                        "Time to instantiate a fresh component instance.",
+                    )
+                    .buckets(instantiate),
+                )
+                .expect("static metric definition is valid");
+                r.register(Box::new(h.clone())).expect("metric names are unique");
+                h
+            },
+            fuel_consumed: histogram_vec(
+                &r,
+                "wasmgate_fuel_consumed",
+                "Fuel consumed per request, in fuel units.",
+                th,
+                fuel,
+            ),
+            traps: counter_vec(
+                &r,
+                "wasmgate_guest_traps_total",
+                "Requests that ended in a guest trap, by kind.",
+                &["tenant", "handler", "kind"],
+            ),
+            queue_depth: gauge(&r, "wasmgate_queue_depth", "Requests waiting for a worker."),
+            workers_busy: gauge(&r, "wasmgate_workers_busy", "Workers running guest code."),
+            handlers_loaded: gauge(&r, "wasmgate_handlers_loaded", "Handlers currently loaded."),
+            handler_loads: counter_vec(
+                &r,
+                "wasmgate_handler_loads_total",
+                "Handler loads, by result (ok or error).",
+                &["result"],
+            ),
+            guest_counters: counter_vec(
+                &r,
+                "wasmgate_guest_counter_total",
+                "Counters defined by guests through the metrics import.",
+                &["tenant", "handler", "name"],
+            ),
+            guest_histograms: histogram_vec(
+                &r,
+                "wasmgate_guest_histogram",
+                "Histograms defined by guests through the metrics import.",
+                &["tenant", "handler", "name"],
+                prometheus::DEFAULT_BUCKETS.to_vec(),
+            ),
+            guest_dropped: counter_vec(
+                &r,
+                "wasmgate_guest_metrics_dropped_total",
+                "Guest metric updates dropped: invalid name or over the per-handler cap.",
+                th,
+            ),
+            handlers: Mutex::new(HashMap::new()),
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Counts one handler load attempt.
+    pub fn handler_load(&self, ok: bool) {
+        self.handler_loads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts a request that found no route.
+    pub fn no_route(&self, status: http::StatusCode) {
+        self.requests
+            .with_label_values(&["", "", status.as_str()])
+            .inc();
+    }
+
+    /// The metrics of one handler, created on first use and shared by all
+    /// its versions.
+    pub fn handler(self: &Arc<Self>, tenant: &str, handler: &str) -> Arc<HandlerMetrics> {
+        let mut handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+        handlers
+            .entry((tenant.to_owned(), handler.to_owned()))
+            .or_insert_with(|| {
+                let labels = [tenant, handler];
+                Arc::new(HandlerMetrics {
+                    tenant: tenant.to_owned(),
+                    handler: handler.to_owned(),
+                    duration: self.request_duration.with_label_values(&labels),
+                    fuel: self.fuel_consumed.with_label_values(&labels),
+                    dropped: self.guest_dropped.with_label_values(&labels),
+                    guest: Mutex::new(HashMap::new()),
+                    metrics: Arc::clone(self),
+                })
+            })
+            .clone()
+    }
+}
+
+/// A guest metric name's label children, resolved on first use.
+enum GuestMetric {
+    Counter(IntCounter),
+    Histogram(Histogram),
+}
+
+/// The metrics of one (tenant, handler).
+pub struct HandlerMetrics {
+    /// The tenant label.
+    pub tenant: String,
+    /// The handler label.
+    pub handler: String,
+    duration: Histogram,
+    fuel: Histogram,
+    dropped: IntCounter,
+    /// Guest metric names seen so far, capped at [`MAX_GUEST_METRIC_NAMES`].
+    guest: Mutex<HashMap<String, GuestMetric>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for HandlerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerMetrics")
+            .field("tenant", &self.tenant)
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandlerMetrics {
+    /// Counts a finished request: status, duration and, when the guest ran,
+    /// fuel consumed and the trap kind.
+    pub fn request(
+        &self,
+        status: http::StatusCode,
+        seconds: f64,
+        fuel: Option<u64>,
+        trap: Option<TrapKind>,
+    ) {
+        self.metrics
+            .requests
+            .with_label_values(&[&self.tenant, &self.handler, status.as_str()])
+            .inc();
+        self.duration.observe(seconds);
+        if let Some(fuel) = fuel {
+            self.fuel.observe(fuel as f64);
+        }
+        if let Some(kind) = trap {
+            self.metrics
+                .traps
+                .with_label_values(&[&self.tenant, &self.handler, kind.as_str()])
+                .inc();
+        }
+    }
+
+    /// A guest's `counter-add`.
+    pub fn guest_counter_add(&self, name: &str, value: u64) {
+        self.with_guest_metric(name, true, |m| match m {
+            GuestMetric::Counter(c) => {
+                c.inc_by(value);
+                true
+            }
+            GuestMetric::Histogram(_) => false,
+        });
+    }
+
+    /// A guest's `histogram-observe`. Non-finite values are dropped.
+    pub fn guest_histogram_observe(&self, name: &str, value: f64) {
+        if !value.is_finite() {
+            self.dropped.inc();
+            return;
+        }
+        self.with_guest_metric(name, false, |m| match m {
+            GuestMetric::Histogram(h) => {
+                h.observe(value);
+                true
+            }
+            GuestMetric::Counter(_) => false,
+        });
+    }
+
+    /// Finds or creates the metric for `name`, then applies `update`; counts
+    /// a drop when the name is invalid, over the cap, or already used as
+    /// the other kind.
+    fn with_guest_metric(
+        &self,
+        name: &str,
+        counter: bool,
+        update: impl FnOnce(&GuestMetric) -> bool,
+    ) {
+        let mut guest = self.guest.lock().unwrap_or_else(PoisonError::into_inner);
+        let metric = match guest.get(name) {
+            Some(m) => Some(m),
+            None if valid_guest_metric_name(name) && guest.len() < MAX_GUEST_METRIC_NAMES => {
+                let labels = [self.tenant.as_str(), self.handler.as_str(), name];
+                let m = if counter {
+                    GuestMetric::Counter(self.metrics.guest_counters.with_label_values(&labels))
+                } else {
+                    GuestMetric::Histogram(self.metrics.guest_histograms.with_label_values(&labels))
+                };
+                Some(&*guest.entry(name.to_owned()).or_insert(m))
+            }
+            None => None,
+        };
+        if !metric.is_some_and(update) {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// `[a-z_][a-z0-9_]*`, at most [`MAX_GUEST_METRIC_NAME_LEN`] bytes.
+pub fn valid_guest_metric_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_GUEST_METRIC_NAME_LEN
+        && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_metric_names_are_validated() {
+        for good in ["a", "_x", "requests_total", "a1_b2"] {
+            assert!(valid_guest_metric_name(good), "{good}");
+        }
+        let long = "a".repeat(MAX_GUEST_METRIC_NAME_LEN + 1);
+        for bad in ["", "1a", "Bad", "a-b", "a.b", "é", long.as_str()] {
+            assert!(!valid_guest_metric_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn guest_metric_names_are_capped_per_handler_across_versions() {
+        let metrics = Arc::new(Metrics::new());
+        let h = metrics.handler("t", "h");
+        for i in 0..1000 {
+            h.guest_counter_add(&format!("flood_{i}"), 1);
+        }
+        h.guest_counter_add("Bad-Name", 1);
+        // A new version of the same handler shares the cap.
+        let again = metrics.handler("t", "h");
+        again.guest_counter_add("one_more", 1);
+        // Using a counter's name as a histogram is a drop, not a panic.
+        again.guest_histogram_observe("flood_0", 1.0);
+        again.guest_histogram_observe("nan_value", f64::NAN);
+
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("wasmgate_guest_counter_total{"))
+            .count();
+        assert_eq!(series, MAX_GUEST_METRIC_NAMES);
+        let dropped = 1000 - MAX_GUEST_METRIC_NAMES + 4;
+        assert!(
+            text.contains(&format!(
+                "wasmgate_guest_metrics_dropped_total{{handler=\"h\",tenant=\"t\"}} {dropped}"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn requests_and_traps_are_labelled() {
+        let metrics = Arc::new(Metrics::new());
+        let h = metrics.handler("demo", "faults");
+        h.request(http::StatusCode::INTERNAL_SERVER_ERROR, 0.01, Some(1234), Some(TrapKind::Unreachable));
+        metrics.no_route(http::StatusCode::NOT_FOUND);
+        let text = metrics.render();
+        for needle in [
+            "wasmgate_requests_total{handler=\"faults\",status=\"500\",tenant=\"demo\"} 1",
+            "wasmgate_requests_total{handler=\"\",status=\"404\",tenant=\"\"} 1",
+            "wasmgate_guest_traps_total{handler=\"faults\",kind=\"unreachable\",tenant=\"demo\"} 1",
+            "wasmgate_fuel_consumed_count{handler=\"faults\",tenant=\"demo\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

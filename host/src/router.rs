@@ -1,0 +1,283 @@
+//! Request routing: Host header to tenant, path prefix to handler.
+//!
+//! Pure and synchronous: no I/O, no locks, so it is tested by tables. A
+//! tenant is chosen by the most specific host pattern (exact, then the
+//! longest `*.suffix`, then `*`); within it the longest matching route
+//! prefix wins. A prefix matches whole path segments: `/hello` matches
+//! `/hello` and `/hello/x`, never `/helloworld`.
+
+use std::sync::Arc;
+
+/// A Host header pattern of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches this host only (lower case, no port).
+    Exact(String),
+    /// `*.example.com`: matches any host ending in `.example.com` (stored
+    /// with the leading dot), but not `example.com` itself.
+    Suffix(String),
+    /// `*`: matches every host.
+    Any,
+}
+
+impl HostPattern {
+    /// Parses a pattern from the config.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let lower = pattern.to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(Self::Any);
+        }
+        let (kind, name) = match lower.strip_prefix("*.") {
+            Some(rest) => ("suffix", rest),
+            None => ("exact", lower.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !name.starts_with('.')
+            && !name.ends_with('.');
+        if !valid {
+            return Err(format!(
+                "{pattern:?} is not a host name, \"*.suffix\" or \"*\""
+            ));
+        }
+        Ok(match kind {
+            "suffix" => Self::Suffix(format!(".{name}")),
+            _ => Self::Exact(name.to_owned()),
+        })
+    }
+
+    /// How specifically this pattern matches `host`: `None` when it does not.
+    /// Exact beats any suffix, a longer suffix beats a shorter one, and
+    /// every suffix beats `*`.
+    fn specificity(&self, host: &str) -> Option<usize> {
+        match self {
+            Self::Exact(name) => (name == host).then_some(usize::MAX),
+            Self::Suffix(suffix) => host.ends_with(suffix.as_str()).then_some(suffix.len()),
+            Self::Any => Some(0),
+        }
+    }
+}
+
+/// Checks a route prefix from the config or the admin API.
+pub fn check_route(route: &str) -> Result<(), String> {
+    if !route.starts_with('/') {
+        return Err(format!("{route:?} must start with '/'"));
+    }
+    if route.contains(['?', '#']) || route.chars().any(char::is_whitespace) {
+        return Err(format!("{route:?} must be a plain path (no query, no spaces)"));
+    }
+    Ok(())
+}
+
+/// Whether `route` covers `path`, on segment boundaries.
+fn prefix_matches(route: &str, path: &str) -> bool {
+    match path.strip_prefix(route) {
+        Some(rest) => rest.is_empty() || route.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// One tenant's routes, with whatever the caller attaches to them.
+#[derive(Debug)]
+pub struct TenantRoutes<T> {
+    /// The tenant's name.
+    pub name: String,
+    /// Its host patterns.
+    pub hosts: Vec<HostPattern>,
+    /// Route prefix and payload, longest prefix first.
+    routes: Vec<(String, T)>,
+}
+
+impl<T> TenantRoutes<T> {
+    /// A tenant with no routes yet.
+    pub fn new(name: impl Into<String>, hosts: Vec<HostPattern>) -> Self {
+        Self {
+            name: name.into(),
+            hosts,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds a route; the longest prefix is tried first.
+    pub fn add(&mut self, route: impl Into<String>, payload: T) {
+        self.routes.push((route.into(), payload));
+        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+
+    /// The routes, longest prefix first.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.routes.iter().map(|(r, p)| (r.as_str(), p))
+    }
+
+    fn find(&self, path: &str) -> Option<&T> {
+        self.routes
+            .iter()
+            .find(|(route, _)| prefix_matches(route, path))
+            .map(|(_, payload)| payload)
+    }
+}
+
+/// The whole routing table.
+#[derive(Debug)]
+pub struct Router<T> {
+    tenants: Vec<Arc<TenantRoutes<T>>>,
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Self {
+            tenants: Vec::new(),
+        }
+    }
+}
+
+impl<T> Router<T> {
+    /// A router over these tenants.
+    pub fn new(tenants: Vec<TenantRoutes<T>>) -> Self {
+        Self {
+            tenants: tenants.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The tenants, in config order.
+    pub fn tenants(&self) -> &[Arc<TenantRoutes<T>>] {
+        &self.tenants
+    }
+
+    /// Finds the tenant and payload for a request. `host` may carry a port
+    /// and any case; `path` is the URI path without the query.
+    pub fn route(&self, host: &str, path: &str) -> Option<(&Arc<TenantRoutes<T>>, &T)> {
+        let host = normalize_host(host);
+        let tenant = self
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                t.hosts
+                    .iter()
+                    .filter_map(|p| p.specificity(&host))
+                    .max()
+                    .map(|s| (s, t))
+            })
+            // max_by_key keeps the last maximum; reverse so the first tenant
+            // in config order wins a tie.
+            .rev()
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, t)| t)?;
+        tenant.find(path).map(|payload| (tenant, payload))
+    }
+}
+
+/// Lower case, without the port and without a trailing dot.
+fn normalize_host(host: &str) -> String {
+    let without_port = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        host.split_once(']').map_or(host, |(h, _)| h).to_owned() + "]"
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router<&'static str> {
+        let tenant = |name: &str, hosts: &[&str], routes: &[(&str, &'static str)]| {
+            let hosts = hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).expect("valid pattern"))
+                .collect();
+            let mut t = TenantRoutes::new(name, hosts);
+            for (route, payload) in routes {
+                t.add(*route, *payload);
+            }
+            t
+        };
+        Router::new(vec![
+            tenant("fallback", &["*"], &[("/", "fallback-root"), ("/hello", "fallback-hello")]),
+            tenant("wild", &["*.example.com"], &[("/hello", "wild-hello")]),
+            tenant("deep", &["*.api.example.com"], &[("/", "deep-root")]),
+            tenant(
+                "exact",
+                &["shop.example.com"],
+                &[("/a", "exact-a"), ("/a/b", "exact-ab"), ("/dir/", "exact-dir")],
+            ),
+        ])
+    }
+
+    #[test]
+    fn routes_by_host_specificity_and_longest_prefix() {
+        let table: &[(&str, &str, Option<&str>)] = &[
+            // Any host falls back to the `*` tenant.
+            ("localhost:8080", "/hello", Some("fallback-hello")),
+            ("localhost", "/other", Some("fallback-root")),
+            // Suffix beats `*`; `example.com` itself is not covered by `*.example.com`.
+            ("x.example.com", "/hello", Some("wild-hello")),
+            ("example.com", "/hello", Some("fallback-hello")),
+            // A chosen tenant without a matching route is a miss, not a fallback.
+            ("x.example.com", "/nothing", None),
+            // The longer suffix wins.
+            ("v1.api.example.com", "/anything", Some("deep-root")),
+            // Exact beats every suffix; case and port do not matter.
+            ("SHOP.Example.COM:443", "/a", Some("exact-a")),
+            ("shop.example.com.", "/a", Some("exact-a")),
+            // Longest prefix, on segment boundaries.
+            ("shop.example.com", "/a/b/c", Some("exact-ab")),
+            ("shop.example.com", "/a/bc", Some("exact-a")),
+            ("shop.example.com", "/ab", None),
+            ("shop.example.com", "/dir/x", Some("exact-dir")),
+            ("shop.example.com", "/dir", None),
+            ("localhost", "/hellothere", Some("fallback-root")),
+            ("[::1]:8080", "/hello", Some("fallback-hello")),
+        ];
+        let router = router();
+        for (host, path, want) in table {
+            let got = router.route(host, path).map(|(_, p)| *p);
+            assert_eq!(got, *want, "route({host:?}, {path:?})");
+        }
+    }
+
+    #[test]
+    fn first_tenant_wins_a_tie() {
+        let mut a = TenantRoutes::new("a", vec![HostPattern::Any]);
+        a.add("/", "a");
+        let mut b = TenantRoutes::new("b", vec![HostPattern::Any]);
+        b.add("/", "b");
+        let router = Router::new(vec![a, b]);
+        assert_eq!(router.route("h", "/").map(|(t, _)| t.name.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn empty_router_routes_nothing() {
+        let router: Router<()> = Router::default();
+        assert!(router.route("localhost", "/").is_none());
+    }
+
+    #[test]
+    fn parses_and_rejects_host_patterns() {
+        assert_eq!(HostPattern::parse("*"), Ok(HostPattern::Any));
+        assert_eq!(
+            HostPattern::parse("*.Example.com"),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("api.example.com"),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        for bad in ["", "*.", "a.*.com", "exa mple.com", ".example.com", "**"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn checks_routes() {
+        assert!(check_route("/").is_ok());
+        assert!(check_route("/hello").is_ok());
+        for bad in ["", "hello", "/a?b", "/a b"] {
+            assert!(check_route(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The process-wide engine: pooling allocator, fuel, epoch interruption and
+//! the single epoch-ticker thread; plus the linker every handler shares.
+
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::host::{self, State};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Core instances, memories and tables one component may have. A Rust
+/// `wasm32-wasip2` component has a handful of each (the program, the WASI
+/// adapter, shims); these leave room without reserving much.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+
+/// Why the runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Wasmtime rejected the engine configuration.
+    #[error("creating the wasm engine: {0}")]
+    Engine(String),
+    /// The linker could not be filled with the host functions.
+    #[error("setting up host functions: {0}")]
+    Linker(String),
+    /// A worker thread could not be started.
+    #[error("starting worker thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The engine and the linker, shared by every handler version.
+#[derive(Clone)]
+pub struct Runtime {
+    /// One engine per process: compiled code is only valid with it.
+    pub engine: Engine,
+    /// Host functions (WASI with no capabilities, log, metrics, config,
+    /// fuel), resolved against each component once, at load time.
+    pub linker: std::sync::Arc<Linker<State>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// An engine sized for `instances` concurrent instances (one per worker
+    /// suffices: only workers instantiate) whose memories may grow to
+    /// `max_memory_bytes`; starts the epoch ticker.
+    pub fn new(instances: u32, max_memory_bytes: u64) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(instances, max_memory_bytes))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        start_epoch_ticker(&engine)?;
+        Ok(Self {
+            engine,
+            linker: std::sync::Arc::new(linker),
+        })
+    }
+
+    /// An engine for compiling and checking only (no pool, no ticker).
+    pub fn for_checking() -> Result<Self, RuntimeError> {
+        let mut config = Config::new();
+        config.consume_fuel(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        Ok(Self {
+            engine,
+            linker: std::sync::Arc::new(linker),
+        })
+    }
+}
+
+fn engine_config(instances: u32, max_memory_bytes: u64) -> Config {
+    let slots = instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
+        .total_tables(slots * MAX_TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX))
+        // Reset a reused slot by memset instead of madvise+fault: the first
+        // MiB of a handler's memory stays resident between requests.
+        // pagemap_scan (Linux >= 6.7) finds exactly the dirty pages; Auto
+        // falls back when the kernel lacks it.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// One thread for the whole engine: it only bumps a counter that running
+/// guests check at loop heads and function entries. It stops once the
+/// engine is dropped.
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmgate-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(())
+}
+
+/// Epoch ticks covering `remaining`, rounded up, plus one because the
+/// next tick may come at any moment.
+pub(super) fn deadline_ticks(remaining: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    let ticks = remaining.as_nanos().div_ceil(tick) + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_round_up() {
+        assert_eq!(deadline_ticks(Duration::ZERO), 1);
+        assert_eq!(deadline_ticks(EPOCH_TICK), 2);
+        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_nanos(1)), 3);
+    }
+}

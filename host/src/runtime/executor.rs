@@ -1,0 +1,278 @@
+//! The worker pool: a fixed set of threads, fed by a bounded queue, that
+//! run every guest call.
+//!
+//! A full queue answers 503 at once rather than letting work pile up; a
+//! fixed number of threads (about one per core) keeps CPU-heavy guests from
+//! fighting over cores, which is what keeps tail latency flat under load.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use http::{HeaderName, HeaderValue, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use wasmtime::{Store, Trap};
+
+use super::bindings::Response as GuestResponse;
+use super::engine::{Runtime, RuntimeError, deadline_ticks};
+use super::handler::HandlerVersion;
+use super::host::{GuestRequest, State};
+use crate::error::RequestError;
+use crate::metrics::{Metrics, TrapKind};
+
+/// The result of one guest call.
+#[derive(Debug)]
+pub struct GuestOutcome {
+    /// The validated response, or why there is none.
+    pub result: Result<http::Response<Bytes>, RequestError>,
+    /// Fuel the guest consumed, when it ran.
+    pub fuel_consumed: Option<u64>,
+}
+
+struct Job {
+    version: Arc<HandlerVersion>,
+    request: GuestRequest,
+    deadline: Instant,
+    reply: oneshot::Sender<GuestOutcome>,
+    /// The tenant's concurrency slot, held until the guest is done even if
+    /// the client leaves earlier.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The pool of guest worker threads. Workers drain the queue and exit once
+/// the executor is dropped.
+pub struct Executor {
+    sender: Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Starts `workers` threads behind a queue of `queue_depth` requests.
+    pub fn start(
+        runtime: &Runtime,
+        workers: usize,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RuntimeError> {
+        let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
+        for i in 0..workers {
+            let receiver = receiver.clone();
+            let runtime = runtime.clone();
+            let metrics = Arc::clone(&metrics);
+            std::thread::Builder::new()
+                .name(format!("wasmgate-worker-{i}"))
+                .spawn(move || work(&runtime, &receiver, &metrics))?;
+        }
+        Ok(Self { sender, metrics })
+    }
+
+    /// Queues a call of `version` with `request`, to finish by `deadline`,
+    /// holding the tenant's `permit` until it is done.
+    /// Fails at once with `Overloaded` when the queue is full.
+    pub fn submit(
+        &self,
+        version: Arc<HandlerVersion>,
+        request: GuestRequest,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<GuestOutcome>, RequestError> {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            version,
+            request,
+            deadline,
+            reply,
+            _permit: permit,
+        };
+        match self.sender.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.set(gauge(self.sender.len()));
+                Ok(receiver)
+            }
+            Err(TrySendError::Full(_)) => Err(RequestError::Overloaded("worker queue is full")),
+            Err(TrySendError::Disconnected(_)) => Err(RequestError::ShuttingDown),
+        }
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn work(runtime: &Runtime, receiver: &Receiver<Job>, metrics: &Metrics) {
+    for job in receiver {
+        metrics.queue_depth.set(gauge(receiver.len()));
+        // The client went away while the request was queued.
+        if job.reply.is_closed() {
+            continue;
+        }
+        metrics.workers_busy.inc();
+        let outcome = run(runtime, &job.version, &job.request, job.deadline, metrics);
+        metrics.workers_busy.dec();
+        // The client may have gone away meanwhile; nothing to do then.
+        let _ = job.reply.send(outcome);
+    }
+}
+
+/// One request in a fresh instance with the version's limits.
+fn run(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> GuestOutcome {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return GuestOutcome {
+            result: Err(RequestError::Expired),
+            fuel_consumed: None,
+        };
+    }
+    let limits = version.limits;
+    let mut store = Store::new(
+        &runtime.engine,
+        State::new(Arc::clone(&version.context), limits.memory_bytes),
+    );
+    store.limiter(|state| &mut state.limiter);
+    if let Err(e) = store.set_fuel(limits.fuel) {
+        tracing::error!("setting fuel: {e:#}");
+        return GuestOutcome {
+            result: Err(RequestError::Trap(TrapKind::Other)),
+            fuel_consumed: None,
+        };
+    }
+    store.set_epoch_deadline(deadline_ticks(remaining));
+
+    let started = Instant::now();
+    let result = version.pre.instantiate(&mut store).and_then(|instance| {
+        metrics
+            .instantiation_duration
+            .observe(started.elapsed().as_secs_f64());
+        instance.call_handle(&mut store, request)
+    });
+    let fuel_consumed = limits.fuel - store.get_fuel().unwrap_or(0);
+    let result = match result {
+        Ok(response) => into_http(response),
+        Err(e) => {
+            let kind = classify(&e, store.data().limiter.refused);
+            if kind == TrapKind::Other {
+                tracing::warn!(
+                    tenant = %version.context.metrics.tenant,
+                    handler = %version.context.metrics.handler,
+                    "guest failed: {e:#}"
+                );
+            }
+            Err(RequestError::Trap(kind))
+        }
+    };
+    GuestOutcome {
+        result,
+        fuel_consumed: Some(fuel_consumed),
+    }
+}
+
+/// Maps a wasmtime error to the trap kind reported in metrics.
+fn classify(error: &wasmtime::Error, memory_refused: bool) -> TrapKind {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
+        Some(Trap::Interrupt) => TrapKind::Timeout,
+        Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+        Some(Trap::MemoryOutOfBounds | Trap::HeapMisaligned) => TrapKind::Memory,
+        // Rust aborts (`unreachable`) when an allocation is refused.
+        _ if memory_refused => TrapKind::Memory,
+        Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
+        _ => TrapKind::Other,
+    }
+}
+
+/// Header names the gateway sets itself: a guest's values would break
+/// framing or connection handling.
+fn is_framing_header(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    name == CONTENT_LENGTH
+        || name == TRANSFER_ENCODING
+        || name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+}
+
+/// Validates a guest response and turns it into an HTTP response.
+fn into_http(response: GuestResponse) -> Result<http::Response<Bytes>, RequestError> {
+    let status = match response.status {
+        200..=599 => StatusCode::from_u16(response.status)
+            .map_err(|_| RequestError::BadResponse(format!("status {}", response.status)))?,
+        other => {
+            return Err(RequestError::BadResponse(format!(
+                "status {other} is outside 200..=599"
+            )));
+        }
+    };
+    let mut out = http::Response::new(Bytes::from(response.body));
+    *out.status_mut() = status;
+    let headers = out.headers_mut();
+    for (name, value) in response.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| RequestError::BadResponse(format!("header name {name:?}")))?;
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| RequestError::BadResponse(format!("value of header {name}")))?;
+        if !is_framing_header(&name) {
+            headers.append(name, value);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, headers: &[(&str, &[u8])]) -> GuestResponse {
+        GuestResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                .collect(),
+            body: b"body".to_vec(),
+        }
+    }
+
+    #[test]
+    fn valid_responses_pass_and_framing_headers_are_dropped() {
+        let out = into_http(response(
+            201,
+            &[("x-a", b"1"), ("X-A", b"2"), ("content-length", b"999"), ("connection", b"close")],
+        ))
+        .expect("valid");
+        assert_eq!(out.status(), 201);
+        assert_eq!(out.headers().get_all("x-a").iter().count(), 2);
+        assert!(out.headers().get("content-length").is_none());
+        assert!(out.headers().get("connection").is_none());
+        assert_eq!(out.body().as_ref(), b"body");
+    }
+
+    #[test]
+    fn invalid_responses_are_rejected() {
+        for bad in [
+            response(1000, &[]),
+            response(99, &[]),
+            response(101, &[]),
+            response(600, &[]),
+            response(200, &[("bad name", b"x")]),
+            response(200, &[("x", b"line\nbreak")]),
+        ] {
+            let err = into_http(bad).expect_err("invalid");
+            assert!(matches!(err, RequestError::BadResponse(_)), "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! A handler version: component bytes compiled, type-checked against the
+//! world and pre-instantiated once, at load time, so a request only pays for
+//! a fresh instance.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::component::types::{ComponentExtern, ComponentItem};
+
+use super::bindings::HandlerPre;
+use super::engine::Runtime;
+use super::host::{HandlerContext, State};
+use crate::config::Limits;
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The component file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component (or are a core module).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// The component does not fit the `wasmgate:handler` world: an import
+    /// the gateway does not provide, or a missing or mistyped `handle`.
+    #[error("component does not fit the wasmgate:handler world: {0}")]
+    World(String),
+}
+
+/// One loaded version of a handler.
+pub struct HandlerVersion {
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// The limits each of its requests runs with.
+    pub limits: Limits,
+    /// Shared with host functions: config and metrics.
+    pub context: Arc<HandlerContext>,
+    /// Imports resolved and exports checked once; instantiation from it is
+    /// cheap.
+    pub(super) pre: HandlerPre<State>,
+}
+
+impl std::fmt::Debug for HandlerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerVersion")
+            .field("sha256", &self.sha256)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandlerVersion {
+    /// Reads, compiles and links a component file.
+    pub fn load_file(
+        runtime: &Runtime,
+        path: &Path,
+        limits: Limits,
+        context: Arc<HandlerContext>,
+    ) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::load(runtime, &bytes, limits, context)
+    }
+
+    /// Compiles and links component bytes. Compilation is CPU-heavy
+    /// (tens of ms): call it off the async workers.
+    pub fn load(
+        runtime: &Runtime,
+        bytes: &[u8],
+        limits: Limits,
+        context: Arc<HandlerContext>,
+    ) -> Result<Self, LoadError> {
+        let component = compile(runtime, bytes)?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let pre = HandlerPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        Ok(Self {
+            sha256: hex_sha256(bytes),
+            loaded_at: SystemTime::now(),
+            limits,
+            context,
+            pre,
+        })
+    }
+}
+
+fn compile(runtime: &Runtime, bytes: &[u8]) -> Result<Component, LoadError> {
+    if wasmparser_is_core_module(bytes) {
+        return Err(LoadError::Compile(
+            "this is a core wasm module; build the handler for wasm32-wasip2 to get a component"
+                .into(),
+        ));
+    }
+    Component::new(&runtime.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+}
+
+/// Core modules and components share the magic and differ in the version
+/// field: core modules are version 1, layer 0.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What `wasmgate check` reports about a component.
+#[derive(Debug)]
+pub struct ComponentInfo {
+    /// Hex sha256 of the bytes.
+    pub sha256: String,
+    /// Names of the component's imports.
+    pub imports: Vec<String>,
+    /// Names of the component's exports.
+    pub exports: Vec<String>,
+}
+
+impl ComponentInfo {
+    /// Compiles and links `bytes` like a load would, and lists what the
+    /// component imports and exports.
+    pub fn check(runtime: &Runtime, bytes: &[u8]) -> Result<Self, LoadError> {
+        let component = compile(runtime, bytes)?;
+        let ty = component.component_type();
+        let describe = |(name, item): (&str, ComponentExtern<'_>)| {
+            let kind = match item.ty {
+                ComponentItem::ComponentFunc(_) => "func",
+                ComponentItem::CoreFunc(_) => "core func",
+                ComponentItem::Module(_) => "module",
+                ComponentItem::Component(_) => "component",
+                ComponentItem::ComponentInstance(_) => "instance",
+                ComponentItem::Type(_) => "type",
+                ComponentItem::Resource(_) => "resource",
+            };
+            format!("{name} ({kind})")
+        };
+        let info = Self {
+            sha256: hex_sha256(bytes),
+            imports: ty.imports(&runtime.engine).map(describe).collect(),
+            exports: ty.exports(&runtime.engine).map(describe).collect(),
+        };
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        HandlerPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_modules_are_told_apart_from_components() {
+        assert!(wasmparser_is_core_module(b"\0asm\x01\0\0\0"));
+        assert!(!wasmparser_is_core_module(b"\0asm\x0d\0\x01\0"));
+        assert!(!wasmparser_is_core_module(b"\0as"));
+    }
+
+    #[test]
+    fn garbage_is_a_compile_error() {
+        let runtime = Runtime::for_checking().expect("engine");
+        let err = ComponentInfo::check(&runtime, b"not wasm at all").expect_err("invalid");
+        assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    }
+
+    #[test]
+    fn sha256_is_hex() {
+        assert_eq!(
+            hex_sha256(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! What a guest can reach: the per-request store state, the host functions
+//! of the `wasmgate:handler` world, and the memory limiter.
+//!
+//! WASI is present only because Rust's std imports it; the context is empty
+//! (no files, no environment, no sockets, output discarded).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, StoreContextMut};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::wasmgate::handler::{config, log, metrics};
+use crate::metrics::HandlerMetrics;
+
+/// The request as the guest sees it.
+pub type GuestRequest = super::bindings::Request;
+
+/// Longest log message kept from a guest, in bytes.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// What host functions need to know about the handler they serve; shared by
+/// every request of one handler version.
+#[derive(Debug)]
+pub struct HandlerContext {
+    /// The handler's `config` table.
+    pub config: BTreeMap<String, String>,
+    /// Where its requests and guest metrics are counted.
+    pub metrics: Arc<HandlerMetrics>,
+}
+
+/// The data of one request's store.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Enforces the memory limit and remembers a refusal, so that the trap
+    /// that follows (Rust aborts on allocation failure) is reported as a
+    /// memory trap.
+    pub(super) limiter: MemoryLimiter,
+    handler: Arc<HandlerContext>,
+}
+
+impl State {
+    /// Fresh state for one request.
+    pub(super) fn new(handler: Arc<HandlerContext>, memory_bytes: u64) -> Self {
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+                used: 0,
+                refused: false,
+            },
+            handler,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps the total linear memory of one instance (all its memories).
+pub(super) struct MemoryLimiter {
+    limit: usize,
+    used: usize,
+    /// A growth was refused for this request.
+    pub(super) refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let used = self.used.saturating_add(desired.saturating_sub(current));
+        if used > self.limit {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.used = used;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far beyond any
+        // handler and bounds the host memory a guest can make us allocate.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl log::Host for State {
+    fn log(&mut self, level: log::Level, msg: String) {
+        let msg = truncate(&msg, MAX_LOG_MESSAGE);
+        let m = &self.handler.metrics;
+        let (tenant, handler) = (m.tenant.as_str(), m.handler.as_str());
+        match level {
+            log::Level::Trace => tracing::trace!(tenant, handler, "{msg}"),
+            log::Level::Debug => tracing::debug!(tenant, handler, "{msg}"),
+            log::Level::Info => tracing::info!(tenant, handler, "{msg}"),
+            log::Level::Warn => tracing::warn!(tenant, handler, "{msg}"),
+            log::Level::Error => tracing::error!(tenant, handler, "{msg}"),
+        }
+    }
+}
+
+impl metrics::Host for State {
+    fn counter_add(&mut self, name: String, value: u64) {
+        self.handler.metrics.guest_counter_add(&name, value);
+    }
+
+    fn histogram_observe(&mut self, name: String, value: f64) {
+        self.handler.metrics.guest_histogram_observe(&name, value);
+    }
+}
+
+impl config::Host for State {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.handler.config.get(&key).cloned()
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The linker with every import of the world, built once per engine.
+pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    metrics::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    config::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    // `fuel.remaining` reads the store, which generated `Host` traits
+    // cannot reach, so it is defined by hand.
+    linker
+        .instance("wasmgate:handler/fuel@0.1.0")?
+        .func_wrap(
+            "remaining",
+            |store: StoreContextMut<'_, State>, (): ()| -> wasmtime::Result<(u64,)> {
+                Ok((store.get_fuel()?,))
+            },
+        )?;
+    Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("hello", 10), "hello");
+        assert_eq!(truncate("hello", 3), "hel");
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+
+    #[test]
+    fn limiter_counts_all_memories_and_remembers_refusals() {
+        let mut limiter = MemoryLimiter {
+            limit: 4 * 65536,
+            used: 0,
+            refused: false,
+        };
+        assert!(limiter.memory_growing(0, 2 * 65536, None).expect("ok"));
+        assert!(limiter.memory_growing(0, 2 * 65536, None).expect("ok"));
+        assert!(!limiter.refused);
+        assert!(!limiter.memory_growing(2 * 65536, 3 * 65536, None).expect("ok"));
+        assert!(limiter.refused);
+    }
+}

@@ -1,0 +1,24 @@
+//! Where guest code runs: the engine, handler versions, host functions and
+//! the worker pool.
+//!
+//! Guest code runs only on the executor's worker threads, never on tokio's
+//! async workers: a CPU-heavy handler can slow its own tenant, never the
+//! accept loop or the admin listener.
+
+mod engine;
+mod executor;
+mod handler;
+mod host;
+
+pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
+pub use executor::{Executor, GuestOutcome};
+pub use handler::{ComponentInfo, HandlerVersion, LoadError};
+pub use host::{GuestRequest, HandlerContext};
+
+/// Host bindings generated from `wit/` (the one source of truth).
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+    });
+}

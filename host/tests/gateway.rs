@@ -1,0 +1,339 @@
+//! The real gateway on `127.0.0.1:0`, spoken to over real HTTP: the happy
+//! paths, every failure status of DESIGN.md, and the metrics they leave.
+
+mod common;
+
+use common::{DEMO, TestGateway, metric, require_metric};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ERROR: &str = "x-wasmgate-error";
+
+#[tokio::test]
+async fn serves_hello_echo_and_404() {
+    let gw = TestGateway::start(DEMO).await;
+
+    let response = gw.get("/hello").await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("hello"), "{body}");
+    assert!(body.contains("howdy"), "the greeting config reaches the guest: {body}");
+
+    let response = gw
+        .client
+        .post(format!("{}/echo/sub?x=1", gw.url))
+        .header("x-test", "yes")
+        .body("ping body")
+        .send()
+        .await
+        .expect("POST /echo");
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("body");
+    for needle in ["POST", "/echo/sub?x=1", "x-test: yes", "ping body"] {
+        assert!(body.contains(needle), "echo should contain {needle:?}: {body}");
+    }
+
+    let response = gw
+        .client
+        .post(format!("{}/echo", gw.url))
+        .send()
+        .await
+        .expect("POST /echo");
+    assert_eq!(response.status(), 204, "an empty body gives 204");
+
+    let response = gw.get("/nowhere").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()[ERROR], "no_route");
+
+    let response = gw.get("/cpu?iters=1000").await;
+    assert_eq!(response.status(), 200);
+    let first = response.text().await.expect("body");
+    let again = gw.get("/cpu?iters=1000").await.text().await.expect("body");
+    assert_eq!(first, again, "the cpu loop is deterministic");
+    assert_ne!(first, gw.get("/cpu?iters=1001").await.text().await.expect("body"));
+    assert_eq!(gw.get("/cpu?iters=lots").await.status(), 400);
+
+    let text = gw.metrics().await;
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#),
+        1.0
+    );
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="echo",status="204",tenant="demo"}"#),
+        1.0
+    );
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="",status="404",tenant=""}"#),
+        1.0
+    );
+    assert!(
+        require_metric(&text, r#"wasmgate_fuel_consumed_sum{handler="cpu",tenant="demo"}"#) > 0.0
+    );
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_fuel_consumed_count{handler="hello",tenant="demo"}"#),
+        1.0
+    );
+    assert_eq!(
+        require_metric(
+            &text,
+            r#"wasmgate_guest_counter_total{handler="hello",name="hello_requests",tenant="demo"}"#
+        ),
+        1.0,
+        "the guest's own counter is exported"
+    );
+    for family in [
+        "wasmgate_connections_accepted_total",
+        "wasmgate_connections_active",
+        "wasmgate_connections_closed_total",
+        "wasmgate_request_duration_seconds_bucket",
+        "wasmgate_instantiation_duration_seconds_bucket",
+        "wasmgate_queue_depth",
+        "wasmgate_workers_busy",
+        "wasmgate_handlers_loaded 4",
+        "wasmgate_handler_loads_total{result=\"ok\"} 4",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(family), "missing {family} in\n{text}");
+    }
+    gw.shutdown().await;
+}
+
+/// Each fault gives its DESIGN.md status and code, is counted by trap kind,
+/// and leaves the gateway serving hello.
+#[tokio::test]
+async fn every_fault_gets_its_status_and_hello_still_works() {
+    let gw = TestGateway::start(&format!(
+        "[limits]\ntimeout_ms = 1000\nmemory_bytes = 16777216\n{DEMO}"
+    ))
+    .await;
+    let table = [
+        ("/faults/panic", 500, "trap", "unreachable"),
+        ("/faults/oom", 500, "trap", "memory"),
+        ("/faults/stack", 500, "trap", "stack_overflow"),
+        ("/faults/badstatus", 502, "bad_response", ""),
+        ("/faults/loop", 503, "fuel_exhausted", "fuel_exhausted"),
+    ];
+    for (path, status, code, kind) in table {
+        let response = gw.get(path).await;
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(response.headers()[ERROR], code, "{path}");
+        let hello = gw.get("/hello").await;
+        assert_eq!(hello.status(), 200, "hello after {path}");
+        if !kind.is_empty() {
+            let sample = format!(
+                r#"wasmgate_guest_traps_total{{handler="faults",kind="{kind}",tenant="demo"}}"#
+            );
+            assert_eq!(require_metric(&gw.metrics().await, &sample), 1.0, "{path}");
+        }
+    }
+    let text = gw.metrics().await;
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="faults",status="500",tenant="demo"}"#),
+        3.0
+    );
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#),
+        5.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_by_fuel_or_by_the_deadline() {
+    let gw = TestGateway::start(&format!(
+        r#"
+[[tenant]]
+name = "lowfuel"
+hosts = ["fuel.test"]
+limits = {{ fuel = 2000000 }}
+[[tenant.handler]]
+name = "faults"
+route = "/faults"
+component = "{{faults}}"
+
+[[tenant]]
+name = "slow"
+hosts = ["slow.test"]
+limits = {{ fuel = 1000000000000000, timeout_ms = 300 }}
+[[tenant.handler]]
+name = "faults"
+route = "/faults"
+component = "{{faults}}"
+{DEMO}"#
+    ))
+    .await;
+
+    let response = gw.get_host("fuel.test", "/faults/loop").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()[ERROR], "fuel_exhausted");
+
+    let started = Instant::now();
+    let response = gw.get_host("slow.test", "/faults/loop").await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()[ERROR], "timeout");
+    // Not a timing assertion on speed: only that the deadline is enforced
+    // at all, with a generous margin for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    assert_eq!(gw.get_host("slow.test", "/hello").await.status(), 404);
+    assert_eq!(gw.get("/hello").await.status(), 200);
+    let text = gw.metrics().await;
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="slow"}"#),
+        1.0
+    );
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="faults",status="504",tenant="slow"}"#),
+        1.0
+    );
+    assert_eq!(
+        require_metric(
+            &text,
+            r#"wasmgate_guest_traps_total{handler="faults",kind="fuel_exhausted",tenant="lowfuel"}"#
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let gw = TestGateway::start(&format!("[server]\nmax_body_bytes = 1024\n{DEMO}")).await;
+
+    // Declared too large.
+    let response = gw
+        .client
+        .post(format!("{}/echo", gw.url))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()[ERROR], "body_too_large");
+
+    // Chunked, so only counting the bytes can catch it.
+    let address = gw.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let chunk = vec![b'y'; 2000];
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n".to_vec();
+    request.extend_from_slice(&chunk);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    stream.write_all(&request).await.expect("write");
+    let mut head = vec![0; 12];
+    stream.read_exact(&mut head).await.expect("read status line");
+    assert_eq!(&head, b"HTTP/1.1 413");
+
+    // Exactly at the limit is fine.
+    let response = gw
+        .client
+        .post(format!("{}/echo", gw.url))
+        .body(vec![b'z'; 1024])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
+    let gw = TestGateway::start(&format!(
+        r#"
+[runtime]
+workers = 1
+queue_depth = 1
+
+[[tenant]]
+name = "narrow"
+hosts = ["narrow.test"]
+limits = {{ max_concurrency = 1, fuel = 1000000000000000, timeout_ms = 3000 }}
+[[tenant.handler]]
+name = "faults"
+route = "/faults"
+component = "{{faults}}"
+{DEMO}"#
+    ))
+    .await;
+
+    // Occupy the tenant's only slot (and the only worker).
+    let busy = tokio::spawn({
+        let client = gw.client.clone();
+        let url = format!("{}/faults/loop", gw.url);
+        async move {
+            client
+                .get(url)
+                .header("host", "narrow.test")
+                .send()
+                .await
+                .expect("loop request")
+                .status()
+        }
+    });
+    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0).await;
+    let response = gw.get_host("narrow.test", "/faults/panic").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()[ERROR], "overloaded");
+    assert_eq!(response.headers()["retry-after"], "1");
+
+    // The worker is busy: one more request fills the queue, the next is shed.
+    let queued = tokio::spawn({
+        let client = gw.client.clone();
+        let url = format!("{}/hello", gw.url);
+        async move { client.get(url).send().await.expect("queued").status() }
+    });
+    gw.wait_for_metric("wasmgate_queue_depth", |v| v >= 1.0).await;
+    let response = gw.get("/hello").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()[ERROR], "overloaded");
+
+    assert_eq!(busy.await.expect("task"), 504);
+    assert_eq!(queued.await.expect("task"), 200);
+    let text = gw.metrics().await;
+    assert_eq!(
+        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="503",tenant="demo"}"#),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_guest_metric_flood_is_capped() {
+    let gw = TestGateway::start(DEMO).await;
+    for _ in 0..2 {
+        let response = gw.get("/faults/metrics").await;
+        assert_eq!(response.status(), 200);
+    }
+    let text = gw.metrics().await;
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("wasmgate_guest_counter_total{") && l.contains("handler=\"faults\""))
+        .count();
+    assert_eq!(series, wasmgate::metrics::MAX_GUEST_METRIC_NAMES);
+    let dropped =
+        require_metric(&text, r#"wasmgate_guest_metrics_dropped_total{handler="faults",tenant="demo"}"#);
+    assert!(dropped > 9000.0, "dropped {dropped}");
+    assert!(metric(&text, r#"wasmgate_guest_counter_total{handler="faults",name="flood_0",tenant="demo"}"#) == Some(2.0));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    let gw = TestGateway::start(DEMO).await;
+    let in_flight = tokio::spawn({
+        let client = gw.client.clone();
+        let url = format!("{}/cpu?iters=50000000", gw.url);
+        async move {
+            let response = client.get(url).send().await.expect("cpu request");
+            (response.status(), response.text().await.expect("body"))
+        }
+    });
+    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0).await;
+    let address = gw.url.clone();
+    gw.shutdown().await;
+    let (status, body) = in_flight.await.expect("task");
+    assert_eq!(status, 200);
+    assert!(body.trim().parse::<u64>().is_ok(), "{body}");
+    // After shutdown nothing listens any more.
+    assert!(reqwest::get(format!("{address}/hello")).await.is_err());
+}

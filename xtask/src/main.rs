@@ -1,0 +1,140 @@
+//! Build orchestration for wasmgate, run as `cargo xtask <command>`:
+//!
+//! - `build-handlers`: adds the `wasm32-wasip2` target with rustup when it is
+//!   missing, then builds every handler component in `handlers/`.
+//! - `serve [ARGS]`: builds the handlers and the gateway (release) and serves
+//!   `examples/wasmgate.toml`; ARGS go to `wasmgate serve`.
+//! - `test`: fmt check, clippy `-D warnings` (host and wasm), every test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    match command.as_str() {
+        "build-handlers" => build_handlers(),
+        "serve" => serve(&rest),
+        "test" => test(),
+        _ => bail!(
+            "usage: cargo xtask <command>\n\n\
+             commands:\n  \
+             serve [ARGS]     build everything and run the gateway on examples/wasmgate.toml\n  \
+             test             fmt check, clippy -D warnings, every test\n  \
+             build-handlers   build the handler components for {WASM_TARGET}"
+        ),
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent folder")
+}
+
+/// Runs a command, failing with its command line when it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{command:?}");
+    eprintln!("xtask: {}", line.replace('"', ""));
+    let status = command
+        .status()
+        .with_context(|| format!("starting {line}"))?;
+    if !status.success() {
+        bail!("{line} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The packages in `handlers/` that build a component (cdylib).
+fn handler_packages() -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("handlers").context("reading handlers/")? {
+        let path = entry?.path();
+        if let Ok(manifest) = std::fs::read_to_string(path.join("Cargo.toml"))
+            && manifest.contains("cdylib")
+            && let Some(name) = path.file_name()
+        {
+            names.push(name.to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup: wasmgate needs rustup to add the wasm32-wasip2 target")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+fn with_packages<'a>(command: &'a mut Command, packages: &[String]) -> &'a mut Command {
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    command
+}
+
+fn build_handlers() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let packages = handler_packages()?;
+    run(with_packages(
+        cargo().args(["build", "--release", "--target", WASM_TARGET]),
+        &packages,
+    ))
+}
+
+fn serve(args: &[String]) -> anyhow::Result<()> {
+    build_handlers()?;
+    run(cargo()
+        .args(["run", "--release", "-p", "wasmgate", "--", "serve"])
+        .args(["--config", "examples/wasmgate.toml"])
+        .args(args))
+}
+
+fn test() -> anyhow::Result<()> {
+    build_handlers()?;
+    let packages = handler_packages()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(with_packages(
+        cargo().args(["clippy", "--release", "--target", WASM_TARGET]),
+        &packages,
+    )
+    .args(["--", "-D", "warnings"]))?;
+    // Handler crates are components: they are exercised through the gateway
+    // in the host's integration tests, not compiled natively here.
+    let mut test = cargo();
+    test.args(["test", "--workspace"]);
+    for package in &packages {
+        test.args(["--exclude", package]);
+    }
+    run(&mut test)
+}
