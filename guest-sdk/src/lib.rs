@@ -41,7 +41,7 @@
 //! `content-type: text/plain; charset=utf-8` unless set), bytes (`Vec<u8>`), a
 //! bare [`http::StatusCode`], a `(StatusCode, body)` pair and `Result`s of
 //! those. The `http` crate refuses statuses outside `100..=999` and the
-//! gateway answers anything outside `100..=599` with 502; [`RawResponse`]
+//! gateway answers anything outside `200..=599` with 502; [`RawResponse`]
 //! sends status, headers and body exactly as given, for handlers that test the
 //! gateway itself.
 //!

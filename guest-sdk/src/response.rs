@@ -106,7 +106,7 @@ impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
 ///
 /// Meant for handlers that exercise the gateway's own validation, e.g. a
 /// status of 1000, which `http::StatusCode` cannot represent. The gateway
-/// answers a status outside `100..=599` or an invalid header with 502.
+/// answers a status outside `200..=599` or an invalid header with 502.
 /// Ordinary handlers should return an [`IntoResponse`] type instead.
 ///
 /// `RawResponse` deliberately does not implement [`IntoResponse`] (that would

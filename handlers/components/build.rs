@@ -7,11 +7,19 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let handlers_dir = manifest_dir.parent().expect("handlers/components has a parent");
+    let handlers_dir = manifest_dir
+        .parent()
+        .expect("handlers/components has a parent");
     let workspace = handlers_dir.parent().expect("handlers/ has a parent");
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|p| if p.is_relative() { workspace.join(p) } else { p })
+        .map(|p| {
+            if p.is_relative() {
+                workspace.join(p)
+            } else {
+                p
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     let wasm_dir = target_dir.join("wasm32-wasip2").join("release");
 
@@ -28,11 +36,18 @@ fn main() {
         )
         .expect("writing to a String");
     }
-    writeln!(out, "/// Every handler component: (name, path).\npub const ALL: &[(&str, &str)] = &[")
-        .expect("writing to a String");
+    writeln!(
+        out,
+        "/// Every handler component: (name, path).\npub const ALL: &[(&str, &str)] = &["
+    )
+    .expect("writing to a String");
     for name in &names {
-        writeln!(out, "    ({name:?}, {}),", name.to_uppercase().replace('-', "_"))
-            .expect("writing to a String");
+        writeln!(
+            out,
+            "    ({name:?}, {}),",
+            name.to_uppercase().replace('-', "_")
+        )
+        .expect("writing to a String");
     }
     out.push_str("];\n");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));

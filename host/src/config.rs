@@ -417,19 +417,22 @@ config = { greeting = "hi" }
         assert_eq!(limits.fuel, 5);
         assert_eq!(limits.timeout_ms, 10);
         assert_eq!(limits.memory_bytes, Limits::default().memory_bytes);
-        assert_eq!(
-            tenant.handlers[0].component,
-            Path::new("/base/hello.wasm")
-        );
+        assert_eq!(tenant.handlers[0].component, Path::new("/base/hello.wasm"));
         assert_eq!(tenant.handlers[0].config["greeting"], "hi");
     }
 
     #[test]
     fn errors_name_the_file_line_and_key() {
         let table: &[(&str, &[&str])] = &[
-            ("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", &["test.toml", "line 3", "bogus"]),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n",
+                &["test.toml", "line 3", "bogus"],
+            ),
             ("[nope]\n", &["test.toml", "nope"]),
-            ("[server]\nlisten = \"not an address\"\n", &["test.toml", "line 2"]),
+            (
+                "[server]\nlisten = \"not an address\"\n",
+                &["test.toml", "line 2"],
+            ),
             ("[limits]\nfuel = -1\n", &["test.toml", "line 2"]),
             ("[limits]\nfuel = 0\n", &["test.toml", "limits.fuel"]),
             (
@@ -448,13 +451,10 @@ config = { greeting = "hi" }
                 "[[tenant]]\nname = \"a\"\nhosts = [\"a.*.com\"]\n",
                 &["tenant \"a\": hosts"],
             ),
-            (
-                "[[tenant]]\nname = \"a b\"\n",
-                &["tenant \"a b\": name"],
-            ),
+            ("[[tenant]]\nname = \"a b\"\n", &["tenant \"a b\": name"]),
             (
                 "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"/x\"\n",
-                &["line 4", "component"],
+                &["line 3", "missing field `component`"],
             ),
         ];
         for (text, needles) in table {

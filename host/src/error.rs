@@ -65,7 +65,9 @@ impl RequestError {
             Self::Trap(TrapKind::FuelExhausted) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "fuel_exhausted")
             }
-            Self::Trap(TrapKind::Timeout) | Self::Expired => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Self::Trap(TrapKind::Timeout) | Self::Expired => {
+                (StatusCode::GATEWAY_TIMEOUT, "timeout")
+            }
             Self::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
             Self::BadResponse(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -107,9 +109,17 @@ mod tests {
     fn statuses_match_the_design_table() {
         let table = [
             (RequestError::NoRoute, 404, "no_route"),
-            (RequestError::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (
+                RequestError::BodyTooLarge { limit: 1 },
+                413,
+                "body_too_large",
+            ),
             (RequestError::Overloaded("queue full"), 503, "overloaded"),
-            (RequestError::Trap(TrapKind::FuelExhausted), 503, "fuel_exhausted"),
+            (
+                RequestError::Trap(TrapKind::FuelExhausted),
+                503,
+                "fuel_exhausted",
+            ),
             (RequestError::Trap(TrapKind::Timeout), 504, "timeout"),
             (RequestError::Trap(TrapKind::Unreachable), 500, "trap"),
             (RequestError::Trap(TrapKind::Memory), 500, "trap"),

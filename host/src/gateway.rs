@@ -157,7 +157,10 @@ mod tests {
             .body(())
             .expect("valid request");
         assert_eq!(request_host(&absolute), "b.example.com");
-        let none = Request::builder().uri("/x").body(()).expect("valid request");
+        let none = Request::builder()
+            .uri("/x")
+            .body(())
+            .expect("valid request");
         assert_eq!(request_host(&none), "");
     }
 }

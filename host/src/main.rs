@@ -138,7 +138,8 @@ async fn shutdown_signal() {
 fn check(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let runtime = Runtime::for_checking()?;
-    let info = ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
+    let info =
+        ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
     println!("{}: ok, fits wasmgate:handler@0.1.0", file.display());
     println!("sha256 {}", info.sha256);
     println!("imports:");

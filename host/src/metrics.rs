@@ -89,20 +89,26 @@ impl std::fmt::Debug for Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition is valid");
-    registry.register(Box::new(g.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
     g
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -115,7 +121,9 @@ fn histogram_vec(
 ) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("static metric definition is valid");
-    registry.register(Box::new(h.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric names are unique");
     h
 }
 
@@ -141,8 +149,18 @@ impl Metrics {
             0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         let instantiate = vec![
-            0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
-            0.000_5, 0.001, 0.005, 0.01,
+            0.000_001,
+            0.000_002_5,
+            0.000_005,
+            0.000_01,
+            0.000_025,
+            0.000_05,
+            0.000_1,
+            0.000_25,
+            0.000_5,
+            0.001,
+            0.005,
+            0.01,
         ];
         let fuel = prometheus::exponential_buckets(1_000.0, 10.0, 8)
             .expect("static bucket definition is valid");
@@ -180,7 +198,8 @@ impl Metrics {
                     .buckets(instantiate),
                 )
                 .expect("static metric definition is valid");
-                r.register(Box::new(h.clone())).expect("metric names are unique");
+                r.register(Box::new(h.clone()))
+                    .expect("metric names are unique");
                 h
             },
             fuel_consumed: histogram_vec(
@@ -445,7 +464,12 @@ mod tests {
     fn requests_and_traps_are_labelled() {
         let metrics = Arc::new(Metrics::new());
         let h = metrics.handler("demo", "faults");
-        h.request(http::StatusCode::INTERNAL_SERVER_ERROR, 0.01, Some(1234), Some(TrapKind::Unreachable));
+        h.request(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            0.01,
+            Some(1234),
+            Some(TrapKind::Unreachable),
+        );
         metrics.no_route(http::StatusCode::NOT_FOUND);
         let text = metrics.render();
         for needle in [

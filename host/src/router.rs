@@ -66,7 +66,9 @@ pub fn check_route(route: &str) -> Result<(), String> {
         return Err(format!("{route:?} must start with '/'"));
     }
     if route.contains(['?', '#']) || route.chars().any(char::is_whitespace) {
-        return Err(format!("{route:?} must be a plain path (no query, no spaces)"));
+        return Err(format!(
+            "{route:?} must be a plain path (no query, no spaces)"
+        ));
     }
     Ok(())
 }
@@ -103,7 +105,8 @@ impl<T> TenantRoutes<T> {
     /// Adds a route; the longest prefix is tried first.
     pub fn add(&mut self, route: impl Into<String>, payload: T) {
         self.routes.push((route.into(), payload));
-        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.routes
+            .sort_by_key(|(route, _)| std::cmp::Reverse(route.len()));
     }
 
     /// The routes, longest prefix first.
@@ -197,13 +200,21 @@ mod tests {
             t
         };
         Router::new(vec![
-            tenant("fallback", &["*"], &[("/", "fallback-root"), ("/hello", "fallback-hello")]),
+            tenant(
+                "fallback",
+                &["*"],
+                &[("/", "fallback-root"), ("/hello", "fallback-hello")],
+            ),
             tenant("wild", &["*.example.com"], &[("/hello", "wild-hello")]),
             tenant("deep", &["*.api.example.com"], &[("/", "deep-root")]),
             tenant(
                 "exact",
                 &["shop.example.com"],
-                &[("/a", "exact-a"), ("/a/b", "exact-ab"), ("/dir/", "exact-dir")],
+                &[
+                    ("/a", "exact-a"),
+                    ("/a/b", "exact-ab"),
+                    ("/dir/", "exact-dir"),
+                ],
             ),
         ])
     }
@@ -247,7 +258,10 @@ mod tests {
         let mut b = TenantRoutes::new("b", vec![HostPattern::Any]);
         b.add("/", "b");
         let router = Router::new(vec![a, b]);
-        assert_eq!(router.route("h", "/").map(|(t, _)| t.name.as_str()), Some("a"));
+        assert_eq!(
+            router.route("h", "/").map(|(t, _)| t.name.as_str()),
+            Some("a")
+        );
     }
 
     #[test]
@@ -268,7 +282,10 @@ mod tests {
             Ok(HostPattern::Exact("api.example.com".into()))
         );
         for bad in ["", "*.", "a.*.com", "exa mple.com", ".example.com", "**"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                HostPattern::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -17,7 +17,10 @@ async fn serves_hello_echo_and_404() {
     assert_eq!(response.status(), 200);
     let body = response.text().await.expect("body");
     assert!(body.contains("hello"), "{body}");
-    assert!(body.contains("howdy"), "the greeting config reaches the guest: {body}");
+    assert!(
+        body.contains("howdy"),
+        "the greeting config reaches the guest: {body}"
+    );
 
     let response = gw
         .client
@@ -30,7 +33,10 @@ async fn serves_hello_echo_and_404() {
     assert_eq!(response.status(), 200);
     let body = response.text().await.expect("body");
     for needle in ["POST", "/echo/sub?x=1", "x-test: yes", "ping body"] {
-        assert!(body.contains(needle), "echo should contain {needle:?}: {body}");
+        assert!(
+            body.contains(needle),
+            "echo should contain {needle:?}: {body}"
+        );
     }
 
     let response = gw
@@ -50,27 +56,45 @@ async fn serves_hello_echo_and_404() {
     let first = response.text().await.expect("body");
     let again = gw.get("/cpu?iters=1000").await.text().await.expect("body");
     assert_eq!(first, again, "the cpu loop is deterministic");
-    assert_ne!(first, gw.get("/cpu?iters=1001").await.text().await.expect("body"));
+    assert_ne!(
+        first,
+        gw.get("/cpu?iters=1001").await.text().await.expect("body")
+    );
     assert_eq!(gw.get("/cpu?iters=lots").await.status(), 400);
 
     let text = gw.metrics().await;
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#
+        ),
         1.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="echo",status="204",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="echo",status="204",tenant="demo"}"#
+        ),
         1.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="",status="404",tenant=""}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="",status="404",tenant=""}"#
+        ),
         1.0
     );
     assert!(
-        require_metric(&text, r#"wasmgate_fuel_consumed_sum{handler="cpu",tenant="demo"}"#) > 0.0
+        require_metric(
+            &text,
+            r#"wasmgate_fuel_consumed_sum{handler="cpu",tenant="demo"}"#
+        ) > 0.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_fuel_consumed_count{handler="hello",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_fuel_consumed_count{handler="hello",tenant="demo"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -128,11 +152,17 @@ async fn every_fault_gets_its_status_and_hello_still_works() {
     }
     let text = gw.metrics().await;
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="faults",status="500",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="faults",status="500",tenant="demo"}"#
+        ),
         3.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#
+        ),
         5.0
     );
     gw.shutdown().await;
@@ -179,11 +209,17 @@ component = "{{faults}}"
     assert_eq!(gw.get("/hello").await.status(), 200);
     let text = gw.metrics().await;
     assert_eq!(
-        require_metric(&text, r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="slow"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="slow"}"#
+        ),
         1.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="faults",status="504",tenant="slow"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="faults",status="504",tenant="slow"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -213,7 +249,9 @@ async fn bodies_over_the_limit_get_413() {
 
     // Chunked, so only counting the bytes can catch it.
     let address = gw.url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
     let chunk = vec![b'y'; 2000];
     let mut request =
         b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n".to_vec();
@@ -221,7 +259,10 @@ async fn bodies_over_the_limit_get_413() {
     request.extend_from_slice(b"\r\n0\r\n\r\n");
     stream.write_all(&request).await.expect("write");
     let mut head = vec![0; 12];
-    stream.read_exact(&mut head).await.expect("read status line");
+    stream
+        .read_exact(&mut head)
+        .await
+        .expect("read status line");
     assert_eq!(&head, b"HTTP/1.1 413");
 
     // Exactly at the limit is fine.
@@ -244,10 +285,13 @@ async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
 workers = 1
 queue_depth = 1
 
+[limits]
+timeout_ms = 10000
+
 [[tenant]]
 name = "narrow"
 hosts = ["narrow.test"]
-limits = {{ max_concurrency = 1, fuel = 1000000000000000, timeout_ms = 3000 }}
+limits = {{ max_concurrency = 1, fuel = 1000000000000000, timeout_ms = 1000 }}
 [[tenant.handler]]
 name = "faults"
 route = "/faults"
@@ -270,7 +314,8 @@ component = "{{faults}}"
                 .status()
         }
     });
-    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0).await;
+    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0)
+        .await;
     let response = gw.get_host("narrow.test", "/faults/panic").await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()[ERROR], "overloaded");
@@ -282,7 +327,8 @@ component = "{{faults}}"
         let url = format!("{}/hello", gw.url);
         async move { client.get(url).send().await.expect("queued").status() }
     });
-    gw.wait_for_metric("wasmgate_queue_depth", |v| v >= 1.0).await;
+    gw.wait_for_metric("wasmgate_queue_depth", |v| v >= 1.0)
+        .await;
     let response = gw.get("/hello").await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()[ERROR], "overloaded");
@@ -291,7 +337,10 @@ component = "{{faults}}"
     assert_eq!(queued.await.expect("task"), 200);
     let text = gw.metrics().await;
     assert_eq!(
-        require_metric(&text, r#"wasmgate_requests_total{handler="hello",status="503",tenant="demo"}"#),
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="hello",status="503",tenant="demo"}"#
+        ),
         1.0
     );
     gw.shutdown().await;
@@ -307,28 +356,41 @@ async fn a_guest_metric_flood_is_capped() {
     let text = gw.metrics().await;
     let series = text
         .lines()
-        .filter(|l| l.starts_with("wasmgate_guest_counter_total{") && l.contains("handler=\"faults\""))
+        .filter(|l| {
+            l.starts_with("wasmgate_guest_counter_total{") && l.contains("handler=\"faults\"")
+        })
         .count();
     assert_eq!(series, wasmgate::metrics::MAX_GUEST_METRIC_NAMES);
-    let dropped =
-        require_metric(&text, r#"wasmgate_guest_metrics_dropped_total{handler="faults",tenant="demo"}"#);
+    let dropped = require_metric(
+        &text,
+        r#"wasmgate_guest_metrics_dropped_total{handler="faults",tenant="demo"}"#,
+    );
     assert!(dropped > 9000.0, "dropped {dropped}");
-    assert!(metric(&text, r#"wasmgate_guest_counter_total{handler="faults",name="flood_0",tenant="demo"}"#) == Some(2.0));
+    assert!(
+        metric(
+            &text,
+            r#"wasmgate_guest_counter_total{handler="faults",name="flood_0",tenant="demo"}"#
+        ) == Some(2.0)
+    );
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_request_in_flight() {
-    let gw = TestGateway::start(DEMO).await;
+    let gw = TestGateway::start(&format!(
+        "[limits]\nfuel = 1000000000000\ntimeout_ms = 20000\n{DEMO}"
+    ))
+    .await;
     let in_flight = tokio::spawn({
         let client = gw.client.clone();
-        let url = format!("{}/cpu?iters=50000000", gw.url);
+        let url = format!("{}/cpu?iters=200000000", gw.url);
         async move {
             let response = client.get(url).send().await.expect("cpu request");
             (response.status(), response.text().await.expect("body"))
         }
     });
-    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0).await;
+    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0)
+        .await;
     let address = gw.url.clone();
     gw.shutdown().await;
     let (status, body) = in_flight.await.expect("task");

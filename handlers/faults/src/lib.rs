@@ -31,10 +31,8 @@ fn faults(req: Request) -> RawResponse {
         "oom" => exhaust_memory(),
         "panic" => panic!("faults: deliberate panic"),
         "stack" => {
-            let depth = recurse(0);
-            // Unreachable in practice; using the result keeps the recursion
-            // from being a tail call.
-            raw(StatusCode::OK, format!("recursed {depth} times\n"))
+            let seed = req.uri().path().len() as u64;
+            raw(StatusCode::OK, format!("{}\n", recurse(seed, 0)))
         }
         "badstatus" => RawResponse {
             status: 1000,
@@ -77,18 +75,18 @@ fn exhaust_memory() -> ! {
     }
 }
 
-/// Recurses until the stack is gone: the frame holds a black-boxed array and
-/// the result is used after the call, so this is neither a loop nor a tail
-/// call.
-fn recurse(depth: u64) -> u64 {
-    // Never true; keeps `unconditional_recursion` quiet without giving the
-    // optimiser a bound it can use.
-    if black_box(depth) == u64::MAX {
-        return 0;
+/// Recurses until wasm's own call stack is gone. Everything stays in wasm
+/// locals (nothing address-taken), so the overflow hits the engine's stack
+/// limit (`stack_overflow`), not Rust's shadow stack in linear memory, which
+/// would surface as an out-of-bounds memory access instead. The seed comes
+/// from the request so nothing is known at compile time, and the result is
+/// used after the call, so this is neither a loop nor a tail call.
+fn recurse(seed: u64, depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return seed;
     }
-    let frame = black_box([depth as u8; 512]);
-    let below = recurse(black_box(depth + 1));
-    below.wrapping_add(u64::from(frame[(depth % 512) as usize]))
+    let below = recurse(seed.rotate_left(7) ^ depth, depth + 1);
+    below.wrapping_mul(31).wrapping_add(seed)
 }
 
 fn flood_metrics() {

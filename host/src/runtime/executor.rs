@@ -251,7 +251,12 @@ mod tests {
     fn valid_responses_pass_and_framing_headers_are_dropped() {
         let out = into_http(response(
             201,
-            &[("x-a", b"1"), ("X-A", b"2"), ("content-length", b"999"), ("connection", b"close")],
+            &[
+                ("x-a", b"1"),
+                ("X-A", b"2"),
+                ("content-length", b"999"),
+                ("connection", b"close"),
+            ],
         ))
         .expect("valid");
         assert_eq!(out.status(), 201);

@@ -154,14 +154,12 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     config::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
     // `fuel.remaining` reads the store, which generated `Host` traits
     // cannot reach, so it is defined by hand.
-    linker
-        .instance("wasmgate:handler/fuel@0.1.0")?
-        .func_wrap(
-            "remaining",
-            |store: StoreContextMut<'_, State>, (): ()| -> wasmtime::Result<(u64,)> {
-                Ok((store.get_fuel()?,))
-            },
-        )?;
+    linker.instance("wasmgate:handler/fuel@0.1.0")?.func_wrap(
+        "remaining",
+        |store: StoreContextMut<'_, State>, (): ()| -> wasmtime::Result<(u64,)> {
+            Ok((store.get_fuel()?,))
+        },
+    )?;
     Ok(linker)
 }
 
@@ -186,7 +184,11 @@ mod tests {
         assert!(limiter.memory_growing(0, 2 * 65536, None).expect("ok"));
         assert!(limiter.memory_growing(0, 2 * 65536, None).expect("ok"));
         assert!(!limiter.refused);
-        assert!(!limiter.memory_growing(2 * 65536, 3 * 65536, None).expect("ok"));
+        assert!(
+            !limiter
+                .memory_growing(2 * 65536, 3 * 65536, None)
+                .expect("ok")
+        );
         assert!(limiter.refused);
     }
 }
