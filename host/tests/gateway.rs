@@ -46,6 +46,16 @@ async fn serves_hello_echo_and_404() {
         .await
         .expect("POST /echo");
     assert_eq!(response.status(), 204, "an empty body gives 204");
+    let remaining: u64 = response.headers()["x-fuel-remaining"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a number");
+    let budget = wasmgate::config::Limits::default().fuel;
+    assert!(
+        remaining > 0 && remaining < budget,
+        "the guest sees its fuel being used: {remaining} of {budget}"
+    );
 
     let response = gw.get("/nowhere").await;
     assert_eq!(response.status(), 404);
@@ -398,4 +408,109 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
     assert!(body.trim().parse::<u64>().is_ok(), "{body}");
     // After shutdown nothing listens any more.
     assert!(reqwest::get(format!("{address}/hello")).await.is_err());
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the server
+/// sends back until it closes the connection.
+async fn raw_exchange(address: &str, request: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    answer
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_slow_clients_are_cut_off() {
+    let gw = TestGateway::start(&format!("[server]\nheader_read_timeout_ms = 200\n{DEMO}")).await;
+    let address = gw.url.trim_start_matches("http://").to_owned();
+
+    let mut huge = b"GET /hello HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    // The server may stop reading and answer before all is written.
+    let _ = stream.write_all(&huge).await;
+    let mut head = vec![0; 12];
+    stream.read_exact(&mut head).await.expect("status line");
+    assert_eq!(&head, b"HTTP/1.1 431");
+
+    // Half a request line, then silence: closed by the header read timeout.
+    let answer = raw_exchange(&address, b"GET /hel").await;
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    // The header timeout is far longer than the idle timeout, so only the
+    // idle timeout can close the connection within the margin below.
+    let gw = TestGateway::start(&format!(
+        "[server]\nheader_read_timeout_ms = 30000\nidle_timeout_ms = 200\n{DEMO}"
+    ))
+    .await;
+    let address = gw.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let answer = raw_exchange(&address, b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "closed by the idle timeout, not the 30 s header timeout"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_wait_instead_of_being_refused() {
+    let gw = TestGateway::start(&format!("[server]\nmax_connections = 1\n{DEMO}")).await;
+    let address = gw.url.trim_start_matches("http://").to_owned();
+    let request = b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    // The first connection takes the only slot and stays open.
+    let mut first = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    first.write_all(request).await.expect("write");
+    let mut head = vec![0; 12];
+    first.read_exact(&mut head).await.expect("first answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // The second is accepted by the kernel but not served while the first
+    // holds the slot...
+    let mut second = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    second.write_all(request).await.expect("write");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the second connection was served while the first held the only slot"
+    );
+
+    // ...and is served once the first goes away.
+    drop(first);
+    let mut head = vec![0; 12];
+    tokio::time::timeout(Duration::from_secs(20), second.read_exact(&mut head))
+        .await
+        .expect("served after the first closed")
+        .expect("read");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    gw.shutdown().await;
 }

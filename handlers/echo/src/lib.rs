@@ -4,11 +4,12 @@
 //! With a body it answers 200 `text/plain`: `METHOD URI` (URI = path and
 //! query), one `name: value` line per header, a blank line, then the raw
 //! request body. Without a body it answers 204 with an empty body. Either way
-//! the method is also sent back in `x-echo-method`.
+//! the method is also sent back in `x-echo-method`, and the fuel left when the
+//! response was built in `x-fuel-remaining` (so tests see the fuel import).
 
 use wasmgate_sdk::http::StatusCode;
 use wasmgate_sdk::http::header::{CONTENT_TYPE, HeaderValue};
-use wasmgate_sdk::{IntoResponse, Request, Response};
+use wasmgate_sdk::{IntoResponse, Request, Response, fuel, log};
 
 #[wasmgate_sdk::handler]
 fn echo(req: Request) -> Response {
@@ -26,6 +27,9 @@ fn echo(req: Request) -> Response {
     if let Ok(method) = HeaderValue::from_str(req.method().as_str()) {
         resp.headers_mut().insert("x-echo-method", method);
     }
+    resp.headers_mut()
+        .insert("x-fuel-remaining", HeaderValue::from(fuel::remaining()));
+    log::debug(&format!("echoed {} bytes", req.body().len()));
     resp
 }
 
