@@ -131,6 +131,10 @@ pub struct RuntimeConfig {
     /// Uploaded handlers and compiled code, relative to the config file's
     /// folder. Default `wasmgate-data`.
     pub data_dir: PathBuf,
+    /// Meter fuel. Off, `limits.fuel` is not enforced (the deadline and
+    /// memory limit still are) and guests run a few percent faster.
+    /// Default true.
+    pub consume_fuel: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -139,6 +143,7 @@ impl Default for RuntimeConfig {
             workers: 0,
             queue_depth: 1024,
             data_dir: PathBuf::from("wasmgate-data"),
+            consume_fuel: true,
         }
     }
 }

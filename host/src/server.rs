@@ -64,7 +64,7 @@ impl Server {
             .unwrap_or(config.limits.memory_bytes);
         // Only workers instantiate, one instance each at a time.
         let instances = u32::try_from(workers).unwrap_or(u32::MAX);
-        let runtime = Runtime::new(instances, max_memory)?;
+        let runtime = Runtime::new(instances, max_memory, config.runtime.consume_fuel)?;
         let registry = Registry::from_config(config, &runtime, &metrics)?;
         let executor = Executor::start(
             &runtime,

@@ -5,11 +5,14 @@
 //! - `serve [ARGS]`: builds the handlers and the gateway (release) and serves
 //!   `examples/wasmgate.toml`; ARGS go to `wasmgate serve`.
 //! - `test`: fmt check, clippy `-D warnings` (host and wasm), every test.
+//! - `bench [--quick]`: the benchmark report (see `bench.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod bench;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -23,11 +26,13 @@ fn main() -> anyhow::Result<()> {
         "build-handlers" => build_handlers(),
         "serve" => serve(&rest),
         "test" => test(),
+        "bench" => bench::bench(&rest),
         _ => bail!(
             "usage: cargo xtask <command>\n\n\
              commands:\n  \
              serve [ARGS]     build everything and run the gateway on examples/wasmgate.toml\n  \
              test             fmt check, clippy -D warnings, every test\n  \
+             bench [--quick]  load and in-process benchmarks; writes target/bench/report.{{json,md}}\n  \
              build-handlers   build the handler components for {WASM_TARGET}"
         ),
     }
@@ -42,7 +47,7 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a command, failing with its command line when it fails.
-fn run(command: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
     let line = format!("{command:?}");
     eprintln!("xtask: {}", line.replace('"', ""));
     let status = command
@@ -54,7 +59,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -95,7 +100,7 @@ fn with_packages<'a>(command: &'a mut Command, packages: &[String]) -> &'a mut C
     command
 }
 
-fn build_handlers() -> anyhow::Result<()> {
+pub(crate) fn build_handlers() -> anyhow::Result<()> {
     ensure_wasm_target()?;
     let packages = handler_packages()?;
     run(with_packages(

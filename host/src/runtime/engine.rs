@@ -41,6 +41,8 @@ pub struct Runtime {
     /// Host functions (WASI with no capabilities, log, metrics, config,
     /// fuel), resolved against each component once, at load time.
     pub linker: std::sync::Arc<Linker<State>>,
+    /// Whether the engine meters fuel (`runtime.consume_fuel`).
+    pub consume_fuel: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -53,14 +55,19 @@ impl Runtime {
     /// An engine sized for `instances` concurrent instances (one per worker
     /// suffices: only workers instantiate) whose memories may grow to
     /// `max_memory_bytes`; starts the epoch ticker.
-    pub fn new(instances: u32, max_memory_bytes: u64) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(instances, max_memory_bytes))
+    pub fn new(
+        instances: u32,
+        max_memory_bytes: u64,
+        consume_fuel: bool,
+    ) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(instances, max_memory_bytes, consume_fuel))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         start_epoch_ticker(&engine)?;
         Ok(Self {
             engine,
             linker: std::sync::Arc::new(linker),
+            consume_fuel,
         })
     }
 
@@ -73,11 +80,12 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: std::sync::Arc::new(linker),
+            consume_fuel: true,
         })
     }
 }
 
-fn engine_config(instances: u32, max_memory_bytes: u64) -> Config {
+fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> Config {
     let slots = instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
@@ -97,7 +105,7 @@ fn engine_config(instances: u32, max_memory_bytes: u64) -> Config {
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
-        .consume_fuel(true)
+        .consume_fuel(consume_fuel)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config

@@ -114,15 +114,16 @@ fn work(runtime: &Runtime, receiver: &Receiver<Job>, metrics: &Metrics) {
             continue;
         }
         metrics.workers_busy.inc();
-        let outcome = run(runtime, &job.version, &job.request, job.deadline, metrics);
+        let outcome = call_guest(runtime, &job.version, &job.request, job.deadline, metrics);
         metrics.workers_busy.dec();
         // The client may have gone away meanwhile; nothing to do then.
         let _ = job.reply.send(outcome);
     }
 }
 
-/// One request in a fresh instance with the version's limits.
-fn run(
+/// Runs one request in a fresh instance with the version's limits, on the
+/// calling thread. The executor's workers call this; so do benchmarks.
+pub fn call_guest(
     runtime: &Runtime,
     version: &Arc<HandlerVersion>,
     request: &GuestRequest,
@@ -142,7 +143,9 @@ fn run(
         State::new(Arc::clone(&version.context), limits.memory_bytes),
     );
     store.limiter(|state| &mut state.limiter);
-    if let Err(e) = store.set_fuel(limits.fuel) {
+    if runtime.consume_fuel
+        && let Err(e) = store.set_fuel(limits.fuel)
+    {
         tracing::error!("setting fuel: {e:#}");
         return GuestOutcome {
             result: Err(RequestError::Trap(TrapKind::Other)),
@@ -158,7 +161,9 @@ fn run(
             .observe(started.elapsed().as_secs_f64());
         instance.call_handle(&mut store, request)
     });
-    let fuel_consumed = limits.fuel - store.get_fuel().unwrap_or(0);
+    let fuel_consumed = runtime
+        .consume_fuel
+        .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
     let result = match result {
         Ok(response) => into_http(response),
         Err(e) => {
@@ -175,7 +180,7 @@ fn run(
     };
     GuestOutcome {
         result,
-        fuel_consumed: Some(fuel_consumed),
+        fuel_consumed,
     }
 }
 

@@ -11,7 +11,7 @@ mod handler;
 mod host;
 
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
-pub use executor::{Executor, GuestOutcome};
+pub use executor::{Executor, GuestOutcome, call_guest};
 pub use handler::{ComponentInfo, HandlerVersion, LoadError};
 pub use host::{GuestRequest, HandlerContext};
 

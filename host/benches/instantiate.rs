@@ -1,0 +1,123 @@
+//! In-process benchmark: a fresh instance of `hello` per call, with fuel,
+//! epoch deadline and memory limiter on, exactly as the gateway's workers
+//! run it, minus the network and the queue.
+//!
+//! Run by `cargo xtask bench` (or `cargo bench -p wasmgate --bench
+//! instantiate -- [--quick]`). Prints one JSON object: p50/p99 of
+//! instantiate + call in microseconds, and instances per second at 1 thread
+//! and at one thread per core. A custom harness because the report needs
+//! percentiles and multi-thread throughput, which criterion does not give.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmgate::config::Limits;
+use wasmgate::metrics::Metrics;
+use wasmgate::runtime::{GuestRequest, HandlerContext, HandlerVersion, Runtime, call_guest};
+use wasmgate_handler_components as components;
+
+fn request() -> GuestRequest {
+    GuestRequest {
+        method: "GET".into(),
+        uri: "/hello".into(),
+        headers: vec![("host".into(), b"localhost".to_vec())],
+        body: Vec::new(),
+    }
+}
+
+fn call(runtime: &Runtime, version: &Arc<HandlerVersion>, metrics: &Metrics) {
+    let outcome = call_guest(
+        runtime,
+        version,
+        &request(),
+        Instant::now() + Duration::from_secs(10),
+        metrics,
+    );
+    assert!(
+        outcome.result.is_ok(),
+        "hello failed: {:?}",
+        outcome.result.err()
+    );
+}
+
+/// Calls per second over `duration` on `threads` threads.
+fn throughput(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    metrics: &Arc<Metrics>,
+    threads: usize,
+    duration: Duration,
+) -> f64 {
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut n = 0u64;
+                    while started.elapsed() < duration {
+                        call(runtime, version, metrics);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .sum()
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let duration = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let metrics = Arc::new(Metrics::new());
+    let limits = Limits::default();
+    let runtime = Runtime::new(threads as u32, limits.memory_bytes, true).expect("runtime");
+    let context = Arc::new(HandlerContext {
+        config: Default::default(),
+        metrics: metrics.handler("bench", "hello"),
+    });
+    let version = Arc::new(
+        HandlerVersion::load_file(
+            &runtime,
+            components::require(components::HELLO).as_ref(),
+            limits,
+            context,
+        )
+        .expect("load hello"),
+    );
+
+    // Warm up: fault in pool slots and code pages.
+    for _ in 0..2_000 {
+        call(&runtime, &version, &metrics);
+    }
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        call(&runtime, &version, &metrics);
+        samples.push(t.elapsed().as_nanos() as f64 / 1_000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    let percentile = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    let one = throughput(&runtime, &version, &metrics, 1, duration);
+    let all = throughput(&runtime, &version, &metrics, threads, duration);
+    println!(
+        "{{\"instantiate_call_p50_us\": {:.2}, \"instantiate_call_p99_us\": {:.2}, \
+         \"instances_per_sec_1_thread\": {:.0}, \"instances_per_sec_n_threads\": {:.0}, \
+         \"threads\": {threads}, \"samples\": {}}}",
+        percentile(0.5),
+        percentile(0.99),
+        one,
+        all,
+        samples.len()
+    );
+}
