@@ -226,13 +226,13 @@ impl Metrics {
             ),
             guest_counters: counter_vec(
                 &r,
-                "wasmgate_guest_counter_total",
+                "wasmgate_guest_events_total",
                 "Counters defined by guests through the metrics import.",
                 &["tenant", "handler", "name"],
             ),
             guest_histograms: histogram_vec(
                 &r,
-                "wasmgate_guest_histogram",
+                "wasmgate_guest_values",
                 "Histograms defined by guests through the metrics import.",
                 &["tenant", "handler", "name"],
                 prometheus::DEFAULT_BUCKETS.to_vec(),
@@ -448,7 +448,7 @@ mod tests {
         let text = metrics.render();
         let series = text
             .lines()
-            .filter(|l| l.starts_with("wasmgate_guest_counter_total{"))
+            .filter(|l| l.starts_with("wasmgate_guest_events_total{"))
             .count();
         assert_eq!(series, MAX_GUEST_METRIC_NAMES);
         let dropped = 1000 - MAX_GUEST_METRIC_NAMES + 4;

@@ -110,7 +110,7 @@ async fn serves_hello_echo_and_404() {
     assert_eq!(
         require_metric(
             &text,
-            r#"wasmgate_guest_counter_total{handler="hello",name="hello_requests",tenant="demo"}"#
+            r#"wasmgate_guest_events_total{handler="hello",name="hello_requests",tenant="demo"}"#
         ),
         1.0,
         "the guest's own counter is exported"
@@ -356,6 +356,51 @@ component = "{{faults}}"
     gw.shutdown().await;
 }
 
+/// DESIGN.md: the exposition must pass `promtool check metrics` (which
+/// `cargo xtask test` installs), with every family present.
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let gw = TestGateway::start(DEMO).await;
+    for path in [
+        "/hello",
+        "/echo",
+        "/faults/panic",
+        "/faults/metrics",
+        "/nowhere",
+    ] {
+        gw.get(path).await;
+    }
+    // The guest histogram family appears once a guest observes a value.
+    gw.get("/cpu?iters=10").await;
+    let text = gw.metrics().await;
+    assert!(text.contains("wasmgate_guest_values_bucket"), "{text}");
+    let mut promtool = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "promtool is needed ({e}): `cargo xtask test` installs it, or `apt-get install prometheus`"
+        ),
+    };
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("piped stdin"),
+        text.as_bytes(),
+    )
+    .expect("write to promtool");
+    let output = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_guest_metric_flood_is_capped() {
     let gw = TestGateway::start(DEMO).await;
@@ -367,7 +412,7 @@ async fn a_guest_metric_flood_is_capped() {
     let series = text
         .lines()
         .filter(|l| {
-            l.starts_with("wasmgate_guest_counter_total{") && l.contains("handler=\"faults\"")
+            l.starts_with("wasmgate_guest_events_total{") && l.contains("handler=\"faults\"")
         })
         .count();
     assert_eq!(series, wasmgate::metrics::MAX_GUEST_METRIC_NAMES);
@@ -379,7 +424,7 @@ async fn a_guest_metric_flood_is_capped() {
     assert!(
         metric(
             &text,
-            r#"wasmgate_guest_counter_total{handler="faults",name="flood_0",tenant="demo"}"#
+            r#"wasmgate_guest_events_total{handler="faults",name="flood_0",tenant="demo"}"#
         ) == Some(2.0)
     );
     gw.shutdown().await;

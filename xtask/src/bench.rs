@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{build_handlers, cargo, run};
+use crate::{build_handlers, cargo, ensure_apt_tool, run};
 
 /// Connections and threads of every load case.
 const WRK_THREADS: &str = "2";
@@ -99,17 +99,6 @@ fn status_kb(pid: u32, field: &str) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-fn ensure_wrk() -> anyhow::Result<()> {
-    if Command::new("wrk").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("xtask: wrk is missing; installing it with apt-get");
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "wrk"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Parses a wrk duration such as `412.00us`, `1.20ms` or `2.00s` into ms.
@@ -237,7 +226,7 @@ fn best(runs: &Runs) -> Load {
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let seconds = if quick { 2 } else { 10 };
-    ensure_wrk()?;
+    ensure_apt_tool("wrk", "wrk")?;
     build_handlers()?;
     run(cargo().args([
         "build",

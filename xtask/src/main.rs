@@ -79,6 +79,18 @@ fn handler_packages() -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Installs a Debian package when its program is not on PATH.
+pub(crate) fn ensure_apt_tool(program: &str, package: &str) -> anyhow::Result<()> {
+    if Command::new(program).arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: {program} is missing; installing Debian package {package}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn ensure_wasm_target() -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -119,6 +131,8 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_handlers()?;
+    // The metrics test checks the exposition with promtool (DESIGN.md).
+    ensure_apt_tool("promtool", "prometheus")?;
     let packages = handler_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([

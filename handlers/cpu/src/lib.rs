@@ -4,14 +4,16 @@
 //! Runs [`cpu_work::spin`] for `?iters=N` rounds (default
 //! [`cpu_work::DEFAULT_ITERS`], about 4 ms of native CPU) and answers 200 with
 //! the result and a newline. A malformed `iters` gets 400. There is no upper
-//! bound here: the gateway's fuel budget stops runaway requests.
+//! bound here: the gateway's fuel budget stops runaway requests. Each request
+//! records its iteration count in the guest histogram `cpu_iterations`.
 
-use wasmgate_sdk::Request;
 use wasmgate_sdk::http::StatusCode;
+use wasmgate_sdk::{Request, metrics};
 
 #[wasmgate_sdk::handler]
 fn cpu(req: Request) -> Result<String, (StatusCode, String)> {
     let iters = iters(req.uri().query())?;
+    metrics::histogram_observe("cpu_iterations", iters as f64);
     Ok(format!("{}\n", cpu_work::spin(iters)))
 }
 
