@@ -128,8 +128,9 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// Requests waiting for a worker before new ones get 503. Default 1024.
     pub queue_depth: usize,
-    /// Uploaded handlers and compiled code, relative to the config file's
-    /// folder. Default `wasmgate-data`.
+    /// Compiled code (`cache/`, so restarts skip compilation) and, later,
+    /// uploaded handlers; relative to the config file's folder. Default
+    /// `wasmgate-data`.
     pub data_dir: PathBuf,
     /// Meter fuel. Off, `limits.fuel` is not enforced (the deadline and
     /// memory limit still are) and guests run a few percent faster.

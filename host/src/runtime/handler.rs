@@ -75,22 +75,35 @@ impl HandlerVersion {
         Self::load(runtime, &bytes, limits, context)
     }
 
-    /// Compiles and links component bytes. Compilation is CPU-heavy
-    /// (tens of ms): call it off the async workers.
+    /// Compiles (or takes from the runtime's code cache) and links
+    /// component bytes. Compilation is CPU-heavy (tens of ms): call it off
+    /// the async workers. Only a component that links is cached.
     pub fn load(
         runtime: &Runtime,
         bytes: &[u8],
         limits: Limits,
         context: Arc<HandlerContext>,
     ) -> Result<Self, LoadError> {
-        let component = compile(runtime, bytes)?;
+        let sha256 = hex_sha256(bytes);
+        let cached = runtime
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&runtime.engine, &sha256));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => compile(runtime, bytes)?,
+        };
         let pre = runtime
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = HandlerPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        if let (Some(cache), false) = (&runtime.cache, from_cache) {
+            cache.put(&runtime.engine, &sha256, &component);
+        }
         Ok(Self {
-            sha256: hex_sha256(bytes),
+            sha256,
             loaded_at: SystemTime::now(),
             limits,
             context,

@@ -5,11 +5,13 @@
 //! async workers: a CPU-heavy handler can slow its own tenant, never the
 //! accept loop or the admin listener.
 
+mod cache;
 mod engine;
 mod executor;
 mod handler;
 mod host;
 
+pub use cache::CodeCache;
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
 pub use executor::{Executor, GuestOutcome, call_guest};
 pub use handler::{ComponentInfo, HandlerVersion, LoadError};

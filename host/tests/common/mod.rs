@@ -62,8 +62,10 @@ impl TestGateway {
     /// [`config_text`]).
     pub async fn start(template: &str) -> Self {
         let text = config_text(template);
-        let config = Config::parse(&text, Path::new("test.toml"), Path::new("."))
+        let mut config = Config::parse(&text, Path::new("test.toml"), Path::new("."))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        // Share one code cache among the in-process tests, under target/.
+        config.runtime.data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
         // Loading compiles components: keep it off the async workers.
         let server = tokio::task::spawn_blocking(move || Server::new(&config))
             .await
