@@ -4,9 +4,6 @@
 //! A full queue answers 503 at once rather than letting work pile up; a
 //! fixed number of threads (about one per core) keeps CPU-heavy guests from
 //! fighting over cores, which is what keeps tail latency flat under load.
-//! Workers run at a lower scheduling priority than the async runtime, so
-//! when guests saturate the cores the accept loop, socket I/O and
-//! `/metrics` still get the CPU the moment they need it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -109,12 +106,7 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Nice value of guest workers (the async runtime stays at 0). Under CFS a
-/// thread at nice 10 weighs about a tenth of one at 0.
-const WORKER_NICE: i32 = 10;
-
 fn work(runtime: &Runtime, receiver: &Receiver<Job>, metrics: &Metrics) {
-    lower_priority();
     for job in receiver {
         metrics.queue_depth.set(gauge(receiver.len()));
         // The client went away while the request was queued.
@@ -126,17 +118,6 @@ fn work(runtime: &Runtime, receiver: &Receiver<Job>, metrics: &Metrics) {
         metrics.workers_busy.dec();
         // The client may have gone away meanwhile; nothing to do then.
         let _ = job.reply.send(outcome);
-    }
-}
-
-/// Lowers the calling thread's priority to [`WORKER_NICE`]. On Linux the
-/// nice value is per thread; failing is harmless (only fairness suffers).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WORKER_NICE)
-    {
-        tracing::warn!("could not lower the guest worker's priority: {e}");
     }
 }
 
