@@ -108,12 +108,16 @@ fn main() {
     }
     samples.sort_by(f64::total_cmp);
     let percentile = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    // The gateway's own histogram times `instantiate` alone.
+    let instantiate_mean_us = metrics.instantiation_duration.get_sample_sum()
+        / metrics.instantiation_duration.get_sample_count() as f64
+        * 1e6;
     let one = throughput(&runtime, &version, &metrics, 1, duration);
     let all = throughput(&runtime, &version, &metrics, threads, duration);
     println!(
         "{{\"instantiate_call_p50_us\": {:.2}, \"instantiate_call_p99_us\": {:.2}, \
          \"instances_per_sec_1_thread\": {:.0}, \"instances_per_sec_n_threads\": {:.0}, \
-         \"threads\": {threads}, \"samples\": {}}}",
+         \"instantiate_mean_us\": {instantiate_mean_us:.2}, \"threads\": {threads}, \"samples\": {}}}",
         percentile(0.5),
         percentile(0.99),
         one,
