@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmgate::config::Config;
-use wasmgate::runtime::{ComponentInfo, Runtime};
+use wasmgate::metrics::Metrics;
+use wasmgate::runtime::{ComponentInfo, HandlerContext, HandlerVersion, Runtime};
 use wasmgate::server::Server;
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
@@ -38,6 +39,15 @@ enum Command {
         /// The component file.
         file: PathBuf,
     },
+    /// Compile a component into the code cache of a config's data dir, so
+    /// `serve` with that config starts without compiling it.
+    Compile {
+        /// The component file.
+        file: PathBuf,
+        /// The config `serve` will use (its data dir and engine settings).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +65,7 @@ fn main() -> ExitCode {
             admin_listen,
         } => serve(config.as_deref(), listen, admin_listen),
         Command::Check { file } => check(&file),
+        Command::Compile { file, config } => compile(&file, config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +144,27 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+fn compile(file: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let runtime = Runtime::from_config(&config)?;
+    let context = std::sync::Arc::new(HandlerContext {
+        config: Default::default(),
+        metrics: std::sync::Arc::new(Metrics::new()).handler("compile", "compile"),
+    });
+    let version = HandlerVersion::load_file(&runtime, file, config.limits, context)
+        .with_context(|| file.display().to_string())?;
+    let cache = runtime.cache.as_ref().context("no code cache")?;
+    println!(
+        "{}: compiled into {}",
+        file.display(),
+        cache.path(&runtime.engine, &version.sha256).display()
+    );
+    Ok(())
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {

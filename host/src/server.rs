@@ -27,7 +27,7 @@ use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::registry::{HandlerLoadError, Registry};
-use crate::runtime::{CodeCache, Executor, Runtime, RuntimeError};
+use crate::runtime::{Executor, Runtime, RuntimeError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,22 +54,11 @@ impl Server {
     /// workers. Fails, naming the handler, if any handler does not load.
     pub fn new(config: &Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let workers = config.runtime.worker_count();
-        let max_memory = config
-            .tenants
-            .iter()
-            .map(|t| config.tenant_limits(t).memory_bytes)
-            .chain([config.limits.memory_bytes])
-            .max()
-            .unwrap_or(config.limits.memory_bytes);
-        // Only workers instantiate, one instance each at a time.
-        let instances = u32::try_from(workers).unwrap_or(u32::MAX);
-        let runtime = Runtime::new(instances, max_memory, config.runtime.consume_fuel)?
-            .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache")));
+        let runtime = Runtime::from_config(config)?;
         let registry = Registry::from_config(config, &runtime, &metrics)?;
         let executor = Executor::start(
             &runtime,
-            workers,
+            config.runtime.worker_count(),
             config.runtime.queue_depth,
             Arc::clone(&metrics),
         )?;

@@ -322,3 +322,42 @@ async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
         );
     }
 }
+
+#[test]
+fn compile_fills_the_cache_that_serve_reads() {
+    let dir = scratch("compile");
+    let config = write_config(&dir, &config_text(DEMO));
+    let output = Command::new(BIN)
+        .args([
+            "compile",
+            components::require(components::HELLO),
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run wasmgate compile");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cached = stdout
+        .trim()
+        .rsplit_once("compiled into ")
+        .map(|(_, path)| PathBuf::from(path))
+        .unwrap_or_else(|| panic!("no path in {stdout:?}"));
+    assert!(
+        cached.starts_with(dir.join("wasmgate-data").join("cache")),
+        "{}",
+        cached.display()
+    );
+    assert!(cached.is_file());
+
+    let output = Command::new(BIN)
+        .args(["compile", "/nonexistent/x.wasm"])
+        .output()
+        .expect("run wasmgate compile");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.wasm"));
+}

@@ -75,6 +75,25 @@ impl Runtime {
         })
     }
 
+    /// The runtime `serve` uses for `config`: sized for its workers and
+    /// largest memory limit, with the code cache in its data dir. `compile`
+    /// uses the same, so what it caches is what `serve` loads.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, RuntimeError> {
+        let max_memory = config
+            .tenants
+            .iter()
+            .map(|t| config.tenant_limits(t).memory_bytes)
+            .chain([config.limits.memory_bytes])
+            .max()
+            .unwrap_or(config.limits.memory_bytes);
+        // Only workers instantiate, one instance each at a time.
+        let instances = u32::try_from(config.runtime.worker_count()).unwrap_or(u32::MAX);
+        Ok(
+            Self::new(instances, max_memory, config.runtime.consume_fuel)?
+                .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache"))),
+        )
+    }
+
     /// Keeps compiled code in `cache` across restarts.
     pub fn with_code_cache(mut self, cache: CodeCache) -> Self {
         self.cache = Some(cache);
