@@ -146,6 +146,11 @@ impl Drop for Process {
 }
 
 fn spawn_serve(config: &Path) -> Process {
+    spawn_serve_logging(config, Stdio::null())
+}
+
+/// `wasmgate serve` with its log (stderr) going to `log`.
+fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -157,7 +162,7 @@ fn spawn_serve(config: &Path) -> Process {
         .arg("--config")
         .arg(config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn wasmgate");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -360,4 +365,23 @@ fn compile_fills_the_cache_that_serve_reads() {
         .expect("run wasmgate compile");
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.wasm"));
+}
+
+#[tokio::test]
+async fn a_guest_panic_message_reaches_the_log() {
+    let dir = scratch("panic-log");
+    let config = write_config(&dir, &config_text(DEMO));
+    let log_path = dir.join("wasmgate.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let process = spawn_serve_logging(&config, Stdio::from(log));
+    let response = reqwest::get(format!("{}/faults/panic", process.url))
+        .await
+        .expect("panic");
+    assert_eq!(response.status(), 500);
+    drop(process);
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("guest trapped") && log.contains("faults: deliberate panic"),
+        "the trap and the guest's panic message are logged:\n{log}"
+    );
 }

@@ -141,6 +141,11 @@ fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> C
         // afterwards, with a malloc arena per thread, for little gain on a
         // few small handlers.
         .parallel_compilation(false)
+        // A trap costs a stack walk per frame to capture its backtrace; a
+        // stack overflow has thousands. Traps are counted by kind and the
+        // guest's stderr (its panic message) is logged, which is what an
+        // author needs; an abusive tenant cannot make us walk stacks.
+        .wasm_backtrace(false)
         .consume_fuel(consume_fuel)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

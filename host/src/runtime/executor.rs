@@ -164,17 +164,32 @@ pub fn call_guest(
     let fuel_consumed = runtime
         .consume_fuel
         .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
+    let stderr = store.data().stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = stderr.trim_end();
+    let (tenant, handler) = (
+        &version.context.metrics.tenant,
+        &version.context.metrics.handler,
+    );
     let result = match result {
-        Ok(response) => into_http(response),
+        Ok(response) => {
+            if !stderr.is_empty() {
+                tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
+            }
+            into_http(response)
+        }
         Err(e) => {
             let kind = classify(&e, store.data().limiter.refused);
-            if kind == TrapKind::Other {
-                tracing::warn!(
-                    tenant = %version.context.metrics.tenant,
-                    handler = %version.context.metrics.handler,
-                    "guest failed: {e:#}"
-                );
-            }
+            let reason = e
+                .downcast_ref::<Trap>()
+                .map_or_else(|| format!("{e:#}"), Trap::to_string);
+            tracing::warn!(
+                %tenant,
+                %handler,
+                kind = kind.as_str(),
+                stderr,
+                "guest trapped: {reason}"
+            );
             Err(RequestError::Trap(kind))
         }
     };

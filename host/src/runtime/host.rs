@@ -2,13 +2,15 @@
 //! of the `wasmgate:handler` world, and the memory limiter.
 //!
 //! WASI is present only because Rust's std imports it; the context is empty
-//! (no files, no environment, no sockets, output discarded).
+//! (no files, no environment, no sockets). Stdout is discarded; stderr is
+//! kept, bounded, so a panic message reaches the gateway log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, StoreContextMut};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::wasmgate::handler::{config, log, metrics};
@@ -19,6 +21,8 @@ pub type GuestRequest = super::bindings::Request;
 
 /// Longest log message kept from a guest, in bytes.
 const MAX_LOG_MESSAGE: usize = 4096;
+/// Guest stderr kept per request, in bytes; further writes fail.
+const MAX_GUEST_STDERR: usize = 4096;
 
 /// What host functions need to know about the handler they serve; shared by
 /// every request of one handler version.
@@ -33,6 +37,8 @@ pub struct HandlerContext {
 /// The data of one request's store.
 pub struct State {
     wasi: WasiCtx,
+    /// The guest's stderr (panic messages, `eprintln!`), for the log.
+    pub(super) stderr: MemoryOutputPipe,
     table: ResourceTable,
     /// Enforces the memory limit and remembers a refusal, so that the trap
     /// that follows (Rust aborts on allocation failure) is reported as a
@@ -44,8 +50,12 @@ pub struct State {
 impl State {
     /// Fresh state for one request.
     pub(super) fn new(handler: Arc<HandlerContext>, memory_bytes: u64) -> Self {
+        let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
         Self {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
+            stderr,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
