@@ -141,11 +141,11 @@ fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> C
         // afterwards, with a malloc arena per thread, for little gain on a
         // few small handlers.
         .parallel_compilation(false)
-        // A trap costs a stack walk per frame to capture its backtrace; a
-        // stack overflow has thousands. Traps are counted by kind and the
-        // guest's stderr (its panic message) is logged, which is what an
-        // author needs; an abusive tenant cannot make us walk stacks.
-        .wasm_backtrace(false)
+        // No backtrace is captured on a trap: traps are counted by kind and
+        // logged with the guest's stderr (its panic message), which is what
+        // an author needs, and a tenant that traps on purpose costs no
+        // stack walks.
+        .wasm_backtrace_max_frames(None)
         .consume_fuel(consume_fuel)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
