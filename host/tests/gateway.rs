@@ -559,3 +559,21 @@ async fn connections_over_max_connections_wait_instead_of_being_refused() {
     assert_eq!(&head, b"HTTP/1.1 200");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn serves_http2_with_prior_knowledge() {
+    let gw = TestGateway::start(DEMO).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = client
+        .get(format!("{}/hello", gw.url))
+        .send()
+        .await
+        .expect("h2 GET /hello");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.expect("body").contains("hello"));
+    gw.shutdown().await;
+}
