@@ -76,14 +76,17 @@ impl Server {
     }
 
     /// Serves the public and admin listeners until `shutdown` resolves,
-    /// then drains connections for at most `shutdown_grace_ms`.
+    /// then drains public connections for at most `shutdown_grace_ms`.
+    /// The admin listener stays up while they drain, with `/readyz` saying
+    /// 503, and stops last.
     pub async fn run(
         self,
         public: TcpListener,
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_public, public_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
         let metrics = Arc::clone(&self.gateway.metrics);
         let options = ConnectionOptions::from(&self.config);
         let public_loop = tokio::spawn(accept_loop(
@@ -91,7 +94,7 @@ impl Server {
             Service::Public(Arc::clone(&self.gateway)),
             options,
             Some(Arc::clone(&metrics)),
-            stop_rx.clone(),
+            public_stopped,
         ));
         let admin_options = ConnectionOptions {
             max_connections: 64,
@@ -102,23 +105,27 @@ impl Server {
             Service::Admin(Arc::clone(&self.admin)),
             admin_options,
             None,
-            stop_rx,
+            admin_stopped,
         ));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         self.admin.draining.store(true, Ordering::Relaxed);
-        // Errors only if every receiver is gone, i.e. all loops ended.
-        let _ = stop_tx.send(true);
+        // Errors only if every receiver is gone, i.e. the loop ended.
+        let _ = stop_public.send(true);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
-        // Every loop and connection task holds a receiver; `closed` resolves
-        // when the last one is dropped.
-        if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
+        // The public loop and each of its connection tasks hold a receiver;
+        // `closed` resolves when the last one is dropped.
+        if tokio::time::timeout(grace, stop_public.closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 open = metrics.connections_active.get(),
                 "grace period over: closing the remaining connections"
             );
         }
+        let _ = stop_admin.send(true);
         public_loop.abort();
         admin_loop.abort();
     }

@@ -447,6 +447,30 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
     gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0)
         .await;
     let address = gw.url.clone();
+    let mut gw = gw;
+    gw.begin_shutdown();
+    // While the request drains, the admin side is up and says not ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let readyz = gw
+            .client
+            .get(format!("{}/readyz", gw.admin))
+            .send()
+            .await
+            .expect("admin stays up while draining");
+        if readyz.status() == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said 503 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the cpu request is still draining"
+    );
     gw.shutdown().await;
     let (status, body) = in_flight.await.expect("task");
     assert_eq!(status, 200);

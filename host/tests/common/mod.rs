@@ -139,6 +139,13 @@ impl TestGateway {
         }
     }
 
+    /// Tells the gateway to shut down, without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the gateway and waits for it to finish draining.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
