@@ -155,5 +155,63 @@ fn test() -> anyhow::Result<()> {
     for package in &packages {
         test.args(["--exclude", package]);
     }
-    run(&mut test)
+    run_tests(&mut test)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line
+/// totalling every test binary (the last binary alone, often doc tests with
+/// nothing in them, says little).
+fn run_tests(command: &mut Command) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    eprintln!("xtask: {}", format!("{command:?}").replace('"', ""));
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 23 passed; 0 failed; ...` -> (23, 0).
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split([';', '.'])
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_test_result_lines() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 23 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
+            Some((23, 0))
+        );
+        assert_eq!(
+            parse_test_result("test result: FAILED. 2 passed; 1 failed; 0 ignored"),
+            Some((2, 1))
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }
