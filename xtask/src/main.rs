@@ -4,7 +4,8 @@
 //!   missing, then builds every handler component in `handlers/`.
 //! - `serve [ARGS]`: builds the handlers and the gateway (release) and serves
 //!   `examples/wasmgate.toml`; ARGS go to `wasmgate serve`.
-//! - `test`: fmt check, clippy `-D warnings` (host and wasm), every test.
+//! - `test`: fmt check, clippy `-D warnings` (host and wasm), rustdoc
+//!   `-D warnings`, every test.
 //! - `bench [--quick]`: the benchmark report (see `bench.rs`).
 
 use std::path::{Path, PathBuf};
@@ -148,6 +149,10 @@ fn test() -> anyhow::Result<()> {
         &packages,
     )
     .args(["--", "-D", "warnings"]))?;
+    // Broken intra-doc links are bugs in the docs handler authors read.
+    run(cargo()
+        .args(["doc", "--no-deps", "-p", "wasmgate", "-p", "wasmgate-sdk"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     // Handler crates are components: they are exercised through the gateway
     // in the host's integration tests, not compiled natively here.
     let mut test = cargo();
