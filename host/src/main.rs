@@ -108,8 +108,11 @@ fn serve(
         let admin = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-        println!("listening on http://{}", public.local_addr()?);
-        println!("admin on http://{}", admin.local_addr()?);
+        say(&format!(
+            "listening on http://{}\nadmin on http://{}",
+            public.local_addr()?,
+            admin.local_addr()?
+        ))?;
         server.run(public, admin, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
@@ -159,12 +162,11 @@ fn compile(file: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     let version = HandlerVersion::load_file(&runtime, file, config.limits, context)
         .with_context(|| file.display().to_string())?;
     let cache = runtime.cache.as_ref().context("no code cache")?;
-    println!(
+    say(&format!(
         "{}: compiled into {}",
         file.display(),
         cache.path(&runtime.engine, &version.sha256).display()
-    );
-    Ok(())
+    ))
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {
@@ -172,15 +174,27 @@ fn check(file: &Path) -> anyhow::Result<()> {
     let runtime = Runtime::for_checking()?;
     let info =
         ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
-    println!("{}: ok, fits wasmgate:handler@0.1.0", file.display());
-    println!("sha256 {}", info.sha256);
-    println!("imports:");
+    let mut report = format!(
+        "{}: ok, fits wasmgate:handler@0.1.0\nsha256 {}\nimports:",
+        file.display(),
+        info.sha256
+    );
     for import in &info.imports {
-        println!("  {import}");
+        report.push_str(&format!("\n  {import}"));
     }
-    println!("exports:");
+    report.push_str("\nexports:");
     for export in &info.exports {
-        println!("  {export}");
+        report.push_str(&format!("\n  {export}"));
     }
-    Ok(())
+    say(&report)
+}
+
+/// Writes `text` and a newline to stdout: a closed stdout (say, piped into
+/// `head`) is an error to report, never a panic as with `println!`.
+fn say(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
 }
