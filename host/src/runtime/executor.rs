@@ -164,7 +164,7 @@ pub fn call_guest(
     let fuel_consumed = runtime
         .consume_fuel
         .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
-    let stderr = store.data().stderr.contents();
+    let stderr = store.data().stderr().unwrap_or_default();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr = stderr.trim_end();
     let (tenant, handler) = (

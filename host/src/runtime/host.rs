@@ -36,9 +36,12 @@ pub struct HandlerContext {
 
 /// The data of one request's store.
 pub struct State {
-    wasi: WasiCtx,
-    /// The guest's stderr (panic messages, `eprintln!`), for the log.
-    pub(super) stderr: MemoryOutputPipe,
+    /// Built on the guest's first WASI call: most handlers make none, and
+    /// building it is a few percent of a small request's cost.
+    wasi: Option<WasiCtx>,
+    /// The guest's stderr (panic messages, `eprintln!`), for the log; set
+    /// with `wasi`.
+    stderr: Option<MemoryOutputPipe>,
     table: ResourceTable,
     /// Enforces the memory limit and remembers a refusal, so that the trap
     /// that follows (Rust aborts on allocation failure) is reported as a
@@ -50,12 +53,9 @@ pub struct State {
 impl State {
     /// Fresh state for one request.
     pub(super) fn new(handler: Arc<HandlerContext>, memory_bytes: u64) -> Self {
-        let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR);
-        let mut wasi = WasiCtx::builder();
-        wasi.stderr(stderr.clone());
         Self {
-            wasi: wasi.build(),
-            stderr,
+            wasi: None,
+            stderr: None,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
@@ -65,12 +65,25 @@ impl State {
             handler,
         }
     }
+
+    /// What the guest wrote to stderr, if anything.
+    pub(super) fn stderr(&self) -> Option<bytes::Bytes> {
+        self.stderr.as_ref().map(MemoryOutputPipe::contents)
+    }
 }
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &mut self.stderr;
+        let ctx = self.wasi.get_or_insert_with(|| {
+            let pipe = MemoryOutputPipe::new(MAX_GUEST_STDERR);
+            let mut builder = WasiCtx::builder();
+            builder.stderr(pipe.clone());
+            *stderr = Some(pipe);
+            builder.build()
+        });
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
