@@ -270,21 +270,22 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     );
 }
 
+/// Starts `wasmgate serve`, checks that `/hello` answers 200, stops it.
+async fn serve_hello_once(config: &Path) {
+    let process = spawn_serve(config);
+    let hello = reqwest::get(format!("{}/hello", process.url))
+        .await
+        .expect("hello");
+    assert_eq!(hello.status(), 200);
+}
+
 #[tokio::test]
 async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
     let dir = scratch("code-cache");
     let config = write_config(&dir, &config_text(DEMO));
     let cache = dir.join("wasmgate-data").join("cache");
-    let client = reqwest::Client::new();
 
-    let process = spawn_serve(&config);
-    let hello = client
-        .get(format!("{}/hello", process.url))
-        .send()
-        .await
-        .expect("hello");
-    assert_eq!(hello.status(), 200);
-    drop(process);
+    serve_hello_once(&config).await;
     let files: Vec<PathBuf> = std::fs::read_dir(&cache)
         .expect("the cache folder exists after a start")
         .map(|e| e.expect("entry").path())
@@ -297,27 +298,13 @@ async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
     );
 
     // Restart from the cache.
-    let process = spawn_serve(&config);
-    let hello = client
-        .get(format!("{}/hello", process.url))
-        .send()
-        .await
-        .expect("hello");
-    assert_eq!(hello.status(), 200);
-    drop(process);
+    serve_hello_once(&config).await;
 
     // A corrupt cache file is ignored and replaced, never trusted.
     for file in &files {
         std::fs::write(file, b"definitely not machine code").expect("corrupt");
     }
-    let process = spawn_serve(&config);
-    let hello = client
-        .get(format!("{}/hello", process.url))
-        .send()
-        .await
-        .expect("hello");
-    assert_eq!(hello.status(), 200);
-    drop(process);
+    serve_hello_once(&config).await;
     for file in &files {
         let size = std::fs::metadata(file).expect("rewritten").len();
         assert!(

@@ -473,26 +473,21 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     md.push_str(
         "\n| case | req/s | p50 ms | p99 ms | errors | peak RSS MB |\n|---|---|---|---|---|---|\n",
     );
-    for (id, name, _, _) in &cases {
-        for (i, l) in results[id].iter().enumerate() {
+    let load_cases = cases
+        .iter()
+        .map(|(id, name, _, _)| (*id, *name, &results[id]));
+    let probe_cases = [
+        (
+            "f",
+            "admin /metrics under /cpu load, 1 conn",
+            &under_cpu["metrics"],
+        ),
+        ("f", "/hello under /cpu load, 1 conn", &under_cpu["hello"]),
+    ];
+    for (id, name, runs) in load_cases.chain(probe_cases) {
+        for (i, l) in runs.iter().enumerate() {
             md.push_str(&format!(
                 "| {id}{} {name} | {:.0} | {:.2} | {:.2} | {} | {:.1} |\n",
-                i + 1,
-                l.requests_per_sec,
-                l.p50_ms,
-                l.p99_ms,
-                l.errors,
-                l.peak_rss_mb
-            ));
-        }
-    }
-    for (key, name) in [
-        ("metrics", "admin /metrics under /cpu load, 1 conn"),
-        ("hello", "/hello under /cpu load, 1 conn"),
-    ] {
-        for (i, l) in under_cpu[key].iter().enumerate() {
-            md.push_str(&format!(
-                "| f{} {name} | {:.0} | {:.2} | {:.2} | {} | {:.1} |\n",
                 i + 1,
                 l.requests_per_sec,
                 l.p50_ms,
