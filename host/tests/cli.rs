@@ -27,9 +27,10 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Runs `wasmgate serve` expecting it to refuse to start.
-fn serve_fails(config: &Path) -> String {
-    let output = Command::new(BIN)
+/// `wasmgate serve` with `config`, on ephemeral ports.
+fn serve_command(config: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "serve",
             "--listen",
@@ -38,9 +39,13 @@ fn serve_fails(config: &Path) -> String {
             "127.0.0.1:0",
         ])
         .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run wasmgate");
+        .arg(config);
+    command
+}
+
+/// Runs `wasmgate serve` expecting it to refuse to start.
+fn serve_fails(config: &Path) -> String {
+    let output = serve_command(config).output().expect("run wasmgate");
     assert!(
         !output.status.success(),
         "serve should fail for {}",
@@ -151,16 +156,7 @@ fn spawn_serve(config: &Path) -> Process {
 
 /// `wasmgate serve` with its log (stderr) going to `log`.
 fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--config")
-        .arg(config)
+    let mut child = serve_command(config)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

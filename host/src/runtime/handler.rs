@@ -94,11 +94,7 @@ impl HandlerVersion {
             Some(component) => component,
             None => compile(runtime, bytes)?,
         };
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::World(format!("{e:#}")))?;
-        let pre = HandlerPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let pre = link(runtime, &component)?;
         if let (Some(cache), false) = (&runtime.cache, from_cache) {
             cache.put(&runtime.engine, &sha256, &component);
         }
@@ -120,6 +116,13 @@ fn compile(runtime: &Runtime, bytes: &[u8]) -> Result<Component, LoadError> {
         ));
     }
     Component::new(&runtime.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+}
+
+/// Resolves the component's imports against the linker and checks that it
+/// exports `handle` with the world's type.
+fn link(runtime: &Runtime, component: &Component) -> Result<HandlerPre<State>, LoadError> {
+    let world = |e: wasmtime::Error| LoadError::World(format!("{e:#}"));
+    HandlerPre::new(runtime.linker.instantiate_pre(component).map_err(world)?).map_err(world)
 }
 
 /// Core modules and components share the magic and differ in the version
@@ -169,11 +172,7 @@ impl ComponentInfo {
             imports: ty.imports(&runtime.engine).map(describe).collect(),
             exports: ty.exports(&runtime.engine).map(describe).collect(),
         };
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::World(format!("{e:#}")))?;
-        HandlerPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        link(runtime, &component)?;
         Ok(info)
     }
 }
