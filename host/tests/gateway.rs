@@ -356,6 +356,59 @@ component = "{{faults}}"
     gw.shutdown().await;
 }
 
+/// The worker queue serves handlers in turn: a request to `/hello` waits
+/// behind at most one queued `/cpu` request, not behind the whole `/cpu`
+/// backlog. Checked by completion order, not by timing.
+#[tokio::test]
+async fn a_flooded_handler_does_not_make_others_wait_for_its_backlog() {
+    let gw = TestGateway::start(&format!(
+        r#"
+[runtime]
+workers = 1
+
+[limits]
+timeout_ms = 60000
+{DEMO}"#
+    ))
+    .await;
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let request = |path: &'static str| {
+        let (client, url, done) = (
+            gw.client.clone(),
+            format!("{}{path}", gw.url),
+            std::sync::Arc::clone(&done),
+        );
+        tokio::spawn(async move {
+            let status = client.get(url).send().await.expect(path).status();
+            done.lock().expect("lock").push(path);
+            status
+        })
+    };
+
+    // About 20 ms each: one runs, the rest queue up behind it.
+    const FLOOD: usize = 12;
+    let flood: Vec<_> = (0..FLOOD).map(|_| request("/cpu?iters=10000000")).collect();
+    gw.wait_for_metric("wasmgate_queue_depth", |v| v >= (FLOOD - 1) as f64)
+        .await;
+    assert_eq!(request("/hello").await.expect("hello task"), 200);
+    for cpu in flood {
+        assert_eq!(cpu.await.expect("cpu task"), 200);
+    }
+
+    let done = done.lock().expect("lock").clone();
+    let hello_at = done
+        .iter()
+        .position(|p| *p == "/hello")
+        .expect("hello done");
+    // Before it: the /cpu request running when it arrived and the one whose
+    // turn came first; one more in case a response overtook another.
+    assert!(
+        hello_at <= 3,
+        "/hello finished after {hello_at} /cpu requests: {done:?}"
+    );
+    gw.shutdown().await;
+}
+
 /// DESIGN.md: the exposition must pass `promtool check metrics` (which
 /// `cargo xtask test` installs), with every family present.
 #[tokio::test]

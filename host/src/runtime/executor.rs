@@ -4,18 +4,21 @@
 //! A full queue answers 503 at once rather than letting work pile up; a
 //! fixed number of threads (about one per core) keeps CPU-heavy guests from
 //! fighting over cores, which is what keeps tail latency flat under load.
+//! The queue serves tenants, and each tenant's handlers, in turn
+//! ([`FairQueue`]), so a flooded handler delays the others by one request,
+//! not by its whole backlog.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime::{Store, Trap};
 
 use super::bindings::Response as GuestResponse;
 use super::engine::{Runtime, RuntimeError, deadline_ticks};
+use super::fair_queue::{FairQueue, Rejected};
 use super::handler::HandlerVersion;
 use super::host::{GuestRequest, State};
 use crate::error::RequestError;
@@ -43,8 +46,14 @@ struct Job {
 /// The pool of guest worker threads. Workers drain the queue and exit once
 /// the executor is dropped.
 pub struct Executor {
-    sender: Sender<Job>,
+    queue: Arc<FairQueue<Job>>,
     metrics: Arc<Metrics>,
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for Executor {
@@ -61,16 +70,16 @@ impl Executor {
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
-        let (sender, receiver) = crossbeam_channel::bounded(queue_depth);
+        let queue = Arc::new(FairQueue::new(queue_depth));
         for i in 0..workers {
-            let receiver = receiver.clone();
+            let queue = Arc::clone(&queue);
             let runtime = runtime.clone();
             let metrics = Arc::clone(&metrics);
             std::thread::Builder::new()
                 .name(format!("wasmgate-worker-{i}"))
-                .spawn(move || work(&runtime, &receiver, &metrics))?;
+                .spawn(move || work(&runtime, &queue, &metrics))?;
         }
-        Ok(Self { sender, metrics })
+        Ok(Self { queue, metrics })
     }
 
     /// Queues a call of `version` with `request`, to finish by `deadline`,
@@ -84,6 +93,8 @@ impl Executor {
         permit: OwnedSemaphorePermit,
     ) -> Result<oneshot::Receiver<GuestOutcome>, RequestError> {
         let (reply, receiver) = oneshot::channel();
+        // The queue's flow keys; `version` moves into the job.
+        let labels = Arc::clone(&version.context.metrics);
         let job = Job {
             version,
             request,
@@ -91,13 +102,13 @@ impl Executor {
             reply,
             _permit: permit,
         };
-        match self.sender.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.set(gauge(self.sender.len()));
+        match self.queue.push(&labels.tenant, &labels.handler, job) {
+            Ok(len) => {
+                self.metrics.queue_depth.set(gauge(len));
                 Ok(receiver)
             }
-            Err(TrySendError::Full(_)) => Err(RequestError::Overloaded("worker queue is full")),
-            Err(TrySendError::Disconnected(_)) => Err(RequestError::ShuttingDown),
+            Err(Rejected::Full(_)) => Err(RequestError::Overloaded("worker queue is full")),
+            Err(Rejected::Closed(_)) => Err(RequestError::ShuttingDown),
         }
     }
 }
@@ -106,9 +117,9 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn work(runtime: &Runtime, receiver: &Receiver<Job>, metrics: &Metrics) {
-    for job in receiver {
-        metrics.queue_depth.set(gauge(receiver.len()));
+fn work(runtime: &Runtime, queue: &FairQueue<Job>, metrics: &Metrics) {
+    while let Some((job, len)) = queue.pop() {
+        metrics.queue_depth.set(gauge(len));
         // The client went away while the request was queued.
         if job.reply.is_closed() {
             continue;

@@ -8,6 +8,7 @@
 mod cache;
 mod engine;
 mod executor;
+mod fair_queue;
 mod handler;
 mod host;
 

@@ -1,0 +1,272 @@
+//! The queue between the request path and the guest workers: bounded, and
+//! fair between tenants and between a tenant's handlers.
+//!
+//! A single FIFO lets one flooded handler delay every other request by the
+//! whole backlog in front of it. Here tenants take turns, and within a
+//! tenant its handlers take turns (round robin, one request per turn), so a
+//! request waits behind at most one queued request of each other busy
+//! handler. Each handler's own requests keep their arrival order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// Why [`FairQueue::push`] gave the item back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected<T> {
+    /// The queue holds `capacity` items already.
+    Full(T),
+    /// [`FairQueue::close`] was called.
+    Closed(T),
+}
+
+/// A bounded multi-producer, multi-consumer queue served round robin by
+/// tenant, then by handler.
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    tenants: RoundRobin<RoundRobin<VecDeque<T>>>,
+    len: usize,
+    /// Consumers blocked in `pop`: a push only pays for a wake-up when
+    /// someone is waiting for one.
+    waiting: usize,
+    closed: bool,
+}
+
+impl<T> FairQueue<T> {
+    /// An empty queue that holds at most `capacity` items in all.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                tenants: RoundRobin::default(),
+                len: 0,
+                waiting: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    /// Queues `item` behind the earlier items of the same tenant and
+    /// handler. Returns the queue's length afterwards.
+    pub fn push(&self, tenant: &str, handler: &str, item: T) -> Result<usize, Rejected<T>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Rejected::Closed(item));
+        }
+        if state.len >= self.capacity {
+            return Err(Rejected::Full(item));
+        }
+        state
+            .tenants
+            .schedule(tenant)
+            .schedule(handler)
+            .push_back(item);
+        state.len += 1;
+        let len = state.len;
+        let wake = state.waiting > 0;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(len)
+    }
+
+    /// Takes the next item in turn, waiting while the queue is empty.
+    /// Returns it with the queue's length afterwards, or `None` once the
+    /// queue is closed and empty.
+    pub fn pop(&self) -> Option<(T, usize)> {
+        let mut state = self.lock();
+        loop {
+            let next = state
+                .tenants
+                .pop_with(|handlers| handlers.pop_with(VecDeque::pop_front));
+            if let Some(item) = next {
+                state.len -= 1;
+                return Some((item, state.len));
+            }
+            if state.closed {
+                return None;
+            }
+            state.waiting += 1;
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
+        }
+    }
+
+    /// Refuses further pushes; consumers drain what is queued, then `pop`
+    /// returns `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing in this module panics while holding the lock with the
+        // state half-updated, so a poisoned lock still guards a valid queue.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A queue that can say whether it is empty; `RoundRobin` nests over these.
+trait Queue: Default {
+    fn is_empty(&self) -> bool;
+}
+
+impl<T> Queue for VecDeque<T> {
+    fn is_empty(&self) -> bool {
+        VecDeque::is_empty(self)
+    }
+}
+
+/// Named sub-queues served in turn. Invariant: a key is in `turns` exactly
+/// when it is in `queues`, and then its queue is not empty.
+#[derive(Debug)]
+struct RoundRobin<Q> {
+    turns: VecDeque<String>,
+    queues: HashMap<String, Q>,
+}
+
+impl<Q> Default for RoundRobin<Q> {
+    fn default() -> Self {
+        Self {
+            turns: VecDeque::new(),
+            queues: HashMap::new(),
+        }
+    }
+}
+
+impl<Q: Queue> Queue for RoundRobin<Q> {
+    fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+}
+
+impl<Q: Queue> RoundRobin<Q> {
+    /// The sub-queue of `key`, given a turn at the back of the line if it
+    /// had none. The caller must add to it, keeping the invariant.
+    fn schedule(&mut self, key: &str) -> &mut Q {
+        if !self.queues.contains_key(key) {
+            self.turns.push_back(key.to_owned());
+            self.queues.insert(key.to_owned(), Q::default());
+        }
+        self.queues
+            .get_mut(key)
+            .expect("the key was inserted just above")
+    }
+
+    /// Takes an item with `take` from the sub-queue whose turn it is, then
+    /// sends that sub-queue to the back of the line, or drops it if empty.
+    fn pop_with<T>(&mut self, take: impl FnOnce(&mut Q) -> Option<T>) -> Option<T> {
+        let key = self.turns.pop_front()?;
+        let queue = self.queues.get_mut(&key)?;
+        let item = take(queue);
+        if queue.is_empty() {
+            self.queues.remove(&key);
+        } else {
+            self.turns.push_back(key);
+        }
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn drain(queue: &FairQueue<&'static str>) -> Vec<&'static str> {
+        queue.close();
+        std::iter::from_fn(|| queue.pop().map(|(item, _)| item)).collect()
+    }
+
+    #[test]
+    fn one_handler_is_served_in_arrival_order() {
+        let queue = FairQueue::new(10);
+        for item in ["1", "2", "3"] {
+            queue.push("t", "h", item).expect("room");
+        }
+        assert_eq!(drain(&queue), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn tenants_take_turns_then_their_handlers_take_turns() {
+        let queue = FairQueue::new(100);
+        // Tenant a floods handler x, then sends one request to handler y;
+        // tenant b sends two requests after all of that.
+        for item in ["ax1", "ax2", "ax3", "ax4"] {
+            queue.push("a", "x", item).expect("room");
+        }
+        queue.push("a", "y", "ay1").expect("room");
+        queue.push("b", "z", "bz1").expect("room");
+        queue.push("b", "z", "bz2").expect("room");
+        assert_eq!(
+            drain(&queue),
+            ["ax1", "bz1", "ay1", "bz2", "ax2", "ax3", "ax4"]
+        );
+    }
+
+    #[test]
+    fn a_flow_that_empties_rejoins_at_the_back() {
+        let queue = FairQueue::new(10);
+        queue.push("a", "x", "a1").expect("room");
+        queue.push("b", "x", "b1").expect("room");
+        assert_eq!(queue.pop().map(|(item, _)| item), Some("a1"));
+        // a emptied and lost its turn: it queues behind b now.
+        queue.push("a", "x", "a2").expect("room");
+        assert_eq!(drain(&queue), ["b1", "a2"]);
+    }
+
+    #[test]
+    fn capacity_counts_every_flow_and_frees_on_pop() {
+        let queue = FairQueue::new(2);
+        assert_eq!(queue.push("a", "x", "1"), Ok(1));
+        assert_eq!(queue.push("b", "y", "2"), Ok(2));
+        assert_eq!(queue.push("c", "z", "3"), Err(Rejected::Full("3")));
+        assert_eq!(queue.pop(), Some(("1", 1)));
+        assert_eq!(queue.push("c", "z", "3"), Ok(2));
+    }
+
+    #[test]
+    fn close_refuses_pushes_and_drains_what_is_queued() {
+        let queue = FairQueue::new(10);
+        queue.push("a", "x", "1").expect("room");
+        queue.close();
+        assert_eq!(queue.push("a", "x", "2"), Err(Rejected::Closed("2")));
+        assert_eq!(queue.pop(), Some(("1", 0)));
+        assert_eq!(queue.pop(), None);
+    }
+
+    #[test]
+    fn a_waiting_consumer_wakes_for_a_push_and_for_close() {
+        let queue = Arc::new(FairQueue::new(1000));
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let queue = Arc::clone(&queue);
+                std::thread::spawn(move || {
+                    std::iter::from_fn(|| queue.pop().map(|(item, _)| item)).collect::<Vec<u32>>()
+                })
+            })
+            .collect();
+        for i in 0..1000 {
+            queue.push("t", "h", i).expect("room");
+        }
+        queue.close();
+        let mut seen: Vec<u32> = consumers
+            .into_iter()
+            .flat_map(|c| c.join().expect("consumer"))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    }
+}
