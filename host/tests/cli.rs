@@ -281,7 +281,15 @@ async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
     let config = write_config(&dir, &config_text(DEMO));
     let cache = dir.join("wasmgate-data").join("cache");
 
-    serve_hello_once(&config).await;
+    // The first start compiles in a child process, not in the server.
+    let log_path = dir.join("first-start.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    drop(spawn_serve_logging(&config, Stdio::from(log)));
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("code cache ready (checked and filled by a child process)"),
+        "{log}"
+    );
     let files: Vec<PathBuf> = std::fs::read_dir(&cache)
         .expect("the cache folder exists after a start")
         .map(|e| e.expect("entry").path())
@@ -315,9 +323,12 @@ async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
 fn compile_fills_the_cache_that_serve_reads() {
     let dir = scratch("compile");
     let config = write_config(&dir, &config_text(DEMO));
+    // A bad file among good ones: the good ones are still compiled, the
+    // bad one is named, and the exit status says something failed.
     let output = Command::new(BIN)
         .args([
             "compile",
+            "/nonexistent/x.wasm",
             components::require(components::HELLO),
             "--config",
         ])
@@ -325,11 +336,10 @@ fn compile_fills_the_cache_that_serve_reads() {
         .output()
         .expect("run wasmgate compile");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("/nonexistent/x.wasm"), "{stderr}");
+    assert!(stderr.contains("1 of 2 components failed"), "{stderr}");
     let cached = stdout
         .trim()
         .rsplit_once("compiled into ")
