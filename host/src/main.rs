@@ -162,12 +162,14 @@ async fn shutdown_signal() {
 /// Best effort: whatever the child could not compile, `Server::new`
 /// compiles in-process, and reports any error itself.
 fn compile_in_child(path: &Path, config: &Config) {
-    let components: Vec<&Path> = config
+    let mut components: Vec<&Path> = config
         .tenants
         .iter()
         .flat_map(|tenant| &tenant.handlers)
         .map(|handler| handler.component.as_path())
         .collect();
+    components.sort_unstable();
+    components.dedup();
     if components.is_empty() {
         return;
     }
@@ -199,6 +201,8 @@ fn compile_in_child(path: &Path, config: &Config) {
     }
 }
 
+/// Compiles `files` into the config's code cache, on one thread per core,
+/// and reports each in order.
 fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => Config::load(path)?,
@@ -206,27 +210,55 @@ fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
     };
     let runtime = Runtime::from_config(&config)?;
     let cache = runtime.cache.as_ref().context("no code cache")?;
-    let context = std::sync::Arc::new(HandlerContext {
+    let context = Arc::new(HandlerContext {
         config: Default::default(),
-        metrics: std::sync::Arc::new(Metrics::new()).handler("compile", "compile"),
+        metrics: Arc::new(Metrics::new()).handler("compile", "compile"),
     });
-    let mut failed = 0;
-    for file in files {
-        match HandlerVersion::load_file(&runtime, file, config.limits, Arc::clone(&context)) {
-            Ok(version) => say(&format!(
-                "{}: compiled into {}",
-                file.display(),
-                cache.path(&runtime.engine, &version.sha256).display()
-            ))?,
-            Err(e) => {
-                eprintln!("error: {}: {:#}", file.display(), anyhow::Error::from(e));
-                failed += 1;
+    let compile_one = |file: &PathBuf| {
+        HandlerVersion::load_file(&runtime, file, config.limits, Arc::clone(&context))
+            .map(|version| cache.path(&runtime.engine, &version.sha256))
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let mut outcomes: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else {
+                            break done;
+                        };
+                        done.push((i, compile_one(file)));
+                    }
+                })
+            })
+            .collect();
+        // A compile thread that panicked leaves its files unreported; they
+        // count as failed below.
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_default())
+            .collect()
+    });
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut compiled = 0;
+    for (i, outcome) in outcomes {
+        let file = files[i].display();
+        match outcome {
+            Ok(cached) => {
+                say(&format!("{file}: compiled into {}", cached.display()))?;
+                compiled += 1;
             }
+            Err(e) => eprintln!("error: {file}: {:#}", anyhow::Error::from(e)),
         }
     }
-    match failed {
+    match files.len() - compiled {
         0 => Ok(()),
-        n => anyhow::bail!("{n} of {} components failed to compile", files.len()),
+        failed => anyhow::bail!("{failed} of {} components failed to compile", files.len()),
     }
 }
 
