@@ -406,6 +406,10 @@ timeout_ms = 60000
         hello_at <= 3,
         "/hello finished after {hello_at} /cpu requests: {done:?}"
     );
+    // Every request was answered, so none is waiting: the gauge says so
+    // exactly, with no stale value from a push racing a pop.
+    let text = gw.metrics().await;
+    assert_eq!(require_metric(&text, "wasmgate_queue_depth"), 0.0);
     gw.shutdown().await;
 }
 

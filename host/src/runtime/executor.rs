@@ -102,24 +102,25 @@ impl Executor {
             reply,
             _permit: permit,
         };
+        // Counted before the push, so a worker's decrement never comes
+        // first and the gauge never shows a stale or negative depth.
+        self.metrics.queue_depth.inc();
         match self.queue.push(&labels.tenant, &labels.handler, job) {
-            Ok(len) => {
-                self.metrics.queue_depth.set(gauge(len));
-                Ok(receiver)
+            Ok(()) => Ok(receiver),
+            Err(rejected) => {
+                self.metrics.queue_depth.dec();
+                Err(match rejected {
+                    Rejected::Full(_) => RequestError::Overloaded("worker queue is full"),
+                    Rejected::Closed(_) => RequestError::ShuttingDown,
+                })
             }
-            Err(Rejected::Full(_)) => Err(RequestError::Overloaded("worker queue is full")),
-            Err(Rejected::Closed(_)) => Err(RequestError::ShuttingDown),
         }
     }
 }
 
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 fn work(runtime: &Runtime, queue: &FairQueue<Job>, metrics: &Metrics) {
-    while let Some((job, len)) = queue.pop() {
-        metrics.queue_depth.set(gauge(len));
+    while let Some(job) = queue.pop() {
+        metrics.queue_depth.dec();
         // The client went away while the request was queued.
         if job.reply.is_closed() {
             continue;

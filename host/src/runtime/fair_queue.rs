@@ -54,8 +54,8 @@ impl<T> FairQueue<T> {
     }
 
     /// Queues `item` behind the earlier items of the same tenant and
-    /// handler. Returns the queue's length afterwards.
-    pub fn push(&self, tenant: &str, handler: &str, item: T) -> Result<usize, Rejected<T>> {
+    /// handler.
+    pub fn push(&self, tenant: &str, handler: &str, item: T) -> Result<(), Rejected<T>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Rejected::Closed(item));
@@ -69,19 +69,17 @@ impl<T> FairQueue<T> {
             .schedule(handler)
             .push_back(item);
         state.len += 1;
-        let len = state.len;
         let wake = state.waiting > 0;
         drop(state);
         if wake {
             self.ready.notify_one();
         }
-        Ok(len)
+        Ok(())
     }
 
-    /// Takes the next item in turn, waiting while the queue is empty.
-    /// Returns it with the queue's length afterwards, or `None` once the
-    /// queue is closed and empty.
-    pub fn pop(&self) -> Option<(T, usize)> {
+    /// Takes the next item in turn, waiting while the queue is empty;
+    /// `None` once the queue is closed and empty.
+    pub fn pop(&self) -> Option<T> {
         let mut state = self.lock();
         loop {
             let next = state
@@ -89,7 +87,7 @@ impl<T> FairQueue<T> {
                 .pop_with(|handlers| handlers.pop_with(VecDeque::pop_front));
             if let Some(item) = next {
                 state.len -= 1;
-                return Some((item, state.len));
+                return Some(item);
             }
             if state.closed {
                 return None;
@@ -187,7 +185,7 @@ mod tests {
 
     fn drain(queue: &FairQueue<&'static str>) -> Vec<&'static str> {
         queue.close();
-        std::iter::from_fn(|| queue.pop().map(|(item, _)| item)).collect()
+        std::iter::from_fn(|| queue.pop()).collect()
     }
 
     #[test]
@@ -221,7 +219,7 @@ mod tests {
         let queue = FairQueue::new(10);
         queue.push("a", "x", "a1").expect("room");
         queue.push("b", "x", "b1").expect("room");
-        assert_eq!(queue.pop().map(|(item, _)| item), Some("a1"));
+        assert_eq!(queue.pop(), Some("a1"));
         // a emptied and lost its turn: it queues behind b now.
         queue.push("a", "x", "a2").expect("room");
         assert_eq!(drain(&queue), ["b1", "a2"]);
@@ -230,11 +228,11 @@ mod tests {
     #[test]
     fn capacity_counts_every_flow_and_frees_on_pop() {
         let queue = FairQueue::new(2);
-        assert_eq!(queue.push("a", "x", "1"), Ok(1));
-        assert_eq!(queue.push("b", "y", "2"), Ok(2));
+        assert_eq!(queue.push("a", "x", "1"), Ok(()));
+        assert_eq!(queue.push("b", "y", "2"), Ok(()));
         assert_eq!(queue.push("c", "z", "3"), Err(Rejected::Full("3")));
-        assert_eq!(queue.pop(), Some(("1", 1)));
-        assert_eq!(queue.push("c", "z", "3"), Ok(2));
+        assert_eq!(queue.pop(), Some("1"));
+        assert_eq!(queue.push("c", "z", "3"), Ok(()));
     }
 
     #[test]
@@ -243,7 +241,7 @@ mod tests {
         queue.push("a", "x", "1").expect("room");
         queue.close();
         assert_eq!(queue.push("a", "x", "2"), Err(Rejected::Closed("2")));
-        assert_eq!(queue.pop(), Some(("1", 0)));
+        assert_eq!(queue.pop(), Some("1"));
         assert_eq!(queue.pop(), None);
     }
 
@@ -253,9 +251,7 @@ mod tests {
         let consumers: Vec<_> = (0..2)
             .map(|_| {
                 let queue = Arc::clone(&queue);
-                std::thread::spawn(move || {
-                    std::iter::from_fn(|| queue.pop().map(|(item, _)| item)).collect::<Vec<u32>>()
-                })
+                std::thread::spawn(move || std::iter::from_fn(|| queue.pop()).collect::<Vec<u32>>())
             })
             .collect();
         for i in 0..1000 {
