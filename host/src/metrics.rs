@@ -6,7 +6,7 @@
 //! never grow the registry without bound.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -286,6 +286,7 @@ impl Metrics {
                     duration: self.request_duration.with_label_values(&labels),
                     fuel: self.fuel_consumed.with_label_values(&labels),
                     dropped: self.guest_dropped.with_label_values(&labels),
+                    ok: OnceLock::new(),
                     guest: Mutex::new(HashMap::new()),
                     metrics: Arc::clone(self),
                 })
@@ -309,6 +310,10 @@ pub struct HandlerMetrics {
     duration: Histogram,
     fuel: Histogram,
     dropped: IntCounter,
+    /// The `status="200"` request counter, resolved on the first 200 (not
+    /// before, so no series appears until it counts something): the common
+    /// case then skips the label lookup.
+    ok: OnceLock<IntCounter>,
     /// Guest metric names seen so far, capped at [`MAX_GUEST_METRIC_NAMES`].
     guest: Mutex<HashMap<String, GuestMetric>>,
     metrics: Arc<Metrics>,
@@ -333,10 +338,16 @@ impl HandlerMetrics {
         fuel: Option<u64>,
         trap: Option<TrapKind>,
     ) {
-        self.metrics
-            .requests
-            .with_label_values(&[&self.tenant, &self.handler, status.as_str()])
-            .inc();
+        let by_status = || {
+            self.metrics
+                .requests
+                .with_label_values(&[&self.tenant, &self.handler, status.as_str()])
+        };
+        if status == http::StatusCode::OK {
+            self.ok.get_or_init(by_status).inc();
+        } else {
+            by_status().inc();
+        }
         self.duration.observe(seconds);
         if let Some(fuel) = fuel {
             self.fuel.observe(fuel as f64);

@@ -6,6 +6,7 @@
 //! prefix wins. A prefix matches whole path segments: `/hello` matches
 //! `/hello` and `/hello/x`, never `/helloworld`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A Host header pattern of a tenant.
@@ -172,15 +173,21 @@ impl<T> Router<T> {
     }
 }
 
-/// Lower case, without the port and without a trailing dot.
-fn normalize_host(host: &str) -> String {
+/// Lower case, without the port and without a trailing dot. Borrows in the
+/// common case (already lower case), since this runs on every request.
+fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
-        host.split_once(']').map_or(host, |(h, _)| h).to_owned() + "]"
+        host.find(']').map_or(host, |end| &host[..=end])
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +256,25 @@ mod tests {
             let got = router.route(host, path).map(|(_, p)| *p);
             assert_eq!(got, *want, "route({host:?}, {path:?})");
         }
+    }
+
+    #[test]
+    fn normalizes_hosts_and_borrows_when_it_can() {
+        for (host, want) in [
+            ("localhost", "localhost"),
+            ("localhost:8080", "localhost"),
+            ("Shop.Example.COM.:443", "shop.example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_host(host), want, "{host:?}");
+        }
+        assert!(matches!(
+            normalize_host("a.example.com:80"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(normalize_host("A.example.com"), Cow::Owned(_)));
     }
 
     #[test]

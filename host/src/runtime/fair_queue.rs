@@ -118,27 +118,45 @@ impl<T> FairQueue<T> {
 /// A queue that can say whether it is empty; `RoundRobin` nests over these.
 trait Queue: Default {
     fn is_empty(&self) -> bool;
+
+    /// Called when the queue has just become empty: gives back memory a
+    /// burst left behind, since emptied queues are kept for reuse.
+    fn emptied(&mut self) {}
 }
+
+/// Capacity an emptied handler queue keeps: enough for steady load to
+/// allocate nothing, little enough that a past burst does not pin memory.
+const KEPT_CAPACITY: usize = 64;
 
 impl<T> Queue for VecDeque<T> {
     fn is_empty(&self) -> bool {
         VecDeque::is_empty(self)
     }
+
+    fn emptied(&mut self) {
+        self.shrink_to(KEPT_CAPACITY);
+    }
 }
 
-/// Named sub-queues served in turn. Invariant: a key is in `turns` exactly
-/// when it is in `queues`, and then its queue is not empty.
+/// Named sub-queues served in turn.
+///
+/// A name keeps its slot once seen, so the request path hashes a name once
+/// per push and allocates nothing; names are the configured tenants and
+/// handlers, a bounded set. Invariant: a slot is in `turns` exactly when
+/// its queue is not empty, and then once.
 #[derive(Debug)]
 struct RoundRobin<Q> {
-    turns: VecDeque<String>,
-    queues: HashMap<String, Q>,
+    slots: HashMap<String, usize>,
+    queues: Vec<Q>,
+    turns: VecDeque<usize>,
 }
 
 impl<Q> Default for RoundRobin<Q> {
     fn default() -> Self {
         Self {
+            slots: HashMap::new(),
+            queues: Vec::new(),
             turns: VecDeque::new(),
-            queues: HashMap::new(),
         }
     }
 }
@@ -153,25 +171,32 @@ impl<Q: Queue> RoundRobin<Q> {
     /// The sub-queue of `key`, given a turn at the back of the line if it
     /// had none. The caller must add to it, keeping the invariant.
     fn schedule(&mut self, key: &str) -> &mut Q {
-        if !self.queues.contains_key(key) {
-            self.turns.push_back(key.to_owned());
-            self.queues.insert(key.to_owned(), Q::default());
+        let slot = match self.slots.get(key) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.queues.len();
+                self.slots.insert(key.to_owned(), slot);
+                self.queues.push(Q::default());
+                slot
+            }
+        };
+        let queue = &mut self.queues[slot];
+        if queue.is_empty() {
+            self.turns.push_back(slot);
         }
-        self.queues
-            .get_mut(key)
-            .expect("the key was inserted just above")
+        queue
     }
 
     /// Takes an item with `take` from the sub-queue whose turn it is, then
-    /// sends that sub-queue to the back of the line, or drops it if empty.
+    /// sends that sub-queue to the back of the line if it still has items.
     fn pop_with<T>(&mut self, take: impl FnOnce(&mut Q) -> Option<T>) -> Option<T> {
-        let key = self.turns.pop_front()?;
-        let queue = self.queues.get_mut(&key)?;
+        let slot = self.turns.pop_front()?;
+        let queue = self.queues.get_mut(slot)?;
         let item = take(queue);
         if queue.is_empty() {
-            self.queues.remove(&key);
+            queue.emptied();
         } else {
-            self.turns.push_back(key);
+            self.turns.push_back(slot);
         }
         item
     }
@@ -233,6 +258,19 @@ mod tests {
         assert_eq!(queue.push("c", "z", "3"), Err(Rejected::Full("3")));
         assert_eq!(queue.pop(), Some("1"));
         assert_eq!(queue.push("c", "z", "3"), Ok(()));
+    }
+
+    #[test]
+    fn an_emptied_flow_gives_back_a_burst_and_is_reused() {
+        let queue = FairQueue::new(10_000);
+        for _ in 0..5_000 {
+            queue.push("a", "x", "burst").expect("room");
+        }
+        assert_eq!(drain(&queue).len(), 5_000);
+        let state = queue.lock();
+        let handlers = &state.tenants.queues[0];
+        assert_eq!(state.tenants.queues.len(), 1, "one tenant slot, reused");
+        assert!(handlers.queues[0].capacity() <= KEPT_CAPACITY);
     }
 
     #[test]
