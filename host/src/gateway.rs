@@ -75,6 +75,7 @@ impl Gateway {
         };
         let timeout = Duration::from_millis(route.version.limits.timeout_ms);
         let reply = self.executor.submit(
+            route.flow,
             Arc::clone(&route.version),
             request,
             Instant::now() + timeout,

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, Limits};
 use crate::metrics::Metrics;
 use crate::router::{HostPattern, Router, TenantRoutes};
-use crate::runtime::{HandlerContext, HandlerVersion, LoadError, Runtime};
+use crate::runtime::{Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct Route {
     pub route: String,
     /// The tenant it belongs to.
     pub tenant: Arc<Tenant>,
+    /// Where its requests wait for a worker.
+    pub flow: Flow,
     /// The version serving it now.
     pub version: Arc<HandlerVersion>,
 }
@@ -82,7 +84,7 @@ impl Registry {
     ) -> Result<Self, HandlerLoadError> {
         let mut tenants = Vec::with_capacity(config.tenants.len());
         let mut loaded = 0;
-        for tenant_config in &config.tenants {
+        for (tenant_index, tenant_config) in config.tenants.iter().enumerate() {
             let limits = config.tenant_limits(tenant_config);
             let tenant = Arc::new(Tenant {
                 name: tenant_config.name.clone(),
@@ -97,7 +99,7 @@ impl Registry {
                 .filter_map(|h| HostPattern::parse(h).ok())
                 .collect();
             let mut routes = TenantRoutes::new(&tenant.name, hosts);
-            for handler in &tenant_config.handlers {
+            for (handler_index, handler) in tenant_config.handlers.iter().enumerate() {
                 let context = Arc::new(HandlerContext {
                     config: handler.config.clone(),
                     metrics: metrics.handler(&tenant.name, &handler.name),
@@ -124,6 +126,10 @@ impl Registry {
                         handler: handler.name.clone(),
                         route: handler.route.clone(),
                         tenant: Arc::clone(&tenant),
+                        flow: Flow {
+                            tenant: tenant_index,
+                            handler: handler_index,
+                        },
                         version: Arc::new(version),
                     }),
                 );

@@ -18,7 +18,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::Response as GuestResponse;
 use super::engine::{Runtime, RuntimeError, deadline_ticks};
-use super::fair_queue::{FairQueue, Rejected};
+use super::fair_queue::{FairQueue, Flow, Rejected};
 use super::handler::HandlerVersion;
 use super::host::{GuestRequest, State};
 use crate::error::RequestError;
@@ -82,19 +82,18 @@ impl Executor {
         Ok(Self { queue, metrics })
     }
 
-    /// Queues a call of `version` with `request`, to finish by `deadline`,
-    /// holding the tenant's `permit` until it is done.
+    /// Queues a call of `version` with `request` in `flow`, to finish by
+    /// `deadline`, holding the tenant's `permit` until it is done.
     /// Fails at once with `Overloaded` when the queue is full.
     pub fn submit(
         &self,
+        flow: Flow,
         version: Arc<HandlerVersion>,
         request: GuestRequest,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
     ) -> Result<oneshot::Receiver<GuestOutcome>, RequestError> {
         let (reply, receiver) = oneshot::channel();
-        // The queue's flow keys; `version` moves into the job.
-        let labels = Arc::clone(&version.context.metrics);
         let job = Job {
             version,
             request,
@@ -105,7 +104,7 @@ impl Executor {
         // Counted before the push, so a worker's decrement never comes
         // first and the gauge never shows a stale or negative depth.
         self.metrics.queue_depth.inc();
-        match self.queue.push(&labels.tenant, &labels.handler, job) {
+        match self.queue.push(flow, job) {
             Ok(()) => Ok(receiver),
             Err(rejected) => {
                 self.metrics.queue_depth.dec();

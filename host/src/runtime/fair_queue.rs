@@ -7,8 +7,19 @@
 //! request waits behind at most one queued request of each other busy
 //! handler. Each handler's own requests keep their arrival order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// Where a handler's requests queue: its tenant's position and its own
+/// position within that tenant, in the config. Assigned once at load, so
+/// the request path looks up no names while it holds the queue's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The tenant's index in the config.
+    pub tenant: usize,
+    /// The handler's index within its tenant.
+    pub handler: usize,
+}
 
 /// Why [`FairQueue::push`] gave the item back.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,9 +64,8 @@ impl<T> FairQueue<T> {
         }
     }
 
-    /// Queues `item` behind the earlier items of the same tenant and
-    /// handler.
-    pub fn push(&self, tenant: &str, handler: &str, item: T) -> Result<(), Rejected<T>> {
+    /// Queues `item` behind the earlier items of the same flow.
+    pub fn push(&self, flow: Flow, item: T) -> Result<(), Rejected<T>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Rejected::Closed(item));
@@ -65,8 +75,8 @@ impl<T> FairQueue<T> {
         }
         state
             .tenants
-            .schedule(tenant)
-            .schedule(handler)
+            .schedule(flow.tenant)
+            .schedule(flow.handler)
             .push_back(item);
         state.len += 1;
         let wake = state.waiting > 0;
@@ -138,15 +148,13 @@ impl<T> Queue for VecDeque<T> {
     }
 }
 
-/// Named sub-queues served in turn.
+/// Sub-queues, one per index, served in turn.
 ///
-/// A name keeps its slot once seen, so the request path hashes a name once
-/// per push and allocates nothing; names are the configured tenants and
-/// handlers, a bounded set. Invariant: a slot is in `turns` exactly when
-/// its queue is not empty, and then once.
+/// Indices are positions in the config, a small dense set, so a queue is
+/// kept per index once seen and a push allocates nothing. Invariant: an
+/// index is in `turns` exactly when its queue is not empty, and then once.
 #[derive(Debug)]
 struct RoundRobin<Q> {
-    slots: HashMap<String, usize>,
     queues: Vec<Q>,
     turns: VecDeque<usize>,
 }
@@ -154,7 +162,6 @@ struct RoundRobin<Q> {
 impl<Q> Default for RoundRobin<Q> {
     fn default() -> Self {
         Self {
-            slots: HashMap::new(),
             queues: Vec::new(),
             turns: VecDeque::new(),
         }
@@ -168,18 +175,13 @@ impl<Q: Queue> Queue for RoundRobin<Q> {
 }
 
 impl<Q: Queue> RoundRobin<Q> {
-    /// The sub-queue of `key`, given a turn at the back of the line if it
+    /// The sub-queue at `slot`, given a turn at the back of the line if it
     /// had none. The caller must add to it, keeping the invariant.
-    fn schedule(&mut self, key: &str) -> &mut Q {
-        let slot = match self.slots.get(key) {
-            Some(&slot) => slot,
-            None => {
-                let slot = self.queues.len();
-                self.slots.insert(key.to_owned(), slot);
-                self.queues.push(Q::default());
-                slot
-            }
-        };
+    fn schedule(&mut self, slot: usize) -> &mut Q {
+        if slot >= self.queues.len() {
+            // Empty queues allocate nothing until used.
+            self.queues.resize_with(slot + 1, Q::default);
+        }
         let queue = &mut self.queues[slot];
         if queue.is_empty() {
             self.turns.push_back(slot);
@@ -208,6 +210,10 @@ mod tests {
 
     use super::*;
 
+    const fn flow(tenant: usize, handler: usize) -> Flow {
+        Flow { tenant, handler }
+    }
+
     fn drain(queue: &FairQueue<&'static str>) -> Vec<&'static str> {
         queue.close();
         std::iter::from_fn(|| queue.pop()).collect()
@@ -217,7 +223,7 @@ mod tests {
     fn one_handler_is_served_in_arrival_order() {
         let queue = FairQueue::new(10);
         for item in ["1", "2", "3"] {
-            queue.push("t", "h", item).expect("room");
+            queue.push(flow(0, 0), item).expect("room");
         }
         assert_eq!(drain(&queue), ["1", "2", "3"]);
     }
@@ -228,11 +234,11 @@ mod tests {
         // Tenant a floods handler x, then sends one request to handler y;
         // tenant b sends two requests after all of that.
         for item in ["ax1", "ax2", "ax3", "ax4"] {
-            queue.push("a", "x", item).expect("room");
+            queue.push(flow(0, 0), item).expect("room");
         }
-        queue.push("a", "y", "ay1").expect("room");
-        queue.push("b", "z", "bz1").expect("room");
-        queue.push("b", "z", "bz2").expect("room");
+        queue.push(flow(0, 1), "ay1").expect("room");
+        queue.push(flow(1, 0), "bz1").expect("room");
+        queue.push(flow(1, 0), "bz2").expect("room");
         assert_eq!(
             drain(&queue),
             ["ax1", "bz1", "ay1", "bz2", "ax2", "ax3", "ax4"]
@@ -240,31 +246,40 @@ mod tests {
     }
 
     #[test]
+    fn flows_take_turns_in_order_of_arrival_not_of_index() {
+        let queue = FairQueue::new(10);
+        queue.push(flow(3, 2), "late index").expect("room");
+        queue.push(flow(0, 0), "first index").expect("room");
+        queue.push(flow(3, 0), "same tenant").expect("room");
+        assert_eq!(drain(&queue), ["late index", "first index", "same tenant"]);
+    }
+
+    #[test]
     fn a_flow_that_empties_rejoins_at_the_back() {
         let queue = FairQueue::new(10);
-        queue.push("a", "x", "a1").expect("room");
-        queue.push("b", "x", "b1").expect("room");
+        queue.push(flow(0, 0), "a1").expect("room");
+        queue.push(flow(1, 0), "b1").expect("room");
         assert_eq!(queue.pop(), Some("a1"));
         // a emptied and lost its turn: it queues behind b now.
-        queue.push("a", "x", "a2").expect("room");
+        queue.push(flow(0, 0), "a2").expect("room");
         assert_eq!(drain(&queue), ["b1", "a2"]);
     }
 
     #[test]
     fn capacity_counts_every_flow_and_frees_on_pop() {
         let queue = FairQueue::new(2);
-        assert_eq!(queue.push("a", "x", "1"), Ok(()));
-        assert_eq!(queue.push("b", "y", "2"), Ok(()));
-        assert_eq!(queue.push("c", "z", "3"), Err(Rejected::Full("3")));
+        assert_eq!(queue.push(flow(0, 0), "1"), Ok(()));
+        assert_eq!(queue.push(flow(1, 0), "2"), Ok(()));
+        assert_eq!(queue.push(flow(2, 0), "3"), Err(Rejected::Full("3")));
         assert_eq!(queue.pop(), Some("1"));
-        assert_eq!(queue.push("c", "z", "3"), Ok(()));
+        assert_eq!(queue.push(flow(2, 0), "3"), Ok(()));
     }
 
     #[test]
     fn an_emptied_flow_gives_back_a_burst_and_is_reused() {
         let queue = FairQueue::new(10_000);
         for _ in 0..5_000 {
-            queue.push("a", "x", "burst").expect("room");
+            queue.push(flow(0, 0), "burst").expect("room");
         }
         assert_eq!(drain(&queue).len(), 5_000);
         let state = queue.lock();
@@ -276,9 +291,9 @@ mod tests {
     #[test]
     fn close_refuses_pushes_and_drains_what_is_queued() {
         let queue = FairQueue::new(10);
-        queue.push("a", "x", "1").expect("room");
+        queue.push(flow(0, 0), "1").expect("room");
         queue.close();
-        assert_eq!(queue.push("a", "x", "2"), Err(Rejected::Closed("2")));
+        assert_eq!(queue.push(flow(0, 0), "2"), Err(Rejected::Closed("2")));
         assert_eq!(queue.pop(), Some("1"));
         assert_eq!(queue.pop(), None);
     }
@@ -293,7 +308,7 @@ mod tests {
             })
             .collect();
         for i in 0..1000 {
-            queue.push("t", "h", i).expect("room");
+            queue.push(flow(0, 0), i).expect("room");
         }
         queue.close();
         let mut seen: Vec<u32> = consumers

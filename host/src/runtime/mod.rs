@@ -15,6 +15,7 @@ mod host;
 pub use cache::CodeCache;
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
 pub use executor::{Executor, GuestOutcome, call_guest};
+pub use fair_queue::Flow;
 pub use handler::{ComponentInfo, HandlerVersion, LoadError};
 pub use host::{GuestRequest, HandlerContext};
 
