@@ -108,19 +108,7 @@ impl Gateway {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large),
             Err(e) => return Err(RequestError::BadBody(e.to_string())),
         };
-        Ok(GuestRequest {
-            method: parts.method.as_str().to_owned(),
-            uri: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-                .collect(),
-            body: body.to_vec(),
-        })
+        Ok(GuestRequest::new(parts, body))
     }
 }
 

@@ -170,7 +170,7 @@ pub fn call_guest(
         metrics
             .instantiation_duration
             .observe(started.elapsed().as_secs_f64());
-        instance.call_handle(&mut store, request)
+        request.with_view(|request| instance.call_handle(&mut store, request))
     });
     let fuel_consumed = runtime
         .consume_fuel

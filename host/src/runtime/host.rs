@@ -16,8 +16,44 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::wasmgate::handler::{config, log, metrics};
 use crate::metrics::HandlerMetrics;
 
-/// The request as the guest sees it.
-pub type GuestRequest = super::bindings::Request;
+/// A request on its way to a guest: hyper's parsed head and the collected
+/// body, moved from the connection task to a worker as they are. The
+/// worker lowers them into guest memory straight from these buffers, so the
+/// request path copies nothing and allocates nothing for the guest.
+#[derive(Debug)]
+pub struct GuestRequest {
+    head: http::request::Parts,
+    body: bytes::Bytes,
+}
+
+impl GuestRequest {
+    /// The request with head `head` and the whole body `body`.
+    pub fn new(head: http::request::Parts, body: bytes::Bytes) -> Self {
+        Self { head, body }
+    }
+
+    /// Calls `f` with the guest's view of the request, borrowed from
+    /// `self`: method, path and query (`/` when the URI has none), headers
+    /// in order, and body.
+    pub(super) fn with_view<R>(&self, f: impl FnOnce(super::bindings::Request<'_>) -> R) -> R {
+        let headers: Vec<(&str, &[u8])> = self
+            .head
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        f(super::bindings::Request {
+            method: self.head.method.as_str(),
+            uri: self
+                .head
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str),
+            headers: &headers,
+            body: &self.body,
+        })
+    }
+}
 
 /// Longest log message kept from a guest, in bytes.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -190,6 +226,62 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An owned copy of what the guest is shown.
+    struct Seen {
+        method: String,
+        uri: String,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
+    fn guest_view(request: http::Request<&'static str>) -> Seen {
+        let (head, body) = request.into_parts();
+        GuestRequest::new(head, bytes::Bytes::from_static(body.as_bytes())).with_view(|view| Seen {
+            method: view.method.to_owned(),
+            uri: view.uri.to_owned(),
+            headers: view
+                .headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                .collect(),
+            body: view.body.to_vec(),
+        })
+    }
+
+    #[test]
+    fn the_guest_sees_method_path_and_query_headers_in_order_and_body() {
+        let request = http::Request::post("/items?id=7")
+            .header("x-a", "1")
+            .header("Host", "example.com")
+            .header("x-a", "2")
+            .body("payload")
+            .expect("valid request");
+        let seen = guest_view(request);
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.uri, "/items?id=7");
+        let headers: Vec<(&str, &[u8])> = seen
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        // `HeaderMap` keeps a repeated name's values together, in order.
+        assert_eq!(
+            headers,
+            [("x-a", &b"1"[..]), ("x-a", b"2"), ("host", b"example.com")]
+        );
+        assert_eq!(seen.body, b"payload");
+    }
+
+    #[test]
+    fn an_absolute_uri_without_a_path_is_seen_as_slash() {
+        let request = http::Request::get("http://example.com")
+            .body("")
+            .expect("valid request");
+        let seen = guest_view(request);
+        assert_eq!(seen.uri, "/");
+        assert!(seen.body.is_empty());
+    }
 
     #[test]
     fn truncates_on_char_boundaries() {

@@ -24,5 +24,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "handler",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
