@@ -432,7 +432,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         if quick { " --quick" } else { "" }
     ));
     md.push_str("| ratio | value | target |\n|---|---|---|\n");
-    let row = |name: &str, v: f64, target: &str| format!("| {name} | {v:.2} | {target} |\n");
+    let row = |name: &str, v: f64, target: &str| format!("| {name} | {v:.3} | {target} |\n");
     md.push_str(&row(
         "gateway /hello vs bare hyper (b/a)",
         b.requests_per_sec / a.requests_per_sec,
