@@ -34,7 +34,7 @@ impl GuestRequest {
 
     /// Calls `f` with the guest's view of the request, borrowed from
     /// `self`: method, path and query (`/` when the URI has none), headers
-    /// in order, and body.
+    /// (a repeated name's values together, as the WIT says), and body.
     pub(super) fn with_view<R>(&self, f: impl FnOnce(super::bindings::Request<'_>) -> R) -> R {
         let headers: Vec<(&str, &[u8])> = self
             .head
