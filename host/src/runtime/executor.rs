@@ -330,8 +330,10 @@ mod tests {
     }
 
     /// Calls `hello` through `call_guest` and returns every outcome handed
-    /// to `reply`.
-    fn call_hello(deadline: Instant) -> Vec<GuestOutcome> {
+    /// to `reply`, each with whether the request's store was still alive
+    /// when `reply` ran (its state holds a reference to the handler's
+    /// context, dropped with the store).
+    fn call_hello(deadline: Instant) -> Vec<(GuestOutcome, bool)> {
         let metrics = Arc::new(Metrics::new());
         let limits = crate::config::Limits::default();
         let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
@@ -348,32 +350,40 @@ mod tests {
             .expect("valid request")
             .into_parts();
         let request = GuestRequest::new(head, Bytes::new());
-        let mut outcomes = Vec::new();
+        let mut replies = Vec::new();
         call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
-            outcomes.push(o);
+            replies.push((o, Arc::strong_count(&version.context)));
         });
-        outcomes
+        let references_after = Arc::strong_count(&version.context);
+        replies
+            .into_iter()
+            .map(|(o, references)| (o, references > references_after))
+            .collect()
     }
 
     #[test]
-    fn reply_gets_the_guest_response_and_fuel_once() {
-        let outcomes = call_hello(Instant::now() + std::time::Duration::from_secs(10));
-        assert_eq!(outcomes.len(), 1);
-        let response = outcomes[0].result.as_ref().expect("hello answers");
+    fn reply_gets_the_response_and_fuel_once_before_the_instance_is_torn_down() {
+        let replies = call_hello(Instant::now() + std::time::Duration::from_secs(10));
+        assert_eq!(replies.len(), 1);
+        let (outcome, store_alive) = &replies[0];
+        let response = outcome.result.as_ref().expect("hello answers");
         assert_eq!(response.status(), 200);
-        assert!(outcomes[0].fuel_consumed.is_some_and(|f| f > 0));
+        assert!(outcome.fuel_consumed.is_some_and(|f| f > 0));
+        assert!(store_alive, "the store was dropped before the reply");
     }
 
     #[test]
     fn reply_gets_expired_once_when_the_deadline_passed_in_the_queue() {
-        let outcomes = call_hello(Instant::now());
-        assert_eq!(outcomes.len(), 1);
+        let replies = call_hello(Instant::now());
+        assert_eq!(replies.len(), 1);
+        let (outcome, store_alive) = &replies[0];
         assert!(
-            matches!(outcomes[0].result, Err(RequestError::Expired)),
+            matches!(outcome.result, Err(RequestError::Expired)),
             "{:?}",
-            outcomes[0].result
+            outcome.result
         );
-        assert_eq!(outcomes[0].fuel_consumed, None);
+        assert_eq!(outcome.fuel_consumed, None);
+        assert!(!store_alive, "no instance is made for an expired request");
     }
 
     #[test]
