@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::body::ResponseBody;
 use crate::metrics::Metrics;
 
 /// The admin API.
@@ -33,7 +33,7 @@ impl Admin {
     }
 
     /// Answers one admin request.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let path = request.uri().path();
         match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -45,7 +45,8 @@ impl Admin {
                 }
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
-                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut response =
+                    Response::new(ResponseBody::from(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -60,8 +61,8 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -83,6 +83,18 @@ pub struct ServerConfig {
     /// On SIGINT/SIGTERM, in-flight requests get this long to finish.
     /// Default 10000.
     pub shutdown_grace_ms: u64,
+    /// A request body must arrive whole within this time from the end of
+    /// its headers, or the request gets 408. The body is read before the
+    /// request takes one of its tenant's slots, so a slow sender holds only
+    /// its own connection. Default 10000.
+    pub body_read_timeout_ms: u64,
+    /// A connection whose client accepts no response bytes for this long,
+    /// while a response is waiting to be written, is closed. Default 10000.
+    pub write_timeout_ms: u64,
+    /// Request and response bodies held in memory at once, all connections
+    /// together. A request body that would go over it gets 503
+    /// `overloaded`; so does a guest response. Default 256 MiB.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +106,9 @@ impl Default for ServerConfig {
             idle_timeout_ms: 60_000,
             max_body_bytes: 1 << 20,
             shutdown_grace_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            max_buffered_bytes: 256 << 20,
         }
     }
 }
@@ -172,6 +187,13 @@ pub struct Limits {
     pub timeout_ms: u64,
     /// Requests of one tenant in flight at once; more get 503. Default 64.
     pub max_concurrency: usize,
+    /// Largest response a guest may return, head and body together, in
+    /// bytes; a larger one gets 502 `bad_response`. Default 16 MiB.
+    pub max_response_bytes: u64,
+    /// Log lines a handler may write per second (its `log` calls and the
+    /// gateway's lines about its traps), with bursts of up to as many
+    /// again; further lines are dropped, counted and summarised. Default 100.
+    pub log_lines_per_second: u32,
 }
 
 impl Default for Limits {
@@ -181,6 +203,8 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             timeout_ms: 2_000,
             max_concurrency: 64,
+            max_response_bytes: 16 << 20,
+            log_lines_per_second: 100,
         }
     }
 }
@@ -197,6 +221,10 @@ pub struct LimitOverrides {
     pub timeout_ms: Option<u64>,
     /// Overrides `limits.max_concurrency`.
     pub max_concurrency: Option<usize>,
+    /// Overrides `limits.max_response_bytes`.
+    pub max_response_bytes: Option<u64>,
+    /// Overrides `limits.log_lines_per_second`.
+    pub log_lines_per_second: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -207,6 +235,12 @@ impl LimitOverrides {
             memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
             timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
             max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+            max_response_bytes: self
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
+            log_lines_per_second: self
+                .log_lines_per_second
+                .unwrap_or(defaults.log_lines_per_second),
         }
     }
 }
@@ -293,6 +327,22 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
+        for (key, value) in [
+            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("idle_timeout_ms", self.server.idle_timeout_ms),
+            ("body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("write_timeout_ms", self.server.write_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("server.{key} must be at least 1"));
+            }
+        }
+        if self.server.max_buffered_bytes < self.server.max_body_bytes {
+            return Err(format!(
+                "server.max_buffered_bytes ({}) must be at least server.max_body_bytes ({})",
+                self.server.max_buffered_bytes, self.server.max_body_bytes
+            ));
+        }
         if self.runtime.queue_depth == 0 {
             return Err("runtime.queue_depth must be at least 1".into());
         }
@@ -359,6 +409,9 @@ fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
     if limits.max_concurrency == 0 {
         return Err(format!("{what}.max_concurrency must be at least 1"));
     }
+    if limits.max_response_bytes < 1024 {
+        return Err(format!("{what}.max_response_bytes must be at least 1024"));
+    }
     Ok(())
 }
 
@@ -393,8 +446,22 @@ mod tests {
         assert_eq!(config.server.max_body_bytes, 1048576);
         assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
         assert_eq!(config.runtime.queue_depth, 1024);
-        assert_eq!(config.limits, Limits::default());
-        assert_eq!(config.limits.fuel, 1_000_000_000);
+        assert_eq!(config.server.body_read_timeout_ms, 10_000);
+        assert_eq!(config.server.write_timeout_ms, 10_000);
+        assert_eq!(config.server.max_buffered_bytes, 256 << 20);
+        // The documented values, written out: comparing with
+        // `Limits::default()` would only compare the code with itself.
+        assert_eq!(
+            config.limits,
+            Limits {
+                fuel: 1_000_000_000,
+                memory_bytes: 64 << 20,
+                timeout_ms: 2_000,
+                max_concurrency: 64,
+                max_response_bytes: 16 << 20,
+                log_lines_per_second: 100,
+            }
+        );
         assert_eq!(config.runtime.data_dir, Path::new("/base/wasmgate-data"));
     }
 

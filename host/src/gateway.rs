@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::body::ResponseBody;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Route};
@@ -32,13 +33,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Answers one request; every failure becomes its DESIGN.md status.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let router = self.registry.router();
         let Some((_, route)) = router.route(request_host(&request), request.uri().path()) else {
             let error = RequestError::NoRoute;
             self.metrics.no_route(error.status_and_code().0);
-            return error.to_response().map(Full::new);
+            return error.to_response().map(ResponseBody::from);
         };
         let route = Arc::clone(route);
         drop(router);
@@ -52,7 +53,7 @@ impl Gateway {
             fuel,
             trap,
         );
-        response.map(Full::new)
+        response.map(ResponseBody::from)
     }
 
     async fn run(

@@ -18,10 +18,11 @@
 //! and path to handler, pure), [`registry`] (handler versions by route),
 //! [`runtime`] (engine, host functions, worker pool), [`gateway`] (the
 //! public request path), [`admin`] (health and metrics), [`metrics`],
-//! [`error`] (failures to statuses), [`server`] (listeners, connections,
-//! shutdown).
+//! [`error`] (failures to statuses), [`body`] (buffered bodies and their
+//! memory budget), [`server`] (listeners, connections, shutdown).
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod gateway;

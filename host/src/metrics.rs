@@ -72,6 +72,12 @@ pub struct Metrics {
     pub workers_busy: IntGauge,
     /// Handler versions currently routed.
     pub handlers_loaded: IntGauge,
+    /// Guest worker threads alive; fewer than configured means degraded.
+    pub workers_alive: IntGauge,
+    /// Requests routed to a handler and not yet answered.
+    pub requests_in_flight: IntGauge,
+    /// Request and response body bytes held in memory now.
+    pub buffered_bytes: IntGauge,
     handler_loads: IntCounterVec,
     guest_counters: IntCounterVec,
     guest_histograms: HistogramVec,
@@ -218,6 +224,17 @@ impl Metrics {
             queue_depth: gauge(&r, "wasmgate_queue_depth", "Requests waiting for a worker."),
             workers_busy: gauge(&r, "wasmgate_workers_busy", "Workers running guest code."),
             handlers_loaded: gauge(&r, "wasmgate_handlers_loaded", "Handlers currently loaded."),
+            workers_alive: gauge(&r, "wasmgate_workers_alive", "Guest worker threads alive."),
+            requests_in_flight: gauge(
+                &r,
+                "wasmgate_requests_in_flight",
+                "Requests routed to a handler and not yet answered.",
+            ),
+            buffered_bytes: gauge(
+                &r,
+                "wasmgate_buffered_bytes",
+                "Request and response body bytes held in memory (server.max_buffered_bytes caps it).",
+            ),
             handler_loads: counter_vec(
                 &r,
                 "wasmgate_handler_loads_total",

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admin::Admin;
+use crate::body::ResponseBody;
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -139,7 +138,7 @@ enum Service {
 }
 
 impl Service {
-    async fn call(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn call(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         match self {
             Self::Public(gateway) => gateway.handle(request).await,
             Self::Admin(admin) => admin.handle(request).await,

@@ -1,5 +1,6 @@
 //! `faults`: misbehaves on purpose so the gateway's limits can be tested.
-//! Mounted at `/faults`; the last path segment picks the fault:
+//! Mounted at `/faults`; the last path segment picks the fault, and a query
+//! parameter `n` sizes it where it has a size:
 //!
 //! | path | what the guest does | what the gateway should do |
 //! |---|---|---|
@@ -9,16 +10,31 @@
 //! | `/faults/stack` | recurses without bound | trap on stack overflow |
 //! | `/faults/badstatus` | returns status 1000 | answer 502 `bad_response` |
 //! | `/faults/metrics` | writes 5000 metric names plus invalid ones, then 200 | drop the excess and invalid names |
+//! | `/faults/headers?n=100000` | answers with `n` distinct header names | 502, the worker survives |
+//! | `/faults/bighead?n=1100000` | answers with one header value of `n` bytes | 502 (response head limit) |
+//! | `/faults/big?n=8388608` | answers 200 with a body of `n` bytes | 502 above `max_response_bytes` |
+//! | `/faults/sleep?n=30000` | `std::thread::sleep` for `n` ms (a blocking host call) | 504 at the deadline |
+//! | `/faults/poll?n=30000` | `wasi:io/poll.poll` on an `n` ms timer | 504 at the deadline |
+//! | `/faults/logflood?n=0` | calls `log` `n` times (0: until stopped) | rate-limit the log, count drops |
+//! | `/faults/lognewline` | logs a message with CR, LF and an ANSI escape | escape them: one log line |
+//! | `/faults/hopbyhop` | answers with hop-by-hop headers and `x-wasmgate-error` | strip them |
+//! | `/faults/counterwrap` | adds `u64::MAX` to a counter twice | the counter saturates, never wraps |
+//! | `/faults/histinf` | observes `f64::MAX` in a histogram several times | the sum stays finite |
+//! | `/faults/stderr?n=1048576` | writes `n` bytes to stderr and `n` to stdout, then panics | keep at most 4 KiB of stderr |
+//! | `/faults/wasi` | reports what WASI gives it: env, args, files, network, clocks | nothing but clocks and random |
 //!
 //! Any other path gets 404 with the list of faults.
 
 use std::hint::black_box;
+use std::io::Write;
 
 use wasmgate_sdk::http::StatusCode;
-use wasmgate_sdk::{IntoResponse, RawResponse, Request, metrics};
+use wasmgate_sdk::{IntoResponse, RawResponse, Request, log, metrics};
 
 /// Every fault, for the 404 text.
-const FAULTS: &str = "loop, oom, panic, stack, badstatus, metrics";
+const FAULTS: &str = "loop, oom, panic, stack, badstatus, metrics, headers, bighead, big, \
+                      sleep, poll, logflood, lognewline, hopbyhop, counterwrap, histinf, \
+                      stderr, wasi";
 
 /// Distinct valid counter names `metrics` registers.
 const FLOOD_NAMES: u32 = 5000;
@@ -26,6 +42,7 @@ const FLOOD_NAMES: u32 = 5000;
 #[wasmgate_sdk::handler]
 fn faults(req: Request) -> RawResponse {
     let fault = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let n = |default: u64| size(req.uri().query()).unwrap_or(default);
     match fault {
         "loop" => spin_forever(),
         "oom" => exhaust_memory(),
@@ -43,6 +60,87 @@ fn faults(req: Request) -> RawResponse {
             flood_metrics();
             raw(StatusCode::OK, "flooded\n")
         }
+        "headers" => RawResponse {
+            status: 200,
+            headers: (0..n(100_000))
+                .map(|i| (format!("x-h{i}"), b"v".to_vec()))
+                .collect(),
+            body: b"many headers\n".to_vec(),
+        },
+        "bighead" => RawResponse {
+            status: 200,
+            headers: vec![("x-big".to_owned(), vec![b'a'; n(1_100_000) as usize])],
+            body: b"big head\n".to_vec(),
+        },
+        "big" => RawResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: vec![b'b'; n(8 << 20) as usize],
+        },
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(n(30_000)));
+            raw(StatusCode::OK, "slept\n")
+        }
+        "poll" => {
+            let timer = wasip2::clocks::monotonic_clock::subscribe_duration(n(30_000) * 1_000_000);
+            wasip2::io::poll::poll(&[&timer]);
+            raw(StatusCode::OK, "polled\n")
+        }
+        "logflood" => {
+            let lines = n(0);
+            let mut i = 0u64;
+            while lines == 0 || i < lines {
+                log::info(&format!("flood line {i}"));
+                i += 1;
+            }
+            raw(StatusCode::OK, format!("logged {lines} lines\n"))
+        }
+        "lognewline" => {
+            log::warn("first\nFORGED level=ERROR tenant=other\r\x1b[31mred\x1b[0m end");
+            raw(StatusCode::OK, "logged\n")
+        }
+        "hopbyhop" => RawResponse {
+            status: 200,
+            headers: [
+                ("connection", "x-secret, keep-alive"),
+                ("x-secret", "should be dropped"),
+                ("keep-alive", "timeout=99"),
+                ("proxy-connection", "keep-alive"),
+                ("proxy-authenticate", "Basic"),
+                ("te", "trailers"),
+                ("trailer", "x-t"),
+                ("upgrade", "h2c"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "999"),
+                ("x-wasmgate-error", "forged"),
+                ("x-kept", "yes"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+            body: b"hop by hop\n".to_vec(),
+        },
+        "counterwrap" => {
+            metrics::counter_add("wrapped", u64::MAX);
+            metrics::counter_add("wrapped", u64::MAX);
+            metrics::counter_add("wrapped", 5);
+            raw(StatusCode::OK, "added\n")
+        }
+        "histinf" => {
+            for _ in 0..4 {
+                metrics::histogram_observe("huge", f64::MAX);
+            }
+            raw(StatusCode::OK, "observed\n")
+        }
+        "stderr" => {
+            let chunk = vec![b'e'; n(1 << 20) as usize];
+            // Writes past the gateway's cap fail; that is the point.
+            let _ = std::io::stdout().write_all(&chunk);
+            let _ = std::io::stderr().write_all(b"STDERR-START ");
+            let _ = std::io::stderr().write_all(&chunk);
+            panic!("faults: after a stderr flood");
+        }
+        "wasi" => raw(StatusCode::OK, wasi_report()),
         _ => raw(
             StatusCode::NOT_FOUND,
             format!("unknown fault; try one of: {FAULTS}\n"),
@@ -50,9 +148,40 @@ fn faults(req: Request) -> RawResponse {
     }
 }
 
+/// The `n` query parameter, if present and a number.
+fn size(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("n="))?
+        .parse()
+        .ok()
+}
+
 /// An ordinary response as a [`RawResponse`], the one return type here.
 fn raw(status: StatusCode, body: impl IntoResponse) -> RawResponse {
     (status, body).into_response().into()
+}
+
+/// One `key=value` line per capability probe, so a test can check each.
+fn wasi_report() -> String {
+    let env = std::env::vars().count();
+    let args = std::env::args().count();
+    let root = std::fs::read_dir("/").map(|d| d.count());
+    let file = std::fs::read("/etc/passwd").map(|b| b.len());
+    let cwd = std::env::current_dir().map(|p| p.display().to_string());
+    let tcp = std::net::TcpStream::connect("127.0.0.1:9");
+    let dns = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)).map(|a| a.count());
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .is_ok();
+    format!(
+        "env={env}\nargs={args}\nread_dir={}\nread_file={}\ncwd={}\ntcp={}\ndns={}\nclock={clock}\n",
+        root.is_ok(),
+        file.is_ok(),
+        cwd.is_ok(),
+        tcp.is_ok(),
+        dns.is_ok(),
+    )
 }
 
 fn spin_forever() -> ! {
