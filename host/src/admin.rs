@@ -17,17 +17,21 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Admin {
     metrics: Arc<Metrics>,
+    /// Worker threads configured: fewer alive makes `/readyz` say 503.
+    workers: usize,
     /// Set at shutdown: `/readyz` then says 503 so load balancers stop
     /// sending traffic while in-flight requests drain.
     pub(crate) draining: AtomicBool,
 }
 
 impl Admin {
-    /// The admin API over these metrics. Handlers are loaded before the
-    /// admin listener starts, so it is ready from the start.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// The admin API over these metrics, for a gateway with `workers`
+    /// worker threads. Handlers are loaded before the admin listener
+    /// starts, so it is ready from the start.
+    pub fn new(metrics: Arc<Metrics>, workers: usize) -> Self {
         Self {
             metrics,
+            workers,
             draining: AtomicBool::new(false),
         }
     }
@@ -38,8 +42,18 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => {
+                let alive = usize::try_from(self.metrics.workers_alive.get()).unwrap_or(0);
                 if self.draining.load(Ordering::Relaxed) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else if alive < self.workers {
+                    // A worker died and its replacement has not started:
+                    // requests still run, on fewer threads.
+                    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                    *response.body_mut() = ResponseBody::from(Bytes::from(format!(
+                        "degraded: {alive} of {} workers alive\n",
+                        self.workers
+                    )));
+                    response
                 } else {
                     text(StatusCode::OK, "ready\n")
                 }

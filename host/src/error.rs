@@ -26,6 +26,16 @@ pub enum RequestError {
     /// The client sent a malformed body or went away while sending it.
     #[error("could not read the request body: {0}")]
     BadBody(String),
+    /// The request breaks HTTP's rules in a way the gateway refuses to
+    /// guess about (a missing or repeated Host header).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body did not arrive within `server.body_read_timeout_ms`.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout {
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
     /// The tenant's concurrency limit or the worker queue is full.
     #[error("{0}")]
     Overloaded(&'static str),
@@ -35,9 +45,15 @@ pub enum RequestError {
     /// The guest answered with something that is not a valid response.
     #[error("invalid response from handler: {0}")]
     BadResponse(String),
-    /// The request's deadline passed while it waited for a worker.
-    #[error("request timed out waiting for a worker")]
+    /// The request's deadline passed before the handler answered (while it
+    /// waited for a worker, or as the backstop of a running guest's own
+    /// deadline).
+    #[error("request timed out before the handler answered")]
     Expired,
+    /// Serving the request failed inside the gateway (a bug, logged); the
+    /// worker that served it lives on.
+    #[error("internal error in the gateway")]
+    Internal,
     /// The gateway is shutting down and no longer runs guests.
     #[error("gateway is shutting down")]
     ShuttingDown,
@@ -60,7 +76,8 @@ impl RequestError {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::BadBody(_) | Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Trap(TrapKind::FuelExhausted) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "fuel_exhausted")
@@ -71,6 +88,7 @@ impl RequestError {
             Self::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
             Self::BadResponse(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
@@ -126,6 +144,16 @@ mod tests {
             (RequestError::Trap(TrapKind::StackOverflow), 500, "trap"),
             (RequestError::Trap(TrapKind::Other), 500, "trap"),
             (RequestError::BadResponse("x".into()), 502, "bad_response"),
+            (RequestError::BadBody("x".into()), 400, "bad_request"),
+            (RequestError::BadRequest("no Host"), 400, "bad_request"),
+            (
+                RequestError::BodyTimeout { timeout_ms: 1 },
+                408,
+                "body_timeout",
+            ),
+            (RequestError::Expired, 504, "timeout"),
+            (RequestError::ShuttingDown, 503, "shutting_down"),
+            (RequestError::Internal, 500, "internal"),
         ];
         for (error, status, code) in table {
             let response = error.to_response();

@@ -1,22 +1,31 @@
-//! The public request path: route, admit, read the body, run the guest on
+//! The public request path: route, read the body, admit, run the guest on
 //! the executor, count it.
 //!
 //! Runs on tokio's async workers and never runs guest code itself: the
-//! only waiting it does is for the body and for the executor's reply.
+//! only waiting it does is for the body and for the executor's reply, and
+//! both are bounded (`server.body_read_timeout_ms`, the request's deadline).
+//! The body is read before the request takes one of its tenant's slots, so
+//! a client that sends slowly holds its own connection and nothing else.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
 
-use crate::body::ResponseBody;
+use crate::body::{ByteBudget, Reservation, ResponseBody};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Route};
 use crate::runtime::{Executor, GuestRequest};
+
+/// How long past a request's deadline the request path waits for the
+/// worker's answer. The worker stops the guest at the deadline itself and
+/// answers within an epoch tick or two, with the trap counted by kind; this
+/// only bounds the wait when no worker got to the request at all.
+const REPLY_GRACE: Duration = Duration::from_millis(100);
 
 /// Everything the request path needs, shared by all connections.
 #[derive(Debug)]
@@ -29,128 +38,282 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// `server.body_read_timeout_ms`.
+    pub body_read_timeout: Duration,
+    /// Caps the request and response bytes all connections hold
+    /// (`server.max_buffered_bytes`).
+    pub budget: Arc<ByteBudget>,
 }
 
 impl Gateway {
-    /// Answers one request; every failure becomes its DESIGN.md status.
+    /// Answers one request; every failure becomes its status (see
+    /// [`RequestError`]).
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
+        let host = match request_host(&request) {
+            Ok(host) => host,
+            Err(error) => return self.unrouted(&error),
+        };
         let router = self.registry.router();
-        let Some((_, route)) = router.route(request_host(&request), request.uri().path()) else {
-            let error = RequestError::NoRoute;
-            self.metrics.no_route(error.status_and_code().0);
-            return error.to_response().map(ResponseBody::from);
+        let Some((_, route)) = router.route(host, request.uri().path()) else {
+            return self.unrouted(&RequestError::NoRoute);
         };
         let route = Arc::clone(route);
         drop(router);
 
+        let _in_flight = InFlight::start(&self.metrics);
         let (result, fuel) = self.run(&route, request).await;
         let trap = result.as_ref().err().and_then(RequestError::trap_kind);
-        let response = result.unwrap_or_else(|e| e.to_response());
+        let response = result.unwrap_or_else(|e| e.to_response().map(ResponseBody::from));
         route.version.context.metrics.request(
             response.status(),
             started.elapsed().as_secs_f64(),
             fuel,
             trap,
         );
-        response.map(ResponseBody::from)
+        response
+    }
+
+    /// Answers a request that reached no handler, counted without labels.
+    fn unrouted(&self, error: &RequestError) -> Response<ResponseBody> {
+        self.metrics.no_route(error.status_and_code().0);
+        error.to_response().map(ResponseBody::from)
     }
 
     async fn run(
         &self,
         route: &Route,
         request: Request<Incoming>,
-    ) -> (Result<Response<Bytes>, RequestError>, Option<u64>) {
-        let permit = match Arc::clone(&route.tenant.concurrency).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                return (
-                    Err(RequestError::Overloaded("tenant is at its max_concurrency")),
-                    None,
-                );
-            }
-        };
-        let request = match self.read_request(request).await {
-            Ok(request) => request,
+    ) -> (Result<Response<ResponseBody>, RequestError>, Option<u64>) {
+        let (request, body_reservation) = match self.read_request(request).await {
+            Ok(read) => read,
             Err(e) => return (Err(e), None),
         };
-        let timeout = Duration::from_millis(route.version.limits.timeout_ms);
-        let reply = self.executor.submit(
+        let Ok(permit) = Arc::clone(&route.tenant.concurrency).try_acquire_owned() else {
+            let error = RequestError::Overloaded("tenant is at its max_concurrency");
+            return (Err(error), None);
+        };
+        let deadline = Instant::now() + Duration::from_millis(route.version.limits.timeout_ms);
+        let reply = match self.executor.submit(
             route.flow,
             Arc::clone(&route.version),
             request,
-            Instant::now() + timeout,
+            deadline,
             permit,
-        );
-        match reply {
-            Ok(reply) => match reply.await {
-                Ok(outcome) => (outcome.result, outcome.fuel_consumed),
-                Err(_) => (Err(RequestError::ShuttingDown), None),
-            },
-            Err(e) => (Err(e), None),
-        }
+        ) {
+            Ok(reply) => reply,
+            Err(e) => return (Err(e), None),
+        };
+        let outcome = match tokio::time::timeout_at((deadline + REPLY_GRACE).into(), reply).await {
+            Ok(Ok(outcome)) => outcome,
+            // The worker dropped the job unanswered: a panic, logged there.
+            Ok(Err(_)) => return (Err(RequestError::Internal), None),
+            Err(_) => return (Err(RequestError::Expired), None),
+        };
+        drop(body_reservation);
+        let fuel = outcome.fuel_consumed;
+        let response = match outcome.result {
+            Ok(response) => response,
+            Err(e) => return (Err(e), fuel),
+        };
+        let Some(reservation) = self.budget.try_reserve(response.body().len()) else {
+            let error =
+                RequestError::Overloaded("the gateway's memory budget for responses is full");
+            return (Err(error), fuel);
+        };
+        let response = response.map(|body| ResponseBody::new(body, Some(reservation)));
+        (Ok(response), fuel)
     }
 
-    /// Reads the body within `max_body_bytes` and builds the guest's view.
-    async fn read_request(&self, request: Request<Incoming>) -> Result<GuestRequest, RequestError> {
+    /// Reads the body within `max_body_bytes`, `body_read_timeout` and the
+    /// memory budget, and builds the guest's view of the request.
+    async fn read_request(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(GuestRequest, Reservation), RequestError> {
         let limit = self.max_body_bytes;
-        let too_large = RequestError::BodyTooLarge { limit };
+        let too_large = || RequestError::BodyTooLarge { limit };
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large);
+            return Err(too_large());
         }
-        let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large),
-            Err(e) => return Err(RequestError::BadBody(e.to_string())),
+        let (mut head, mut body) = request.into_parts();
+        // The guest sees the host the request was routed by (RFC 9112
+        // 3.2.2: an absolute-form target's authority overrides Host; in
+        // HTTP/2 it is `:authority`).
+        if let Some(authority) = head.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            head.headers.insert(http::header::HOST, host);
+        }
+        let mut reservation = self.budget.reserve_none();
+        if body.is_end_stream() {
+            return Ok((GuestRequest::new(head, Bytes::new()), reservation));
+        }
+        let over_budget =
+            || RequestError::Overloaded("the gateway's memory budget for bodies is full");
+        let expected = declared.map_or(0, |n| n as usize);
+        if !reservation.grow(expected) {
+            return Err(over_budget());
+        }
+        let deadline = Instant::now() + self.body_read_timeout;
+        let timed_out = || RequestError::BodyTimeout {
+            timeout_ms: u64::try_from(self.body_read_timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        Ok(GuestRequest::new(parts, body))
+        // One chunk is kept as it came; only a second one costs a copy.
+        let mut whole = Bytes::new();
+        let mut joined: Option<BytesMut> = None;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+                Err(_) => return Err(timed_out()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(RequestError::BadBody(e.to_string())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers are not passed to guests.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = joined.as_ref().map_or(whole.len(), BytesMut::len) + data.len();
+            if len > limit {
+                return Err(too_large());
+            }
+            if len > reservation.bytes() && !reservation.grow(len - reservation.bytes()) {
+                return Err(over_budget());
+            }
+            match &mut joined {
+                Some(joined) => joined.extend_from_slice(&data),
+                None if whole.is_empty() => whole = data,
+                None => {
+                    let mut buffer = BytesMut::with_capacity(expected.max(len));
+                    buffer.extend_from_slice(&whole);
+                    buffer.extend_from_slice(&data);
+                    joined = Some(buffer);
+                }
+            }
+        }
+        let body = joined.map_or(whole, BytesMut::freeze);
+        Ok((GuestRequest::new(head, body), reservation))
     }
 }
 
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
-/// or the Host header.
-fn request_host<B>(request: &Request<B>) -> &str {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
+/// Counts a routed request in `wasmgate_requests_in_flight` until dropped,
+/// also when the client goes away and the request's future is dropped.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.requests_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.dec();
+    }
+}
+
+/// The host a request is for (RFC 9112 3.2): an HTTP/1.1 request must carry
+/// exactly one Host header, and no request may carry two. The target's
+/// authority (absolute-form, or HTTP/2's `:authority`) wins over Host.
+fn request_host<B>(request: &Request<B>) -> Result<&str, RequestError> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(RequestError::BadRequest("more than one Host header"));
+    }
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        return Err(RequestError::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    if let Some(authority) = request.uri().authority() {
+        return Ok(authority.as_str());
+    }
+    match host.map(HeaderValue::to_str) {
+        None => Ok(""),
+        Some(Ok(host)) => Ok(host),
+        Some(Err(_)) => Err(RequestError::BadRequest(
+            "the Host header is not a valid host",
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().version(version).uri(uri);
+        for host in hosts {
+            builder = builder.header("host", *host);
+        }
+        builder.body(()).expect("valid request")
+    }
+
     #[test]
-    fn host_comes_from_authority_or_header() {
-        let with_header = Request::builder()
-            .uri("/x")
-            .header("host", "a.example.com:8080")
-            .body(())
-            .expect("valid request");
-        assert_eq!(request_host(&with_header), "a.example.com:8080");
-        let absolute = Request::builder()
-            .uri("http://b.example.com/x")
-            .header("host", "ignored")
-            .body(())
-            .expect("valid request");
-        assert_eq!(request_host(&absolute), "b.example.com");
-        let none = Request::builder()
-            .uri("/x")
-            .body(())
-            .expect("valid request");
-        assert_eq!(request_host(&none), "");
+    fn the_host_comes_from_the_authority_or_the_one_host_header() {
+        /// Version, target, Host headers, and the host or part of the error.
+        type Case<'a> = (Version, &'a str, &'a [&'a str], Result<&'a str, &'a str>);
+        let table: &[Case] = &[
+            (
+                Version::HTTP_11,
+                "/x",
+                &["a.example.com:8080"],
+                Ok("a.example.com:8080"),
+            ),
+            // Absolute-form: the authority wins, and Host is still required.
+            (
+                Version::HTTP_11,
+                "http://b.example.com/x",
+                &["other"],
+                Ok("b.example.com"),
+            ),
+            (
+                Version::HTTP_11,
+                "http://b.example.com/x",
+                &[],
+                Err("needs a Host"),
+            ),
+            (Version::HTTP_11, "/x", &[], Err("needs a Host")),
+            (Version::HTTP_11, "/x", &["a", "b"], Err("more than one")),
+            (Version::HTTP_10, "/x", &[], Ok("")),
+            (Version::HTTP_10, "/x", &["a", "a"], Err("more than one")),
+            // HTTP/2 carries :authority in the URI; Host is optional.
+            (
+                Version::HTTP_2,
+                "http://c.example.com/x",
+                &[],
+                Ok("c.example.com"),
+            ),
+            (Version::HTTP_2, "/x", &[], Ok("")),
+        ];
+        for (version, uri, hosts, want) in table {
+            let request = request(*version, uri, hosts);
+            let got = request_host(&request).map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{version:?} {uri} {hosts:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+                (got, want) => panic!("{version:?} {uri} {hosts:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_host_header_is_a_bad_request() {
+        let mut request = request(Version::HTTP_11, "/x", &[]);
+        request.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").expect("opaque bytes are a valid value"),
+        );
+        assert!(matches!(
+            request_host(&request),
+            Err(RequestError::BadRequest(_))
+        ));
     }
 }

@@ -28,6 +28,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod registry;
+pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;

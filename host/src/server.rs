@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admin::Admin;
-use crate::body::ResponseBody;
+use crate::body::{ByteBudget, ResponseBody};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -61,14 +61,20 @@ impl Server {
             config.runtime.queue_depth,
             Arc::clone(&metrics),
         )?;
+        let workers = executor.workers();
         let gateway = Arc::new(Gateway {
             registry,
             executor,
             metrics: Arc::clone(&metrics),
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            budget: ByteBudget::new(
+                config.server.max_buffered_bytes,
+                metrics.buffered_bytes.clone(),
+            ),
         });
         Ok(Self {
-            admin: Arc::new(Admin::new(metrics)),
+            admin: Arc::new(Admin::new(metrics, workers)),
             gateway,
             config: config.server.clone(),
         })

@@ -32,6 +32,11 @@ impl GuestRequest {
         Self { head, body }
     }
 
+    /// The request's path, without the query.
+    pub fn path(&self) -> &str {
+        self.head.uri.path()
+    }
+
     /// Calls `f` with the guest's view of the request, borrowed from
     /// `self`: method, path and query (`/` when the URI has none), headers
     /// (a repeated name's values together, as the WIT says), and body.
@@ -84,11 +89,18 @@ pub struct State {
     /// memory trap.
     pub(super) limiter: MemoryLimiter,
     handler: Arc<HandlerContext>,
+    /// When the request must be answered: blocking host calls wait no
+    /// longer (`deadline.rs`).
+    pub(super) deadline: std::time::Instant,
 }
 
 impl State {
-    /// Fresh state for one request.
-    pub(super) fn new(handler: Arc<HandlerContext>, memory_bytes: u64) -> Self {
+    /// Fresh state for one request due by `deadline`.
+    pub(super) fn new(
+        handler: Arc<HandlerContext>,
+        memory_bytes: u64,
+        deadline: std::time::Instant,
+    ) -> Self {
         Self {
             wasi: None,
             stderr: None,
@@ -99,7 +111,13 @@ impl State {
                 refused: false,
             },
             handler,
+            deadline,
         }
+    }
+
+    /// The guest's WASI resources (pollables, streams).
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// What the guest wrote to stderr, if anything.
@@ -208,6 +226,7 @@ fn truncate(s: &str, max: usize) -> &str {
 pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    super::deadline::add_to_linker(&mut linker)?;
     log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
     metrics::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
     config::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;

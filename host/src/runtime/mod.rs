@@ -6,6 +6,8 @@
 //! accept loop or the admin listener.
 
 mod cache;
+mod call;
+mod deadline;
 mod engine;
 mod executor;
 mod fair_queue;
@@ -13,11 +15,15 @@ mod handler;
 mod host;
 
 pub use cache::CodeCache;
+pub use call::{GuestOutcome, call_guest};
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
-pub use executor::{Executor, GuestOutcome, call_guest};
+pub use executor::Executor;
 pub use fair_queue::Flow;
 pub use handler::{ComponentInfo, HandlerVersion, LoadError};
 pub use host::{GuestRequest, HandlerContext};
+
+/// A guest's response as the world defines it, before validation.
+pub(crate) use bindings::wasmgate::handler::types::Response as GuestResponse;
 
 /// Host bindings generated from `wit/` (the one source of truth).
 mod bindings {

@@ -1,0 +1,206 @@
+//! One guest call: a fresh store with the version's limits, instantiate,
+//! call `handle`, classify a trap, validate the response.
+//!
+//! Runs on whatever thread calls it (the executor's workers, benchmarks);
+//! it never blocks past the request's deadline: fuel and epochs stop wasm
+//! code, and the blocking host calls wait at most until the deadline
+//! (see `deadline.rs`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use wasmtime::{Store, Trap};
+
+use super::engine::{Runtime, deadline_ticks};
+use super::handler::HandlerVersion;
+use super::host::{GuestRequest, State};
+use crate::error::RequestError;
+use crate::metrics::{Metrics, TrapKind};
+
+/// The result of one guest call.
+#[derive(Debug)]
+pub struct GuestOutcome {
+    /// The validated response, or why there is none.
+    pub result: Result<http::Response<Bytes>, RequestError>,
+    /// Fuel the guest consumed, when it ran.
+    pub fuel_consumed: Option<u64>,
+}
+
+/// Runs one request in a fresh instance with the version's limits, on the
+/// calling thread, and hands the outcome to `reply`. The executor's workers
+/// call this; so do benchmarks.
+///
+/// `reply` runs before the instance is torn down: dropping the store resets
+/// the instance's memory for the next request (a page-map scan in the
+/// kernel and copies of the dirty pages, about a quarter of a `hello`
+/// call's time), and the client need not wait for that.
+pub fn call_guest(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    deadline: Instant,
+    metrics: &Metrics,
+    reply: impl FnOnce(GuestOutcome),
+) {
+    let (outcome, store) = run_guest(runtime, version, request, deadline, metrics);
+    reply(outcome);
+    drop(store);
+}
+
+/// [`call_guest`] up to the outcome; also returns the store, if one was
+/// made, so the caller decides when it is torn down.
+fn run_guest(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> (GuestOutcome, Option<Store<State>>) {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        let outcome = GuestOutcome {
+            result: Err(RequestError::Expired),
+            fuel_consumed: None,
+        };
+        return (outcome, None);
+    }
+    let limits = version.limits;
+    let mut store = Store::new(
+        &runtime.engine,
+        State::new(Arc::clone(&version.context), limits.memory_bytes, deadline),
+    );
+    store.limiter(|state| &mut state.limiter);
+    if runtime.consume_fuel
+        && let Err(e) = store.set_fuel(limits.fuel)
+    {
+        tracing::error!("setting fuel: {e:#}");
+        let outcome = GuestOutcome {
+            result: Err(RequestError::Trap(TrapKind::Other)),
+            fuel_consumed: None,
+        };
+        return (outcome, Some(store));
+    }
+    store.set_epoch_deadline(deadline_ticks(remaining));
+
+    let started = Instant::now();
+    let result = version.pre.instantiate(&mut store).and_then(|instance| {
+        metrics
+            .instantiation_duration
+            .observe(started.elapsed().as_secs_f64());
+        request.with_view(|request| instance.call_handle(&mut store, request))
+    });
+    let fuel_consumed = runtime
+        .consume_fuel
+        .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
+    let stderr = store.data().stderr().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = stderr.trim_end();
+    let (tenant, handler) = (
+        &version.context.metrics.tenant,
+        &version.context.metrics.handler,
+    );
+    let result = match result {
+        Ok(response) => {
+            if !stderr.is_empty() {
+                tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
+            }
+            crate::response::from_guest(response, limits.max_response_bytes)
+        }
+        Err(e) => {
+            let kind = classify(&e, store.data().limiter.refused);
+            let reason = e
+                .downcast_ref::<Trap>()
+                .map_or_else(|| format!("{e:#}"), Trap::to_string);
+            tracing::warn!(
+                %tenant,
+                %handler,
+                kind = kind.as_str(),
+                stderr,
+                "guest trapped: {reason}"
+            );
+            Err(RequestError::Trap(kind))
+        }
+    };
+    let outcome = GuestOutcome {
+        result,
+        fuel_consumed,
+    };
+    (outcome, Some(store))
+}
+
+/// Maps a wasmtime error to the trap kind reported in metrics.
+fn classify(error: &wasmtime::Error, memory_refused: bool) -> TrapKind {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
+        Some(Trap::Interrupt) => TrapKind::Timeout,
+        Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+        Some(Trap::MemoryOutOfBounds | Trap::HeapMisaligned) => TrapKind::Memory,
+        // Rust aborts (`unreachable`) when an allocation is refused.
+        _ if memory_refused => TrapKind::Memory,
+        Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
+        _ => TrapKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls `hello` through `call_guest` and returns every outcome handed
+    /// to `reply`, each with whether the request's store was still alive
+    /// when `reply` ran (its state holds a reference to the handler's
+    /// context, dropped with the store).
+    fn call_hello(deadline: Instant) -> Vec<(GuestOutcome, bool)> {
+        let metrics = Arc::new(Metrics::new());
+        let limits = crate::config::Limits::default();
+        let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
+        let context = Arc::new(super::super::host::HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "hello"),
+        });
+        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
+        let version = Arc::new(
+            HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
+        );
+        let (head, ()) = http::Request::get("/hello")
+            .body(())
+            .expect("valid request")
+            .into_parts();
+        let request = GuestRequest::new(head, Bytes::new());
+        let mut replies = Vec::new();
+        call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
+            replies.push((o, Arc::strong_count(&version.context)));
+        });
+        let references_after = Arc::strong_count(&version.context);
+        replies
+            .into_iter()
+            .map(|(o, references)| (o, references > references_after))
+            .collect()
+    }
+
+    #[test]
+    fn reply_gets_the_response_and_fuel_once_before_the_instance_is_torn_down() {
+        let replies = call_hello(Instant::now() + std::time::Duration::from_secs(10));
+        assert_eq!(replies.len(), 1);
+        let (outcome, store_alive) = &replies[0];
+        let response = outcome.result.as_ref().expect("hello answers");
+        assert_eq!(response.status(), 200);
+        assert!(outcome.fuel_consumed.is_some_and(|f| f > 0));
+        assert!(store_alive, "the store was dropped before the reply");
+    }
+
+    #[test]
+    fn reply_gets_expired_once_when_the_deadline_passed_in_the_queue() {
+        let replies = call_hello(Instant::now());
+        assert_eq!(replies.len(), 1);
+        let (outcome, store_alive) = &replies[0];
+        assert!(
+            matches!(outcome.result, Err(RequestError::Expired)),
+            "{:?}",
+            outcome.result
+        );
+        assert_eq!(outcome.fuel_consumed, None);
+        assert!(!store_alive, "no instance is made for an expired request");
+    }
+}
