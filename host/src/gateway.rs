@@ -156,10 +156,9 @@ impl Gateway {
         }
         let over_budget =
             || RequestError::Overloaded("the gateway's memory budget for bodies is full");
+        // The budget is taken as bytes arrive, never for a declared length
+        // alone: a client that only promises a body holds none of it.
         let expected = declared.map_or(0, |n| n as usize);
-        if !reservation.grow(expected) {
-            return Err(over_budget());
-        }
         let deadline = Instant::now() + self.body_read_timeout;
         let timed_out = || RequestError::BodyTimeout {
             timeout_ms: u64::try_from(self.body_read_timeout.as_millis()).unwrap_or(u64::MAX),

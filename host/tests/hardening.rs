@@ -220,33 +220,49 @@ async fn a_queued_request_gets_its_504_while_the_workers_are_still_busy() {
     gw.shutdown().await;
 }
 
-/// Writes a request head that promises a body, then sends no body.
-async fn stalled_body(address: &str, host: &str) -> TcpStream {
+/// Writes a request head that promises `length` bytes of body, then sends
+/// three of them.
+async fn stalled_body(address: &str, host: &str, length: usize) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.expect("connect");
-    let head = format!("POST /echo HTTP/1.1\r\nhost: {host}\r\ncontent-length: 10\r\n\r\nabc");
+    let head =
+        format!("POST /echo HTTP/1.1\r\nhost: {host}\r\ncontent-length: {length}\r\n\r\nabc");
     stream.write_all(head.as_bytes()).await.expect("write");
     stream
 }
 
 #[tokio::test]
-async fn slow_request_bodies_hold_no_tenant_slot() {
+async fn slow_request_bodies_hold_no_tenant_slot_and_only_the_bytes_they_sent() {
+    const MIB: usize = 1 << 20;
     let gw = TestGateway::start(&format!(
-        "[server]\nbody_read_timeout_ms = 60000\n[limits]\nmax_concurrency = 2\n{}",
+        "[server]\nbody_read_timeout_ms = 60000\nmax_buffered_bytes = {}\n[limits]\nmax_concurrency = 2\n{}",
+        2 * MIB,
         two_tenants("", "")
     ))
     .await;
     let address = gw.address();
     let mut stalled = Vec::new();
     for _ in 0..8 {
-        stalled.push(stalled_body(&address, "good.test").await);
+        stalled.push(stalled_body(&address, "good.test", MIB).await);
     }
-    // All eight are routed and waiting for their bodies...
+    // All eight are routed and waiting for their bodies, holding the three
+    // bytes each sent, not the megabyte each promised...
     gw.wait_for_metric("wasmgate_requests_in_flight", |v| v >= 8.0)
         .await;
-    // ...and the tenant's two slots are still free.
+    gw.wait_for_metric("wasmgate_buffered_bytes", |v| v == 24.0)
+        .await;
+    // ...so the tenant's two slots and the memory budget are still free.
     for _ in 0..3 {
         assert_eq!(gw.get_host("good.test", "/hello").await.status(), 200);
     }
+    let upload = gw
+        .client
+        .post(format!("{}/echo", gw.url))
+        .header("host", "good.test")
+        .body(vec![b'u'; MIB / 2])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(upload.status(), 200);
     drop(stalled);
     gw.shutdown().await;
 }
@@ -258,7 +274,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_over_http1_and_http2() {
         two_tenants("", "")
     ))
     .await;
-    let mut stream = stalled_body(&gw.address(), "good.test").await;
+    let mut stream = stalled_body(&gw.address(), "good.test", 10).await;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
         .await
