@@ -210,7 +210,7 @@ impl Default for Limits {
 }
 
 /// Per-tenant overrides of [`Limits`]; absent keys keep the default.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Overrides `limits.fuel`.
@@ -258,6 +258,10 @@ pub struct TenantConfig {
     /// Overrides of the `[limits]` defaults for this tenant.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// Name of an environment variable holding a token that may write this
+    /// tenant (and only it) through the admin API. Default: none.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
@@ -391,7 +395,8 @@ impl Config {
     }
 }
 
-fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
+/// Checks that every limit is usable; `what` prefixes the key in errors.
+pub fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
     if limits.fuel == 0 {
         return Err(format!("{what}.fuel must be at least 1"));
     }

@@ -32,3 +32,4 @@ pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod state;

@@ -1,0 +1,749 @@
+//! The desired state: which tenants, handlers and handler versions the
+//! gateway should serve.
+//!
+//! It is the one thing the config file, the admin API, SIGHUP and the
+//! file watcher edit, each through [`DesiredState`]'s methods, which check
+//! an edit completely before changing anything: a rejected edit changes
+//! nothing. A handler version is the triple (component sha256, route,
+//! config), so a route or config change is a new version as much as new
+//! bytes are, and a rollback restores all three.
+//!
+//! How the config file and the API combine: the config file names tenants
+//! and handlers; the API may add its own, and may write to the config's. A
+//! handler whose active version came from the API keeps it when the config
+//! file is applied again (SIGHUP, restart) until the API deletes it; every
+//! other handler and tenant follows the file. [`DesiredState::apply_config`]
+//! implements that rule.
+//!
+//! This module is pure: no I/O, no compiling. `persist.rs` stores it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, LimitOverrides};
+
+/// Where a version or a tenant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The config file.
+    Config,
+    /// The admin API (or the `deploy` command, which uses it).
+    Api,
+}
+
+/// Everything the gateway should serve.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Tenants by name.
+    pub tenants: BTreeMap<String, TenantState>,
+}
+
+/// One tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantState {
+    /// Host patterns, as in the config file.
+    pub hosts: Vec<String>,
+    /// Overrides of the config file's `[limits]`.
+    pub limits: LimitOverrides,
+    /// The env var holding this tenant's admin token, if any.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Who defined the tenant's hosts and limits last.
+    pub source: Source,
+    /// Handlers by name.
+    pub handlers: BTreeMap<String, HandlerState>,
+}
+
+/// One handler and its recent versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerState {
+    /// The number of the version serving now.
+    pub active: u64,
+    /// The last versions, oldest first, the active one among them.
+    pub versions: Vec<Version>,
+    /// The number the next version gets: numbers are never reused.
+    pub next_version: u64,
+}
+
+/// One version of a handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Counts up from 1 per handler.
+    pub number: u64,
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// Path prefix it is routed at.
+    pub route: String,
+    /// The strings its guest reads with `config::get`.
+    pub config: BTreeMap<String, String>,
+    /// Where it came from.
+    pub source: Source,
+    /// When it was created, in seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// A component: what a version needs besides route and config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// Hex sha256 of the bytes.
+    pub sha256: String,
+    /// Their length.
+    pub size: u64,
+}
+
+/// Why an edit was refused; each maps to one admin API status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// No such tenant.
+    #[error("no tenant {0:?}")]
+    NoTenant(String),
+    /// No such handler in the tenant.
+    #[error("tenant {tenant:?} has no handler {handler:?}")]
+    NoHandler {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+    },
+    /// The handler has no such version (any more).
+    #[error("handler {handler:?} has no version {version} (it keeps its last versions only)")]
+    NoVersion {
+        /// The handler.
+        handler: String,
+        /// The version asked for.
+        version: u64,
+    },
+    /// Another handler of the tenant has the route.
+    #[error("route {route:?} is already used by handler {other:?} of tenant {tenant:?}")]
+    RouteTaken {
+        /// The tenant.
+        tenant: String,
+        /// The route.
+        route: String,
+        /// The handler that has it.
+        other: String,
+    },
+    /// A name, route, host pattern or limit is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a write did, for the status it is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A new handler or tenant (201).
+    Created,
+    /// A new active version or new settings (200).
+    Replaced,
+    /// Nothing changed: the same as what is active (200).
+    Unchanged,
+}
+
+/// Seconds since the Unix epoch, for `created_at`.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl HandlerState {
+    /// The active version. The state's invariant is that it exists.
+    pub fn active_version(&self) -> Option<&Version> {
+        self.versions.iter().find(|v| v.number == self.active)
+    }
+
+    /// Makes (sha256, route, config) the active version: unchanged if it
+    /// already is, otherwise a new version. Keeps the last `keep` versions.
+    fn activate(
+        &mut self,
+        component: &Component,
+        route: &str,
+        config: &BTreeMap<String, String>,
+        source: Source,
+        keep: usize,
+    ) -> Written {
+        if let Some(active) = self.active_version()
+            && active.sha256 == component.sha256
+            && active.route == route
+            && &active.config == config
+        {
+            return Written::Unchanged;
+        }
+        let number = self.next_version;
+        self.next_version += 1;
+        self.versions.push(Version {
+            number,
+            sha256: component.sha256.clone(),
+            size: component.size,
+            route: route.to_owned(),
+            config: config.clone(),
+            source,
+            created_at: now_unix(),
+        });
+        self.active = number;
+        let excess = self.versions.len().saturating_sub(keep.max(1));
+        self.versions.drain(..excess);
+        Written::Replaced
+    }
+
+    fn new() -> Self {
+        Self {
+            active: 0,
+            versions: Vec::new(),
+            next_version: 1,
+        }
+    }
+}
+
+impl DesiredState {
+    /// The tenant, or `NoTenant`.
+    pub fn tenant(&self, tenant: &str) -> Result<&TenantState, StateError> {
+        self.tenants
+            .get(tenant)
+            .ok_or_else(|| StateError::NoTenant(tenant.to_owned()))
+    }
+
+    /// The handler, or `NoTenant` / `NoHandler`.
+    pub fn handler(&self, tenant: &str, handler: &str) -> Result<&HandlerState, StateError> {
+        self.tenant(tenant)?
+            .handlers
+            .get(handler)
+            .ok_or_else(|| StateError::NoHandler {
+                tenant: tenant.to_owned(),
+                handler: handler.to_owned(),
+            })
+    }
+
+    fn tenant_mut(&mut self, tenant: &str) -> Result<&mut TenantState, StateError> {
+        self.tenants
+            .get_mut(tenant)
+            .ok_or_else(|| StateError::NoTenant(tenant.to_owned()))
+    }
+
+    /// Every sha256 some kept version uses: the components to keep on disk.
+    pub fn components(&self) -> std::collections::BTreeSet<&str> {
+        self.tenants
+            .values()
+            .flat_map(|t| t.handlers.values())
+            .flat_map(|h| &h.versions)
+            .map(|v| v.sha256.as_str())
+            .collect()
+    }
+
+    /// Creates or replaces a handler's active version with `component` at
+    /// `route` with `config`. `config: None` keeps the active version's
+    /// config (or none, for a new handler).
+    pub fn put_handler(
+        &mut self,
+        tenant: &str,
+        handler: &str,
+        component: &Component,
+        route: &str,
+        config: Option<&BTreeMap<String, String>>,
+        source: Source,
+        keep: usize,
+    ) -> Result<Written, StateError> {
+        crate::config::check_name(handler)
+            .map_err(|e| StateError::Invalid(format!("handler name {e}")))?;
+        crate::router::check_route(route).map_err(|e| StateError::Invalid(format!("route {e}")))?;
+        let t = self.tenant_mut(tenant)?;
+        check_route_free(tenant, t, handler, route)?;
+        let existing = t.handlers.get(handler);
+        let config = match (config, existing.and_then(HandlerState::active_version)) {
+            (Some(config), _) => config.clone(),
+            (None, Some(active)) => active.config.clone(),
+            (None, None) => BTreeMap::new(),
+        };
+        let created = existing.is_none();
+        let state = t
+            .handlers
+            .entry(handler.to_owned())
+            .or_insert_with(HandlerState::new);
+        let written = state.activate(component, route, &config, source, keep);
+        Ok(if created { Written::Created } else { written })
+    }
+
+    /// Changes the route and/or config of a handler without new bytes: a new
+    /// version with the active one's component.
+    pub fn patch_handler(
+        &mut self,
+        tenant: &str,
+        handler: &str,
+        route: Option<&str>,
+        config: Option<&BTreeMap<String, String>>,
+        keep: usize,
+    ) -> Result<Written, StateError> {
+        let active = self
+            .handler(tenant, handler)?
+            .active_version()
+            .cloned()
+            .ok_or_else(|| StateError::Invalid(format!("handler {handler:?} has no version")))?;
+        let component = Component {
+            sha256: active.sha256,
+            size: active.size,
+        };
+        let route = route.unwrap_or(&active.route).to_owned();
+        let config = config.cloned().unwrap_or(active.config);
+        self.put_handler(
+            tenant,
+            handler,
+            &component,
+            &route,
+            Some(&config),
+            Source::Api,
+            keep,
+        )
+    }
+
+    /// Makes an earlier version active again: `to`, or the one before the
+    /// active one. Its route must still be free.
+    pub fn rollback(
+        &mut self,
+        tenant: &str,
+        handler: &str,
+        to: Option<u64>,
+    ) -> Result<u64, StateError> {
+        let state = self.handler(tenant, handler)?;
+        let target = match to {
+            Some(number) => state.versions.iter().find(|v| v.number == number),
+            None => state
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.number < state.active),
+        };
+        let Some(target) = target.cloned() else {
+            return Err(match to {
+                Some(version) => StateError::NoVersion {
+                    handler: handler.to_owned(),
+                    version,
+                },
+                None => StateError::Invalid(format!(
+                    "handler {handler:?} has no version before {}",
+                    state.active
+                )),
+            });
+        };
+        let t = self.tenant_mut(tenant)?;
+        check_route_free(tenant, t, handler, &target.route)?;
+        if let Some(state) = t.handlers.get_mut(handler) {
+            state.active = target.number;
+        }
+        Ok(target.number)
+    }
+
+    /// Removes a handler and its versions.
+    pub fn delete_handler(&mut self, tenant: &str, handler: &str) -> Result<(), StateError> {
+        self.handler(tenant, handler)?;
+        self.tenant_mut(tenant)?.handlers.remove(handler);
+        Ok(())
+    }
+
+    /// Creates or updates a tenant's hosts and limits; its handlers stay.
+    pub fn put_tenant(
+        &mut self,
+        tenant: &str,
+        hosts: Vec<String>,
+        limits: LimitOverrides,
+        defaults: &crate::config::Limits,
+        source: Source,
+    ) -> Result<Written, StateError> {
+        crate::config::check_name(tenant)
+            .map_err(|e| StateError::Invalid(format!("tenant name {e}")))?;
+        if hosts.is_empty() {
+            return Err(StateError::Invalid("hosts is empty".into()));
+        }
+        for host in &hosts {
+            crate::router::HostPattern::parse(host)
+                .map_err(|e| StateError::Invalid(format!("hosts: {e}")))?;
+        }
+        crate::config::check_limits("limits", &limits.apply(*defaults))
+            .map_err(StateError::Invalid)?;
+        match self.tenants.get_mut(tenant) {
+            Some(t) if t.hosts == hosts && t.limits == limits => Ok(Written::Unchanged),
+            Some(t) => {
+                t.hosts = hosts;
+                t.limits = limits;
+                t.source = source;
+                Ok(Written::Replaced)
+            }
+            None => {
+                self.tenants.insert(
+                    tenant.to_owned(),
+                    TenantState {
+                        hosts,
+                        limits,
+                        token_env: None,
+                        source,
+                        handlers: BTreeMap::new(),
+                    },
+                );
+                Ok(Written::Created)
+            }
+        }
+    }
+
+    /// Removes a tenant with its handlers.
+    pub fn delete_tenant(&mut self, tenant: &str) -> Result<(), StateError> {
+        self.tenant(tenant)?;
+        self.tenants.remove(tenant);
+        Ok(())
+    }
+
+    /// Applies the config file: its tenants' hosts, limits and token, and
+    /// its handlers, except handlers whose active version came from the
+    /// API; tenants and handlers that came from an earlier config file and
+    /// are no longer in it are removed. `components` gives the sha256 and
+    /// size of each configured component file (read by the caller).
+    pub fn apply_config(
+        &mut self,
+        config: &Config,
+        components: &BTreeMap<std::path::PathBuf, Component>,
+        keep: usize,
+    ) -> Result<(), StateError> {
+        let mut next = self.clone();
+        // Config-sourced things that the file no longer names go first.
+        next.tenants.retain(|name, t| {
+            t.source == Source::Api
+                || config.tenants.iter().any(|c| &c.name == name)
+                || t.handlers.values().any(|h| api_owned(h))
+        });
+        for t in next.tenants.values_mut() {
+            t.handlers.retain(|name, h| {
+                api_owned(h)
+                    || config
+                        .tenants
+                        .iter()
+                        .flat_map(|c| &c.handlers)
+                        .any(|c| &c.name == name)
+            });
+        }
+        for tenant in &config.tenants {
+            let existing_api = next
+                .tenants
+                .get(&tenant.name)
+                .is_some_and(|t| t.source == Source::Api);
+            if !existing_api {
+                next.put_tenant(
+                    &tenant.name,
+                    tenant.hosts.clone(),
+                    tenant.limits,
+                    &config.limits,
+                    Source::Config,
+                )?;
+            }
+            if let Some(t) = next.tenants.get_mut(&tenant.name) {
+                t.token_env = tenant.token_env.clone();
+            }
+            for handler in &tenant.handlers {
+                let owned_by_api = next
+                    .handler(&tenant.name, &handler.name)
+                    .is_ok_and(api_owned);
+                if owned_by_api {
+                    continue;
+                }
+                let component = components.get(&handler.component).ok_or_else(|| {
+                    StateError::Invalid(format!(
+                        "no component read for {}",
+                        handler.component.display()
+                    ))
+                })?;
+                next.put_handler(
+                    &tenant.name,
+                    &handler.name,
+                    component,
+                    &handler.route,
+                    Some(&handler.config),
+                    Source::Config,
+                    keep,
+                )?;
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+/// Whether the handler's active version came from the API.
+fn api_owned(handler: &HandlerState) -> bool {
+    handler
+        .active_version()
+        .is_some_and(|v| v.source == Source::Api)
+}
+
+/// `route` is free in the tenant, or used by `handler` itself.
+fn check_route_free(
+    tenant_name: &str,
+    tenant: &TenantState,
+    handler: &str,
+    route: &str,
+) -> Result<(), StateError> {
+    let taken_by = tenant.handlers.iter().find(|(name, state)| {
+        name.as_str() != handler
+            && state
+                .active_version()
+                .is_some_and(|active| active.route == route)
+    });
+    match taken_by {
+        Some((other, _)) => Err(StateError::RouteTaken {
+            tenant: tenant_name.to_owned(),
+            route: route.to_owned(),
+            other: other.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::config::Limits;
+
+    fn component(sha: &str) -> Component {
+        Component {
+            sha256: sha.to_owned(),
+            size: 10,
+        }
+    }
+
+    fn with_tenant() -> DesiredState {
+        let mut state = DesiredState::default();
+        state
+            .put_tenant(
+                "t",
+                vec!["*".into()],
+                LimitOverrides::default(),
+                &Limits::default(),
+                Source::Api,
+            )
+            .expect("valid tenant");
+        state
+    }
+
+    #[test]
+    fn uploads_create_replace_or_change_nothing() {
+        let mut state = with_tenant();
+        let put = |s: &mut DesiredState, sha: &str, route: &str| {
+            s.put_handler("t", "h", &component(sha), route, None, Source::Api, 5)
+        };
+        assert_eq!(put(&mut state, "a", "/h"), Ok(Written::Created));
+        assert_eq!(put(&mut state, "a", "/h"), Ok(Written::Unchanged));
+        assert_eq!(put(&mut state, "b", "/h"), Ok(Written::Replaced));
+        assert_eq!(put(&mut state, "b", "/h2"), Ok(Written::Replaced));
+        let h = state.handler("t", "h").expect("exists");
+        assert_eq!(h.active, 3);
+        let numbers: Vec<u64> = h.versions.iter().map(|v| v.number).collect();
+        assert_eq!(numbers, [1, 2, 3]);
+    }
+
+    #[test]
+    fn only_the_last_versions_are_kept_and_numbers_are_never_reused() {
+        let mut state = with_tenant();
+        for i in 0..8 {
+            state
+                .put_handler(
+                    "t",
+                    "h",
+                    &component(&format!("s{i}")),
+                    "/h",
+                    None,
+                    Source::Api,
+                    3,
+                )
+                .expect("valid");
+        }
+        let h = state.handler("t", "h").expect("exists");
+        let numbers: Vec<u64> = h.versions.iter().map(|v| v.number).collect();
+        assert_eq!(numbers, [6, 7, 8]);
+        state.delete_handler("t", "h").expect("exists");
+        state
+            .put_handler("t", "h", &component("x"), "/h", None, Source::Api, 3)
+            .expect("valid");
+        assert_eq!(
+            state.handler("t", "h").expect("exists").active,
+            1,
+            "a new handler"
+        );
+        assert_eq!(
+            state.components().len(),
+            1,
+            "old components are unreferenced"
+        );
+    }
+
+    #[test]
+    fn a_route_taken_by_another_handler_is_refused_and_nothing_changes() {
+        let mut state = with_tenant();
+        state
+            .put_handler("t", "a", &component("a"), "/a", None, Source::Api, 5)
+            .expect("valid");
+        let before = state.clone();
+        let err = state
+            .put_handler("t", "b", &component("b"), "/a", None, Source::Api, 5)
+            .expect_err("taken");
+        assert!(matches!(err, StateError::RouteTaken { ref other, .. } if other == "a"));
+        assert_eq!(state, before);
+        for (route, handler) in [("nope", "b"), ("/ok", "bad name")] {
+            assert!(matches!(
+                state.put_handler("t", handler, &component("b"), route, None, Source::Api, 5),
+                Err(StateError::Invalid(_))
+            ));
+        }
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn patch_keeps_the_bytes_and_rollback_restores_route_and_config() {
+        let mut state = with_tenant();
+        let mut config = BTreeMap::new();
+        config.insert("greeting".to_owned(), "hi".to_owned());
+        state
+            .put_handler(
+                "t",
+                "h",
+                &component("a"),
+                "/h",
+                Some(&config),
+                Source::Api,
+                5,
+            )
+            .expect("valid");
+        config.insert("greeting".to_owned(), "yo".to_owned());
+        assert_eq!(
+            state.patch_handler("t", "h", Some("/new"), Some(&config), 5),
+            Ok(Written::Replaced)
+        );
+        let active = state
+            .handler("t", "h")
+            .expect("exists")
+            .active_version()
+            .expect("active")
+            .clone();
+        assert_eq!(
+            (active.sha256.as_str(), active.route.as_str()),
+            ("a", "/new")
+        );
+        assert_eq!(active.config["greeting"], "yo");
+        assert_eq!(state.rollback("t", "h", None), Ok(1));
+        let active = state
+            .handler("t", "h")
+            .expect("exists")
+            .active_version()
+            .expect("active");
+        assert_eq!(
+            (active.route.as_str(), active.config["greeting"].as_str()),
+            ("/h", "hi")
+        );
+        assert_eq!(state.rollback("t", "h", Some(2)), Ok(2));
+        assert!(matches!(
+            state.rollback("t", "h", Some(9)),
+            Err(StateError::NoVersion { version: 9, .. })
+        ));
+        assert!(matches!(
+            state.rollback("t", "nope", None),
+            Err(StateError::NoHandler { .. })
+        ));
+        assert!(matches!(
+            state.rollback("x", "h", None),
+            Err(StateError::NoTenant(_))
+        ));
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("test.toml"), Path::new("/base")).expect("valid config")
+    }
+
+    fn read(paths: &[(&str, &str)]) -> BTreeMap<PathBuf, Component> {
+        paths
+            .iter()
+            .map(|(path, sha)| (PathBuf::from(path), component(sha)))
+            .collect()
+    }
+
+    const TWO: &str = r#"
+[[tenant]]
+name = "t"
+[[tenant.handler]]
+name = "a"
+route = "/a"
+component = "a.wasm"
+[[tenant.handler]]
+name = "b"
+route = "/b"
+component = "b.wasm"
+"#;
+
+    #[test]
+    fn the_config_file_yields_to_the_api_for_handlers_the_api_wrote() {
+        let mut state = DesiredState::default();
+        let files = read(&[("/base/a.wasm", "a1"), ("/base/b.wasm", "b1")]);
+        state
+            .apply_config(&config(TWO), &files, 5)
+            .expect("applies");
+        // The API deploys a new version of b and a handler of its own.
+        state
+            .put_handler("t", "b", &component("b-api"), "/b", None, Source::Api, 5)
+            .expect("valid");
+        state
+            .put_handler("t", "c", &component("c"), "/c", None, Source::Api, 5)
+            .expect("valid");
+        // The file changes a and b, and drops b: a follows the file, b and c
+        // stay as the API left them.
+        let files = read(&[("/base/a.wasm", "a2")]);
+        let only_a = "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"a\"\nroute = \"/a\"\ncomponent = \"a.wasm\"\n";
+        state
+            .apply_config(&config(only_a), &files, 5)
+            .expect("applies");
+        let sha = |state: &DesiredState, h: &str| {
+            state
+                .handler("t", h)
+                .expect("exists")
+                .active_version()
+                .expect("active")
+                .sha256
+                .clone()
+        };
+        assert_eq!(sha(&state, "a"), "a2");
+        assert_eq!(sha(&state, "b"), "b-api");
+        assert_eq!(sha(&state, "c"), "c");
+        // A handler the file dropped, that the API never wrote, goes.
+        let files = read(&[]);
+        state.apply_config(&config(""), &files, 5).expect("applies");
+        assert!(
+            state.handler("t", "a").is_err(),
+            "config-only handler removed"
+        );
+        assert_eq!(
+            sha(&state, "b"),
+            "b-api",
+            "the tenant stays while the API's handlers need it"
+        );
+    }
+
+    #[test]
+    fn a_config_that_does_not_fit_the_state_changes_nothing() {
+        let mut state = DesiredState::default();
+        let files = read(&[("/base/a.wasm", "a1"), ("/base/b.wasm", "b1")]);
+        state
+            .apply_config(&config(TWO), &files, 5)
+            .expect("applies");
+        state
+            .put_handler("t", "c", &component("c"), "/c", None, Source::Api, 5)
+            .expect("valid");
+        let before = state.clone();
+        // The file now wants /c for a, which the API's handler c has.
+        let clash = TWO.replace("route = \"/a\"", "route = \"/c\"");
+        let err = state
+            .apply_config(&config(&clash), &files, 5)
+            .expect_err("clash");
+        assert!(matches!(err, StateError::RouteTaken { .. }), "{err}");
+        assert_eq!(state, before);
+    }
+}
