@@ -34,10 +34,30 @@ pub enum Source {
 }
 
 /// Everything the gateway should serve.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Tenants by name.
     pub tenants: BTreeMap<String, TenantState>,
+    /// How many versions each handler keeps (`runtime.keep_versions`); a
+    /// setting of the gateway, not part of the stored state.
+    #[serde(skip, default = "default_keep_versions")]
+    pub keep_versions: usize,
+}
+
+/// `runtime.keep_versions`'s default.
+pub const DEFAULT_KEEP_VERSIONS: usize = 5;
+
+fn default_keep_versions() -> usize {
+    DEFAULT_KEEP_VERSIONS
+}
+
+impl Default for DesiredState {
+    fn default() -> Self {
+        Self {
+            tenants: BTreeMap::new(),
+            keep_versions: DEFAULT_KEEP_VERSIONS,
+        }
+    }
 }
 
 /// One tenant.
@@ -246,11 +266,11 @@ impl DesiredState {
         route: &str,
         config: Option<&BTreeMap<String, String>>,
         source: Source,
-        keep: usize,
     ) -> Result<Written, StateError> {
         crate::config::check_name(handler)
             .map_err(|e| StateError::Invalid(format!("handler name {e}")))?;
         crate::router::check_route(route).map_err(|e| StateError::Invalid(format!("route {e}")))?;
+        let keep = self.keep_versions;
         let t = self.tenant_mut(tenant)?;
         check_route_free(tenant, t, handler, route)?;
         let existing = t.handlers.get(handler);
@@ -276,7 +296,6 @@ impl DesiredState {
         handler: &str,
         route: Option<&str>,
         config: Option<&BTreeMap<String, String>>,
-        keep: usize,
     ) -> Result<Written, StateError> {
         let active = self
             .handler(tenant, handler)?
@@ -296,7 +315,6 @@ impl DesiredState {
             &route,
             Some(&config),
             Source::Api,
-            keep,
         )
     }
 
@@ -404,14 +422,13 @@ impl DesiredState {
         &mut self,
         config: &Config,
         components: &BTreeMap<std::path::PathBuf, Component>,
-        keep: usize,
     ) -> Result<(), StateError> {
         let mut next = self.clone();
         // Config-sourced things that the file no longer names go first.
         next.tenants.retain(|name, t| {
             t.source == Source::Api
                 || config.tenants.iter().any(|c| &c.name == name)
-                || t.handlers.values().any(|h| api_owned(h))
+                || t.handlers.values().any(api_owned)
         });
         for t in next.tenants.values_mut() {
             t.handlers.retain(|name, h| {
@@ -460,7 +477,6 @@ impl DesiredState {
                     &handler.route,
                     Some(&handler.config),
                     Source::Config,
-                    keep,
                 )?;
             }
         }
@@ -531,7 +547,7 @@ mod tests {
     fn uploads_create_replace_or_change_nothing() {
         let mut state = with_tenant();
         let put = |s: &mut DesiredState, sha: &str, route: &str| {
-            s.put_handler("t", "h", &component(sha), route, None, Source::Api, 5)
+            s.put_handler("t", "h", &component(sha), route, None, Source::Api)
         };
         assert_eq!(put(&mut state, "a", "/h"), Ok(Written::Created));
         assert_eq!(put(&mut state, "a", "/h"), Ok(Written::Unchanged));
@@ -546,6 +562,7 @@ mod tests {
     #[test]
     fn only_the_last_versions_are_kept_and_numbers_are_never_reused() {
         let mut state = with_tenant();
+        state.keep_versions = 3;
         for i in 0..8 {
             state
                 .put_handler(
@@ -555,7 +572,6 @@ mod tests {
                     "/h",
                     None,
                     Source::Api,
-                    3,
                 )
                 .expect("valid");
         }
@@ -564,7 +580,7 @@ mod tests {
         assert_eq!(numbers, [6, 7, 8]);
         state.delete_handler("t", "h").expect("exists");
         state
-            .put_handler("t", "h", &component("x"), "/h", None, Source::Api, 3)
+            .put_handler("t", "h", &component("x"), "/h", None, Source::Api)
             .expect("valid");
         assert_eq!(
             state.handler("t", "h").expect("exists").active,
@@ -582,17 +598,17 @@ mod tests {
     fn a_route_taken_by_another_handler_is_refused_and_nothing_changes() {
         let mut state = with_tenant();
         state
-            .put_handler("t", "a", &component("a"), "/a", None, Source::Api, 5)
+            .put_handler("t", "a", &component("a"), "/a", None, Source::Api)
             .expect("valid");
         let before = state.clone();
         let err = state
-            .put_handler("t", "b", &component("b"), "/a", None, Source::Api, 5)
+            .put_handler("t", "b", &component("b"), "/a", None, Source::Api)
             .expect_err("taken");
         assert!(matches!(err, StateError::RouteTaken { ref other, .. } if other == "a"));
         assert_eq!(state, before);
         for (route, handler) in [("nope", "b"), ("/ok", "bad name")] {
             assert!(matches!(
-                state.put_handler("t", handler, &component("b"), route, None, Source::Api, 5),
+                state.put_handler("t", handler, &component("b"), route, None, Source::Api),
                 Err(StateError::Invalid(_))
             ));
         }
@@ -605,19 +621,11 @@ mod tests {
         let mut config = BTreeMap::new();
         config.insert("greeting".to_owned(), "hi".to_owned());
         state
-            .put_handler(
-                "t",
-                "h",
-                &component("a"),
-                "/h",
-                Some(&config),
-                Source::Api,
-                5,
-            )
+            .put_handler("t", "h", &component("a"), "/h", Some(&config), Source::Api)
             .expect("valid");
         config.insert("greeting".to_owned(), "yo".to_owned());
         assert_eq!(
-            state.patch_handler("t", "h", Some("/new"), Some(&config), 5),
+            state.patch_handler("t", "h", Some("/new"), Some(&config)),
             Ok(Written::Replaced)
         );
         let active = state
@@ -684,22 +692,20 @@ component = "b.wasm"
     fn the_config_file_yields_to_the_api_for_handlers_the_api_wrote() {
         let mut state = DesiredState::default();
         let files = read(&[("/base/a.wasm", "a1"), ("/base/b.wasm", "b1")]);
-        state
-            .apply_config(&config(TWO), &files, 5)
-            .expect("applies");
+        state.apply_config(&config(TWO), &files).expect("applies");
         // The API deploys a new version of b and a handler of its own.
         state
-            .put_handler("t", "b", &component("b-api"), "/b", None, Source::Api, 5)
+            .put_handler("t", "b", &component("b-api"), "/b", None, Source::Api)
             .expect("valid");
         state
-            .put_handler("t", "c", &component("c"), "/c", None, Source::Api, 5)
+            .put_handler("t", "c", &component("c"), "/c", None, Source::Api)
             .expect("valid");
         // The file changes a and b, and drops b: a follows the file, b and c
         // stay as the API left them.
         let files = read(&[("/base/a.wasm", "a2")]);
         let only_a = "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"a\"\nroute = \"/a\"\ncomponent = \"a.wasm\"\n";
         state
-            .apply_config(&config(only_a), &files, 5)
+            .apply_config(&config(only_a), &files)
             .expect("applies");
         let sha = |state: &DesiredState, h: &str| {
             state
@@ -715,7 +721,7 @@ component = "b.wasm"
         assert_eq!(sha(&state, "c"), "c");
         // A handler the file dropped, that the API never wrote, goes.
         let files = read(&[]);
-        state.apply_config(&config(""), &files, 5).expect("applies");
+        state.apply_config(&config(""), &files).expect("applies");
         assert!(
             state.handler("t", "a").is_err(),
             "config-only handler removed"
@@ -731,17 +737,15 @@ component = "b.wasm"
     fn a_config_that_does_not_fit_the_state_changes_nothing() {
         let mut state = DesiredState::default();
         let files = read(&[("/base/a.wasm", "a1"), ("/base/b.wasm", "b1")]);
+        state.apply_config(&config(TWO), &files).expect("applies");
         state
-            .apply_config(&config(TWO), &files, 5)
-            .expect("applies");
-        state
-            .put_handler("t", "c", &component("c"), "/c", None, Source::Api, 5)
+            .put_handler("t", "c", &component("c"), "/c", None, Source::Api)
             .expect("valid");
         let before = state.clone();
         // The file now wants /c for a, which the API's handler c has.
         let clash = TWO.replace("route = \"/a\"", "route = \"/c\"");
         let err = state
-            .apply_config(&config(&clash), &files, 5)
+            .apply_config(&config(&clash), &files)
             .expect_err("clash");
         assert!(matches!(err, StateError::RouteTaken { .. }), "{err}");
         assert_eq!(state, before);
