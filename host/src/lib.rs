@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod persist;
 pub mod registry;
 pub mod response;
 pub mod router;

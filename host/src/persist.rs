@@ -1,0 +1,253 @@
+//! The data dir's durable part: component bytes by sha256 and the desired
+//! state, each written so that a crash at any moment (`kill -9` included)
+//! leaves either the old file or the new one, never a torn one.
+//!
+//! A write is acknowledged only after its component and then the state
+//! naming it are on disk, so a restart serves exactly the last
+//! acknowledged state. Leftovers of an interrupted write (temporary files,
+//! components no state names) are removed at start.
+//!
+//! Layout of `data_dir`: `components/<sha256>.wasm`, `state.json`, and the
+//! code cache `cache/` (see `runtime/cache.rs`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::state::DesiredState;
+
+/// Why the data dir could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistError {
+    /// The OS refused a read or a write.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// `state.json` is not a state this gateway wrote.
+    #[error("{path}: not a valid state file: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
+    move |source| PersistError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `bytes` to `path` durably: a temporary file in the same folder,
+/// fsynced, renamed over `path`, and the folder fsynced so the rename
+/// itself survives a power cut.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Unique per process and write: writes may run concurrently.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file_name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let temporary = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(io(path))
+}
+
+/// Component bytes by sha256 (`data_dir/components`).
+#[derive(Debug, Clone)]
+pub struct ComponentStore {
+    dir: PathBuf,
+}
+
+impl ComponentStore {
+    /// The store in `dir`, created on first write.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Where the component with this sha256 is kept.
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+
+    /// Stores `bytes` (whose hash is `sha256`) unless already stored.
+    pub fn put(&self, sha256: &str, bytes: &[u8]) -> Result<(), PersistError> {
+        let path = self.path(sha256);
+        if path.is_file() {
+            return Ok(());
+        }
+        write_atomically(&path, bytes)
+    }
+
+    /// The stored bytes of a component, checked against their hash: a file
+    /// changed on disk is an error, never served.
+    pub fn get(&self, sha256: &str) -> Result<Vec<u8>, PersistError> {
+        let path = self.path(sha256);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if sha256_hex(&bytes) != sha256 {
+            return Err(PersistError::Corrupt {
+                path,
+                message: "its bytes do not match the sha256 in its name".into(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Removes every file but the components in `keep`: those of versions
+    /// no handler keeps any more, and temporary files of interrupted
+    /// writes. Failures are logged: garbage is no reason to stop.
+    pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let kept = name
+                .strip_suffix(".wasm")
+                .is_some_and(|sha| keep.contains(sha));
+            if !kept && let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), "cannot remove: {e}");
+            }
+        }
+    }
+}
+
+/// The desired state's file (`data_dir/state.json`).
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file in `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join("state.json"),
+        }
+    }
+
+    /// The stored state, or `None` on a first start.
+    pub fn load(&self) -> Result<Option<DesiredState>, PersistError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&self.path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| PersistError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Replaces the stored state with `state`, durably.
+    pub fn save(&self, state: &DesiredState) -> Result<(), PersistError> {
+        let text = serde_json::to_vec_pretty(state).map_err(|e| PersistError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomically(&self.path, &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LimitOverrides, Limits};
+    use crate::state::{Component, Source};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("wasmgate-persist-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn the_state_round_trips_and_a_first_start_has_none() {
+        let dir = scratch("state");
+        let file = StateFile::new(&dir);
+        assert_eq!(file.load().expect("readable"), None);
+        let mut state = DesiredState::default();
+        state
+            .put_tenant(
+                "t",
+                vec!["*".into()],
+                LimitOverrides::default(),
+                &Limits::default(),
+                Source::Api,
+            )
+            .expect("valid");
+        let component = Component {
+            sha256: "ab".into(),
+            size: 2,
+        };
+        state
+            .put_handler("t", "h", &component, "/h", None, Source::Api)
+            .expect("valid");
+        file.save(&state).expect("saved");
+        assert_eq!(file.load().expect("readable"), Some(state));
+        // Nothing but the state itself is left in the folder.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+        std::fs::write(dir.join("state.json"), "{ torn").expect("write");
+        assert!(matches!(file.load(), Err(PersistError::Corrupt { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn components_are_checked_against_their_hash_and_garbage_is_collected() {
+        let dir = scratch("components");
+        let store = ComponentStore::new(&dir);
+        let (a, b) = (b"component a".as_slice(), b"component b".as_slice());
+        let (sha_a, sha_b) = (sha256_hex(a), sha256_hex(b));
+        store.put(&sha_a, a).expect("stored");
+        store.put(&sha_b, b).expect("stored");
+        assert_eq!(store.get(&sha_a).expect("readable"), a);
+        std::fs::write(store.path(&sha_b), b"tampered").expect("write");
+        assert!(matches!(
+            store.get(&sha_b),
+            Err(PersistError::Corrupt { .. })
+        ));
+        std::fs::write(dir.join(".x.wasm.tmp.1.1"), b"half").expect("write");
+        store.retain(&[sha_a.as_str()].into_iter().collect());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("{sha_a}.wasm")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
