@@ -22,6 +22,7 @@
 //! memory budget), [`server`] (listeners, connections, shutdown).
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;

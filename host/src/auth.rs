@@ -1,0 +1,207 @@
+//! Who may use the admin API: bearer tokens from environment variables.
+//!
+//! The root token (from the env var `admin.token_env` names) may do
+//! everything; a tenant's token (from its `token_env`) may read and write
+//! that tenant only. Tokens are read once, when the configuration is
+//! applied, compared in constant time, and never logged or echoed: the
+//! [`Token`] type has no `Debug` output that shows one.
+
+use std::collections::BTreeMap;
+
+/// A secret that compares in constant time and never prints.
+#[derive(Clone)]
+pub struct Token(Vec<u8>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// The token in env var `name`, if set and not empty.
+    pub fn from_env(name: &str) -> Option<Self> {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.is_empty())
+            .map(|value| Self(value.into_bytes()))
+    }
+
+    /// Whether `candidate` is this token. Takes the same time for every
+    /// candidate of a given length, wherever it differs; the length itself
+    /// is not secret enough to hide.
+    fn matches(&self, candidate: &[u8]) -> bool {
+        if candidate.len() != self.0.len() {
+            return false;
+        }
+        let difference = self
+            .0
+            .iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+/// Who a request authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The root token: every tenant.
+    Root,
+    /// A tenant's token: that tenant only.
+    Tenant(String),
+}
+
+impl Caller {
+    /// `root` or `tenant:NAME`, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Root => "root".to_owned(),
+            Self::Tenant(name) => format!("tenant:{name}"),
+        }
+    }
+}
+
+/// Why a request may not do what it asks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No `Authorization: Bearer` header (401).
+    #[error("send Authorization: Bearer <token>")]
+    NoCredentials,
+    /// No root token is configured, so nothing may write (403).
+    #[error(
+        "the admin API is disabled: set the environment variable {0} to a token and restart (or send SIGHUP)"
+    )]
+    Disabled(String),
+    /// The token is wrong, or a tenant's token is used beyond its tenant
+    /// (403).
+    #[error("this token may not do that")]
+    Forbidden,
+}
+
+/// The tokens in force.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// The env var the root token comes from, for the message when unset.
+    root_env: String,
+    root: Option<Token>,
+    tenants: BTreeMap<String, Token>,
+}
+
+impl Tokens {
+    /// The root token from env var `root_env`, and each tenant's from the
+    /// env var it names.
+    pub fn from_env<'a>(
+        root_env: &str,
+        tenants: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        Self {
+            root_env: root_env.to_owned(),
+            root: Token::from_env(root_env),
+            tenants: tenants
+                .into_iter()
+                .filter_map(|(tenant, env)| Some((tenant.to_owned(), Token::from_env(env)?)))
+                .collect(),
+        }
+    }
+
+    /// Who the `Authorization` header value authenticates, if anyone.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
+        let Some(root) = &self.root else {
+            return Err(Denied::Disabled(self.root_env.clone()));
+        };
+        let Some(presented) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+            return Err(Denied::NoCredentials);
+        };
+        // Every token is compared, so the time taken does not say which
+        // kind of token came close.
+        let mut caller = None;
+        if root.matches(presented) {
+            caller = Some(Caller::Root);
+        }
+        for (tenant, token) in &self.tenants {
+            if token.matches(presented) && caller.is_none() {
+                caller = Some(Caller::Tenant(tenant.clone()));
+            }
+        }
+        caller.ok_or(Denied::Forbidden)
+    }
+
+    /// Checks that the caller may act on `tenant` (`None`: on the gateway
+    /// as a whole, which only root may).
+    pub fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+        tenant: Option<&str>,
+    ) -> Result<Caller, Denied> {
+        let caller = self.authenticate(authorization)?;
+        match (&caller, tenant) {
+            (Caller::Root, _) => Ok(caller),
+            (Caller::Tenant(own), Some(tenant)) if own == tenant => Ok(caller),
+            (Caller::Tenant(_), _) => Err(Denied::Forbidden),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(root: Option<&str>, tenants: &[(&str, &str)]) -> Tokens {
+        Tokens {
+            root_env: "ROOT_ENV".into(),
+            root: root.map(|t| Token(t.as_bytes().to_vec())),
+            tenants: tenants
+                .iter()
+                .map(|(name, t)| ((*name).to_owned(), Token(t.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn root_may_do_everything_and_a_tenant_token_its_own_tenant_only() {
+        let tokens = tokens(Some("root-secret"), &[("a", "a-secret"), ("b", "b-secret")]);
+        let auth = |header: &str, tenant| tokens.authorize(Some(header.as_bytes()), tenant);
+        assert_eq!(auth("Bearer root-secret", Some("a")), Ok(Caller::Root));
+        assert_eq!(auth("Bearer root-secret", None), Ok(Caller::Root));
+        assert_eq!(
+            auth("Bearer a-secret", Some("a")),
+            Ok(Caller::Tenant("a".into()))
+        );
+        assert_eq!(auth("Bearer a-secret", Some("b")), Err(Denied::Forbidden));
+        assert_eq!(auth("Bearer a-secret", None), Err(Denied::Forbidden));
+        for wrong in [
+            "Bearer root-secreT",
+            "Bearer root",
+            "Bearer ",
+            "Basic root-secret",
+        ] {
+            let denied = auth(wrong, Some("a")).expect_err(wrong);
+            assert!(
+                matches!(denied, Denied::Forbidden | Denied::NoCredentials),
+                "{wrong}: {denied:?}"
+            );
+        }
+        assert_eq!(
+            tokens.authorize(None, Some("a")),
+            Err(Denied::NoCredentials)
+        );
+    }
+
+    #[test]
+    fn without_a_root_token_everything_is_disabled_and_says_how_to_enable_it() {
+        let tokens = tokens(None, &[("a", "a-secret")]);
+        let denied = tokens
+            .authorize(Some(b"Bearer a-secret"), Some("a"))
+            .expect_err("disabled");
+        assert!(denied.to_string().contains("ROOT_ENV"), "{denied}");
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let token = Token(b"hunter2".to_vec());
+        assert_eq!(format!("{token:?}"), "Token(..)");
+        let tokens = tokens(Some("hunter2"), &[]);
+        assert!(!format!("{tokens:?}").contains("hunter2"));
+    }
+}
