@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmgate::config::Config;
-use wasmgate::metrics::Metrics;
-use wasmgate::runtime::{ComponentInfo, HandlerContext, HandlerVersion, Runtime};
+use wasmgate::runtime::{Compiled, ComponentInfo, LoadError, Runtime};
 use wasmgate::server::Server;
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
@@ -210,13 +208,14 @@ fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
     };
     let runtime = Runtime::from_config(&config)?;
     let cache = runtime.cache.as_ref().context("no code cache")?;
-    let context = Arc::new(HandlerContext {
-        config: Default::default(),
-        metrics: Arc::new(Metrics::new()).handler("compile", "compile"),
-    });
     let compile_one = |file: &PathBuf| {
-        HandlerVersion::load_file(&runtime, file, config.limits, Arc::clone(&context))
-            .map(|version| cache.path(&runtime.engine, &version.sha256))
+        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let sha256 = wasmgate::persist::sha256_hex(&bytes);
+        Compiled::get(&runtime, &sha256, || Ok(bytes))
+            .map(|compiled| cache.path(&runtime.engine, &compiled.sha256))
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()

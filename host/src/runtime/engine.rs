@@ -86,8 +86,9 @@ impl Runtime {
             .chain([config.limits.memory_bytes])
             .max()
             .unwrap_or(config.limits.memory_bytes);
-        // Only workers instantiate, one instance each at a time.
-        let instances = u32::try_from(config.runtime.worker_count()).unwrap_or(u32::MAX);
+        // Workers instantiate one instance each at a time; one more slot is
+        // for loading, which makes one instance to prove a version works.
+        let instances = u32::try_from(config.runtime.worker_count() + 1).unwrap_or(u32::MAX);
         Ok(
             Self::new(instances, max_memory, config.runtime.consume_fuel)?
                 .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache"))),

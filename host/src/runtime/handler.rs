@@ -34,6 +34,10 @@ pub enum LoadError {
     /// the gateway does not provide, or a missing or mistyped `handle`.
     #[error("component does not fit the wasmgate:handler world: {0}")]
     World(String),
+    /// The component cannot be instantiated under its tenant's limits (its
+    /// initial memory is above `memory_bytes`, say).
+    #[error("component cannot be instantiated under the tenant's limits: {0}")]
+    Instantiate(String),
 }
 
 /// One loaded version of a handler.
@@ -44,6 +48,9 @@ pub struct HandlerVersion {
     pub loaded_at: SystemTime,
     /// The limits each of its requests runs with.
     pub limits: Limits,
+    /// Its machine code came from the code cache, not the compiler: logged,
+    /// so an operator (and a test) can see that a restart compiled nothing.
+    pub from_cache: bool,
     /// Shared with host functions: config and metrics.
     pub context: Arc<HandlerContext>,
     /// Imports resolved and exports checked once; instantiation from it is
@@ -85,25 +92,105 @@ impl HandlerVersion {
         context: Arc<HandlerContext>,
     ) -> Result<Self, LoadError> {
         let sha256 = hex_sha256(bytes);
+        let compiled = Compiled::get(runtime, &sha256, || Ok(bytes.to_vec()))?;
+        Self::link(runtime, &compiled, limits, context)
+    }
+
+    /// A version of `compiled` with `limits` and `context`: its imports
+    /// resolved, and one instance made under `limits` to prove that every
+    /// request's can be (the pool needs a free slot for it: the runtime
+    /// keeps one for loading).
+    pub fn link(
+        runtime: &Runtime,
+        compiled: &Compiled,
+        limits: Limits,
+        context: Arc<HandlerContext>,
+    ) -> Result<Self, LoadError> {
+        let pre = link(runtime, &compiled.component)?;
+        let version = Self {
+            sha256: compiled.sha256.clone(),
+            loaded_at: SystemTime::now(),
+            limits,
+            from_cache: compiled.from_cache,
+            context,
+            pre,
+        };
+        version.try_instantiate(runtime)?;
+        Ok(version)
+    }
+
+    fn try_instantiate(&self, runtime: &Runtime) -> Result<(), LoadError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut store = wasmtime::Store::new(
+            &runtime.engine,
+            State::new(
+                Arc::clone(&self.context),
+                self.limits.memory_bytes,
+                deadline,
+            ),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+        if runtime.consume_fuel {
+            store.set_fuel(self.limits.fuel).map_err(failed)?;
+        }
+        store.set_epoch_deadline(super::engine::deadline_ticks(
+            std::time::Duration::from_secs(10),
+        ));
+        self.pre.instantiate(&mut store).map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// A component's machine code, shared by every handler that runs it.
+#[derive(Clone)]
+pub struct Compiled {
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+    /// The code, ready to link.
+    pub component: Component,
+    /// Whether it came from the code cache.
+    pub from_cache: bool,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("sha256", &self.sha256)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Compiled {
+    /// The code for the component with this sha256: from the code cache if
+    /// it has it, else compiled from `bytes()` (whose hash must be
+    /// `sha256`) and cached once it links.
+    pub fn get(
+        runtime: &Runtime,
+        sha256: &str,
+        bytes: impl FnOnce() -> Result<Vec<u8>, LoadError>,
+    ) -> Result<Self, LoadError> {
         let cached = runtime
             .cache
             .as_ref()
-            .and_then(|cache| cache.get(&runtime.engine, &sha256));
-        let from_cache = cached.is_some();
-        let component = match cached {
-            Some(component) => component,
-            None => compile(runtime, bytes)?,
-        };
-        let pre = link(runtime, &component)?;
-        if let (Some(cache), false) = (&runtime.cache, from_cache) {
-            cache.put(&runtime.engine, &sha256, &component);
+            .and_then(|cache| cache.get(&runtime.engine, sha256));
+        if let Some(component) = cached {
+            return Ok(Self {
+                sha256: sha256.to_owned(),
+                component,
+                from_cache: true,
+            });
+        }
+        let component = compile(runtime, &bytes()?)?;
+        link(runtime, &component)?;
+        if let Some(cache) = &runtime.cache {
+            cache.put(&runtime.engine, sha256, &component);
         }
         Ok(Self {
-            sha256,
-            loaded_at: SystemTime::now(),
-            limits,
-            context,
-            pre,
+            sha256: sha256.to_owned(),
+            component,
+            from_cache: false,
         })
     }
 }
@@ -193,6 +280,27 @@ mod tests {
         let runtime = Runtime::for_checking().expect("engine");
         let err = ComponentInfo::check(&runtime, b"not wasm at all").expect_err("invalid");
         assert!(matches!(err, LoadError::Compile(_)), "{err}");
+    }
+
+    #[test]
+    fn a_version_that_cannot_instantiate_under_its_limits_is_refused_at_load() {
+        let limits = Limits {
+            memory_bytes: 65536,
+            ..Limits::default()
+        };
+        let runtime = Runtime::new(1, Limits::default().memory_bytes, true).expect("runtime");
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let context = Arc::new(HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "hello"),
+        });
+        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
+        // A Rust guest starts with more than one page of memory.
+        let err = HandlerVersion::load_file(&runtime, path.as_ref(), limits, Arc::clone(&context))
+            .expect_err("one page is too little");
+        assert!(matches!(err, LoadError::Instantiate(_)), "{err}");
+        HandlerVersion::load_file(&runtime, path.as_ref(), Limits::default(), context)
+            .expect("the default limits fit");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use call::{GuestOutcome, call_guest};
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
 pub use executor::Executor;
 pub use fair_queue::Flow;
-pub use handler::{ComponentInfo, HandlerVersion, LoadError};
+pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
 pub use host::{GuestRequest, HandlerContext};
 
 /// A guest's response as the world defines it, before validation.
