@@ -147,6 +147,9 @@ pub struct RuntimeConfig {
     /// uploaded handlers; relative to the config file's folder. Default
     /// `wasmgate-data`.
     pub data_dir: PathBuf,
+    /// Versions each handler keeps for rollback (the active one included).
+    /// Default 5.
+    pub keep_versions: usize,
     /// Meter fuel. Off, `limits.fuel` is not enforced (the deadline and
     /// memory limit still are) and guests run a few percent faster.
     /// Default true.
@@ -159,6 +162,7 @@ impl Default for RuntimeConfig {
             workers: 0,
             queue_depth: 1024,
             data_dir: PathBuf::from("wasmgate-data"),
+            keep_versions: crate::state::DEFAULT_KEEP_VERSIONS,
             consume_fuel: true,
         }
     }
@@ -346,6 +350,9 @@ impl Config {
                 "server.max_buffered_bytes ({}) must be at least server.max_body_bytes ({})",
                 self.server.max_buffered_bytes, self.server.max_body_bytes
             ));
+        }
+        if self.runtime.keep_versions == 0 {
+            return Err("runtime.keep_versions must be at least 1".into());
         }
         if self.runtime.queue_depth == 0 {
             return Err("runtime.queue_depth must be at least 1".into());

@@ -1,18 +1,27 @@
-//! The handler registry: which handler version serves which tenant and
-//! route, built from the config at start.
+//! The handler registry: the live routing table, and the one writer that
+//! changes it.
 //!
-//! The routing table is an immutable snapshot behind an `Arc`; a request
-//! takes the snapshot once, so a later swap never changes the version a
-//! request started with.
+//! Requests read the routing table, an immutable snapshot behind an `Arc`:
+//! a request takes the snapshot once, so a swap never changes the version a
+//! request started with, and readers never wait for a writer. Every change
+//! (the config file at start and on SIGHUP, the admin API, the file
+//! watcher) goes through [`Registry::apply`]: it edits a copy of the
+//! [`DesiredState`], loads what the edit needs (compiling off the async
+//! threads), stores it durably, and only then swaps the table. An edit that
+//! fails at any step changes nothing.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
 use crate::metrics::Metrics;
+use crate::persist::{ComponentStore, PersistError, StateFile, sha256_hex};
 use crate::router::{HostPattern, Router, TenantRoutes};
-use crate::runtime::{Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
+use crate::runtime::{Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
+use crate::state::{Component, DesiredState, StateError, Version};
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -36,11 +45,40 @@ pub struct Route {
     pub tenant: Arc<Tenant>,
     /// Where its requests wait for a worker.
     pub flow: Flow,
+    /// The number of the version serving it now.
+    pub number: u64,
     /// The version serving it now.
     pub version: Arc<HandlerVersion>,
 }
 
-/// A handler named in the config that could not be loaded.
+/// Why an edit was not applied. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The edit does not fit the state (unknown name, route taken, ...).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A version did not load: not a component, does not fit the world, or
+    /// cannot be instantiated under its tenant's limits.
+    #[error("tenant {tenant:?} handler {handler:?}: {source}")]
+    Load {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// The data dir could not be read or written.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// An earlier write panicked and took the writer with it (a bug).
+    #[error("the registry's writer was lost to an earlier failure; restart the gateway")]
+    WriterLost,
+}
+
+/// A component named by the config file that could not be read or loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("tenant {tenant:?} handler {handler:?}: component {path}: {source}")]
 pub struct HandlerLoadError {
@@ -53,6 +91,18 @@ pub struct HandlerLoadError {
     /// Why it failed.
     #[source]
     pub source: LoadError,
+}
+
+/// Why the registry could not start or apply the config file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A configured component could not be read or loaded.
+    #[error(transparent)]
+    Handler(#[from] HandlerLoadError),
+    /// The state could not be loaded, applied or stored.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
 }
 
 /// Hands memory freed by compilation back to the OS. Compiling leaves
@@ -68,84 +118,493 @@ fn release_freed_memory() {
     }
 }
 
-/// The current routing table.
+/// Reuses small indices: queue slots of tenants and handlers that come and
+/// go, so the fair queue's tables stay as small as the live set.
 #[derive(Debug, Default)]
+struct Slots {
+    by_key: HashMap<String, usize>,
+    free: Vec<usize>,
+    next: usize,
+}
+
+impl Slots {
+    fn get(&mut self, key: &str) -> usize {
+        if let Some(&slot) = self.by_key.get(key) {
+            return slot;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        self.by_key.insert(key.to_owned(), slot);
+        slot
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .by_key
+            .keys()
+            .filter(|key| !keep(key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(slot) = self.by_key.remove(&key) {
+                self.free.push(slot);
+            }
+        }
+    }
+}
+
+/// A loaded version of a handler.
+#[derive(Debug, Clone)]
+struct Loaded {
+    number: u64,
+    version: Arc<HandlerVersion>,
+}
+
+/// What the writer owns: the state, what is loaded for it, and where it
+/// is stored.
+struct Writer {
+    state: DesiredState,
+    /// The active version of each handler, by (tenant, handler).
+    loaded: HashMap<(String, String), Loaded>,
+    /// Compiled code of the active versions, by sha256: a handler that
+    /// runs bytes another already runs links them again, nothing more.
+    compiled: HashMap<String, Compiled>,
+    /// Tenants' runtime state, kept while their limits do not change.
+    tenants: HashMap<String, Arc<Tenant>>,
+    tenant_slots: Slots,
+    handler_slots: HashMap<String, Slots>,
+    /// The config file's `[limits]`, which tenants override.
+    defaults: Limits,
+    runtime: Runtime,
+    metrics: Arc<Metrics>,
+    /// Where components and the state are stored; `None` keeps nothing
+    /// (tests and benchmarks that need no data dir).
+    storage: Option<Storage>,
+}
+
+#[derive(Debug, Clone)]
+struct Storage {
+    components: ComponentStore,
+    state: StateFile,
+}
+
+/// A version to load for an edit.
+struct LoadJob {
+    tenant: String,
+    handler: String,
+    version: Version,
+    limits: Limits,
+}
+
+/// The routing table, and the writer that replaces it.
 pub struct Registry {
     router: RwLock<Arc<Router<Arc<Route>>>>,
+    /// Held for the whole of a write. `None` only while a write runs on a
+    /// blocking thread, or for good if that thread panicked (a bug: every
+    /// later write then fails, and the routing table stays as it was).
+    writer: tokio::sync::Mutex<Option<Writer>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
 }
 
 impl Registry {
-    /// Loads every handler of the config; fails on the first that does not
-    /// load, naming it.
+    /// Loads the stored state (if `data_dir` has one) and the config file
+    /// over it, and builds the routing table. Fails, naming the handler,
+    /// if any configured component does not load. Call it off the async
+    /// threads: it may compile.
     pub fn from_config(
         config: &Config,
         runtime: &Runtime,
         metrics: &Arc<Metrics>,
-    ) -> Result<Self, HandlerLoadError> {
-        let mut tenants = Vec::with_capacity(config.tenants.len());
-        let mut loaded = 0;
-        for (tenant_index, tenant_config) in config.tenants.iter().enumerate() {
-            let limits = config.tenant_limits(tenant_config);
-            let tenant = Arc::new(Tenant {
-                name: tenant_config.name.clone(),
-                limits,
-                concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
-            });
-            // Patterns were checked by `Config::validate`; skipping a bad one
-            // here can only narrow the routes.
-            let hosts = tenant_config
-                .hosts
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect();
-            let mut routes = TenantRoutes::new(&tenant.name, hosts);
-            for (handler_index, handler) in tenant_config.handlers.iter().enumerate() {
-                let context = Arc::new(HandlerContext {
-                    config: handler.config.clone(),
-                    metrics: metrics.handler(&tenant.name, &handler.name),
-                });
-                let version =
-                    HandlerVersion::load_file(runtime, &handler.component, limits, context);
-                metrics.handler_load(version.is_ok());
-                let version = version.map_err(|source| HandlerLoadError {
-                    tenant: tenant.name.clone(),
-                    handler: handler.name.clone(),
-                    path: handler.component.display().to_string(),
-                    source,
-                })?;
-                tracing::info!(
-                    tenant = %tenant.name,
-                    handler = %handler.name,
-                    route = %handler.route,
-                    sha256 = %version.sha256,
-                    "handler loaded"
-                );
-                routes.add(
-                    &handler.route,
-                    Arc::new(Route {
-                        handler: handler.name.clone(),
-                        route: handler.route.clone(),
-                        tenant: Arc::clone(&tenant),
-                        flow: Flow {
-                            tenant: tenant_index,
-                            handler: handler_index,
-                        },
-                        version: Arc::new(version),
-                    }),
-                );
-                loaded += 1;
+    ) -> Result<Self, StartError> {
+        let storage = Storage {
+            components: ComponentStore::new(config.runtime.data_dir.join("components")),
+            state: StateFile::new(&config.runtime.data_dir),
+        };
+        let mut state = storage
+            .state
+            .load()
+            .map_err(ApplyError::from)?
+            .unwrap_or_default();
+        state.keep_versions = config.runtime.keep_versions;
+        let mut writer = Writer {
+            state: DesiredState {
+                keep_versions: config.runtime.keep_versions,
+                ..DesiredState::default()
+            },
+            loaded: HashMap::new(),
+            compiled: HashMap::new(),
+            tenants: HashMap::new(),
+            tenant_slots: Slots::default(),
+            handler_slots: HashMap::new(),
+            defaults: config.limits,
+            runtime: runtime.clone(),
+            metrics: Arc::clone(metrics),
+            storage: Some(storage),
+        };
+        let components = read_config_components(config)?;
+        if let Some(storage) = &writer.storage {
+            for (sha256, bytes) in components.values() {
+                storage
+                    .components
+                    .put(sha256, bytes)
+                    .map_err(ApplyError::from)?;
             }
-            tenants.push(routes);
         }
-        metrics.handlers_loaded.set(loaded);
+        let found: BTreeMap<PathBuf, Component> = components
+            .iter()
+            .map(|(path, (sha256, bytes))| {
+                let component = Component {
+                    sha256: sha256.clone(),
+                    size: bytes.len() as u64,
+                };
+                (path.clone(), component)
+            })
+            .collect();
+        state
+            .apply_config(config, &found)
+            .map_err(ApplyError::from)?;
+        let uploads: HashMap<String, Vec<u8>> = components.into_values().collect();
+        let router = writer.commit(state, &uploads).map_err(|e| match e {
+            ApplyError::Load {
+                tenant,
+                handler,
+                source,
+            } => {
+                let path = config
+                    .tenants
+                    .iter()
+                    .filter(|t| t.name == tenant)
+                    .flat_map(|t| &t.handlers)
+                    .find(|h| h.name == handler)
+                    .map_or_else(
+                        || "(stored)".to_owned(),
+                        |h| h.component.display().to_string(),
+                    );
+                StartError::Handler(HandlerLoadError {
+                    tenant,
+                    handler,
+                    path,
+                    source,
+                })
+            }
+            other => StartError::Apply(other),
+        })?;
         release_freed_memory();
         Ok(Self {
-            router: RwLock::new(Arc::new(Router::new(tenants))),
+            router: RwLock::new(Arc::new(router)),
+            writer: tokio::sync::Mutex::new(Some(writer)),
         })
     }
 
     /// The current routing table.
     pub fn router(&self) -> Arc<Router<Arc<Route>>> {
         Arc::clone(&self.router.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A copy of the desired state as it is now.
+    pub async fn state(&self) -> DesiredState {
+        self.writer
+            .lock()
+            .await
+            .as_ref()
+            .map(|w| w.state.clone())
+            .unwrap_or_default()
+    }
+
+    /// Applies `edit` to the desired state, with `uploads` (component bytes
+    /// by sha256) available to it: loads the versions it activates, stores
+    /// the uploads and the new state, then swaps the routing table. Writes
+    /// are serialised; requests are not held up by them.
+    pub async fn apply<T: Send + 'static>(
+        &self,
+        uploads: HashMap<String, Vec<u8>>,
+        edit: impl FnOnce(&mut DesiredState) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, ApplyError> {
+        let mut slot = self.writer.lock().await;
+        let mut writer = slot.take().ok_or(ApplyError::WriterLost)?;
+        let mut next = writer.state.clone();
+        let value = match edit(&mut next) {
+            Ok(value) => value,
+            Err(e) => {
+                *slot = Some(writer);
+                return Err(e.into());
+            }
+        };
+        // Loading compiles: off the async threads, with the writer moved
+        // there and back (it is locked for the duration anyway).
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = writer.commit(next, &uploads);
+            (writer, result)
+        })
+        .await
+        .map_err(|_| ApplyError::WriterLost)?;
+        *slot = Some(writer);
+        let router = result?;
+        *self.router.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(router);
+        Ok(value)
+    }
+}
+
+/// Reads every component file the config names: path -> (sha256, bytes).
+fn read_config_components(
+    config: &Config,
+) -> Result<BTreeMap<PathBuf, (String, Vec<u8>)>, HandlerLoadError> {
+    let mut components = BTreeMap::new();
+    for tenant in &config.tenants {
+        for handler in &tenant.handlers {
+            if components.contains_key(&handler.component) {
+                continue;
+            }
+            let bytes = std::fs::read(&handler.component).map_err(|source| HandlerLoadError {
+                tenant: tenant.name.clone(),
+                handler: handler.name.clone(),
+                path: handler.component.display().to_string(),
+                source: LoadError::Read {
+                    path: handler.component.display().to_string(),
+                    source,
+                },
+            })?;
+            components.insert(handler.component.clone(), (sha256_hex(&bytes), bytes));
+        }
+    }
+    Ok(components)
+}
+
+impl Writer {
+    /// Makes `next` the state: loads what it activates, stores the uploads
+    /// and the state, and returns the routing table for it. On error the
+    /// writer is as it was.
+    fn commit(
+        &mut self,
+        next: DesiredState,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) -> Result<Router<Arc<Route>>, ApplyError> {
+        let jobs = self.jobs(&next);
+        let mut compiled = self.compiled.clone();
+        let mut loaded = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let version = self.load(&job, uploads, &mut compiled).map_err(|source| {
+                self.metrics.handler_load(false);
+                ApplyError::Load {
+                    tenant: job.tenant.clone(),
+                    handler: job.handler.clone(),
+                    source,
+                }
+            })?;
+            self.metrics.handler_load(true);
+            tracing::info!(
+                tenant = %job.tenant,
+                handler = %job.handler,
+                version = job.version.number,
+                route = %job.version.route,
+                sha256 = %job.version.sha256,
+                from_cache = version.from_cache,
+                "handler loaded"
+            );
+            loaded.push((job, version));
+        }
+        if let Some(storage) = &self.storage {
+            for (sha256, bytes) in uploads {
+                if next.components().contains(sha256.as_str()) {
+                    storage.components.put(sha256, bytes)?;
+                }
+            }
+            if next != self.state {
+                storage.state.save(&next)?;
+            }
+            storage.components.retain(&next.components());
+        }
+
+        // Durable: from here on nothing fails.
+        for (job, version) in loaded {
+            self.loaded.insert(
+                (job.tenant, job.handler),
+                Loaded {
+                    number: job.version.number,
+                    version: Arc::new(version),
+                },
+            );
+        }
+        self.state = next;
+        self.forget_removed();
+        let active: std::collections::BTreeSet<&str> = self
+            .loaded
+            .values()
+            .map(|l| l.version.sha256.as_str())
+            .collect();
+        compiled.retain(|sha, _| active.contains(sha.as_str()));
+        self.compiled = compiled;
+        Ok(self.router())
+    }
+
+    /// The versions `next` activates that are not loaded as they must be.
+    fn jobs(&self, next: &DesiredState) -> Vec<LoadJob> {
+        let mut jobs = Vec::new();
+        for (tenant_name, tenant) in &next.tenants {
+            let limits = tenant.limits.apply(self.defaults);
+            for (handler_name, handler) in &tenant.handlers {
+                let Some(version) = handler.active_version() else {
+                    continue;
+                };
+                let current = self
+                    .loaded
+                    .get(&(tenant_name.clone(), handler_name.clone()));
+                let up_to_date = current.is_some_and(|l| {
+                    l.number == version.number
+                        && l.version.limits == limits
+                        && l.version.sha256 == version.sha256
+                });
+                if !up_to_date {
+                    jobs.push(LoadJob {
+                        tenant: tenant_name.clone(),
+                        handler: handler_name.clone(),
+                        version: version.clone(),
+                        limits,
+                    });
+                }
+            }
+        }
+        jobs
+    }
+
+    fn load(
+        &self,
+        job: &LoadJob,
+        uploads: &HashMap<String, Vec<u8>>,
+        compiled: &mut HashMap<String, Compiled>,
+    ) -> Result<HandlerVersion, LoadError> {
+        let sha256 = &job.version.sha256;
+        let code = match compiled.get(sha256) {
+            Some(code) => code.clone(),
+            None => {
+                let code = Compiled::get(&self.runtime, sha256, || self.bytes(sha256, uploads))?;
+                compiled.insert(sha256.clone(), code.clone());
+                code
+            }
+        };
+        let context = Arc::new(HandlerContext {
+            config: job.version.config.clone(),
+            metrics: self.metrics.handler(&job.tenant, &job.handler),
+        });
+        HandlerVersion::link(&self.runtime, &code, job.limits, context)
+    }
+
+    /// The bytes of a component: uploaded with this edit, or stored.
+    fn bytes(
+        &self,
+        sha256: &str,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) -> Result<Vec<u8>, LoadError> {
+        if let Some(bytes) = uploads.get(sha256) {
+            return Ok(bytes.clone());
+        }
+        let Some(storage) = &self.storage else {
+            return Err(LoadError::Compile(format!(
+                "component {sha256} is not stored"
+            )));
+        };
+        storage
+            .components
+            .get(sha256)
+            .map_err(|e| LoadError::Compile(e.to_string()))
+    }
+
+    /// Drops what belongs to handlers and tenants no longer in the state.
+    fn forget_removed(&mut self) {
+        let state = &self.state;
+        self.loaded.retain(|(tenant, handler), _| {
+            state
+                .tenants
+                .get(tenant)
+                .is_some_and(|t| t.handlers.contains_key(handler))
+        });
+        self.tenants
+            .retain(|name, _| state.tenants.contains_key(name));
+        self.tenant_slots
+            .retain(|name| state.tenants.contains_key(name));
+        self.handler_slots
+            .retain(|tenant, _| state.tenants.contains_key(tenant));
+        for (tenant, slots) in &mut self.handler_slots {
+            if let Some(t) = state.tenants.get(tenant) {
+                slots.retain(|handler| t.handlers.contains_key(handler));
+            }
+        }
+    }
+
+    /// The routing table for the current state and loaded versions.
+    fn router(&mut self) -> Router<Arc<Route>> {
+        let mut tenants: Vec<(&String, &crate::state::TenantState)> =
+            self.state.tenants.iter().collect();
+        // The first tenant wins a tie between equal host patterns: config
+        // tenants in file order, then the API's in order of creation.
+        tenants.sort_by_key(|(name, t)| (t.rank, (*name).clone()));
+        let mut table = Vec::with_capacity(tenants.len());
+        let mut count = 0;
+        for (name, tenant_state) in tenants {
+            let limits = tenant_state.limits.apply(self.defaults);
+            let tenant = self
+                .tenants
+                .entry(name.clone())
+                .and_modify(|t| {
+                    if t.limits != limits {
+                        *t = Arc::new(Tenant {
+                            name: name.clone(),
+                            limits,
+                            concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
+                        });
+                    }
+                })
+                .or_insert_with(|| {
+                    Arc::new(Tenant {
+                        name: name.clone(),
+                        limits,
+                        concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
+                    })
+                })
+                .clone();
+            // Patterns were checked when the state was edited; skipping a
+            // bad one here can only narrow the routes.
+            let hosts = tenant_state
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect();
+            let mut routes = TenantRoutes::new(name, hosts);
+            let tenant_slot = self.tenant_slots.get(name);
+            let slots = self.handler_slots.entry(name.clone()).or_default();
+            for (handler, handler_state) in &tenant_state.handlers {
+                let (Some(active), Some(loaded)) = (
+                    handler_state.active_version(),
+                    self.loaded.get(&(name.clone(), handler.clone())),
+                ) else {
+                    continue;
+                };
+                routes.add(
+                    &active.route,
+                    Arc::new(Route {
+                        handler: handler.clone(),
+                        route: active.route.clone(),
+                        tenant: Arc::clone(&tenant),
+                        flow: Flow {
+                            tenant: tenant_slot,
+                            handler: slots.get(handler),
+                        },
+                        number: loaded.number,
+                        version: Arc::clone(&loaded.version),
+                    }),
+                );
+                count += 1;
+            }
+            table.push(routes);
+        }
+        self.metrics.handlers_loaded.set(count);
+        Router::new(table)
     }
 }

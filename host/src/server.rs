@@ -25,7 +25,7 @@ use crate::body::{ByteBudget, ResponseBody};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::registry::{HandlerLoadError, Registry};
+use crate::registry::Registry;
 use crate::runtime::{Executor, Runtime, RuntimeError};
 
 /// Why the gateway could not start.
@@ -35,9 +35,9 @@ pub enum StartError {
     /// The engine or the workers could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    /// A configured handler did not load.
+    /// The handlers did not load.
     #[error(transparent)]
-    Handler(#[from] HandlerLoadError),
+    Registry(#[from] crate::registry::StartError),
 }
 
 /// The running state of a gateway: what both listeners serve.

@@ -38,6 +38,9 @@ pub enum Source {
 pub struct DesiredState {
     /// Tenants by name.
     pub tenants: BTreeMap<String, TenantState>,
+    /// The rank the next tenant the API creates gets.
+    #[serde(default = "first_api_rank")]
+    pub next_rank: u64,
     /// How many versions each handler keeps (`runtime.keep_versions`); a
     /// setting of the gateway, not part of the stored state.
     #[serde(skip, default = "default_keep_versions")]
@@ -51,10 +54,16 @@ fn default_keep_versions() -> usize {
     DEFAULT_KEEP_VERSIONS
 }
 
+/// Ranks below this are config file positions.
+fn first_api_rank() -> u64 {
+    1 << 32
+}
+
 impl Default for DesiredState {
     fn default() -> Self {
         Self {
             tenants: BTreeMap::new(),
+            next_rank: first_api_rank(),
             keep_versions: DEFAULT_KEEP_VERSIONS,
         }
     }
@@ -72,6 +81,11 @@ pub struct TenantState {
     pub token_env: Option<String>,
     /// Who defined the tenant's hosts and limits last.
     pub source: Source,
+    /// Where it stands when two tenants' host patterns tie (lower first):
+    /// config tenants by their place in the file, then the API's in order
+    /// of creation.
+    #[serde(default)]
+    pub rank: u64,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerState>,
 }
@@ -391,6 +405,8 @@ impl DesiredState {
                 Ok(Written::Replaced)
             }
             None => {
+                let rank = self.next_rank;
+                self.next_rank += 1;
                 self.tenants.insert(
                     tenant.to_owned(),
                     TenantState {
@@ -398,6 +414,7 @@ impl DesiredState {
                         limits,
                         token_env: None,
                         source,
+                        rank,
                         handlers: BTreeMap::new(),
                     },
                 );
@@ -440,7 +457,7 @@ impl DesiredState {
                         .any(|c| &c.name == name)
             });
         }
-        for tenant in &config.tenants {
+        for (position, tenant) in config.tenants.iter().enumerate() {
             let existing_api = next
                 .tenants
                 .get(&tenant.name)
@@ -456,6 +473,9 @@ impl DesiredState {
             }
             if let Some(t) = next.tenants.get_mut(&tenant.name) {
                 t.token_env = tenant.token_env.clone();
+                if t.source == Source::Config {
+                    t.rank = position as u64;
+                }
             }
             for handler in &tenant.handlers {
                 let owned_by_api = next

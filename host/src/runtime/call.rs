@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::engine::{Runtime, deadline_ticks};
 use super::handler::HandlerVersion;
@@ -81,7 +81,21 @@ fn run_guest(
         };
         return (outcome, Some(store));
     }
+    // Ticks only approximate time: on a loaded machine the ticker
+    // oversleeps, and counted ticks would let a guest run past its
+    // deadline. When the ticks run out, the real clock decides.
     store.set_epoch_deadline(deadline_ticks(remaining));
+    store.epoch_deadline_callback(|store| {
+        let remaining = store
+            .data()
+            .deadline
+            .saturating_duration_since(Instant::now());
+        Ok(if remaining.is_zero() {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(deadline_ticks(remaining))
+        })
+    });
 
     let started = Instant::now();
     let result = version.pre.instantiate(&mut store).and_then(|instance| {

@@ -170,11 +170,13 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Epoch ticks covering `remaining`, rounded up, plus one because the
-/// next tick may come at any moment.
+/// Epoch ticks that take at least `remaining` (at least one): the first
+/// check of a deadline. Ticks never come faster than [`EPOCH_TICK`], but the
+/// next one may come at any moment, so the deadline callback (`call.rs`)
+/// looks at the clock when they run out and grants more if needed.
 pub(super) fn deadline_ticks(remaining: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
-    let ticks = remaining.as_nanos().div_ceil(tick) + 1;
+    let ticks = remaining.as_nanos().div_ceil(tick).max(1);
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
@@ -185,7 +187,7 @@ mod tests {
     #[test]
     fn deadline_ticks_round_up() {
         assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK), 2);
-        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_nanos(1)), 3);
+        assert_eq!(deadline_ticks(EPOCH_TICK), 1);
+        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_nanos(1)), 2);
     }
 }
