@@ -124,6 +124,10 @@ pub struct AdminConfig {
     /// it is unset, the admin write API is disabled. Default
     /// `WASMGATE_ADMIN_TOKEN`.
     pub token_env: String,
+    /// Largest component the admin API accepts, in bytes; larger uploads
+    /// get 413 (judged from `Content-Length` before reading when it is
+    /// sent). Default 64 MiB.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -131,6 +135,7 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token_env: "WASMGATE_ADMIN_TOKEN".to_owned(),
+            max_upload_bytes: 64 << 20,
         }
     }
 }

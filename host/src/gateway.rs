@@ -30,8 +30,8 @@ const REPLY_GRACE: Duration = Duration::from_millis(100);
 /// Everything the request path needs, shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
-    /// Routes to handler versions.
-    pub registry: Registry,
+    /// Routes to handler versions; the admin API writes to it.
+    pub registry: Arc<Registry>,
     /// Runs guest calls on the worker threads.
     pub executor: Executor,
     /// Every metric.

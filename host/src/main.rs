@@ -99,7 +99,7 @@ fn serve(
         compile_in_child(path, &config);
     }
     let name = path.map_or_else(|| "<built-in>".to_owned(), |p| p.display().to_string());
-    let server = Server::new(&config).with_context(|| name.clone())?;
+    let server = Server::with_config_file(&config, path).with_context(|| name.clone())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -117,12 +117,33 @@ fn serve(
             public.local_addr()?,
             admin.local_addr()?
         ))?;
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(server.admin()));
         server.run(public, admin, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     // Workers may still be finishing abandoned guests; they are bounded by
     // their deadlines, and exiting the process ends them.
     Ok(())
+}
+
+/// Applies the config file again on every SIGHUP; a file that does not
+/// load is reported and changes nothing.
+#[cfg(unix)]
+async fn reload_on_sighup(admin: std::sync::Arc<wasmgate::admin::Admin>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match admin.reload().await {
+            Ok(()) => tracing::info!("SIGHUP: config file applied"),
+            Err(e) => tracing::error!("SIGHUP: config file rejected, nothing changed: {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

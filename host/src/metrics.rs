@@ -78,6 +78,7 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Request and response body bytes held in memory now.
     pub buffered_bytes: IntGauge,
+    admin_requests: IntCounterVec,
     handler_loads: IntCounterVec,
     guest_counters: IntCounterVec,
     guest_histograms: HistogramVec,
@@ -230,6 +231,12 @@ impl Metrics {
                 "wasmgate_requests_in_flight",
                 "Requests routed to a handler and not yet answered.",
             ),
+            admin_requests: counter_vec(
+                &r,
+                "wasmgate_admin_requests_total",
+                "Admin API requests, by operation and status.",
+                &["operation", "status"],
+            ),
             buffered_bytes: gauge(
                 &r,
                 "wasmgate_buffered_bytes",
@@ -279,6 +286,13 @@ impl Metrics {
     pub fn handler_load(&self, ok: bool) {
         self.handler_loads
             .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts an admin API request.
+    pub fn admin_request(&self, operation: &str, status: http::StatusCode) {
+        self.admin_requests
+            .with_label_values(&[operation, status.as_str()])
             .inc();
     }
 

@@ -257,16 +257,7 @@ impl Registry {
                     .map_err(ApplyError::from)?;
             }
         }
-        let found: BTreeMap<PathBuf, Component> = components
-            .iter()
-            .map(|(path, (sha256, bytes))| {
-                let component = Component {
-                    sha256: sha256.clone(),
-                    size: bytes.len() as u64,
-                };
-                (path.clone(), component)
-            })
-            .collect();
+        let found = found_components(&components);
         state
             .apply_config(config, &found)
             .map_err(ApplyError::from)?;
@@ -325,12 +316,44 @@ impl Registry {
     pub async fn apply<T: Send + 'static>(
         &self,
         uploads: HashMap<String, Vec<u8>>,
-        edit: impl FnOnce(&mut DesiredState) -> Result<T, StateError> + Send + 'static,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, ApplyError> {
+        self.apply_with_defaults(uploads, None, edit).await
+    }
+
+    /// Applies a config file again (SIGHUP, `POST /admin/reload`): its
+    /// tenants, handlers and default limits, with the API's handlers left
+    /// as they are (see `state.rs`). Handlers whose version and limits did
+    /// not change are not loaded again. Settings of the process (listeners,
+    /// workers, data dir) need a restart.
+    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+        let read = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || read_config_components(&config))
+                .await
+                .map_err(|_| ApplyError::WriterLost)??
+        };
+        let found = found_components(&read);
+        let uploads: HashMap<String, Vec<u8>> = read.into_values().collect();
+        let defaults = config.limits;
+        self.apply_with_defaults(uploads, Some(defaults), move |state, _| {
+            state.apply_config(&config, &found)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_with_defaults<T: Send + 'static>(
+        &self,
+        uploads: HashMap<String, Vec<u8>>,
+        defaults: Option<Limits>,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
         let mut slot = self.writer.lock().await;
         let mut writer = slot.take().ok_or(ApplyError::WriterLost)?;
         let mut next = writer.state.clone();
-        let value = match edit(&mut next) {
+        let new_defaults = defaults.unwrap_or(writer.defaults);
+        let value = match edit(&mut next, &new_defaults) {
             Ok(value) => value,
             Err(e) => {
                 *slot = Some(writer);
@@ -340,7 +363,11 @@ impl Registry {
         // Loading compiles: off the async threads, with the writer moved
         // there and back (it is locked for the duration anyway).
         let (writer, result) = tokio::task::spawn_blocking(move || {
+            let old_defaults = std::mem::replace(&mut writer.defaults, new_defaults);
             let result = writer.commit(next, &uploads);
+            if result.is_err() {
+                writer.defaults = old_defaults;
+            }
             (writer, result)
         })
         .await
@@ -350,6 +377,19 @@ impl Registry {
         *self.router.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(router);
         Ok(value)
     }
+}
+
+/// The sha256 and size of each component read.
+fn found_components(read: &BTreeMap<PathBuf, (String, Vec<u8>)>) -> BTreeMap<PathBuf, Component> {
+    read.iter()
+        .map(|(path, (sha256, bytes))| {
+            let component = Component {
+                sha256: sha256.clone(),
+                size: bytes.len() as u64,
+            };
+            (path.clone(), component)
+        })
+        .collect()
 }
 
 /// Reads every component file the config names: path -> (sha256, bytes).

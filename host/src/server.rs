@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,9 +53,15 @@ impl Server {
     /// Sets up the engine, loads every configured handler and starts the
     /// workers. Fails, naming the handler, if any handler does not load.
     pub fn new(config: &Config) -> Result<Self, StartError> {
+        Self::with_config_file(config, None)
+    }
+
+    /// [`Server::new`] for a config read from `path`, which SIGHUP and
+    /// `POST /admin/reload` read again.
+    pub fn with_config_file(config: &Config, path: Option<&Path>) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::from_config(config)?;
-        let registry = Registry::from_config(config, &runtime, &metrics)?;
+        let registry = Arc::new(Registry::from_config(config, &runtime, &metrics)?);
         let executor = Executor::start(
             &runtime,
             config.runtime.worker_count(),
@@ -62,6 +69,13 @@ impl Server {
             Arc::clone(&metrics),
         )?;
         let workers = executor.workers();
+        let admin = Admin::new(
+            Arc::clone(&metrics),
+            workers,
+            Arc::clone(&registry),
+            config,
+            path.map(Path::to_path_buf),
+        );
         let gateway = Arc::new(Gateway {
             registry,
             executor,
@@ -74,10 +88,15 @@ impl Server {
             ),
         });
         Ok(Self {
-            admin: Arc::new(Admin::new(metrics, workers)),
+            admin: Arc::new(admin),
             gateway,
             config: config.server.clone(),
         })
+    }
+
+    /// The admin API, e.g. to reload the config on SIGHUP.
+    pub fn admin(&self) -> Arc<Admin> {
+        Arc::clone(&self.admin)
     }
 
     /// Serves the public and admin listeners until `shutdown` resolves,

@@ -165,6 +165,9 @@ pub enum StateError {
     /// A name, route, host pattern or limit is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The writer's `If-Match` does not match what is there now.
+    #[error("{0}")]
+    Precondition(String),
 }
 
 /// What a write did, for the status it is answered with.

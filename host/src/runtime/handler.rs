@@ -196,6 +196,17 @@ impl Compiled {
 }
 
 fn compile(runtime: &Runtime, bytes: &[u8]) -> Result<Component, LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        let start: String = bytes
+            .iter()
+            .take(8)
+            .flat_map(|b| b.escape_ascii())
+            .map(char::from)
+            .collect();
+        return Err(LoadError::Compile(format!(
+            "not a WebAssembly file (it starts with \"{start}\", not \"\\0asm\")"
+        )));
+    }
     if wasmparser_is_core_module(bytes) {
         return Err(LoadError::Compile(
             "this is a core wasm module; build the handler for wasm32-wasip2 to get a component"
@@ -276,10 +287,14 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_a_compile_error() {
+    fn garbage_is_a_compile_error_in_one_line() {
         let runtime = Runtime::for_checking().expect("engine");
         let err = ComponentInfo::check(&runtime, b"not wasm at all").expect_err("invalid");
         assert!(matches!(err, LoadError::Compile(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "not a valid WebAssembly component: not a WebAssembly file (it starts with \"not wasm\", not \"\\0asm\")"
+        );
     }
 
     #[test]
