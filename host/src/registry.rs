@@ -100,9 +100,11 @@ impl Registry {
                 .collect();
             let mut routes = TenantRoutes::new(&tenant.name, hosts);
             for (handler_index, handler) in tenant_config.handlers.iter().enumerate() {
+                let handler_metrics = metrics.handler(&tenant.name, &handler.name);
+                handler_metrics.log.set_rate(limits.log_lines_per_second);
                 let context = Arc::new(HandlerContext {
                     config: handler.config.clone(),
-                    metrics: metrics.handler(&tenant.name, &handler.name),
+                    metrics: handler_metrics,
                 });
                 let version =
                     HandlerVersion::load_file(runtime, &handler.component, limits, context);
