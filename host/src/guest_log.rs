@@ -175,8 +175,8 @@ impl LogLimiter {
     fn write_summary(&self, summary: Summary) {
         let (tenant, handler) = (self.tenant.as_str(), self.handler.as_str());
         tracing::warn!(
-            tenant,
-            handler,
+            %tenant,
+            %handler,
             dropped = summary.dropped,
             "dropped {} log lines of {tenant}/{handler} in the last {:.1}s (limits.log_lines_per_second)",
             summary.dropped,
