@@ -3,7 +3,8 @@
 //! Per-handler label children are resolved once, when a handler is loaded
 //! ([`HandlerMetrics`]), so the request path does no label lookups for them.
 //! Guest-defined metrics are validated and capped per handler: a guest can
-//! never grow the registry without bound.
+//! never grow the registry without bound, wrap a counter or make a sum
+//! infinite.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -529,7 +530,7 @@ mod tests {
         let h = metrics.handler("t", "h");
         h.guest_counter_add("big", u64::MAX - 1);
         h.guest_counter_add("big", 1);
-        // Both would wrap past u64::MAX (to 0 and to 4): dropped instead.
+        // Each of these would wrap past u64::MAX: dropped instead.
         h.guest_counter_add("big", 1);
         h.guest_counter_add("big", u64::MAX);
         h.guest_counter_add("big", 0);

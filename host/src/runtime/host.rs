@@ -81,6 +81,10 @@ impl HandlerContext {
     /// now (a trap, say): lines about a handler share its guest's budget,
     /// `limits.log_lines_per_second`. A refused line is counted in
     /// `wasmgate_guest_log_lines_dropped_total` and must not be written.
+    /// Ask only for a line whose level is enabled (`tracing::enabled!`), so
+    /// filtered lines cost no budget; guest text in the line goes through
+    /// `crate::guest_log::escape` unless it is a field formatted with
+    /// `Debug` (which escapes it already).
     pub fn log_permit(&self) -> bool {
         self.metrics.log.permit(Instant::now())
     }
@@ -91,7 +95,7 @@ impl HandlerContext {
     fn guest_log(&self, level: log::Level, msg: &str, now: Instant) {
         let (tenant, handler) = (self.metrics.tenant.as_str(), self.metrics.handler.as_str());
         // `tracing`'s macros need the level as a constant.
-        macro_rules! line {
+        macro_rules! write_line {
             ($level:expr) => {
                 if tracing::enabled!($level) && self.metrics.log.permit(now) {
                     let msg = escape(msg, MAX_LOG_MESSAGE);
@@ -100,11 +104,11 @@ impl HandlerContext {
             };
         }
         match level {
-            log::Level::Trace => line!(tracing::Level::TRACE),
-            log::Level::Debug => line!(tracing::Level::DEBUG),
-            log::Level::Info => line!(tracing::Level::INFO),
-            log::Level::Warn => line!(tracing::Level::WARN),
-            log::Level::Error => line!(tracing::Level::ERROR),
+            log::Level::Trace => write_line!(tracing::Level::TRACE),
+            log::Level::Debug => write_line!(tracing::Level::DEBUG),
+            log::Level::Info => write_line!(tracing::Level::INFO),
+            log::Level::Warn => write_line!(tracing::Level::WARN),
+            log::Level::Error => write_line!(tracing::Level::ERROR),
         }
     }
 }
