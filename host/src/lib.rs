@@ -18,6 +18,7 @@
 //! and path to handler, pure), [`registry`] (handler versions by route),
 //! [`runtime`] (engine, host functions, worker pool), [`gateway`] (the
 //! public request path), [`admin`] (health and metrics), [`metrics`],
+//! [`guest_log`] (guest text in the log: rate limit and escaping),
 //! [`error`] (failures to statuses), [`body`] (buffered bodies and their
 //! memory budget), [`server`] (listeners, connections, shutdown).
 
@@ -27,6 +28,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod guest_log;
 pub mod metrics;
 pub mod persist;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! The `wasmgate` command: parses the command line and calls the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,11 +53,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Colours only for a person at a terminal: in a file or a log
+    // collector the escape codes are noise. NO_COLOR (no-color.org) turns
+    // them off there too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {

@@ -3,21 +3,31 @@
 //! Per-handler label children are resolved once, when a handler is loaded
 //! ([`HandlerMetrics`]), so the request path does no label lookups for them.
 //! Guest-defined metrics are validated and capped per handler: a guest can
-//! never grow the registry without bound.
+//! never grow the registry without bound, wrap a counter or make a sum
+//! infinite.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
+use crate::config::Limits;
+use crate::guest_log::LogLimiter;
+
 /// Distinct guest metric names one handler may use (counters and histograms
 /// together); further names are dropped and counted.
 pub const MAX_GUEST_METRIC_NAMES: usize = 64;
 /// Longest guest metric name accepted, in bytes.
 pub const MAX_GUEST_METRIC_NAME_LEN: usize = 64;
+/// Largest magnitude a guest histogram accepts; larger (and non-finite)
+/// values are dropped. Even 2^64 observations of it keep the `_sum` far
+/// from overflowing to infinity, and it is above any duration in
+/// nanoseconds (11 days) or size in bytes (a petabyte) a handler measures.
+pub const MAX_GUEST_HISTOGRAM_VALUE: f64 = 1e15;
 
 /// Why a guest trapped, as the `kind` label of `wasmgate_guest_traps_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +93,7 @@ pub struct Metrics {
     guest_counters: IntCounterVec,
     guest_histograms: HistogramVec,
     guest_dropped: IntCounterVec,
+    guest_log_dropped: IntCounterVec,
     /// Per (tenant, handler): survives reloads so the name cap holds across
     /// versions.
     handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
@@ -264,7 +275,13 @@ impl Metrics {
             guest_dropped: counter_vec(
                 &r,
                 "wasmgate_guest_metrics_dropped_total",
-                "Guest metric updates dropped: invalid name or over the per-handler cap.",
+                "Guest metric updates dropped: invalid name, over the per-handler cap, name used for the other kind, a counter increment that would overflow, or a histogram value that is not finite or above 1e15 in magnitude.",
+                th,
+            ),
+            guest_log_dropped: counter_vec(
+                &r,
+                "wasmgate_guest_log_lines_dropped_total",
+                "Log lines of a handler (its log calls and the gateway's lines about its traps) dropped over limits.log_lines_per_second.",
                 th,
             ),
             handlers: Mutex::new(HashMap::new()),
@@ -304,7 +321,8 @@ impl Metrics {
     }
 
     /// The metrics of one handler, created on first use and shared by all
-    /// its versions.
+    /// its versions. Its log budget starts at the default rate; the
+    /// registry sets the tenant's with [`LogLimiter::set_rate`].
     pub fn handler(self: &Arc<Self>, tenant: &str, handler: &str) -> Arc<HandlerMetrics> {
         let mut handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
         handlers
@@ -317,6 +335,13 @@ impl Metrics {
                     duration: self.request_duration.with_label_values(&labels),
                     fuel: self.fuel_consumed.with_label_values(&labels),
                     dropped: self.guest_dropped.with_label_values(&labels),
+                    log: LogLimiter::new(
+                        tenant,
+                        handler,
+                        Limits::default().log_lines_per_second,
+                        self.guest_log_dropped.with_label_values(&labels),
+                        Instant::now(),
+                    ),
                     ok: OnceLock::new(),
                     guest: Mutex::new(HashMap::new()),
                     metrics: Arc::clone(self),
@@ -341,6 +366,9 @@ pub struct HandlerMetrics {
     duration: Histogram,
     fuel: Histogram,
     dropped: IntCounter,
+    /// The handler's log-line budget: here, not in a handler version, so
+    /// that all versions and requests of the handler share one.
+    pub log: LogLimiter,
     /// The `status="200"` request counter, resolved on the first 200 (not
     /// before, so no series appears until it counts something): the common
     /// case then skips the label lookup.
@@ -391,20 +419,28 @@ impl HandlerMetrics {
         }
     }
 
-    /// A guest's `counter-add`.
+    /// A guest's `counter-add`. An increment that would take the counter
+    /// past `u64::MAX` (where it would wrap to a small number) is dropped.
     pub fn guest_counter_add(&self, name: &str, value: u64) {
         self.with_guest_metric(name, true, |m| match m {
             GuestMetric::Counter(c) => {
-                c.inc_by(value);
-                true
+                // Only this handler's guests update this series, under the
+                // `guest` lock, so nothing changes it between get and add.
+                let fits = c.get().checked_add(value).is_some();
+                if fits {
+                    c.inc_by(value);
+                }
+                fits
             }
             GuestMetric::Histogram(_) => false,
         });
     }
 
-    /// A guest's `histogram-observe`. Non-finite values are dropped.
+    /// A guest's `histogram-observe`. Values that are not finite or larger
+    /// in magnitude than [`MAX_GUEST_HISTOGRAM_VALUE`] are dropped, so the
+    /// `_sum` stays finite.
     pub fn guest_histogram_observe(&self, name: &str, value: f64) {
-        if !value.is_finite() {
+        if !value.is_finite() || value.abs() > MAX_GUEST_HISTOGRAM_VALUE {
             self.dropped.inc();
             return;
         }
@@ -498,6 +534,67 @@ mod tests {
             text.contains(&format!(
                 "wasmgate_guest_metrics_dropped_total{{handler=\"h\",tenant=\"t\"}} {dropped}"
             )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_guest_counter_never_wraps() {
+        let metrics = Arc::new(Metrics::new());
+        let h = metrics.handler("t", "h");
+        h.guest_counter_add("big", u64::MAX - 1);
+        h.guest_counter_add("big", 1);
+        // Each of these would wrap past u64::MAX: dropped instead.
+        h.guest_counter_add("big", 1);
+        h.guest_counter_add("big", u64::MAX);
+        h.guest_counter_add("big", 0);
+        let text = metrics.render();
+        let sample = r#"wasmgate_guest_events_total{handler="h",name="big",tenant="t"}"#;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok());
+        assert_eq!(value, Some(u64::MAX as f64), "{text}");
+        assert!(
+            text.contains(r#"wasmgate_guest_metrics_dropped_total{handler="h",tenant="t"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn guest_histogram_values_beyond_the_cap_are_dropped_so_the_sum_stays_finite() {
+        let metrics = Arc::new(Metrics::new());
+        let h = metrics.handler("t", "h");
+        for value in [
+            f64::MAX,
+            -f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            MAX_GUEST_HISTOGRAM_VALUE * 1.000_001,
+        ] {
+            h.guest_histogram_observe("v", value);
+        }
+        for _ in 0..1000 {
+            h.guest_histogram_observe("v", MAX_GUEST_HISTOGRAM_VALUE);
+            h.guest_histogram_observe("v", -MAX_GUEST_HISTOGRAM_VALUE);
+            h.guest_histogram_observe("v", MAX_GUEST_HISTOGRAM_VALUE);
+        }
+        let text = metrics.render();
+        let sum = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"wasmgate_guest_values_sum{handler="h",name="v",tenant="t"} "#)?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .expect("a sum");
+        assert_eq!(sum, 1000.0 * MAX_GUEST_HISTOGRAM_VALUE);
+        assert!(
+            text.contains(r#"wasmgate_guest_values_count{handler="h",name="v",tenant="t"} 3000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wasmgate_guest_metrics_dropped_total{handler="h",tenant="t"} 6"#),
             "{text}"
         );
     }

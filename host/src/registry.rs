@@ -464,6 +464,8 @@ impl Writer {
 
         // Durable: from here on nothing fails.
         for (job, version) in loaded {
+            let log = &version.context.metrics.log;
+            log.set_rate(job.limits.log_lines_per_second);
             self.loaded.insert(
                 (job.tenant, job.handler),
                 Loaded {

@@ -16,7 +16,12 @@ use super::engine::{Runtime, deadline_ticks};
 use super::handler::HandlerVersion;
 use super::host::{GuestRequest, State};
 use crate::error::RequestError;
+use crate::guest_log::escape;
 use crate::metrics::{Metrics, TrapKind};
+
+/// Longest guest text (stderr, trap reason) in one log line, after
+/// escaping; the guest keeps at most 4 KiB of stderr anyway.
+const MAX_LOGGED_STDERR: usize = 4096;
 
 /// The result of one guest call.
 #[derive(Debug)]
@@ -107,32 +112,40 @@ fn run_guest(
     let fuel_consumed = runtime
         .consume_fuel
         .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
-    let stderr = store.data().stderr().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&stderr);
-    let stderr = stderr.trim_end();
-    let (tenant, handler) = (
-        &version.context.metrics.tenant,
-        &version.context.metrics.handler,
-    );
+    let context = &version.context;
+    let (tenant, handler) = (&context.metrics.tenant, &context.metrics.handler);
+    // Guest text is escaped (one line per message, no terminal escapes)
+    // and every line about a guest spends its handler's log budget.
+    let stderr = || {
+        let stderr = store.data().stderr().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr).trim_end().to_owned();
+        escape(&stderr, MAX_LOGGED_STDERR).into_owned()
+    };
     let result = match result {
         Ok(response) => {
-            if !stderr.is_empty() {
-                tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
+            if tracing::enabled!(tracing::Level::DEBUG) && context.log_permit() {
+                let stderr = stderr();
+                if !stderr.is_empty() {
+                    tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
+                }
             }
             crate::response::from_guest(response, limits.max_response_bytes)
         }
         Err(e) => {
             let kind = classify(&e, store.data().limiter.refused);
-            let reason = e
-                .downcast_ref::<Trap>()
-                .map_or_else(|| format!("{e:#}"), Trap::to_string);
-            tracing::warn!(
-                %tenant,
-                %handler,
-                kind = kind.as_str(),
-                stderr,
-                "guest trapped: {reason}"
-            );
+            if tracing::enabled!(tracing::Level::WARN) && context.log_permit() {
+                let reason = e
+                    .downcast_ref::<Trap>()
+                    .map_or_else(|| format!("{e:#}"), Trap::to_string);
+                let reason = escape(&reason, MAX_LOGGED_STDERR);
+                tracing::warn!(
+                    %tenant,
+                    %handler,
+                    kind = kind.as_str(),
+                    stderr = %stderr(),
+                    "guest trapped: {reason}"
+                );
+            }
             Err(RequestError::Trap(kind))
         }
     };

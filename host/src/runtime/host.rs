@@ -4,9 +4,13 @@
 //! WASI is present only because Rust's std imports it; the context is empty
 //! (no files, no environment, no sockets). Stdout is discarded; stderr is
 //! kept, bounded, so a panic message reaches the gateway log.
+//!
+//! A guest's `log` calls share its handler's log budget (see
+//! [`crate::guest_log`]) and are escaped to one line each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, StoreContextMut};
@@ -14,6 +18,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::wasmgate::handler::{config, log, metrics};
+use crate::guest_log::escape;
 use crate::metrics::HandlerMetrics;
 
 /// A request on its way to a guest: hyper's parsed head and the collected
@@ -60,7 +65,7 @@ impl GuestRequest {
     }
 }
 
-/// Longest log message kept from a guest, in bytes.
+/// Longest log message kept from a guest, in bytes, once escaped.
 const MAX_LOG_MESSAGE: usize = 4096;
 /// Guest stderr kept per request, in bytes; further writes fail.
 const MAX_GUEST_STDERR: usize = 4096;
@@ -71,8 +76,46 @@ const MAX_GUEST_STDERR: usize = 4096;
 pub struct HandlerContext {
     /// The handler's `config` table.
     pub config: BTreeMap<String, String>,
-    /// Where its requests and guest metrics are counted.
+    /// Where its requests and guest metrics are counted; also holds its
+    /// log budget.
     pub metrics: Arc<HandlerMetrics>,
+}
+
+impl HandlerContext {
+    /// Whether the gateway may write one more log line about this handler
+    /// now (a trap, say): lines about a handler share its guest's budget,
+    /// `limits.log_lines_per_second`. A refused line is counted in
+    /// `wasmgate_guest_log_lines_dropped_total` and must not be written.
+    /// Ask only for a line whose level is enabled (`tracing::enabled!`), so
+    /// filtered lines cost no budget; guest text in the line goes through
+    /// `crate::guest_log::escape` unless it is a field formatted with
+    /// `Debug` (which escapes it already).
+    pub fn log_permit(&self) -> bool {
+        self.metrics.log.permit(Instant::now())
+    }
+
+    /// A guest's `log` call at `now`: one escaped line if the log level is
+    /// enabled and the budget allows. Lines the level filter would discard
+    /// cost no budget, so debug logging off is free and never counted.
+    fn guest_log(&self, level: log::Level, msg: &str, now: Instant) {
+        let (tenant, handler) = (self.metrics.tenant.as_str(), self.metrics.handler.as_str());
+        // `tracing`'s macros need the level as a constant.
+        macro_rules! write_line {
+            ($level:expr) => {
+                if tracing::enabled!($level) && self.metrics.log.permit(now) {
+                    let msg = escape(msg, MAX_LOG_MESSAGE);
+                    tracing::event!($level, %tenant, %handler, "{msg}");
+                }
+            };
+        }
+        match level {
+            log::Level::Trace => write_line!(tracing::Level::TRACE),
+            log::Level::Debug => write_line!(tracing::Level::DEBUG),
+            log::Level::Info => write_line!(tracing::Level::INFO),
+            log::Level::Warn => write_line!(tracing::Level::WARN),
+            log::Level::Error => write_line!(tracing::Level::ERROR),
+        }
+    }
 }
 
 /// The data of one request's store.
@@ -123,6 +166,14 @@ impl State {
     /// What the guest wrote to stderr, if anything.
     pub(super) fn stderr(&self) -> Option<bytes::Bytes> {
         self.stderr.as_ref().map(MemoryOutputPipe::contents)
+    }
+}
+
+impl Drop for State {
+    /// The end of a request: reports the handler's dropped log lines if a
+    /// summary is due, so it comes even when the guest has stopped logging.
+    fn drop(&mut self) {
+        self.handler.metrics.log.flush(Instant::now());
     }
 }
 
@@ -181,16 +232,7 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl log::Host for State {
     fn log(&mut self, level: log::Level, msg: String) {
-        let msg = truncate(&msg, MAX_LOG_MESSAGE);
-        let m = &self.handler.metrics;
-        let (tenant, handler) = (m.tenant.as_str(), m.handler.as_str());
-        match level {
-            log::Level::Trace => tracing::trace!(tenant, handler, "{msg}"),
-            log::Level::Debug => tracing::debug!(tenant, handler, "{msg}"),
-            log::Level::Info => tracing::info!(tenant, handler, "{msg}"),
-            log::Level::Warn => tracing::warn!(tenant, handler, "{msg}"),
-            log::Level::Error => tracing::error!(tenant, handler, "{msg}"),
-        }
+        self.handler.guest_log(level, &msg, Instant::now());
     }
 }
 
@@ -208,18 +250,6 @@ impl config::Host for State {
     fn get(&mut self, key: String) -> Option<String> {
         self.handler.config.get(&key).cloned()
     }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The linker with every import of the world, built once per engine.
@@ -302,11 +332,135 @@ mod tests {
         assert!(seen.body.is_empty());
     }
 
+    /// Everything written to the log while `f` runs, at level INFO and up,
+    /// without colours, as the gateway writes it to a file.
+    fn captured_log(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("not poisoned").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer({
+                let capture = capture.clone();
+                move || capture.clone()
+            })
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("the log is UTF-8")
+    }
+
+    fn context(rate: u32) -> (Arc<crate::metrics::Metrics>, Arc<HandlerContext>) {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let handler = metrics.handler("t", "h");
+        handler.log.set_rate(rate);
+        let context = Arc::new(HandlerContext {
+            config: BTreeMap::new(),
+            metrics: handler,
+        });
+        (metrics, context)
+    }
+
+    fn log_lines_dropped(metrics: &crate::metrics::Metrics) -> Option<u64> {
+        metrics.render().lines().find_map(|l| {
+            l.strip_prefix(r#"wasmgate_guest_log_lines_dropped_total{handler="h",tenant="t"} "#)?
+                .parse()
+                .ok()
+        })
+    }
+
     #[test]
-    fn truncates_on_char_boundaries() {
-        assert_eq!(truncate("hello", 10), "hello");
-        assert_eq!(truncate("hello", 3), "hel");
-        assert_eq!(truncate("héllo", 2), "h");
+    fn guest_lines_and_lines_about_the_handler_share_one_budget() {
+        let (metrics, context) = context(2);
+        let now = Instant::now();
+        let log = captured_log(|| {
+            // Below the level filter: no budget spent, nothing counted.
+            for _ in 0..10 {
+                context.guest_log(log::Level::Debug, "hidden", now);
+            }
+            context.guest_log(log::Level::Info, "one", now);
+            context.guest_log(log::Level::Warn, "two", now);
+            // A trap line about the handler finds the budget spent.
+            assert!(!context.metrics.log.permit(now));
+            context.guest_log(log::Level::Error, "three", now);
+            // A second later two lines are earned; the first reports the
+            // two dropped before it.
+            let later = now + std::time::Duration::from_secs(1);
+            context.guest_log(log::Level::Info, "four", later);
+            assert!(context.metrics.log.permit(later));
+            assert!(!context.metrics.log.permit(later));
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        assert!(
+            lines[0].contains(" INFO ") && lines[0].contains("one"),
+            "{log}"
+        );
+        assert!(
+            lines[1].contains(" WARN ") && lines[1].contains("two"),
+            "{log}"
+        );
+        assert!(
+            lines[2].contains("dropped 2 log lines of t/h in the last 1.0s"),
+            "{log}"
+        );
+        assert!(lines[3].contains("four"), "{log}");
+        assert!(!log.contains("hidden") && !log.contains("three"), "{log}");
+        assert_eq!(log_lines_dropped(&metrics), Some(3));
+    }
+
+    #[test]
+    fn a_guest_message_is_one_escaped_line_with_its_labels() {
+        let (_metrics, context) = context(100);
+        let log = captured_log(|| {
+            context.guest_log(
+                log::Level::Warn,
+                "first\nFORGED level=ERROR\r\x1b[31mred\x1b[0m",
+                Instant::now(),
+            );
+            context.guest_log(log::Level::Info, &"\x1b".repeat(100_000), Instant::now());
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(
+            lines[0].contains(r"first\nFORGED level=ERROR\r\u{1b}[31mred\u{1b}[0m"),
+            "{log}"
+        );
+        assert!(lines[0].contains("tenant=t handler=h"), "{log}");
+        assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
+        // 100 000 escapes would be 600 kB; the line keeps 4 KiB of them.
+        assert!(lines[1].len() < MAX_LOG_MESSAGE + 200, "{}", lines[1].len());
+        assert!(lines[1].contains(r"\u{1b}\u{1b}…"), "{log}");
+    }
+
+    #[test]
+    fn the_end_of_a_request_reports_drops_once_a_summary_is_due() {
+        let (metrics, context) = context(0);
+        let log = captured_log(|| {
+            let long_ago = Instant::now()
+                .checked_sub(std::time::Duration::from_secs(5))
+                .expect("the clock is older than 5 s");
+            assert!(!context.metrics.log.permit(long_ago));
+            assert!(!context.log_permit());
+            // A request's store is dropped when it ends.
+            drop(State::new(Arc::clone(&context), 1 << 16, Instant::now()));
+        });
+        assert!(
+            log.contains("dropped 2 log lines of t/h in the last"),
+            "{log}"
+        );
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert_eq!(log_lines_dropped(&metrics), Some(2));
     }
 
     #[test]
