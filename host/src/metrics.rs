@@ -48,6 +48,16 @@ pub enum TrapKind {
 }
 
 impl TrapKind {
+    /// Every kind.
+    pub const ALL: [TrapKind; 6] = [
+        Self::FuelExhausted,
+        Self::Timeout,
+        Self::Memory,
+        Self::StackOverflow,
+        Self::Unreachable,
+        Self::Other,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -89,6 +99,7 @@ pub struct Metrics {
     /// Request and response body bytes held in memory now.
     pub buffered_bytes: IntGauge,
     admin_requests: IntCounterVec,
+    handler_versions: prometheus::IntGaugeVec,
     handler_loads: IntCounterVec,
     guest_counters: IntCounterVec,
     guest_histograms: HistogramVec,
@@ -242,6 +253,19 @@ impl Metrics {
                 "wasmgate_requests_in_flight",
                 "Requests routed to a handler and not yet answered.",
             ),
+            handler_versions: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "wasmgate_handler_version_info",
+                        "The version serving each handler: 1 for its number and sha256.",
+                    ),
+                    &["tenant", "handler", "version", "sha256"],
+                )
+                .expect("static metric definition is valid");
+                r.register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
             admin_requests: counter_vec(
                 &r,
                 "wasmgate_admin_requests_total",
@@ -313,6 +337,74 @@ impl Metrics {
             .inc();
     }
 
+    /// Shows `new` (version number, sha256) as the handler's active version
+    /// instead of `old`.
+    pub fn set_active_version(
+        &self,
+        tenant: &str,
+        handler: &str,
+        old: Option<(u64, &str)>,
+        new: (u64, &str),
+    ) {
+        if let Some((number, sha256)) = old {
+            let number = number.to_string();
+            let _ = self
+                .handler_versions
+                .remove_label_values(&[tenant, handler, &number, sha256]);
+        }
+        let number = new.0.to_string();
+        self.handler_versions
+            .with_label_values(&[tenant, handler, &number, new.1])
+            .set(1);
+    }
+
+    /// Forgets a deleted handler: every series labelled with it goes, so a
+    /// gateway that sees handlers come and go all day exports only the
+    /// live ones. Requests of it still running count nowhere.
+    pub fn remove_handler(&self, tenant: &str, handler: &str, active: Option<(u64, &str)>) {
+        let removed = self
+            .handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(tenant.to_owned(), handler.to_owned()));
+        let Some(removed) = removed else {
+            return;
+        };
+        removed
+            .removed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let labels = [tenant, handler];
+        let _ = self.request_duration.remove_label_values(&labels);
+        let _ = self.fuel_consumed.remove_label_values(&labels);
+        let _ = self.guest_dropped.remove_label_values(&labels);
+        let _ = self.guest_log_dropped.remove_label_values(&labels);
+        // Statuses are not remembered per handler (that would cost the
+        // request path); a delete tries them all.
+        for status in 100..=599u16 {
+            let status = status.to_string();
+            let _ = self
+                .requests
+                .remove_label_values(&[tenant, handler, &status]);
+        }
+        for kind in TrapKind::ALL {
+            let _ = self
+                .traps
+                .remove_label_values(&[tenant, handler, kind.as_str()]);
+        }
+        let guest = removed.guest.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in guest.keys() {
+            let labels = [tenant, handler, name.as_str()];
+            let _ = self.guest_counters.remove_label_values(&labels);
+            let _ = self.guest_histograms.remove_label_values(&labels);
+        }
+        if let Some((number, sha256)) = active {
+            let number = number.to_string();
+            let _ = self
+                .handler_versions
+                .remove_label_values(&[tenant, handler, &number, sha256]);
+        }
+    }
+
     /// Counts a request that found no route.
     pub fn no_route(&self, status: http::StatusCode) {
         self.requests
@@ -343,6 +435,7 @@ impl Metrics {
                         Instant::now(),
                     ),
                     ok: OnceLock::new(),
+                    removed: std::sync::atomic::AtomicBool::new(false),
                     guest: Mutex::new(HashMap::new()),
                     metrics: Arc::clone(self),
                 })
@@ -373,6 +466,9 @@ pub struct HandlerMetrics {
     /// before, so no series appears until it counts something): the common
     /// case then skips the label lookup.
     ok: OnceLock<IntCounter>,
+    /// Set when the handler is deleted: its series are gone, and requests
+    /// still running must not bring them back.
+    removed: std::sync::atomic::AtomicBool,
     /// Guest metric names seen so far, capped at [`MAX_GUEST_METRIC_NAMES`].
     guest: Mutex<HashMap<String, GuestMetric>>,
     metrics: Arc<Metrics>,
@@ -397,6 +493,9 @@ impl HandlerMetrics {
         fuel: Option<u64>,
         trap: Option<TrapKind>,
     ) {
+        if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let by_status = || {
             self.metrics
                 .requests
@@ -463,6 +562,11 @@ impl HandlerMetrics {
         update: impl FnOnce(&GuestMetric) -> bool,
     ) {
         let mut guest = self.guest.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock `remove_handler` reads the names under, so
+        // no name is added after they were removed.
+        if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let metric = match guest.get(name) {
             Some(m) => Some(m),
             None if valid_guest_metric_name(name) && guest.len() < MAX_GUEST_METRIC_NAMES => {

@@ -466,8 +466,16 @@ impl Writer {
         for (job, version) in loaded {
             let log = &version.context.metrics.log;
             log.set_rate(job.limits.log_lines_per_second);
+            let key = (job.tenant, job.handler);
+            let old = self.loaded.get(&key);
+            self.metrics.set_active_version(
+                &key.0,
+                &key.1,
+                old.map(|o| (o.number, o.version.sha256.as_str())),
+                (job.version.number, &job.version.sha256),
+            );
             self.loaded.insert(
-                (job.tenant, job.handler),
+                key,
                 Loaded {
                     number: job.version.number,
                     version: Arc::new(version),
@@ -561,11 +569,17 @@ impl Writer {
     /// Drops what belongs to handlers and tenants no longer in the state.
     fn forget_removed(&mut self) {
         let state = &self.state;
-        self.loaded.retain(|(tenant, handler), _| {
-            state
+        let metrics = &self.metrics;
+        self.loaded.retain(|(tenant, handler), loaded| {
+            let kept = state
                 .tenants
                 .get(tenant)
-                .is_some_and(|t| t.handlers.contains_key(handler))
+                .is_some_and(|t| t.handlers.contains_key(handler));
+            if !kept {
+                let active = (loaded.number, loaded.version.sha256.as_str());
+                metrics.remove_handler(tenant, handler, Some(active));
+            }
+            kept
         });
         self.tenants
             .retain(|name, _| state.tenants.contains_key(name));

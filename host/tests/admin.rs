@@ -766,8 +766,8 @@ async fn swaps_under_load_fail_no_request() {
             })
         })
         .collect();
-    for i in 0..20 {
-        let wasm = if i % 2 == 0 {
+    for i in 0..20u32 {
+        let wasm = if i.is_multiple_of(2) {
             echo.clone()
         } else {
             hello.clone()
@@ -787,4 +787,79 @@ async fn swaps_under_load_fail_no_request() {
         hellos > 0 && echoes > 0,
         "both versions served: {hellos} / {echoes}"
     );
+}
+
+/// Handlers that come and go leave nothing behind: no metric series, no
+/// stored components, no state, and no memory beyond noise. (A day of
+/// 10,000 deploys is this loop, longer.)
+#[tokio::test]
+async fn deploys_and_deletes_do_not_grow_the_gateway() {
+    let dir = scratch("growth");
+    let config = dir.join("wasmgate.toml");
+    std::fs::write(&config, config_text("")).expect("write config");
+    let gw = Gateway::start(&config, true).await;
+    let (hello, echo) = (component(components::HELLO), component(components::ECHO));
+    let cycle = |i: usize| {
+        let wasm = if i.is_multiple_of(2) {
+            hello.clone()
+        } else {
+            echo.clone()
+        };
+        let gw = &gw;
+        async move {
+            let name = format!("h{i}");
+            let (status, body) = gw.deploy("demo", &name, &format!("/{name}"), wasm).await;
+            assert_eq!(status, 201, "{body}");
+            let (status, _) = gw.get(&format!("/{name}")).await;
+            assert!(status == 200 || status == 204, "{status}");
+            let deleted = gw
+                .admin(
+                    reqwest::Method::DELETE,
+                    &format!("/admin/tenants/demo/handlers/{name}"),
+                    Some(ROOT),
+                )
+                .send()
+                .await
+                .expect("DELETE");
+            assert_eq!(deleted.status(), 204);
+        }
+    };
+    let rss = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the process metrics are exported")
+    };
+    for i in 0..50 {
+        cycle(i).await;
+    }
+    let warm = rss(&gw.metrics().await);
+    for i in 50..250 {
+        cycle(i).await;
+    }
+    let text = gw.metrics().await;
+    let leftovers: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && l.split("handler=\"h")
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "series of deleted handlers: {leftovers:?}"
+    );
+    assert!(text.contains("wasmgate_handlers_loaded 1\n"), "{text}");
+    let grown = rss(&text) - warm;
+    assert!(
+        grown < 16.0 * 1024.0 * 1024.0,
+        "200 deploys grew the process by {grown} bytes"
+    );
+    let data = dir.join("wasmgate-data");
+    let components = std::fs::read_dir(data.join("components")).expect("components");
+    assert_eq!(components.count(), 1, "only the config's hello is kept");
+    let state = std::fs::metadata(data.join("state.json")).expect("state");
+    assert!(state.len() < 4096, "the state is {} bytes", state.len());
 }
