@@ -242,12 +242,22 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
     let result = match caller {
         Err(denied) => {
             drain(request.into_body()).await;
+            if operation.writes() {
+                tracing::info!(
+                    operation = operation.as_str(),
+                    tenant = tenant.as_deref().unwrap_or("-"),
+                    handler = handler.as_deref().unwrap_or("-"),
+                    result = %format!("denied: {denied}"),
+                    "admin write"
+                );
+            }
             Err(Rejection::from(denied))
         }
         Ok(caller) => {
             let call = Call {
                 admin,
                 caller,
+                operation,
                 tenant,
                 handler,
             };
@@ -261,13 +271,6 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
     admin
         .metrics
         .admin_request(operation.as_str(), response.status());
-    if operation.writes() {
-        tracing::info!(
-            operation = operation.as_str(),
-            status = response.status().as_u16(),
-            "admin write"
-        );
-    }
     response
 }
 
@@ -275,6 +278,7 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
 struct Call<'a> {
     admin: &'a Admin,
     caller: Caller,
+    operation: Operation,
     tenant: Option<String>,
     handler: Option<String>,
 }
@@ -531,7 +535,9 @@ impl Call<'_> {
     }
 
     async fn reload(&self) -> Result<Response<ResponseBody>, Rejection> {
-        match self.admin.reload().await {
+        let reloaded = self.admin.reload().await;
+        self.log_write(None, &reloaded);
+        match reloaded {
             Ok(()) => Ok(json_response(
                 StatusCode::OK,
                 &json!({"reloaded": true}),
@@ -572,6 +578,7 @@ impl Call<'_> {
             Err(e) => format!("rejected: {e}"),
         };
         tracing::info!(
+            operation = self.operation.as_str(),
             tenant = self.tenant(),
             handler = self.handler(),
             sha256 = sha256.unwrap_or("-"),
