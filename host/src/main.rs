@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmgate::config::Config;
-use wasmgate::runtime::{Compiled, ComponentInfo, LoadError, Runtime};
+use wasmgate::runtime::{ChildCompiler, Compiled, ComponentInfo, LoadError, Runtime};
 use wasmgate::server::Server;
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
@@ -181,49 +181,29 @@ async fn shutdown_signal() {
     }
 }
 
-/// Fills the code cache for the config's handlers in a child `wasmgate
-/// compile`, so that compiling never becomes part of the long-running
-/// server's memory: a server that compiled sits about 10 MB higher for good
-/// (the compiler's code pages it touched, and heap it cannot give back).
-/// Best effort: whatever the child could not compile, `Server::new`
-/// compiles in-process, and reports any error itself.
+/// Fills the code cache for the config's handlers and the stored
+/// components (an earlier run's uploads) in a child process, so the server
+/// starts without compiling (see [`ChildCompiler`]).
 fn compile_in_child(path: &Path, config: &Config) {
-    let mut components: Vec<&Path> = config
+    let mut components: Vec<PathBuf> = config
         .tenants
         .iter()
         .flat_map(|tenant| &tenant.handlers)
-        .map(|handler| handler.component.as_path())
+        .map(|handler| handler.component.clone())
         .collect();
+    if let Ok(stored) = std::fs::read_dir(config.runtime.data_dir.join("components")) {
+        components.extend(
+            stored
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "wasm")),
+        );
+    }
     components.sort_unstable();
     components.dedup();
-    if components.is_empty() {
-        return;
-    }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            tracing::debug!("cannot find my own executable ({e}); compiling in-process");
-            return;
-        }
-    };
-    let started = std::time::Instant::now();
-    let status = std::process::Command::new(exe)
-        .arg("compile")
-        .arg("--config")
-        .arg(path)
-        .args(&components)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    match status {
-        Ok(status) if status.success() => tracing::info!(
-            handlers = components.len(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "code cache ready (checked and filled by a child process)"
-        ),
-        Ok(status) => tracing::debug!("child compile {status}; compiling the rest in-process"),
-        Err(e) => tracing::debug!("cannot run a child compile ({e}); compiling in-process"),
+    let files: Vec<&Path> = components.iter().map(PathBuf::as_path).collect();
+    if let Some(compiler) = ChildCompiler::for_this_binary(path) {
+        compiler.compile(&files);
     }
 }
 

@@ -20,7 +20,9 @@ use crate::config::{Config, Limits};
 use crate::metrics::Metrics;
 use crate::persist::{ComponentStore, PersistError, StateFile, sha256_hex};
 use crate::router::{HostPattern, Router, TenantRoutes};
-use crate::runtime::{Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
+use crate::runtime::{
+    ChildCompiler, Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime,
+};
 use crate::state::{Component, DesiredState, StateError, Version};
 
 /// A tenant's shared state.
@@ -182,6 +184,9 @@ struct Writer {
     /// Where components and the state are stored; `None` keeps nothing
     /// (tests and benchmarks that need no data dir).
     storage: Option<Storage>,
+    /// Compiles new components in a child process (the `wasmgate` binary);
+    /// `None` compiles in-process.
+    child: Option<ChildCompiler>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +227,7 @@ impl Registry {
         config: &Config,
         runtime: &Runtime,
         metrics: &Arc<Metrics>,
+        child: Option<ChildCompiler>,
     ) -> Result<Self, StartError> {
         let storage = Storage {
             components: ComponentStore::new(config.runtime.data_dir.join("components")),
@@ -247,6 +253,7 @@ impl Registry {
             runtime: runtime.clone(),
             metrics: Arc::clone(metrics),
             storage: Some(storage),
+            child,
         };
         let components = read_config_components(config)?;
         if let Some(storage) = &writer.storage {
@@ -534,7 +541,7 @@ impl Writer {
         let code = match compiled.get(sha256) {
             Some(code) => code.clone(),
             None => {
-                let code = Compiled::get(&self.runtime, sha256, || self.bytes(sha256, uploads))?;
+                let code = self.compile(sha256, uploads)?;
                 compiled.insert(sha256.clone(), code.clone());
                 code
             }
@@ -544,6 +551,27 @@ impl Writer {
             metrics: self.metrics.handler(&job.tenant, &job.handler),
         });
         HandlerVersion::link(&self.runtime, &code, job.limits, context)
+    }
+
+    /// Machine code for a component: from the code cache, filled by the
+    /// child compiler when there is one, else compiled here.
+    fn compile(
+        &self,
+        sha256: &str,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) -> Result<Compiled, LoadError> {
+        if let (Some(child), Some(storage), Some(cache)) =
+            (&self.child, &self.storage, &self.runtime.cache)
+            && !cache.path(&self.runtime.engine, sha256).is_file()
+        {
+            // The child reads the component from the store; one that is
+            // stored but never made active is removed by the next commit.
+            let bytes = self.bytes(sha256, uploads)?;
+            if storage.components.put(sha256, &bytes).is_ok() {
+                child.compile(&[&storage.components.path(sha256)]);
+            }
+        }
+        Compiled::get(&self.runtime, sha256, || self.bytes(sha256, uploads))
     }
 
     /// The bytes of a component: uploaded with this edit, or stored.

@@ -27,7 +27,7 @@ use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::runtime::{Executor, Runtime, RuntimeError};
+use crate::runtime::{ChildCompiler, Executor, Runtime, RuntimeError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +56,14 @@ impl Server {
         Self::with_config_file(config, None)
     }
 
-    /// [`Server::new`] for a config read from `path`, which SIGHUP and
-    /// `POST /admin/reload` read again.
+    /// [`Server::new`] for the `wasmgate` binary, with the config read from
+    /// `path`: SIGHUP and `POST /admin/reload` read it again, and new
+    /// components are compiled by a child process of this executable.
     pub fn with_config_file(config: &Config, path: Option<&Path>) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::from_config(config)?;
-        let registry = Arc::new(Registry::from_config(config, &runtime, &metrics)?);
+        let child = path.and_then(ChildCompiler::for_this_binary);
+        let registry = Arc::new(Registry::from_config(config, &runtime, &metrics, child)?);
         let executor = Executor::start(
             &runtime,
             config.runtime.worker_count(),
