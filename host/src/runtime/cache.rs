@@ -138,7 +138,7 @@ impl ChildCompiler {
                 tracing::info!(
                     components = files.len(),
                     elapsed_ms = started.elapsed().as_millis(),
-                    "code cache filled by a child process"
+                    "code cache ready (checked and filled by a child process)"
                 );
                 true
             }
