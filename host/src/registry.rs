@@ -118,6 +118,7 @@ impl Registry {
                     handler = %handler.name,
                     route = %handler.route,
                     sha256 = %version.sha256,
+                    from_cache = version.from_cache,
                     "handler loaded"
                 );
                 routes.add(

@@ -44,6 +44,9 @@ pub struct HandlerVersion {
     pub loaded_at: SystemTime,
     /// The limits each of its requests runs with.
     pub limits: Limits,
+    /// Its machine code came from the code cache, not the compiler: logged,
+    /// so an operator (and a test) can see that a restart compiled nothing.
+    pub from_cache: bool,
     /// Shared with host functions: config and metrics.
     pub context: Arc<HandlerContext>,
     /// Imports resolved and exports checked once; instantiation from it is
@@ -102,6 +105,7 @@ impl HandlerVersion {
             sha256,
             loaded_at: SystemTime::now(),
             limits,
+            from_cache,
             context,
             pre,
         })
