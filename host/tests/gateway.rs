@@ -1213,42 +1213,6 @@ component = "{{faults}}"
     gw.shutdown().await;
 }
 
-/// README: `runtime.workers = 0` starts one worker per core.
-#[tokio::test]
-async fn workers_0_starts_one_worker_per_core() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = with_hold(|hold| async move {
-        let gw = TestGateway::start(&format!("[runtime]\nworkers = 0\n{HOLD_TENANT}")).await;
-        // One more sleeper than cores: all run but one, if there is one
-        // worker per core.
-        let holds: Vec<Hold> = (0..=cores)
-            .map(|_| Hold::start(&gw, "hold.test", hold))
-            .collect();
-        let first = &holds[0];
-        let all_in = (cores + 1) as f64;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = gw.metrics().await;
-            let busy = require_metric(&text, "wasmgate_workers_busy");
-            let queued = require_metric(&text, "wasmgate_queue_depth");
-            if !first.holding() {
-                return None;
-            }
-            // Every sleeper is running or waiting, none has finished.
-            if busy + queued == all_in {
-                return Some(busy);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sleepers never all arrived:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert_eq!(busy, cores as f64, "one worker per core");
-}
-
 /// README: guest code never runs on the async threads, so CPU-heavy
 /// handlers cannot starve the accept loop or `/metrics`.
 #[tokio::test]

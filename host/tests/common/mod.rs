@@ -222,10 +222,19 @@ impl Hold {
     /// for at least `hold` once routed (e.g. an endless loop whose tenant
     /// has a `timeout_ms` of `hold`).
     pub fn start_path(gw: &TestGateway, host: &str, path: &str, hold: Duration) -> Self {
-        let request = gw
-            .client
-            .get(format!("{}{path}", gw.url))
-            .header("host", host);
+        Self::send(&gw.client, &gw.url, host, path, hold)
+    }
+
+    /// [`Hold::start_path`] for a gateway at `url`, e.g. a `wasmgate serve`
+    /// process.
+    pub fn send(
+        client: &reqwest::Client,
+        url: &str,
+        host: &str,
+        path: &str,
+        hold: Duration,
+    ) -> Self {
+        let request = client.get(format!("{url}{path}")).header("host", host);
         let sent = Instant::now();
         let task = tokio::spawn(async move { request.send().await.ok().map(|r| r.status()) });
         Self { sent, hold, task }
