@@ -174,6 +174,30 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
     assert!(stderr.contains("does-not-exist.toml"), "{stderr}");
 }
 
+/// README: `serve` listens on `server.listen` and `admin.listen` unless
+/// told otherwise, and prints the real ports.
+#[test]
+fn serve_listens_where_the_config_says() {
+    let dir = scratch("listen");
+    let config = write_config(
+        &dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut command = Command::new(BIN);
+    command.arg("serve").arg("--config").arg(&config);
+    let process = spawn(command.stderr(Stdio::null()));
+    assert!(
+        process.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        process.url
+    );
+    assert!(
+        process.admin.starts_with("http://127.0.0.1:"),
+        "{}",
+        process.admin
+    );
+}
+
 /// README: names are `[A-Za-z0-9._-]{1,64}`: 64 characters are fine.
 #[test]
 fn names_of_64_characters_are_accepted() {

@@ -21,7 +21,7 @@ const ERROR: &str = "x-wasmgate-error";
 
 /// The `state` handler's `tag` in a fresh instance (`INITIAL_TAG` in
 /// `handlers/state`, which a cdylib cannot export to Rust).
-const STATE_INITIAL_TAG: u64 = 0x5EED_0F_F00D;
+const STATE_INITIAL_TAG: u64 = 0x5EED_F00D;
 /// Pages the `state` handler grows its memory by on every request.
 const STATE_GROW_PAGES: u64 = 64;
 
@@ -86,6 +86,11 @@ async fn serves_hello_echo_and_404() {
     let response = gw.get("/nowhere").await;
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()[ERROR], "no_route");
+    let reason = response.text().await.expect("body");
+    assert!(
+        reason.ends_with('\n') && reason.lines().count() == 1,
+        "a one-line reason: {reason:?}"
+    );
 
     // The loop's exact result, computed natively by the same code.
     for iters in [1000, 1001] {
@@ -1156,6 +1161,39 @@ component = "/nonexistent/bad.wasm"
         require_metric(&text, r#"wasmgate_handler_loads_total{result="error"}"#),
         1.0
     );
+}
+
+/// README: `limits.memory_bytes` caps each instance's linear memory, per
+/// tenant. The `state` guest starts at about 1 MiB and grows its memory by
+/// 4 MiB on every request, which fits in 8 MiB but not in 4.
+#[tokio::test]
+async fn the_memory_limit_is_the_configured_one() {
+    let mut template = String::new();
+    for (tenant, mib) in [("small", 4), ("large", 8)] {
+        template.push_str(&format!(
+            "[[tenant]]\nname = \"{tenant}\"\nhosts = [\"{tenant}.test\"]\n\
+             limits = {{ memory_bytes = {} }}\n[[tenant.handler]]\nname = \"state\"\n\
+             route = \"/state\"\ncomponent = \"{{state}}\"\n",
+            mib << 20
+        ));
+    }
+    let gw = TestGateway::start(&template).await;
+    let grown = async |host: &str| {
+        let response = gw.get_host(host, "/state").await;
+        assert_eq!(response.status(), 200, "{host}");
+        let seen = report(&response.text().await.expect("body"));
+        let number = |key: &str| -> u64 { seen[key].parse().expect("a number") };
+        (number("pages"), number("pages_after"))
+    };
+    let (pages, after) = grown("large.test").await;
+    assert!(
+        pages + STATE_GROW_PAGES <= 8 * 16 && pages + STATE_GROW_PAGES > 4 * 16,
+        "the guest starts at {pages} pages: 4 MiB more must fit in 8 MiB, not in 4"
+    );
+    assert_eq!(after, pages + STATE_GROW_PAGES, "8 MiB allow the growth");
+    let (pages, after) = grown("small.test").await;
+    assert_eq!(after, pages, "4 MiB refuse the growth");
+    gw.shutdown().await;
 }
 
 /// README: `runtime.consume_fuel = false` stops enforcing `limits.fuel`;

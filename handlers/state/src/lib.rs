@@ -33,7 +33,7 @@ use wasmgate_sdk::{Request, config, log, metrics};
 
 /// What `tag` holds in a fresh instance; any non-zero value puts the static
 /// in the data segment, which instantiation writes.
-pub const INITIAL_TAG: u64 = 0x5EED_0F_F00D;
+pub const INITIAL_TAG: u64 = 0x5EED_F00D;
 
 /// Wasm pages (64 KiB each) every request adds to its memory: more than any
 /// difference between requests, so a reused memory shows in `pages`.
