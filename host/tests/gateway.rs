@@ -1141,13 +1141,17 @@ component = "{hello}"
 [[tenant.handler]]
 name = "bad"
 route = "/bad"
-component = "/nonexistent/bad.wasm"
+component = "{bad}"
 "#,
     );
+    // A valid component that exports nothing: read, compiled, refused.
+    let data_dir = common::data_dir();
+    let bad = data_dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x0d\0\x01\0").expect("write");
+    let text = text.replace("{bad}", &bad.display().to_string());
     let mut config =
         Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).expect("valid config");
-    config.runtime.data_dir =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
+    config.runtime.data_dir = data_dir;
     let runtime = Runtime::from_config(&config).expect("runtime");
     let metrics = Arc::new(Metrics::new());
     let error = Registry::from_config(&config, &runtime, &metrics).expect_err("bad handler");

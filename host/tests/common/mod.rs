@@ -60,6 +60,43 @@ route = "/faults"
 component = "{faults}"
 "#;
 
+/// A data dir of its own for one in-process gateway (whatever else it
+/// keeps there is no other test's business), whose `cache/` is shared by
+/// all of them under target/, so each component is compiled once.
+pub fn data_dir() -> std::path::PathBuf {
+    static GATEWAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
+    let shared = root.join("cache");
+    std::fs::create_dir_all(&shared).expect("create the shared code cache");
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| remove_dead_data_dirs(&root));
+    let n = GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a data dir");
+    // The cache writes a file by renaming it into place, so gateways
+    // sharing the folder never see a half-written one.
+    std::os::unix::fs::symlink(&shared, dir.join("cache")).expect("link the shared code cache");
+    dir
+}
+
+/// Removes the data dirs of test processes that are gone (`PID-N`), so
+/// runs do not pile up files under target/.
+fn remove_dead_data_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, _)) = name.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl TestGateway {
     /// Starts a gateway on ephemeral ports with `template` (see
     /// [`config_text`]).
@@ -67,8 +104,7 @@ impl TestGateway {
         let text = config_text(template);
         let mut config = Config::parse(&text, Path::new("test.toml"), Path::new("."))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        // Share one code cache among the in-process tests, under target/.
-        config.runtime.data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
+        config.runtime.data_dir = data_dir();
         // Loading compiles components: keep it off the async workers.
         let server = tokio::task::spawn_blocking(move || Server::new(&config))
             .await
