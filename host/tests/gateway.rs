@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{DEMO, Hold, TestGateway, config_text, metric, report, require_metric, with_hold};
+use common::{DEMO, Hold, TestGateway, metric, report, require_metric, with_hold};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ERROR: &str = "x-wasmgate-error";
@@ -1130,25 +1130,15 @@ fn handler_load_errors_are_counted() {
     use wasmgate::registry::Registry;
     use wasmgate::runtime::Runtime;
 
-    let text = config_text(
-        r#"
-[[tenant]]
-name = "t"
-[[tenant.handler]]
-name = "good"
-route = "/good"
-component = "{hello}"
-[[tenant.handler]]
-name = "bad"
-route = "/bad"
-component = "{bad}"
-"#,
-    );
     // A valid component that exports nothing: read, compiled, refused.
     let data_dir = common::data_dir();
     let bad = data_dir.join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x0d\0\x01\0").expect("write");
-    let text = text.replace("{bad}", &bad.display().to_string());
+    let text = format!(
+        "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"bad\"\n\
+         route = \"/bad\"\ncomponent = \"{}\"\n",
+        bad.display()
+    );
     let mut config =
         Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).expect("valid config");
     config.runtime.data_dir = data_dir;
@@ -1158,12 +1148,13 @@ component = "{bad}"
     assert!(error.to_string().contains("handler \"bad\""), "{error}");
     let text = metrics.render();
     assert_eq!(
-        require_metric(&text, r#"wasmgate_handler_loads_total{result="ok"}"#),
+        require_metric(&text, r#"wasmgate_handler_loads_total{result="error"}"#),
         1.0
     );
     assert_eq!(
-        require_metric(&text, r#"wasmgate_handler_loads_total{result="error"}"#),
-        1.0
+        metric(&text, r#"wasmgate_handler_loads_total{result="ok"}"#),
+        None,
+        "a failed load is not counted as ok"
     );
 }
 
