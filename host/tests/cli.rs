@@ -352,8 +352,11 @@ fn check_lists_imports_and_exports_or_fails() {
 
 /// A running `wasmgate serve` process, killed on drop.
 struct Process {
+    /// The process, to signal, wait for and kill.
     child: Child,
+    /// The public listener, from the first startup line.
     url: String,
+    /// The admin listener, from the second startup line.
     admin: String,
     /// What the process writes to stdout after its two startup lines.
     stdout: BufReader<ChildStdout>,

@@ -394,10 +394,15 @@ async fn a_malformed_body_gets_400_bad_request() {
 
 /// What [`tenant_concurrency_and_a_full_queue_give_503_overloaded`] saw.
 struct Overload {
+    /// The answer to a request of the tenant whose only slot was held.
     tenant_full: reqwest::Response,
+    /// The answer to a request that found the one-place queue full.
     queue_full: reqwest::Response,
+    /// The request holding the slot and the worker, answered later.
     hold: Hold,
+    /// The request that filled the queue, served once the hold ends.
     queued: tokio::task::JoinHandle<Option<reqwest::StatusCode>>,
+    /// The gateway, kept for its metrics.
     gw: TestGateway,
 }
 

@@ -14,10 +14,15 @@ use wasmgate_handler_components as components;
 
 /// A gateway running in this process; shut down on drop.
 pub struct TestGateway {
+    /// The public listener, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: String,
+    /// A client that gives up after 30 s, so no test hangs.
     pub client: reqwest::Client,
+    /// Tells the server to shut down; taken when sent.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server, awaited by [`TestGateway::shutdown`].
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -240,7 +245,10 @@ pub fn require_metric(text: &str, sample: &str) -> f64 {
 /// observes before then happened while the worker was held, however slow
 /// the machine.
 pub struct Hold {
+    /// Taken just before the request was sent: a lower bound on when the
+    /// guest started.
     sent: Instant,
+    /// How long the guest holds its worker once it runs.
     hold: Duration,
     /// The held request; its status once the hold is over, `None` if the
     /// request failed (say, the gateway of an abandoned attempt went away).
