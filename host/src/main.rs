@@ -216,51 +216,69 @@ fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
     };
     let runtime = Runtime::from_config(&config)?;
     let cache = runtime.cache.as_ref().context("no code cache")?;
-    let compile_one = |file: &PathBuf| {
-        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
-            path: file.display().to_string(),
-            source,
-        })?;
-        let sha256 = wasmgate::persist::sha256_hex(&bytes);
-        Compiled::get(&runtime, &sha256, || Ok(bytes))
-            .map(|compiled| cache.path(&runtime.engine, &compiled.sha256))
-    };
+    // Read and hash first: each distinct component is compiled once, by
+    // one thread, however many of the files hold it.
+    let read: Vec<Result<(String, Vec<u8>), LoadError>> = files
+        .iter()
+        .map(|file| {
+            let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            Ok((wasmgate::persist::sha256_hex(&bytes), bytes))
+        })
+        .collect();
+    let mut distinct: Vec<(&str, &[u8])> = Vec::new();
+    for (sha256, bytes) in read.iter().flatten() {
+        if !distinct.iter().any(|(seen, _)| seen == sha256) {
+            distinct.push((sha256, bytes));
+        }
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(files.len());
-    let mut outcomes: Vec<_> = std::thread::scope(|scope| {
+        .min(distinct.len());
+    let outcomes: Vec<(&str, Result<PathBuf, String>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(file) = files.get(i) else {
+                        let Some(&(sha256, bytes)) = distinct.get(i) else {
                             break done;
                         };
-                        done.push((i, compile_one(file)));
+                        let outcome = Compiled::get(&runtime, sha256, || Ok(bytes.to_vec()))
+                            .map(|compiled| cache.path(&runtime.engine, &compiled.sha256))
+                            .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+                        done.push((sha256, outcome));
                     }
                 })
             })
             .collect();
-        // A compile thread that panicked leaves its files unreported; they
-        // count as failed below.
+        // A compile thread that panicked leaves its components unreported;
+        // their files count as failed below.
         workers
             .into_iter()
             .flat_map(|worker| worker.join().unwrap_or_default())
             .collect()
     });
-    outcomes.sort_by_key(|(i, _)| *i);
     let mut compiled = 0;
-    for (i, outcome) in outcomes {
-        let file = files[i].display();
+    for (file, got) in files.iter().zip(&read) {
+        let file = file.display();
+        let outcome = match got {
+            Err(e) => Err(e.to_string()),
+            Ok((sha256, _)) => outcomes
+                .iter()
+                .find(|(done, _)| done == sha256)
+                .map_or_else(|| Err("not compiled".to_owned()), |(_, o)| o.clone()),
+        };
         match outcome {
             Ok(cached) => {
                 say(&format!("{file}: compiled into {}", cached.display()))?;
                 compiled += 1;
             }
-            Err(e) => eprintln!("error: {file}: {:#}", anyhow::Error::from(e)),
+            Err(e) => eprintln!("error: {file}: {e}"),
         }
     }
     match files.len() - compiled {

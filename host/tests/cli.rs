@@ -1,17 +1,30 @@
 //! The `wasmgate` binary as an operator runs it: startup lines with real
-//! ports, refusal to start on bad config, `check`, and SIGTERM.
+//! ports, refusal to start on bad config, the documented defaults and the
+//! example config, `check`, `compile` and the code cache, worker threads,
+//! SIGTERM and SIGINT, and what reaches the log.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{DEMO, config_text};
+use common::{DEMO, Hold, config_text, with_hold};
+use wasmgate::config::Config;
 use wasmgate_handler_components as components;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+
+/// An HTTP client that gives up after 30 s, so a gateway that never
+/// answers fails a test instead of hanging it.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
 
 /// A fresh folder under the target dir for one test's files.
 fn scratch(name: &str) -> PathBuf {
@@ -39,7 +52,9 @@ fn serve_command(config: &Path) -> Command {
             "127.0.0.1:0",
         ])
         .arg("--config")
-        .arg(config);
+        .arg(config)
+        // The documented default level, whatever the caller's environment.
+        .env_remove("RUST_LOG");
     command
 }
 
@@ -54,32 +69,92 @@ fn serve_fails(config: &Path) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A config with one tenant and one handler, for the refusal cases.
+fn one_handler(tenant: &str, handler: &str, route: &str, component: &str) -> String {
+    format!(
+        "[[tenant]]\nname = \"{tenant}\"\n[[tenant.handler]]\nname = \"{handler}\"\n\
+         route = \"{route}\"\ncomponent = \"{component}\"\n"
+    )
+}
+
 #[test]
 fn serve_refuses_bad_config_and_names_the_culprit() {
     let dir = scratch("bad-config");
-    let cases: Vec<(String, Vec<&str>)> = vec![
+    let long = "n".repeat(65);
+    let hello = components::require(components::HELLO);
+    let cases: Vec<(String, Vec<String>)> =
+        vec![
         (
             "[server]\nlisten = \"127.0.0.1:0\"\nlisten_backlog = 5\n".into(),
-            vec!["wasmgate.toml", "line 3", "listen_backlog"],
+            vec!["wasmgate.toml".into(), "line 3".into(), "listen_backlog".into()],
         ),
         (
             "[limits]\ntimeout_ms = \"soon\"\n".into(),
-            vec!["wasmgate.toml", "line 2", "timeout_ms"],
+            vec!["wasmgate.toml".into(), "line 2".into(), "timeout_ms".into()],
         ),
         (
-            "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"/h\"\ncomponent = \"missing.wasm\"\n"
-                .into(),
-            vec!["wasmgate.toml", "tenant \"t\" handler \"h\"", "missing.wasm", "No such file"],
+            one_handler("t", "h", "/h", "missing.wasm"),
+            vec![
+                "wasmgate.toml".into(),
+                "tenant \"t\" handler \"h\"".into(),
+                "missing.wasm".into(),
+                "No such file".into(),
+            ],
         ),
         (
-            "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"core\"\nroute = \"/h\"\ncomponent = \"core.wasm\"\n"
-                .into(),
-            vec!["tenant \"t\" handler \"core\"", "core wasm module", "wasm32-wasip2"],
+            one_handler("t", "core", "/h", "core.wasm"),
+            vec![
+                "tenant \"t\" handler \"core\"".into(),
+                "core wasm module".into(),
+                "wasm32-wasip2".into(),
+            ],
         ),
         (
-            "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"empty\"\nroute = \"/h\"\ncomponent = \"empty.wasm\"\n"
+            one_handler("t", "empty", "/h", "empty.wasm"),
+            vec![
+                "tenant \"t\" handler \"empty\"".into(),
+                "does not fit the wasmgate:handler world".into(),
+            ],
+        ),
+        // Names: unique, and at most 64 characters.
+        (
+            format!("{}{}", one_handler("t", "h", "/a", hello), one_handler("t", "x", "/b", hello)),
+            vec!["tenant \"t\" is defined twice".into()],
+        ),
+        (
+            format!(
+                "{}[[tenant.handler]]\nname = \"h\"\nroute = \"/b\"\ncomponent = \"{hello}\"\n",
+                one_handler("t", "h", "/a", hello)
+            ),
+            vec!["tenant \"t\": handler \"h\" is defined twice".into()],
+        ),
+        (
+            format!(
+                "{}[[tenant.handler]]\nname = \"other\"\nroute = \"/a\"\ncomponent = \"{hello}\"\n",
+                one_handler("t", "h", "/a", hello)
+            ),
+            vec![
+                "tenant \"t\" handler \"other\"".into(),
+                "route \"/a\" is already used".into(),
+            ],
+        ),
+        (
+            one_handler(&long, "h", "/h", hello),
+            vec![format!("tenant \"{long}\": name"), "1-64 characters".into()],
+        ),
+        (
+            one_handler("t", &long, "/h", hello),
+            vec![format!("tenant \"t\" handler \"{long}\": name"), "1-64 characters".into()],
+        ),
+        // Tenants and handlers have required keys.
+        (
+            "[[tenant]]\nhosts = [\"*\"]\n".into(),
+            vec!["wasmgate.toml".into(), "missing field `name`".into()],
+        ),
+        (
+            "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"h\"\ncomponent = \"x.wasm\"\n"
                 .into(),
-            vec!["tenant \"t\" handler \"empty\"", "does not fit the wasmgate:handler world"],
+            vec!["wasmgate.toml".into(), "missing field `route`".into()],
         ),
     ];
     // A core module and an empty (valid, but exporting nothing) component.
@@ -89,7 +164,7 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
         let stderr = serve_fails(&write_config(&dir, &text));
         for needle in needles {
             assert!(
-                stderr.contains(needle),
+                stderr.contains(&needle),
                 "stderr for\n{text}\nshould mention {needle:?}:\n{stderr}"
             );
         }
@@ -97,6 +172,145 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
     }
     let stderr = serve_fails(&dir.join("does-not-exist.toml"));
     assert!(stderr.contains("does-not-exist.toml"), "{stderr}");
+}
+
+/// README: `serve` listens on `server.listen` and `admin.listen` unless
+/// told otherwise, and prints the real ports.
+#[test]
+fn serve_listens_where_the_config_says() {
+    let dir = scratch("listen");
+    let config = write_config(
+        &dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut command = Command::new(BIN);
+    command.arg("serve").arg("--config").arg(&config);
+    let process = spawn(command.stderr(Stdio::null()));
+    assert!(
+        process.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        process.url
+    );
+    assert!(
+        process.admin.starts_with("http://127.0.0.1:"),
+        "{}",
+        process.admin
+    );
+}
+
+/// README: names are `[A-Za-z0-9._-]{1,64}`: 64 characters are fine.
+#[test]
+fn names_of_64_characters_are_accepted() {
+    let name = format!("{}.-_9", "N".repeat(60));
+    assert_eq!(name.len(), 64);
+    let text = one_handler(&name, &name, "/h", "h.wasm");
+    let config = Config::parse(&text, "t.toml".as_ref(), "/base".as_ref()).expect("valid");
+    assert_eq!(config.tenants[0].name, name);
+    assert_eq!(config.tenants[0].handlers[0].name, name);
+}
+
+/// The README's config reference, value by value, written out: comparing
+/// with the code's `Default` impls would only compare the code with itself.
+#[test]
+fn an_empty_config_has_every_documented_default() {
+    let config = Config::parse("", "t.toml".as_ref(), "/base".as_ref()).expect("valid");
+    let (server, admin, runtime, limits) = (
+        &config.server,
+        &config.admin,
+        &config.runtime,
+        &config.limits,
+    );
+    assert_eq!(server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(server.max_connections, 10_000);
+    assert_eq!(server.header_read_timeout_ms, 5_000);
+    assert_eq!(server.idle_timeout_ms, 60_000);
+    assert_eq!(server.max_body_bytes, 1_048_576);
+    assert_eq!(server.shutdown_grace_ms, 10_000);
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(admin.token_env, "WASMGATE_ADMIN_TOKEN");
+    assert_eq!(runtime.workers, 0);
+    assert_eq!(runtime.queue_depth, 1024);
+    assert_eq!(runtime.data_dir, Path::new("/base/wasmgate-data"));
+    assert!(runtime.consume_fuel);
+    assert_eq!(limits.fuel, 1_000_000_000);
+    assert_eq!(limits.memory_bytes, 67_108_864);
+    assert_eq!(limits.timeout_ms, 2_000);
+    assert_eq!(limits.max_concurrency, 64);
+    assert!(config.tenants.is_empty());
+
+    // A tenant's hosts default to every host, its limits to the global
+    // ones, a handler's config to nothing; paths are relative to the
+    // config file's folder.
+    let text = "[limits]\nfuel = 7\n[[tenant]]\nname = \"t\"\n[[tenant.handler]]\n\
+                name = \"h\"\nroute = \"/h\"\ncomponent = \"h.wasm\"\n";
+    let dir = scratch("defaults");
+    let config = Config::load(&write_config(&dir, text)).expect("valid");
+    let tenant = &config.tenants[0];
+    assert_eq!(tenant.hosts, ["*"]);
+    assert_eq!(config.tenant_limits(tenant), config.limits);
+    assert_eq!(config.limits.fuel, 7);
+    assert!(tenant.handlers[0].config.is_empty());
+    assert_eq!(tenant.handlers[0].component, dir.join("h.wasm"));
+    assert_eq!(config.runtime.data_dir, dir.join("wasmgate-data"));
+}
+
+/// The example config the README points to parses where it is, and,
+/// served with the built components, answers as the README says.
+#[tokio::test]
+async fn the_example_config_parses_and_serves_what_the_readme_shows() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasmgate.toml");
+    let config = Config::load(&example).expect("examples/wasmgate.toml is valid");
+    let tenant = &config.tenants[0];
+    assert_eq!(tenant.name, "demo");
+    let names: Vec<&str> = tenant.handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["hello", "echo", "cpu"]);
+    for handler in &tenant.handlers {
+        let file = format!("target/wasm32-wasip2/release/{}.wasm", handler.name);
+        assert!(
+            handler.component.ends_with(&file),
+            "{}",
+            handler.component.display()
+        );
+    }
+
+    // The same text, its components taken from wherever this build put
+    // them, and its data dir in a scratch folder instead of examples/.
+    let text = std::fs::read_to_string(&example).expect("read the example");
+    let built = Path::new(components::require(components::HELLO))
+        .parent()
+        .expect("a folder");
+    let text = text.replace(
+        "../target/wasm32-wasip2/release/",
+        &format!("{}/", built.display()),
+    );
+    let dir = scratch("example");
+    let process = spawn_serve(&write_config(&dir, &text));
+    let client = client();
+    let get = |path: &str| client.get(format!("{}{path}", process.url)).send();
+    let hello = get("/hello").await.expect("hello");
+    assert_eq!(
+        hello.text().await.expect("body"),
+        "hi from wasmgate: hello\n"
+    );
+    let echo = client
+        .post(format!("{}/echo", process.url))
+        .body("some body")
+        .send()
+        .await
+        .expect("echo");
+    assert_eq!(echo.status(), 200);
+    assert!(echo.text().await.expect("body").ends_with("\n\nsome body"));
+    let cpu = get("/cpu?iters=1000000").await.expect("cpu");
+    assert_eq!(
+        cpu.text().await.expect("body"),
+        format!("{}\n", cpu_work::spin(1_000_000))
+    );
+    let metrics = client
+        .get(format!("{}/metrics", process.admin))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200);
 }
 
 #[test]
@@ -138,9 +352,14 @@ fn check_lists_imports_and_exports_or_fails() {
 
 /// A running `wasmgate serve` process, killed on drop.
 struct Process {
+    /// The process, to signal, wait for and kill.
     child: Child,
+    /// The public listener, from the first startup line.
     url: String,
+    /// The admin listener, from the second startup line.
     admin: String,
+    /// What the process writes to stdout after its two startup lines.
+    stdout: BufReader<ChildStdout>,
 }
 
 impl Drop for Process {
@@ -150,22 +369,63 @@ impl Drop for Process {
     }
 }
 
+impl Process {
+    /// Sends `signal` (e.g. `TERM`) to the process.
+    fn signal(&self, signal: &str) {
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+
+    /// Waits (at most 20 s) for the process to exit by itself.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit.code();
+            }
+            assert!(Instant::now() < deadline, "wasmgate did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/metrics` of the admin listener.
+    async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
 fn spawn_serve(config: &Path) -> Process {
     spawn_serve_logging(config, Stdio::null())
 }
 
 /// `wasmgate serve` with its log (stderr) going to `log`.
 fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
-    let mut child = serve_command(config)
+    spawn(serve_command(config).stderr(log))
+}
+
+/// Starts a `wasmgate serve` command and reads its two startup lines.
+fn spawn(command: &mut Command) -> Process {
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(log)
         .spawn()
         .expect("spawn wasmgate");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut next = |prefix: &str| {
-        let line = lines.next().expect("a startup line").expect("utf-8");
-        line.strip_prefix(prefix)
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a startup line");
+        line.trim_end()
+            .strip_prefix(prefix)
             .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
             .to_owned()
     };
@@ -175,154 +435,274 @@ fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
         !url.ends_with(":0") && !admin.ends_with(":0"),
         "real ports are printed"
     );
-    Process { child, url, admin }
-}
-
-#[tokio::test]
-async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let dir = scratch("sigterm");
-    let config = write_config(
-        &dir,
-        &config_text(&format!(
-            "[server]\nshutdown_grace_ms = 20000\n[limits]\nfuel = 1000000000000\ntimeout_ms = 20000\n{DEMO}"
-        )),
-    );
-    let mut process = spawn_serve(&config);
-    let client = reqwest::Client::new();
-
-    assert_eq!(
-        client
-            .get(format!("{}/healthz", process.admin))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
-    assert_eq!(
-        client
-            .get(format!("{}/readyz", process.admin))
-            .send()
-            .await
-            .expect("readyz")
-            .status(),
-        200
-    );
-
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        let url = format!("{}/cpu?iters=200000000", process.url);
-        async move {
-            let response = client.get(url).send().await.expect("cpu request");
-            (response.status(), response.text().await.expect("body"))
-        }
-    });
-    // Wait until the guest is running, then signal.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = client
-            .get(format!("{}/metrics", process.admin))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        if common::metric(&text, "wasmgate_workers_busy").is_some_and(|v| v >= 1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cpu request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    Process {
+        child,
+        url,
+        admin,
+        stdout,
     }
-    let pid = process.child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-
-    let (status, body) = in_flight.await.expect("task");
-    assert_eq!(status, 200, "the request in flight completes");
-    assert!(body.trim().parse::<u64>().is_ok(), "{body}");
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = process.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wasmgate did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(exit.code(), Some(0));
-    assert!(
-        client
-            .get(format!("{}/hello", process.url))
-            .send()
-            .await
-            .is_err()
-    );
 }
 
-/// Starts `wasmgate serve`, checks that `/hello` answers 200, stops it.
-async fn serve_hello_once(config: &Path) {
-    let process = spawn_serve(config);
-    let hello = reqwest::get(format!("{}/hello", process.url))
+/// The log file's text without the terminal colours the logger adds.
+fn read_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).expect("read log");
+    let mut plain = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Whether a log line has the field `key` with `value`, quoted or not.
+fn has_field(line: &str, key: &str, value: &str) -> bool {
+    line.contains(&format!("{key}={value}")) || line.contains(&format!("{key}=\"{value}\""))
+}
+
+/// README: on SIGINT or SIGTERM the gateway stops accepting, lets the
+/// request in flight finish, and exits 0.
+#[tokio::test]
+async fn sigterm_and_sigint_let_the_request_in_flight_finish_then_exit_0() {
+    for signal in ["TERM", "INT"] {
+        with_hold(|hold| async move {
+            let dir = scratch(&format!("signal-{signal}"));
+            let config = write_config(
+                &dir,
+                &config_text(&format!(
+                    "[server]\nshutdown_grace_ms = 600000\n\
+                     [[tenant]]\nname = \"hold\"\nhosts = [\"hold.test\"]\n\
+                     limits = {{ timeout_ms = 600000 }}\n\
+                     [[tenant.handler]]\nname = \"faults\"\nroute = \"/faults\"\n\
+                     component = \"{{faults}}\"\n{DEMO}"
+                )),
+            );
+            let mut process = spawn_serve(&config);
+            let client = client();
+            for path in ["/healthz", "/readyz"] {
+                let response = client
+                    .get(format!("{}{path}", process.admin))
+                    .send()
+                    .await
+                    .expect(path);
+                assert_eq!(response.status(), 200, "{path}");
+            }
+
+            let path = format!("/faults/sleep?n={}", hold.as_millis());
+            let in_flight = Hold::send(&client, &process.url, "hold.test", &path, hold);
+            // Signal once the guest is running...
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = process.metrics().await;
+                if common::metric(&text, "wasmgate_workers_busy").is_some_and(|v| v >= 1.0) {
+                    break;
+                }
+                if !in_flight.holding() {
+                    return None;
+                }
+                assert!(Instant::now() < deadline, "the request never started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            process.signal(signal);
+            // ...and before it can have finished.
+            if !in_flight.holding() {
+                return None;
+            }
+            assert_eq!(
+                in_flight.status().await,
+                200,
+                "SIG{signal}: the request in flight completes"
+            );
+            assert_eq!(process.exit_code().await, Some(0), "SIG{signal}");
+            assert!(
+                client
+                    .get(format!("{}/hello", process.url))
+                    .send()
+                    .await
+                    .is_err(),
+                "SIG{signal}: nothing listens any more"
+            );
+            Some(())
+        })
+        .await;
+    }
+}
+
+/// README: `runtime.workers` guest threads, 0 meaning one per core.
+/// Counted by the threads' names (`wasmgate-worker-N`, cut to 15 bytes by
+/// the kernel) in `/proc`. A thread names itself once it runs, so the count
+/// may start low; it must reach the configured number and never pass it.
+#[test]
+fn workers_0_starts_one_worker_thread_per_core() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (workers, want) in [(0, cores), (3, 3)] {
+        let dir = scratch(&format!("workers-{workers}"));
+        let config = write_config(&dir, &format!("[runtime]\nworkers = {workers}\n"));
+        let process = spawn_serve(&config);
+        let tasks = format!("/proc/{}/task", process.child.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let threads = std::fs::read_dir(&tasks)
+                .expect("read /proc/PID/task")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with("wasmgate-worker"))
+                .count();
+            assert!(
+                threads <= want,
+                "{threads} workers for workers = {workers} on {cores} cores"
+            );
+            if threads == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{threads} workers for workers = {workers} on {cores} cores"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// What identifies a file's version: a rewrite (compile + rename) changes
+/// the inode, an in-place write the modification time.
+fn identity(path: &Path) -> (u64, SystemTime, u64) {
+    let meta = std::fs::metadata(path).expect("cache file");
+    (meta.ino(), meta.modified().expect("mtime"), meta.len())
+}
+
+/// The `from_cache` value of every `handler loaded` line in a log.
+fn loads_from_cache(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("handler loaded"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("from_cache="))
+                .unwrap_or_else(|| panic!("no from_cache in {l:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Starts `wasmgate serve`, checks that `/hello` answers 200, stops it,
+/// and returns its log.
+async fn serve_hello_once(config: &Path, log_path: &Path) -> String {
+    let log = std::fs::File::create(log_path).expect("create log");
+    let process = spawn_serve_logging(config, Stdio::from(log));
+    let hello = client()
+        .get(format!("{}/hello", process.url))
+        .send()
         .await
         .expect("hello");
     assert_eq!(hello.status(), 200);
+    drop(process);
+    read_log(log_path)
+}
+
+/// The code cache file `wasmgate compile --config CONFIG FILE` names.
+fn compiled_into(config: &Path, file: &str) -> PathBuf {
+    let output = Command::new(BIN)
+        .args(["compile", file, "--config"])
+        .arg(config)
+        .output()
+        .expect("run wasmgate compile");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .trim()
+        .rsplit_once("compiled into ")
+        .map(|(_, path)| PathBuf::from(path))
+        .unwrap_or_else(|| panic!("no path in {stdout:?}"))
 }
 
 #[tokio::test]
-async fn a_restart_uses_the_code_cache_and_survives_a_corrupt_one() {
+async fn a_restart_uses_the_code_cache_and_recompiles_a_corrupt_or_foreign_one() {
     let dir = scratch("code-cache");
     let config = write_config(&dir, &config_text(DEMO));
     let cache = dir.join("wasmgate-data").join("cache");
 
     // The first start compiles in a child process, not in the server.
-    let log_path = dir.join("first-start.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
-    drop(spawn_serve_logging(&config, Stdio::from(log)));
-    let log = std::fs::read_to_string(&log_path).expect("read log");
+    let log = serve_hello_once(&config, &dir.join("first.log")).await;
     assert!(
         log.contains("code cache ready (checked and filled by a child process)"),
         "{log}"
     );
-    let files: Vec<PathBuf> = std::fs::read_dir(&cache)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&cache)
         .expect("the cache folder exists after a start")
         .map(|e| e.expect("entry").path())
         .collect();
+    files.sort();
     assert_eq!(files.len(), 4, "one file per handler: {files:?}");
     assert!(
         files
             .iter()
             .all(|f| f.extension().is_some_and(|e| e == "cwasm"))
     );
+    let before: Vec<_> = files.iter().map(|f| identity(f)).collect();
 
-    // Restart from the cache.
-    serve_hello_once(&config).await;
+    // A restart deserializes every handler and compiles nothing: no file
+    // is rewritten, by the server or by its child.
+    let log = serve_hello_once(&config, &dir.join("restart.log")).await;
+    assert_eq!(loads_from_cache(&log), ["true"; 4], "{log}");
+    let after: Vec<_> = files.iter().map(|f| identity(f)).collect();
+    assert_eq!(before, after, "the restart rewrote cached code");
 
-    // A corrupt cache file is ignored and replaced, never trusted.
+    // A corrupt file is recompiled and replaced, never trusted.
     for file in &files {
         std::fs::write(file, b"definitely not machine code").expect("corrupt");
     }
-    serve_hello_once(&config).await;
-    for file in &files {
-        let size = std::fs::metadata(file).expect("rewritten").len();
-        assert!(
-            size > 1000,
-            "{} was recompiled and rewritten",
-            file.display()
-        );
+    let corrupt: Vec<_> = files.iter().map(|f| identity(f)).collect();
+    let log = serve_hello_once(&config, &dir.join("corrupt.log")).await;
+    assert_eq!(loads_from_cache(&log).len(), 4, "{log}");
+    for (file, corrupt) in files.iter().zip(&corrupt) {
+        let now = identity(file);
+        assert_ne!(now.0, corrupt.0, "{} was not rewritten", file.display());
+        assert!(now.2 > 1000, "{} holds machine code again", file.display());
     }
+
+    // So is a foreign one: code an engine with other settings (no fuel
+    // metering) compiled, under the name this engine looks for.
+    let other = write_config(
+        &scratch("code-cache-foreign"),
+        "[runtime]\nconsume_fuel = false\n",
+    );
+    let hello = components::require(components::HELLO);
+    let foreign = std::fs::read(compiled_into(&other, hello)).expect("foreign code");
+    let target = compiled_into(&config, hello);
+    assert!(files.contains(&target), "{}", target.display());
+    std::fs::write(&target, &foreign).expect("plant foreign code");
+    let planted = identity(&target);
+    let log = serve_hello_once(&config, &dir.join("foreign.log")).await;
+    assert_eq!(loads_from_cache(&log).len(), 4, "{log}");
+    assert_ne!(identity(&target).0, planted.0, "the foreign file was kept");
+    assert_ne!(
+        std::fs::read(&target).expect("cache file"),
+        foreign,
+        "the foreign code was kept"
+    );
 }
 
-#[test]
-fn compile_fills_the_cache_that_serve_reads() {
+#[tokio::test]
+async fn compile_fills_the_cache_that_serve_reads() {
     let dir = scratch("compile");
-    let config = write_config(&dir, &config_text(DEMO));
+    let config = write_config(
+        &dir,
+        &config_text(
+            "[[tenant]]\nname = \"demo\"\n[[tenant.handler]]\nname = \"hello\"\n\
+             route = \"/hello\"\ncomponent = \"{hello}\"\n",
+        ),
+    );
     // A bad file among good ones: the good ones are still compiled, the
     // bad one is named, and the exit status says something failed.
     let output = Command::new(BIN)
@@ -350,7 +730,17 @@ fn compile_fills_the_cache_that_serve_reads() {
         "{}",
         cached.display()
     );
-    assert!(cached.is_file());
+    let compiled = identity(&cached);
+
+    // `serve` with that config loads the handler from that file and
+    // compiles nothing.
+    let log = serve_hello_once(&config, &dir.join("serve.log")).await;
+    assert_eq!(loads_from_cache(&log), ["true"], "{log}");
+    assert_eq!(
+        identity(&cached),
+        compiled,
+        "serve rewrote the compiled code"
+    );
 
     let output = Command::new(BIN)
         .args(["compile", "/nonexistent/x.wasm"])
@@ -367,14 +757,124 @@ async fn a_guest_panic_message_reaches_the_log() {
     let log_path = dir.join("wasmgate.log");
     let log = std::fs::File::create(&log_path).expect("create log");
     let process = spawn_serve_logging(&config, Stdio::from(log));
-    let response = reqwest::get(format!("{}/faults/panic", process.url))
+    let response = client()
+        .get(format!("{}/faults/panic", process.url))
+        .send()
         .await
         .expect("panic");
     assert_eq!(response.status(), 500);
     drop(process);
-    let log = std::fs::read_to_string(&log_path).expect("read log");
+    let log = read_log(&log_path);
     assert!(
         log.contains("guest trapped") && log.contains("faults: deliberate panic"),
         "the trap and the guest's panic message are logged:\n{log}"
+    );
+}
+
+/// README: a trap is logged with the guest's stderr, up to 4 KiB; stdout
+/// is discarded; `log::*` calls reach the gateway log, tagged with tenant
+/// and handler; logs go to stderr at `RUST_LOG` level, `info` by default.
+#[tokio::test]
+async fn guest_output_reaches_the_log_bounded_and_stdout_is_discarded() {
+    let dir = scratch("guest-output");
+    let config = write_config(
+        &dir,
+        &config_text(&format!(
+            "{DEMO}[[tenant.handler]]\nname = \"state\"\nroute = \"/state\"\n\
+             component = \"{{state}}\"\nconfig = {{ who = \"logger\" }}\n"
+        )),
+    );
+    let log_path = dir.join("default.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut process = spawn_serve_logging(&config, Stdio::from(log));
+    let client = client();
+    // A MiB to stdout, "STDERR-START " and a MiB to stderr, then a panic.
+    let response = client
+        .get(format!("{}/faults/stderr?n=1048576", process.url))
+        .send()
+        .await
+        .expect("stderr flood");
+    assert_eq!(response.status(), 500);
+    let response = client
+        .get(format!("{}/state", process.url))
+        .send()
+        .await
+        .expect("state");
+    assert_eq!(response.status(), 200);
+    let response = client
+        .post(format!("{}/echo", process.url))
+        .body("12345")
+        .send()
+        .await
+        .expect("echo");
+    assert_eq!(response.status(), 200);
+    process.signal("TERM");
+    assert_eq!(process.exit_code().await, Some(0));
+    let mut stdout = String::new();
+    process
+        .stdout
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    assert_eq!(stdout, "", "nothing after the startup lines reaches stdout");
+    drop(process);
+
+    let log = read_log(&log_path);
+    let trap = log
+        .lines()
+        .find(|l| l.contains("guest trapped") && has_field(l, "handler", "faults"))
+        .unwrap_or_else(|| panic!("no trap line in\n{log}"));
+    let (_, stderr) = trap
+        .split_once("STDERR-START ")
+        .unwrap_or_else(|| panic!("the guest's stderr is not in {trap:?}"));
+    let flood = stderr.bytes().take_while(|b| *b == b'e').count();
+    let kept = "STDERR-START ".len() + flood;
+    assert!(
+        (1024..=4096).contains(&kept),
+        "{kept} bytes of a MiB of stderr kept; at most 4 KiB"
+    );
+    let longest_run = log
+        .split(|c: char| c != 'e')
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        longest_run, flood,
+        "only the kept stderr, not the MiB of stdout, is logged"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("state: request for logger /state"))
+        .unwrap_or_else(|| panic!("the guest's log::info line is missing:\n{log}"));
+    assert!(
+        line.contains("INFO")
+            && has_field(line, "tenant", "demo")
+            && has_field(line, "handler", "state"),
+        "{line}"
+    );
+    assert!(
+        !log.contains("echoed 5 bytes"),
+        "a guest's log::debug line is below the default level"
+    );
+
+    // At RUST_LOG=debug it shows.
+    let log_path = dir.join("debug.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let process = spawn(serve_command(&config).env("RUST_LOG", "debug").stderr(log));
+    let response = client
+        .post(format!("{}/echo", process.url))
+        .body("12345")
+        .send()
+        .await
+        .expect("echo");
+    assert_eq!(response.status(), 200);
+    drop(process);
+    let log = read_log(&log_path);
+    let line = log
+        .lines()
+        .find(|l| l.contains("echoed 5 bytes"))
+        .unwrap_or_else(|| panic!("the guest's log::debug line is missing:\n{log}"));
+    assert!(
+        line.contains("DEBUG") && has_field(line, "handler", "echo"),
+        "{line}"
     );
 }

@@ -1,8 +1,10 @@
-//! Test harness: a real gateway on `127.0.0.1:0`, a real HTTP client, and
-//! helpers to scrape `/metrics`.
+//! Test harness: a real gateway on `127.0.0.1:0`, a real HTTP client,
+//! helpers to scrape `/metrics`, and [`Hold`], a guest that keeps a worker
+//! busy for a known time so tests can build a queue without racing it.
 
 #![allow(dead_code, missing_docs)]
 
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,21 +14,27 @@ use wasmgate_handler_components as components;
 
 /// A gateway running in this process; shut down on drop.
 pub struct TestGateway {
+    /// The public listener, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: String,
+    /// A client that gives up after 30 s, so no test hangs.
     pub client: reqwest::Client,
+    /// Tells the server to shut down; taken when sent.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server, awaited by [`TestGateway::shutdown`].
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A config whose `{hello}`, `{echo}`, `{cpu}` and `{faults}` placeholders
-/// are replaced by the built components' paths.
+/// A config whose `{hello}`, `{echo}`, `{cpu}`, `{faults}` and `{state}`
+/// placeholders are replaced by the built components' paths.
 pub fn config_text(template: &str) -> String {
     template
         .replace("{hello}", components::require(components::HELLO))
         .replace("{echo}", components::require(components::ECHO))
         .replace("{cpu}", components::require(components::CPU))
         .replace("{faults}", components::require(components::FAULTS))
+        .replace("{state}", components::require(components::STATE))
 }
 
 /// One tenant `demo` on every host with hello, echo, cpu and faults.
@@ -57,6 +65,43 @@ route = "/faults"
 component = "{faults}"
 "#;
 
+/// A data dir of its own for one in-process gateway (whatever else it
+/// keeps there is no other test's business), whose `cache/` is shared by
+/// all of them under target/, so each component is compiled once.
+pub fn data_dir() -> std::path::PathBuf {
+    static GATEWAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
+    let shared = root.join("cache");
+    std::fs::create_dir_all(&shared).expect("create the shared code cache");
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| remove_dead_data_dirs(&root));
+    let n = GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root.join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a data dir");
+    // The cache writes a file by renaming it into place, so gateways
+    // sharing the folder never see a half-written one.
+    std::os::unix::fs::symlink(&shared, dir.join("cache")).expect("link the shared code cache");
+    dir
+}
+
+/// Removes the data dirs of test processes that are gone (`PID-N`), so
+/// runs do not pile up files under target/.
+fn remove_dead_data_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, _)) = name.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl TestGateway {
     /// Starts a gateway on ephemeral ports with `template` (see
     /// [`config_text`]).
@@ -64,8 +109,7 @@ impl TestGateway {
         let text = config_text(template);
         let mut config = Config::parse(&text, Path::new("test.toml"), Path::new("."))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        // Share one code cache among the in-process tests, under target/.
-        config.runtime.data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-data");
+        config.runtime.data_dir = data_dir();
         // Loading compiles components: keep it off the async workers.
         let server = tokio::task::spawn_blocking(move || Server::new(&config))
             .await
@@ -125,11 +169,26 @@ impl TestGateway {
 
     /// Polls `/metrics` until `sample` has a value for which `ok` holds.
     pub async fn wait_for_metric(&self, sample: &str, ok: impl Fn(f64) -> bool) {
+        assert!(self.wait_for_metric_while(sample, ok, || true).await);
+    }
+
+    /// Polls `/metrics` until `sample` has a value for which `ok` holds
+    /// (true), or until `keep_waiting` says the value can no longer be
+    /// trusted to come (false): e.g. a [`Hold`] that is over.
+    pub async fn wait_for_metric_while(
+        &self,
+        sample: &str,
+        ok: impl Fn(f64) -> bool,
+        keep_waiting: impl Fn() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = self.metrics().await;
             if metric(&text, sample).is_some_and(&ok) {
-                return;
+                return true;
+            }
+            if !keep_waiting() {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
@@ -177,4 +236,100 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
 /// The value of a sample that must be present.
 pub fn require_metric(text: &str, sample: &str) -> f64 {
     metric(text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+}
+
+/// A request that keeps one worker busy for at least `hold`: by default
+/// `/faults/sleep`, which uses no CPU (the tenant serving it needs a
+/// `timeout_ms` well above the longest hold). It was sent no earlier than
+/// `sent`, so its guest cannot finish before `sent + hold`: whatever a test
+/// observes before then happened while the worker was held, however slow
+/// the machine.
+pub struct Hold {
+    /// Taken just before the request was sent: a lower bound on when the
+    /// guest started.
+    sent: Instant,
+    /// How long the guest holds its worker once it runs.
+    hold: Duration,
+    /// The held request; its status once the hold is over, `None` if the
+    /// request failed (say, the gateway of an abandoned attempt went away).
+    task: tokio::task::JoinHandle<Option<reqwest::StatusCode>>,
+}
+
+impl Hold {
+    /// Sends `GET /faults/sleep?n=MS` with Host `host`.
+    pub fn start(gw: &TestGateway, host: &str, hold: Duration) -> Self {
+        let path = format!("/faults/sleep?n={}", hold.as_millis());
+        Self::start_path(gw, host, &path, hold)
+    }
+
+    /// Sends `GET path` with Host `host`, a request the caller knows runs
+    /// for at least `hold` once routed (e.g. an endless loop whose tenant
+    /// has a `timeout_ms` of `hold`).
+    pub fn start_path(gw: &TestGateway, host: &str, path: &str, hold: Duration) -> Self {
+        Self::send(&gw.client, &gw.url, host, path, hold)
+    }
+
+    /// [`Hold::start_path`] for a gateway at `url`, e.g. a `wasmgate serve`
+    /// process.
+    pub fn send(
+        client: &reqwest::Client,
+        url: &str,
+        host: &str,
+        path: &str,
+        hold: Duration,
+    ) -> Self {
+        let request = client.get(format!("{url}{path}")).header("host", host);
+        let sent = Instant::now();
+        let task = tokio::spawn(async move { request.send().await.ok().map(|r| r.status()) });
+        Self { sent, hold, task }
+    }
+
+    /// How long the guest holds its worker.
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    /// Whether the guest is certainly still holding (or not yet started).
+    pub fn holding(&self) -> bool {
+        self.holding_for(Duration::ZERO)
+    }
+
+    /// Whether the guest certainly holds its worker for `left` more.
+    pub fn holding_for(&self, left: Duration) -> bool {
+        self.sent.elapsed() + left < self.hold
+    }
+
+    /// Waits for the held request's answer.
+    pub async fn status(self) -> reqwest::StatusCode {
+        self.task
+            .await
+            .expect("hold task")
+            .expect("the held request was answered")
+    }
+}
+
+/// Runs `attempt` with a hold time of 1 s, and again with 4, 16 and 64 s
+/// while it returns `None`. An attempt returns `None` when its scenario
+/// was not in place while its [`Hold`] lasted, which only a very slow
+/// machine causes; a conclusive attempt returns what the test asserts on.
+pub async fn with_hold<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for seconds in [1, 4, 16, 64] {
+        if let Some(result) = attempt(Duration::from_secs(seconds)).await {
+            return result;
+        }
+        eprintln!("the machine was too slow for a {seconds} s hold; trying a longer one");
+    }
+    panic!("no attempt was conclusive, even with a 64 s hold");
+}
+
+/// The `key=value` lines of a `state` (or `faults/wasi`) response.
+pub fn report(body: &str) -> std::collections::BTreeMap<String, String> {
+    body.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
