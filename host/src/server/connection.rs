@@ -282,12 +282,15 @@ where
     let mut timer = pin!(timer);
     let mut armed: Option<Instant> = None;
     loop {
-        let next = state.next_check(&timeouts, closing);
-        if next != armed {
-            if let Some(at) = next {
-                timer.as_mut().reset(at.into());
-            }
-            armed = next;
+        // Only ever move the timer earlier: a timer that fires before a
+        // deadline that moved later (each request on a keep-alive
+        // connection moves the idle one) just re-checks and re-arms, which
+        // is cheaper than resetting it on every request.
+        if let Some(at) = state.next_check(&timeouts, closing)
+            && armed.is_none_or(|armed| at < armed)
+        {
+            timer.as_mut().reset(at.into());
+            armed = Some(at);
         }
         tokio::select! {
             result = connection.as_mut() => return Ending::Finished(result),
@@ -395,6 +398,44 @@ mod tests {
             matches!(ending, Ending::Cut(CutReason::Header)),
             "{ending:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn drive_closes_gracefully_once_idle_after_the_last_response() {
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(20),
+            ..T
+        };
+        let asked_to_close = AtomicBool::new(false);
+        // Ends once asked to close, as hyper's connection does when idle.
+        let connection = std::future::poll_fn(|_| {
+            if asked_to_close.load(Ordering::Acquire) {
+                std::task::Poll::Ready(Ok::<(), ()>(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let request = state.begin();
+        let driving = drive(
+            connection,
+            |_| asked_to_close.store(true, Ordering::Release),
+            &state,
+            timeouts,
+            watching,
+        );
+        let mut driving = pin!(driving);
+        // In flight: no clock runs, however long it takes.
+        tokio::select! {
+            biased;
+            _ = driving.as_mut() => panic!("closed with a request in flight"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        drop(request);
+        let ending = driving.await;
+        assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
+        assert!(state.idle_for(timeouts.idle, Instant::now()));
     }
 
     #[tokio::test]
