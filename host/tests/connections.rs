@@ -333,28 +333,44 @@ fn capture_log() -> (Log, tracing::subscriber::DefaultGuard) {
 const LONG_REQUESTS: &str = "[limits]\nfuel = 1000000000000000\ntimeout_ms = 60000\n";
 
 #[tokio::test]
-async fn a_request_still_running_when_the_grace_ends_gets_503_shutting_down() {
+async fn requests_still_running_when_the_grace_ends_get_503_shutting_down() {
     let (log, _guard) = capture_log();
     let mut gw = TestGateway::start(&format!(
-        "[server]\nshutdown_grace_ms = 300\n{LONG_REQUESTS}{DEMO}"
+        "[server]\nshutdown_grace_ms = 300\n[runtime]\nworkers = 2\n{LONG_REQUESTS}{DEMO}"
     ))
     .await;
-    // Sleeps 50 s: it cannot finish within the grace or the client's 30 s.
-    let in_flight = tokio::spawn({
-        let client = gw.client.clone();
-        let url = format!("{}/faults/sleep?n=50000", gw.url);
-        async move { client.get(url).send().await }
-    });
-    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 1.0)
+    // One over HTTP/1, one over HTTP/2. Each sleeps 50 s: it cannot finish
+    // within the grace or the client's 30 s.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let in_flight: Vec<_> = [gw.client.clone(), h2]
+        .into_iter()
+        .map(|client| {
+            let url = format!("{}/faults/sleep?n=50000", gw.url);
+            tokio::spawn(async move { client.get(url).send().await })
+        })
+        .collect();
+    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 2.0)
         .await;
     gw.begin_shutdown();
-    let response = in_flight
-        .await
-        .expect("task")
-        .expect("an answer, not a connection error");
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()[ERROR], "shutting_down");
-    assert_eq!(response.headers()[reqwest::header::RETRY_AFTER], "1");
+    let mut versions = Vec::new();
+    for request in in_flight {
+        let response = request
+            .await
+            .expect("task")
+            .expect("an answer, not a connection error");
+        versions.push(response.version());
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[ERROR], "shutting_down");
+        assert_eq!(response.headers()[reqwest::header::RETRY_AFTER], "1");
+    }
+    assert_eq!(
+        versions,
+        [reqwest::Version::HTTP_11, reqwest::Version::HTTP_2]
+    );
     gw.shutdown().await;
 
     let text = log.text();
@@ -364,8 +380,8 @@ async fn a_request_still_running_when_the_grace_ends_gets_503_shutting_down() {
         .unwrap_or_else(|| panic!("no shutdown summary in:\n{text}"));
     for field in [
         "requests_completed=0",
-        "requests_cut=1",
-        "connections_closed=1",
+        "requests_cut=2",
+        "connections_closed=2",
     ] {
         assert!(summary.contains(field), "{field} in {summary}");
     }
