@@ -288,9 +288,11 @@ async fn a_response_being_written_is_never_closed_as_idle() {
     gw.shutdown().await;
 }
 
-/// A log sink for one test: the gateway's tasks run on the test's thread
-/// (`#[tokio::test]` is single-threaded), so a thread-local subscriber sees
-/// their lines.
+/// The log lines written on one test's thread. The gateway's tasks run on
+/// the test's thread (`#[tokio::test]` is single-threaded), so its lines
+/// land here. One global subscriber serves every test: thread-local ones
+/// would share tracing's global per-callsite cache, which can remember
+/// "disabled" from a test that captures nothing.
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<u8>>>);
 
@@ -300,9 +302,21 @@ impl Log {
     }
 }
 
-impl std::io::Write for Log {
+thread_local! {
+    /// Where lines written on this thread go, if anywhere.
+    static SINK: std::cell::RefCell<Option<Log>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The global subscriber's writer: this thread's [`SINK`].
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log lock").extend_from_slice(buf);
+        SINK.with(|sink| {
+            if let Some(log) = &*sink.borrow() {
+                log.0.lock().expect("log lock").extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
 
@@ -311,22 +325,25 @@ impl std::io::Write for Log {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-    type Writer = Log;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+/// Captures this thread's log lines until the returned guard is dropped.
+fn capture_log() -> (Log, impl Drop) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThreadSink)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    });
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            SINK.with(|sink| sink.borrow_mut().take());
+        }
     }
-}
-
-fn capture_log() -> (Log, tracing::subscriber::DefaultGuard) {
     let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    (log, guard)
+    SINK.with(|sink| *sink.borrow_mut() = Some(log.clone()));
+    (log, Stop)
 }
 
 /// Limits under which a guest may sleep far longer than any grace here.
