@@ -57,8 +57,8 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 256;
 pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An admin connection with no request in flight for this long is closed.
-/// Longer than a usual scrape interval would keep every scraper's
-/// connection open anyway; shorter frees slots sooner.
+/// Short, so idle admin connections give their slots back soon; a scraper
+/// that comes back less often just opens a new connection.
 pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An admin client must accept some of a waiting response within this.
