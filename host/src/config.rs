@@ -71,9 +71,10 @@ pub struct ServerConfig {
     /// Connections served at once; further connections wait in the kernel's
     /// accept backlog (they are not refused). Default 10000.
     pub max_connections: usize,
-    /// A client must send a request's headers within this time, or the
-    /// connection is closed. For HTTP/1 this clock also runs while a
-    /// keep-alive connection waits for its next request. Default 5000.
+    /// A connection must complete its first request head within this time
+    /// of being accepted, over HTTP/1 or HTTP/2, or it is closed. For HTTP/1
+    /// this clock also runs while a keep-alive connection waits for its
+    /// next request. Default 5000.
     pub header_read_timeout_ms: u64,
     /// A connection with no request in flight for this long is closed.
     /// Default 60000.

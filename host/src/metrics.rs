@@ -80,6 +80,9 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// Connections closed.
     pub connections_closed: IntCounter,
+    /// Connections the gateway cut instead of closing them gracefully, by
+    /// reason: `header`, `write` or `shutdown`.
+    pub connections_cut: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     /// Time to instantiate a component for one request.
@@ -205,6 +208,19 @@ impl Metrics {
                 "wasmgate_connections_closed_total",
                 "Connections closed.",
             ),
+            connections_cut: {
+                let c = counter_vec(
+                    &r,
+                    "wasmgate_connections_cut_total",
+                    "Connections cut by the gateway: header (no request head in time), write (the client accepted no response bytes for write_timeout_ms), shutdown (still open after the grace period).",
+                    &["reason"],
+                );
+                // Present from the start, so a rate over them is defined.
+                for reason in ["header", "write", "shutdown"] {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             requests: counter_vec(
                 &r,
                 "wasmgate_requests_total",

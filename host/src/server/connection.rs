@@ -1,0 +1,473 @@
+//! One connection's life after it is accepted: the clocks that close it
+//! (no request head in time, idle, a client that stops reading its
+//! response) and its part in the server's shutdown.
+//!
+//! hyper serves the HTTP; [`drive`] polls hyper's connection future next to
+//! those clocks. The clocks read a [`ConnState`] that the request wrapper,
+//! the response body wrapper and the socket wrapper (`io.rs`) keep up to
+//! date, from whichever task they run on (HTTP/2 runs each stream on a
+//! task of its own).
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+/// Where the server is in its life. Accept loops, connections and
+/// requests watch it; it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Phase {
+    /// Accepting and serving.
+    Serving,
+    /// Shutdown began: no new connections or requests, in-flight ones
+    /// finish, then their connections close.
+    Draining,
+    /// The grace period is over: requests still waiting for their
+    /// response get 503 `shutting_down`, which is written if it can be.
+    Cut,
+    /// Whatever is still open is dropped now.
+    Closed,
+}
+
+/// Why the gateway cut a connection instead of letting it close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CutReason {
+    /// No complete request head within `header_read_timeout_ms`.
+    Header,
+    /// A response was waiting and the client accepted none of it for
+    /// `write_timeout_ms`.
+    Write,
+    /// Still open when the shutdown's grace and flush time ran out.
+    Shutdown,
+}
+
+impl CutReason {
+    /// The `reason` label of `wasmgate_connections_cut_total`.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Write => "write",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The clocks of one listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    /// From accept to the first complete request head (hyper's own timer
+    /// bounds later heads on HTTP/1 keep-alive connections).
+    pub(super) header_read: Duration,
+    /// With nothing in flight for this long, the connection is closed
+    /// gracefully.
+    pub(super) idle: Duration,
+    /// While a response waits to be written, the client must accept some
+    /// of it within this.
+    pub(super) write: Duration,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(super) enum Ending<E> {
+    /// hyper finished the connection, cleanly or with this error.
+    Finished(Result<(), E>),
+    /// The gateway dropped it.
+    Cut(CutReason),
+}
+
+/// What one connection's requests, bodies and socket report, for its
+/// clocks. Times are milliseconds since `epoch`, the moment of accept.
+#[derive(Debug)]
+pub(super) struct ConnState {
+    /// When the connection was accepted; every `*_ms` field counts from it.
+    epoch: Instant,
+    /// A request head has been complete at least once; until then the
+    /// header clock runs from accept.
+    served_any: AtomicBool,
+    /// Requests whose response is not yet fully handed to hyper: from a
+    /// complete head until the response body ends or is dropped, so that
+    /// the idle clock never runs while a response is being written.
+    in_flight: AtomicUsize,
+    /// When `in_flight` last dropped to 0.
+    idle_at_ms: AtomicU64,
+    /// Response bodies with data left: a response is waiting to be
+    /// written even when nothing is pending at the socket (an HTTP/2 client
+    /// that opens no flow-control window).
+    bodies: AtomicUsize,
+    /// The socket refused a write and has accepted nothing since.
+    write_blocked: AtomicBool,
+    /// When the client last made room for response bytes: the socket took
+    /// some, a body handed some to hyper, or a wait to write began.
+    progress_at_ms: AtomicU64,
+    /// Wakes [`drive`] when a clock may have to start: nothing in flight
+    /// any more, a body begins, the socket blocks.
+    changed: Notify,
+}
+
+impl ConnState {
+    /// The state of a connection accepted now.
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            served_any: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle_at_ms: AtomicU64::new(0),
+            bodies: AtomicUsize::new(0),
+            write_blocked: AtomicBool::new(false),
+            progress_at_ms: AtomicU64::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: &AtomicU64) -> Instant {
+        self.epoch + Duration::from_millis(ms.load(Ordering::Acquire))
+    }
+
+    /// A request head is complete; the request is in flight until the
+    /// returned guard is dropped.
+    pub(super) fn begin(self: &Arc<Self>) -> InFlight {
+        self.served_any.store(true, Ordering::Release);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// The socket accepted response bytes.
+    pub(super) fn wrote(&self) {
+        self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+        self.write_blocked.store(false, Ordering::Release);
+    }
+
+    /// The socket refused a write.
+    pub(super) fn write_pending(&self) {
+        if !self.write_blocked.swap(true, Ordering::AcqRel) {
+            self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A response body with data left was handed to hyper.
+    pub(super) fn body_started(&self) {
+        if self.bodies.fetch_add(1, Ordering::AcqRel) == 0 {
+            if !self.write_blocked.load(Ordering::Acquire) {
+                self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+            }
+            self.changed.notify_one();
+        }
+    }
+
+    /// A response body handed hyper some data: the client made room for it.
+    pub(super) fn body_progressed(&self) {
+        self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// A response body has no data left, or was dropped.
+    pub(super) fn body_finished(&self) {
+        self.bodies.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A response is waiting to be written.
+    fn waiting_to_write(&self) -> bool {
+        self.bodies.load(Ordering::Acquire) > 0 || self.write_blocked.load(Ordering::Acquire)
+    }
+
+    /// When nothing went in flight since, or `None` while something is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.at(&self.idle_at_ms))
+    }
+
+    /// The next moment a clock may run out, if any runs. The idle clock is
+    /// left out once the connection is `closing` (it was asked to close).
+    fn next_check(&self, timeouts: &Timeouts, closing: bool) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if !self.served_any.load(Ordering::Acquire) {
+            consider(self.epoch + timeouts.header_read);
+        }
+        if self.waiting_to_write() {
+            consider(self.at(&self.progress_at_ms) + timeouts.write);
+        }
+        if !closing && let Some(idle) = self.idle_since() {
+            consider(idle + timeouts.idle);
+        }
+        next
+    }
+
+    /// Whether the connection must be cut at `now`.
+    fn overdue(&self, timeouts: &Timeouts, now: Instant) -> Option<CutReason> {
+        if !self.served_any.load(Ordering::Acquire) && now >= self.epoch + timeouts.header_read {
+            return Some(CutReason::Header);
+        }
+        if self.waiting_to_write() && now >= self.at(&self.progress_at_ms) + timeouts.write {
+            return Some(CutReason::Write);
+        }
+        None
+    }
+
+    /// Whether the connection has been idle for `idle` at `now`.
+    fn idle_for(&self, idle: Duration, now: Instant) -> bool {
+        self.idle_since().is_some_and(|since| now >= since + idle)
+    }
+}
+
+#[cfg(test)]
+impl ConnState {
+    /// Requests in flight and bodies with data left.
+    pub(super) fn in_flight_and_bodies(&self) -> (usize, usize) {
+        (
+            self.in_flight.load(Ordering::Acquire),
+            self.bodies.load(Ordering::Acquire),
+        )
+    }
+
+    /// Whether the socket refused a write and took nothing since.
+    pub(super) fn is_write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Acquire)
+    }
+}
+
+/// Marks a request finished when dropped: when its response body is done
+/// or dropped, or when its future is cancelled before it had a response.
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    /// The connection this request is on.
+    pub(super) fn state(&self) -> &ConnState {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        state.idle_at_ms.store(state.now_ms(), Ordering::Release);
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.changed.notify_one();
+        }
+    }
+}
+
+/// Drives `connection` to its end, or cuts it: when no request head came
+/// within the header timeout of accept, when a response waited
+/// `timeouts.write` without the client accepting any of it, or at
+/// [`Phase::Closed`]. Asks it to close gracefully (`graceful`: finish what
+/// is in flight, then close) when idle too long or at [`Phase::Draining`].
+pub(super) async fn drive<C, E>(
+    connection: C,
+    graceful: impl Fn(Pin<&mut C>),
+    state: &ConnState,
+    timeouts: Timeouts,
+    mut phase: watch::Receiver<Phase>,
+) -> Ending<E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut connection = pin!(connection);
+    let mut closing = false;
+    if *phase.borrow_and_update() != Phase::Serving {
+        closing = true;
+        graceful(connection.as_mut());
+    }
+    let timer = tokio::time::sleep(Duration::ZERO);
+    let mut timer = pin!(timer);
+    let mut armed: Option<Instant> = None;
+    loop {
+        // Only ever move the timer earlier: a timer that fires before a
+        // deadline that moved later (each request on a keep-alive
+        // connection moves the idle one) just re-checks and re-arms, which
+        // is cheaper than resetting it on every request.
+        if let Some(at) = state.next_check(&timeouts, closing)
+            && armed.is_none_or(|armed| at < armed)
+        {
+            timer.as_mut().reset(at.into());
+            armed = Some(at);
+        }
+        tokio::select! {
+            result = connection.as_mut() => return Ending::Finished(result),
+            changed = phase.changed() => {
+                // The sender is gone only if the server is: close too.
+                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closed };
+                match now {
+                    Phase::Serving => {}
+                    Phase::Draining | Phase::Cut => {
+                        if !closing {
+                            closing = true;
+                            graceful(connection.as_mut());
+                        }
+                    }
+                    Phase::Closed => return Ending::Cut(CutReason::Shutdown),
+                }
+            }
+            () = state.changed.notified() => {}
+            () = &mut timer, if armed.is_some() => {
+                // The timer has fired: re-arm it on the next pass even if
+                // the deadline is the same.
+                armed = None;
+                let now = Instant::now();
+                if let Some(reason) = state.overdue(&timeouts, now) {
+                    return Ending::Cut(reason);
+                }
+                if !closing && state.idle_for(timeouts.idle, now) {
+                    closing = true;
+                    graceful(connection.as_mut());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        header_read: Duration::from_millis(100),
+        idle: Duration::from_millis(1000),
+        write: Duration::from_millis(300),
+    };
+
+    fn ms(state: &ConnState, ms: u64) -> Instant {
+        state.epoch + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_silent_connection_is_due_at_the_header_timeout_from_accept() {
+        let state = ConnState::new();
+        assert_eq!(state.next_check(&T, false), Some(ms(&state, 100)));
+        assert_eq!(state.overdue(&T, ms(&state, 99)), None);
+        assert_eq!(state.overdue(&T, ms(&state, 100)), Some(CutReason::Header));
+        // Asked to close, it still has to send a head in time.
+        assert_eq!(state.next_check(&T, true), Some(ms(&state, 100)));
+    }
+
+    #[test]
+    fn a_request_stops_the_header_and_idle_clocks_until_its_body_is_gone() {
+        let state = ConnState::new();
+        let request = state.begin();
+        assert_eq!(state.next_check(&T, false), None, "nothing runs");
+        assert_eq!(state.overdue(&T, ms(&state, 10_000)), None);
+        state.body_started();
+        let write_due = state.next_check(&T, false).expect("write clock runs");
+        assert!(write_due >= ms(&state, 300));
+        // Data handed on later pushes the write clock out.
+        state.progress_at_ms.store(500, Ordering::Release);
+        assert_eq!(state.next_check(&T, false), Some(ms(&state, 800)));
+        assert_eq!(state.overdue(&T, ms(&state, 799)), None);
+        assert_eq!(state.overdue(&T, ms(&state, 800)), Some(CutReason::Write));
+        state.body_finished();
+        assert_eq!(state.next_check(&T, false), None, "still in flight");
+        drop(request);
+        let idle_due = state.next_check(&T, false).expect("idle clock runs");
+        assert!(state.idle_for(T.idle, idle_due));
+        assert!(!state.idle_for(T.idle, idle_due - Duration::from_millis(1)));
+        assert_eq!(state.next_check(&T, true), None, "closing: no idle clock");
+    }
+
+    #[test]
+    fn a_blocked_socket_runs_the_write_clock_until_it_takes_bytes() {
+        let state = ConnState::new();
+        let _request = state.begin();
+        state.write_pending();
+        let due = state.next_check(&T, false).expect("write clock runs");
+        assert_eq!(state.overdue(&T, due), Some(CutReason::Write));
+        state.wrote();
+        assert_eq!(state.next_check(&T, false), None);
+    }
+
+    #[tokio::test]
+    async fn drive_cuts_a_connection_that_never_sends_a_head() {
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        let timeouts = Timeouts {
+            header_read: Duration::from_millis(20),
+            ..T
+        };
+        let never = std::future::pending::<Result<(), ()>>();
+        let ending = drive(never, |_| {}, &state, timeouts, watching).await;
+        assert!(
+            matches!(ending, Ending::Cut(CutReason::Header)),
+            "{ending:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn drive_closes_gracefully_once_idle_after_the_last_response() {
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(20),
+            ..T
+        };
+        let asked_to_close = AtomicBool::new(false);
+        // Ends once asked to close, as hyper's connection does when idle.
+        let connection = std::future::poll_fn(|_| {
+            if asked_to_close.load(Ordering::Acquire) {
+                std::task::Poll::Ready(Ok::<(), ()>(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let request = state.begin();
+        let driving = drive(
+            connection,
+            |_| asked_to_close.store(true, Ordering::Release),
+            &state,
+            timeouts,
+            watching,
+        );
+        let mut driving = pin!(driving);
+        // In flight: no clock runs, however long it takes.
+        tokio::select! {
+            biased;
+            _ = driving.as_mut() => panic!("closed with a request in flight"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        drop(request);
+        let ending = driving.await;
+        assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
+        assert!(state.idle_for(timeouts.idle, Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn drive_drops_the_connection_when_the_server_closes() {
+        let state = ConnState::new();
+        let _request = state.begin();
+        let (phase, watching) = watch::channel(Phase::Serving);
+        let graceful_calls = std::sync::atomic::AtomicUsize::new(0);
+        let never = std::future::pending::<Result<(), ()>>();
+        let driving = drive(
+            never,
+            |_| {
+                graceful_calls.fetch_add(1, Ordering::Relaxed);
+            },
+            &state,
+            T,
+            watching,
+        );
+        let mut driving = pin!(driving);
+        phase.send_replace(Phase::Draining);
+        tokio::select! {
+            biased;
+            _ = driving.as_mut() => panic!("ended while draining"),
+            () = tokio::task::yield_now() => {}
+        }
+        assert_eq!(graceful_calls.load(Ordering::Relaxed), 1);
+        phase.send_replace(Phase::Closed);
+        let ending = driving.await;
+        assert!(
+            matches!(ending, Ending::Cut(CutReason::Shutdown)),
+            "{ending:?}"
+        );
+        assert_eq!(graceful_calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,433 @@
+//! Listeners and connections: the accept loops, the clocks that close
+//! connections, and graceful shutdown.
+//!
+//! The accept loop only accepts; each connection is its own task, served by
+//! hyper (HTTP/1.1 and HTTP/2) next to its clocks (`connection.rs`): a
+//! connection that sends no complete request head within
+//! `header_read_timeout_ms` of accept, or whose client accepts none of a
+//! waiting response for `write_timeout_ms`, is dropped; one with nothing in
+//! flight for `idle_timeout_ms` is closed gracefully. The admin listener
+//! has clocks and slots of its own ([`ADMIN_MAX_CONNECTIONS`] and the
+//! constants next to it), so public clients can never make `/readyz`
+//! unreachable and admin clients cannot either for long.
+//!
+//! On shutdown the loops stop accepting and every connection finishes its
+//! in-flight requests and closes. Requests still without a response when
+//! `shutdown_grace_ms` ends get 503 `shutting_down`; connections get
+//! [`CUT_FLUSH`] to write those, then whatever is open is dropped, and one
+//! log line says what the drain did.
+
+mod connection;
+mod io;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use self::connection::{ConnState, CutReason, Ending, Phase, Timeouts};
+use self::io::{TrackedBody, WatchedIo};
+use crate::admin::Admin;
+use crate::body::{ByteBudget, ResponseBody};
+use crate::config::{Config, ServerConfig};
+use crate::error::RequestError;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::runtime::{ChildCompiler, Executor, Runtime, RuntimeError};
+
+/// Connections the admin listener serves at once. Far more than the
+/// scrapers and probes that use it need, so that a burst of silent or slow
+/// admin clients holds every slot for at most [`ADMIN_HEADER_READ_TIMEOUT`]
+/// (or [`ADMIN_WRITE_TIMEOUT`]) and `/readyz` stays reachable.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// An admin client must send a complete request head within this of
+/// connecting (and, on a keep-alive connection, of its previous response).
+/// Probes and scrapers send theirs at once.
+pub const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An admin connection with no request in flight for this long is closed.
+/// Short, so idle admin connections give their slots back soon; a scraper
+/// that comes back less often just opens a new connection.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An admin client must accept some of a waiting response within this.
+pub const ADMIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connections get, once the grace period is over, to write the
+/// 503 `shutting_down` of the requests cut, before they are dropped.
+pub const CUT_FLUSH: Duration = Duration::from_secs(1);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The engine or the workers could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The handlers did not load.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::StartError),
+}
+
+/// The running state of a gateway: what both listeners serve.
+#[derive(Debug)]
+pub struct Server {
+    gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Sets up the engine, loads every configured handler and starts the
+    /// workers. Fails, naming the handler, if any handler does not load.
+    pub fn new(config: &Config) -> Result<Self, StartError> {
+        Self::with_config_file(config, None)
+    }
+
+    /// [`Server::new`] for the `wasmgate` binary, with the config read from
+    /// `path`: SIGHUP and `POST /admin/reload` read it again, and new
+    /// components are compiled by a child process of this executable.
+    pub fn with_config_file(config: &Config, path: Option<&Path>) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::from_config(config)?;
+        let child = path.and_then(ChildCompiler::for_this_binary);
+        let registry = Arc::new(Registry::from_config(config, &runtime, &metrics, child)?);
+        let executor = Executor::start(
+            &runtime,
+            config.runtime.worker_count(),
+            config.runtime.queue_depth,
+            Arc::clone(&metrics),
+        )?;
+        let workers = executor.workers();
+        let admin = Admin::new(
+            Arc::clone(&metrics),
+            workers,
+            Arc::clone(&registry),
+            config,
+            path.map(Path::to_path_buf),
+        );
+        let gateway = Arc::new(Gateway {
+            registry,
+            executor,
+            metrics: Arc::clone(&metrics),
+            max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            budget: ByteBudget::new(
+                config.server.max_buffered_bytes,
+                metrics.buffered_bytes.clone(),
+            ),
+        });
+        Ok(Self {
+            admin: Arc::new(admin),
+            gateway,
+            config: config.server.clone(),
+        })
+    }
+
+    /// The admin API, e.g. to reload the config on SIGHUP.
+    pub fn admin(&self) -> Arc<Admin> {
+        Arc::clone(&self.admin)
+    }
+
+    /// Serves the public and admin listeners until `shutdown` resolves,
+    /// then drains public connections: in-flight requests get
+    /// `shutdown_grace_ms` to finish; those still without a response then
+    /// get 503 `shutting_down`, and their connections [`CUT_FLUSH`] to
+    /// write it before they are dropped. The admin listener stays up while
+    /// they drain, with `/readyz` saying 503, and stops last. Ends with one
+    /// log line saying what the drain did.
+    pub async fn run(
+        self,
+        public: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (public_phase, public_watch) = watch::channel(Phase::Serving);
+        let (admin_phase, admin_watch) = watch::channel(Phase::Serving);
+        let metrics = Arc::clone(&self.gateway.metrics);
+        let drain = Arc::new(DrainCounts::default());
+        let public_loop = tokio::spawn(accept_loop(
+            public,
+            Listening {
+                service: Service::Public(Arc::clone(&self.gateway)),
+                options: ConnectionOptions::from(&self.config),
+                metrics: Some(Arc::clone(&metrics)),
+                phase: public_watch,
+                drain: Arc::clone(&drain),
+            },
+        ));
+        let admin_loop = tokio::spawn(accept_loop(
+            admin,
+            Listening {
+                service: Service::Admin(Arc::clone(&self.admin)),
+                options: ConnectionOptions::ADMIN,
+                metrics: None,
+                phase: admin_watch,
+                drain: Arc::new(DrainCounts::default()),
+            },
+        ));
+
+        shutdown.await;
+        let started = Instant::now();
+        let closed_before = metrics.connections_closed.get();
+        tracing::info!(
+            open = metrics.connections_active.get(),
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        self.admin.draining.store(true, Ordering::Relaxed);
+        public_phase.send_replace(Phase::Draining);
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        // The public loop, its connection tasks and their requests each
+        // hold a receiver; `closed` resolves when the last one is dropped.
+        let mut dropped = 0;
+        if tokio::time::timeout(grace, public_phase.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = metrics.connections_active.get(),
+                "grace period over: answering the requests still running with 503 shutting_down"
+            );
+            public_phase.send_replace(Phase::Cut);
+            if tokio::time::timeout(CUT_FLUSH, public_phase.closed())
+                .await
+                .is_err()
+            {
+                dropped = metrics.connections_active.get();
+                public_phase.send_replace(Phase::Closed);
+                // Each connection task drops its connection as soon as it
+                // sees `Closed`; this only bounds the wait for them.
+                let _ = tokio::time::timeout(CUT_FLUSH, public_phase.closed()).await;
+            }
+        }
+        admin_phase.send_replace(Phase::Closed);
+        // Both loops return as soon as the phase moves on.
+        let _ = public_loop.await;
+        let _ = admin_loop.await;
+        tracing::info!(
+            requests_completed = drain.completed.load(Ordering::Relaxed),
+            requests_cut = drain.cut.load(Ordering::Relaxed),
+            connections_closed = metrics.connections_closed.get() - closed_before,
+            connections_dropped = dropped,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "shutdown complete"
+        );
+    }
+}
+
+/// What a listener serves; an enum so the hot path has no boxing.
+#[derive(Clone)]
+enum Service {
+    Public(Arc<Gateway>),
+    Admin(Arc<Admin>),
+}
+
+impl Service {
+    async fn call(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        match self {
+            Self::Public(gateway) => gateway.handle(request).await,
+            Self::Admin(admin) => admin.handle(request).await,
+        }
+    }
+}
+
+/// Connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionOptions {
+    max_connections: usize,
+    timeouts: Timeouts,
+}
+
+impl ConnectionOptions {
+    /// The admin listener's: fixed, not taken from `[server]`.
+    const ADMIN: Self = Self {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        timeouts: Timeouts {
+            header_read: ADMIN_HEADER_READ_TIMEOUT,
+            idle: ADMIN_IDLE_TIMEOUT,
+            write: ADMIN_WRITE_TIMEOUT,
+        },
+    };
+}
+
+impl From<&ServerConfig> for ConnectionOptions {
+    fn from(config: &ServerConfig) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            timeouts: Timeouts {
+                header_read: Duration::from_millis(config.header_read_timeout_ms),
+                idle: Duration::from_millis(config.idle_timeout_ms),
+                write: Duration::from_millis(config.write_timeout_ms),
+            },
+        }
+    }
+}
+
+/// What the drain did, for the log line at the end of shutdown.
+#[derive(Debug, Default)]
+struct DrainCounts {
+    /// Requests that got their response after shutdown began.
+    completed: AtomicU64,
+    /// Requests answered 503 `shutting_down` when the grace period ended.
+    cut: AtomicU64,
+}
+
+/// Everything one accept loop needs.
+struct Listening {
+    service: Service,
+    options: ConnectionOptions,
+    /// The public listener's metrics; the admin listener counts nothing.
+    metrics: Option<Arc<Metrics>>,
+    phase: watch::Receiver<Phase>,
+    drain: Arc<DrainCounts>,
+}
+
+/// Accepts until the phase leaves [`Phase::Serving`]. At `max_connections`
+/// it stops accepting, so further clients wait in the kernel's backlog
+/// instead of being refused.
+async fn accept_loop(listener: TcpListener, listening: Listening) {
+    let Listening {
+        service,
+        options,
+        metrics,
+        mut phase,
+        drain,
+    } = listening;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.timeouts.header_read);
+    builder.http2().timer(TokioTimer::new());
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = phase.changed() => return,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then retry,
+                    // instead of spinning.
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = phase.changed() => return,
+        };
+        backoff = Duration::from_millis(1);
+        // Latency matters more than packet count for small responses.
+        let _ = stream.set_nodelay(true);
+        if let Some(m) = &metrics {
+            m.connections_accepted.inc();
+            m.connections_active.inc();
+        }
+        let state = ConnState::new();
+        let tracked = {
+            let state = Arc::clone(&state);
+            let service = service.clone();
+            let phase = phase.clone();
+            let drain = Arc::clone(&drain);
+            service_fn(move |request| {
+                let request_in_flight = state.begin();
+                let service = service.clone();
+                let phase = phase.clone();
+                let drain = Arc::clone(&drain);
+                async move {
+                    let response = respond_or_cut(&service, request, phase, &drain).await;
+                    Ok::<_, Infallible>(
+                        response.map(|body| TrackedBody::new(body, request_in_flight)),
+                    )
+                }
+            })
+        };
+        let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&state)));
+        let connection = builder.serve_connection(io, tracked).into_owned();
+        let phase = phase.clone();
+        let metrics = metrics.clone();
+        let timeouts = options.timeouts;
+        tokio::spawn(async move {
+            let ending = connection::drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                &state,
+                timeouts,
+                phase,
+            )
+            .await;
+            let cut = match ending {
+                Ending::Finished(Ok(())) => None,
+                Ending::Finished(Err(e)) => {
+                    tracing::debug!("connection ended with an error: {e}");
+                    // hyper's own header clock: a head begun, never finished.
+                    e.downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout)
+                        .then_some(CutReason::Header)
+                }
+                Ending::Cut(reason) => {
+                    tracing::debug!("connection cut: {}", reason.label());
+                    Some(reason)
+                }
+            };
+            if let Some(m) = &metrics {
+                m.connections_active.dec();
+                m.connections_closed.inc();
+                if let Some(reason) = cut {
+                    m.connections_cut.with_label_values(&[reason.label()]).inc();
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The service's response, or 503 `shutting_down` when the server's
+/// grace period ends first.
+async fn respond_or_cut(
+    service: &Service,
+    request: Request<Incoming>,
+    mut phase: watch::Receiver<Phase>,
+    drain: &DrainCounts,
+) -> Response<ResponseBody> {
+    let answered = tokio::select! {
+        // A response that is ready wins over a cut that came at once.
+        biased;
+        response = service.call(request) => Some(response),
+        // A sender that is gone means the server is: cut as well.
+        _ = phase.wait_for(|phase| *phase >= Phase::Cut) => None,
+    };
+    match answered {
+        Some(response) => {
+            if *phase.borrow() != Phase::Serving {
+                drain.completed.fetch_add(1, Ordering::Relaxed);
+            }
+            response
+        }
+        None => {
+            drain.cut.fetch_add(1, Ordering::Relaxed);
+            RequestError::ShuttingDown
+                .to_response()
+                .map(ResponseBody::from)
+        }
+    }
+}
