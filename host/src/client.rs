@@ -63,23 +63,32 @@ pub enum ClientError {
     #[error("{TOKEN_ENV} holds a character that cannot be sent in an HTTP header (a line break?)")]
     BadToken,
     /// The component file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why; in the message, not a `source`, so that printing the
+        /// error with its causes does not say it twice.
+        error: std::io::Error,
     },
     /// No connection to the admin listener.
     #[error(
-        "cannot reach the admin API at {url}: {source} (is `wasmgate serve` running? \
+        "cannot reach the admin API at {url}: {error} (is `wasmgate serve` running? \
          point --admin or {URL_ENV} at its admin listener)"
     )]
     Unreachable {
         /// The admin URL.
         url: String,
-        /// Why the connection failed.
-        source: std::io::Error,
+        /// Why the connection failed (in the message, as for `Read`).
+        error: std::io::Error,
+    },
+    /// A new handler was deployed without a route.
+    #[error("{tenant}/{name} is a new handler: give it a route with --route /path")]
+    NeedsRoute {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        name: String,
     },
     /// Connected, but no answer in time.
     #[error("the admin API at {url} did not answer within {} s", timeout.as_secs())]
@@ -441,9 +450,9 @@ impl Client {
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
         let bytes = read
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|source| ClientError::Read {
+            .map_err(|error| ClientError::Read {
                 path: file.to_owned(),
-                source,
+                error,
             })?;
         self.deploy(bytes, tenant, name, route).await
     }
@@ -480,7 +489,18 @@ impl Client {
             .header("content-digest", digest)
             .body(Full::new(Bytes::from(component)));
         let (status, body) = self.exchange(request).await?;
-        let handler: Answer<Handler> = self.answer(status, &body)?;
+        let handler: Answer<Handler> = match self.answer(status, &body) {
+            // The API's own words ("?route=/path") are for curl users.
+            Err(ClientError::Rejected {
+                status: 400, code, ..
+            }) if code == "invalid_request" && route.is_none() && before.is_none() => {
+                return Err(ClientError::NeedsRoute {
+                    tenant: tenant.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+            answer => answer?,
+        };
         let outcome = if status == StatusCode::CREATED {
             Outcome::Created
         } else if before == Some(handler.value.version) {
@@ -564,10 +584,10 @@ impl Client {
         let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
+            Ok(Err(error)) => {
                 return Err(ClientError::Unreachable {
                     url: self.url.clone(),
-                    source,
+                    error,
                 });
             }
             Err(_) => {

@@ -206,13 +206,8 @@ fn serve(
         let admin = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-        say(&format!(
-            "listening on http://{}\nadmin on http://{}",
-            public.local_addr()?,
-            admin.local_addr()?
-        ))?;
-        #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(server.admin()));
+        // Watching before the startup lines: whoever waits for them may
+        // change a file at once, and that change must count.
         let watching = match path {
             Some(path) if watch => Some(
                 wasmgate::watch::spawn(path, server.admin())
@@ -220,6 +215,13 @@ fn serve(
             ),
             _ => None,
         };
+        say(&format!(
+            "listening on http://{}\nadmin on http://{}",
+            public.local_addr()?,
+            admin.local_addr()?
+        ))?;
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(server.admin()));
         server.run(public, admin, shutdown_signal()).await;
         drop(watching);
         anyhow::Ok(())

@@ -38,21 +38,22 @@ pub enum WatchError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A path could not be made absolute.
-    #[error("cannot resolve {}: {source}", path.display())]
+    #[error("cannot resolve {}: {error}", path.display())]
     Resolve {
         /// The path.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why; in the message, not a `source`, so that printing the
+        /// error with its causes does not say it twice.
+        error: std::io::Error,
     },
     /// The operating system refused a watch (a missing folder, or the
     /// limit of inotify watches reached).
-    #[error("cannot watch {}: {source}", path.display())]
+    #[error("cannot watch {}: {error}", path.display())]
     Watch {
         /// The folder.
         path: PathBuf,
-        /// Why.
-        source: notify::Error,
+        /// Why (in the message, as for `Resolve`).
+        error: notify::Error,
     },
 }
 
@@ -96,9 +97,9 @@ pub fn spawn(config_path: &Path, admin: Arc<Admin>) -> Result<WatchHandle, Watch
             Err(e) => tracing::warn!("file watcher: {e}"),
         }
     };
-    let watcher = notify::recommended_watcher(on_event).map_err(|source| WatchError::Watch {
+    let watcher = notify::recommended_watcher(on_event).map_err(|error| WatchError::Watch {
         path: config_path.clone(),
-        source,
+        error,
     })?;
     let mut watched = Watched {
         watcher,
@@ -243,9 +244,9 @@ impl Watched {
                 Ok(()) => {
                     self.folders.insert(folder);
                 }
-                Err(source) => errors.push(WatchError::Watch {
+                Err(error) => errors.push(WatchError::Watch {
                     path: folder,
-                    source,
+                    error,
                 }),
             }
         }
@@ -256,9 +257,9 @@ impl Watched {
 
 /// `path` from the root, the way the watcher reports it.
 fn absolute(path: &Path) -> Result<PathBuf, WatchError> {
-    std::path::absolute(path).map_err(|source| WatchError::Resolve {
+    std::path::absolute(path).map_err(|error| WatchError::Resolve {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
