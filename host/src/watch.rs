@@ -11,9 +11,11 @@
 //! SIGHUP: it reads every component again and loads only those whose
 //! bytes changed. A component that does not load (a broken build, a file
 //! that does not fit the world) is one error line with the reason, and
-//! the versions serving before keep serving.
+//! the versions serving before keep serving. Files whose contents are as
+//! they were at the last apply are not applied again, so the same broken
+//! build is reported once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError};
+use crate::persist::sha256_hex;
 
 /// How long the folders must be quiet before a change is applied: cargo
 /// and editors finish a write within milliseconds, and a person waits for
@@ -116,11 +119,23 @@ pub fn spawn(config_path: &Path, admin: Arc<Admin>) -> Result<WatchHandle, Watch
         QUIET.as_millis()
     );
     let task = tokio::spawn(async move {
+        let mut last_applied = None;
         loop {
             settle(&shared.wake, QUIET).await;
             let changed = std::mem::take(&mut *lock(&shared.changed));
             let names: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
             let names = names.join(", ");
+            // A burst split by a busy machine, or a save that wrote the same
+            // bytes, would apply (or report a broken file) twice.
+            let files: Vec<PathBuf> = shared.lock_files().iter().cloned().collect();
+            let contents = tokio::task::spawn_blocking(move || fingerprint(&files))
+                .await
+                .ok();
+            if contents.is_some() && contents == last_applied {
+                tracing::debug!("changed: {names}; same contents as last time, nothing to do");
+                continue;
+            }
+            last_applied = contents;
             match admin.reload().await {
                 Ok(()) => tracing::info!("changed: {names}; config file applied"),
                 Err(e) => tracing::error!(
@@ -183,6 +198,17 @@ fn counts(kind: &EventKind) -> bool {
         | EventKind::Remove(_)
         | EventKind::Other => true,
     }
+}
+
+/// The sha256 of each file's contents (`None`: unreadable).
+fn fingerprint(files: &[PathBuf]) -> BTreeMap<PathBuf, Option<String>> {
+    files
+        .iter()
+        .map(|file| {
+            let sha256 = std::fs::read(file).ok().map(|bytes| sha256_hex(&bytes));
+            (file.clone(), sha256)
+        })
+        .collect()
 }
 
 /// Waits for a wake-up, then until none came for `quiet`.
@@ -346,6 +372,23 @@ mod tests {
         // The burst is spent: the next settle waits for a new event.
         let next = tokio::time::timeout(QUIET * 10, settle(&wake, QUIET)).await;
         assert!(next.is_err(), "no event, no apply");
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_contents_only() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let (a, missing) = (dir.join("a"), dir.join("missing"));
+        std::fs::write(&a, b"one").expect("write");
+        let files = [a.clone(), missing.clone()];
+        let first = fingerprint(&files);
+        assert_eq!(first[&missing], None);
+        assert_eq!(first[&a].as_deref(), Some(sha256_hex(b"one").as_str()));
+        std::fs::write(&a, b"one").expect("write the same");
+        assert_eq!(fingerprint(&files), first);
+        std::fs::write(&a, b"two").expect("write another");
+        assert_ne!(fingerprint(&files), first);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
