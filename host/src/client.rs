@@ -353,7 +353,9 @@ fn sha_prefix(sha256: &str) -> &str {
 /// The body of a rejection.
 #[derive(Deserialize)]
 struct ErrorBody {
+    /// The stable code scripts can match on.
     error: String,
+    /// What a person should know.
     message: String,
 }
 
@@ -850,6 +852,8 @@ a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:
         assert_eq!(client.prefix, "");
         let client = Client::new("127.0.0.1:7", "t").expect("scheme optional");
         assert_eq!((client.host.as_str(), client.port), ("127.0.0.1", 7));
+        let client = Client::new("localhost:9090", "t").expect("scheme optional");
+        assert_eq!((client.host.as_str(), client.port), ("localhost", 9090));
         let client = Client::new("http://[::1]/gw/", "t").expect("IPv6, prefix");
         assert_eq!((client.host.as_str(), client.port), ("::1", 80));
         assert_eq!(client.prefix, "/gw");
