@@ -16,12 +16,12 @@ use serde::Deserialize;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The config file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TOML is malformed, has an unknown key or a value of the wrong type.
     #[error("{path}: {message}")]
@@ -300,9 +300,9 @@ impl Config {
     /// Reads and validates a config file; relative paths in it are made
     /// relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
@@ -329,7 +329,7 @@ impl Config {
         }
         for handler in self.tenants.iter_mut().flat_map(|t| t.handlers.iter_mut()) {
             if handler.component.is_relative() {
-                handler.component = base.join(&handler.component);
+                handler.component = normalize(&base.join(&handler.component));
             }
         }
     }
@@ -406,6 +406,30 @@ impl Config {
     pub fn tenant_limits(&self, tenant: &TenantConfig) -> Limits {
         tenant.limits.apply(self.limits)
     }
+}
+
+/// `path` without `.` and with each `..` taken against the folder before
+/// it, as far as the path says: `examples/../target/x` is `target/x`. Only
+/// the text changes (links are not followed), so messages show the path
+/// a reader would write.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Checks that every limit is usable; `what` prefixes the key in errors.
@@ -556,6 +580,19 @@ config = { greeting = "hi" }
                     "error for {text:?} should mention {needle:?}, got: {message}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn component_paths_are_normalised() {
+        for (path, want) in [
+            ("examples/../target/x.wasm", "target/x.wasm"),
+            ("./a/./b.wasm", "a/b.wasm"),
+            ("../up.wasm", "../up.wasm"),
+            ("/base/../x.wasm", "/x.wasm"),
+            ("a/..", "."),
+        ] {
+            assert_eq!(normalize(Path::new(path)), Path::new(want), "{path}");
         }
     }
 

@@ -20,11 +20,14 @@
 //! public request path), [`admin`] (health and metrics), [`metrics`],
 //! [`guest_log`] (guest text in the log: rate limit and escaping),
 //! [`error`] (failures to statuses), [`body`] (buffered bodies and their
-//! memory budget), [`server`] (listeners, connections, shutdown).
+//! memory budget), [`server`] (listeners, connections, shutdown),
+//! [`watch`] (`serve --watch`: reload when a component file changes), and
+//! [`client`] (the admin API client of `deploy`, `rollback` and `list`).
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -37,3 +40,4 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod watch;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wasmgate::client::{self, Client};
 use wasmgate::config::Config;
 use wasmgate::runtime::{ChildCompiler, Compiled, ComponentInfo, LoadError, Runtime};
 use wasmgate::server::Server;
@@ -32,6 +33,10 @@ enum Command {
         /// Override `admin.listen` (port 0 picks a free port).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// Apply the config file again whenever it or one of its component
+        /// files changes (after `cargo build`, say).
+        #[arg(long, requires = "config")]
+        watch: bool,
     },
     /// Check a component against the wasmgate:handler world and list its
     /// imports and exports. Exits 1 when it does not fit.
@@ -50,6 +55,60 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Upload a component to a running gateway as a tenant's handler (new,
+    /// or a new version of it). The token comes from $WASMGATE_ADMIN_TOKEN.
+    Deploy {
+        /// The component file.
+        file: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The handler's name.
+        #[arg(long)]
+        name: String,
+        /// The path prefix to serve it at: needed for a new handler; without
+        /// it an existing handler keeps its route.
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make an earlier version of a handler serve again. The token comes
+    /// from $WASMGATE_ADMIN_TOKEN.
+    Rollback {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The handler's name.
+        #[arg(long)]
+        name: String,
+        /// The version to serve; default: the one before the serving one.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List a tenant's handlers and the versions serving. The token comes
+    /// from $WASMGATE_ADMIN_TOKEN.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is, and how to print its answers.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's admin listener.
+    #[arg(long, value_name = "URL", env = client::URL_ENV, default_value = client::DEFAULT_URL)]
+    admin: String,
+    /// Print the gateway's JSON answer on stdout (the summary goes to
+    /// stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,9 +130,36 @@ fn main() -> ExitCode {
             config,
             listen,
             admin_listen,
-        } => serve(config.as_deref(), listen, admin_listen),
+            watch,
+        } => serve(config.as_deref(), listen, admin_listen, watch),
         Command::Check { file } => check(&file),
         Command::Compile { files, config } => compile(&files, config.as_deref()),
+        Command::Deploy {
+            file,
+            tenant,
+            name,
+            route,
+            admin,
+        } => call_admin(&admin, async |client| {
+            let deployed = client
+                .deploy_file(&file, &tenant, &name, route.as_deref())
+                .await?;
+            Ok((deployed.summary(), deployed.handler.json))
+        }),
+        Command::Rollback {
+            tenant,
+            name,
+            version,
+            admin,
+        } => call_admin(&admin, async |client| {
+            let handler = client.rollback(&tenant, &name, version).await?;
+            let summary = client::rollback_summary(&tenant, &handler.value);
+            Ok((summary, handler.json))
+        }),
+        Command::List { tenant, admin } => call_admin(&admin, async |client| {
+            let list = client.list(&tenant).await?;
+            Ok((list.value.table(), list.json))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +174,7 @@ fn serve(
     path: Option<&Path>,
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let mut config = match path {
         Some(path) => Config::load(path)?,
@@ -119,6 +206,15 @@ fn serve(
         let admin = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        // Watching before the startup lines: whoever waits for them may
+        // change a file at once, and that change must count.
+        let watching = match path {
+            Some(path) if watch => Some(
+                wasmgate::watch::spawn(path, server.admin())
+                    .with_context(|| format!("--watch {}", path.display()))?,
+            ),
+            _ => None,
+        };
         say(&format!(
             "listening on http://{}\nadmin on http://{}",
             public.local_addr()?,
@@ -127,6 +223,7 @@ fn serve(
         #[cfg(unix)]
         tokio::spawn(reload_on_sighup(server.admin()));
         server.run(public, admin, shutdown_signal()).await;
+        drop(watching);
         anyhow::Ok(())
     })?;
     // Workers may still be finishing abandoned guests; they are bounded by
@@ -221,9 +318,9 @@ fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
     let read: Vec<Result<(String, Vec<u8>), LoadError>> = files
         .iter()
         .map(|file| {
-            let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+            let bytes = std::fs::read(file).map_err(|error| LoadError::Read {
                 path: file.display().to_string(),
-                source,
+                error,
             })?;
             Ok((wasmgate::persist::sha256_hex(&bytes), bytes))
         })
@@ -305,6 +402,27 @@ fn check(file: &Path) -> anyhow::Result<()> {
         report.push_str(&format!("\n  {export}"));
     }
     say(&report)
+}
+
+/// Runs one admin API call on a small runtime of its own and prints its
+/// answer: the summary on stdout, or with `--json` the gateway's JSON on
+/// stdout and the summary on stderr, so the JSON pipes cleanly.
+fn call_admin(
+    args: &AdminArgs,
+    call: impl AsyncFnOnce(&Client) -> Result<(String, String), client::ClientError>,
+) -> anyhow::Result<()> {
+    let client = Client::from_env(&args.admin)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (summary, json) = runtime.block_on(call(&client))?;
+    if args.json {
+        eprintln!("{summary}");
+        say(&json)
+    } else {
+        say(&summary)
+    }
 }
 
 /// Writes `text` and a newline to stdout: a closed stdout (say, piped into

@@ -22,12 +22,12 @@ use crate::state::DesiredState;
 #[non_exhaustive]
 pub enum PersistError {
     /// The OS refused a read or a write.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `state.json` is not a state this gateway wrote.
     #[error("{path}: not a valid state file: {message}")]
@@ -40,9 +40,9 @@ pub enum PersistError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
-    move |source| PersistError::Io {
+    move |error| PersistError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

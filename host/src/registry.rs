@@ -62,15 +62,15 @@ pub enum ApplyError {
     State(#[from] StateError),
     /// A version did not load: not a component, does not fit the world, or
     /// cannot be instantiated under its tenant's limits.
-    #[error("tenant {tenant:?} handler {handler:?}: {source}")]
+    #[error("tenant {tenant:?} handler {handler:?}: {error}")]
     Load {
         /// The tenant.
         tenant: String,
         /// The handler.
         handler: String,
-        /// Why.
-        #[source]
-        source: LoadError,
+        /// Why (part of the message, not a separate cause, so error chains
+        /// do not repeat it).
+        error: LoadError,
     },
     /// The data dir could not be read or written.
     #[error(transparent)]
@@ -82,7 +82,6 @@ pub enum ApplyError {
 
 /// A component named by the config file that could not be read or loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("tenant {tenant:?} handler {handler:?}: component {path}: {source}")]
 pub struct HandlerLoadError {
     /// The tenant.
     pub tenant: String,
@@ -90,9 +89,25 @@ pub struct HandlerLoadError {
     pub handler: String,
     /// The component file.
     pub path: String,
-    /// Why it failed.
-    #[source]
-    pub source: LoadError,
+    /// Why it failed (part of the message, not a separate cause).
+    pub error: LoadError,
+}
+
+impl std::fmt::Display for HandlerLoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tenant, handler) = (&self.tenant, &self.handler);
+        match &self.error {
+            // A read error names the file itself.
+            LoadError::Read { .. } => {
+                write!(f, "tenant {tenant:?} handler {handler:?}: {}", self.error)
+            }
+            error => write!(
+                f,
+                "tenant {tenant:?} handler {handler:?}: component {}: {error}",
+                self.path
+            ),
+        }
+    }
 }
 
 /// Why the registry could not start or apply the config file.
@@ -273,7 +288,7 @@ impl Registry {
             ApplyError::Load {
                 tenant,
                 handler,
-                source,
+                error,
             } => {
                 let path = config
                     .tenants
@@ -289,7 +304,7 @@ impl Registry {
                     tenant,
                     handler,
                     path,
-                    source,
+                    error,
                 })
             }
             other => StartError::Apply(other),
@@ -409,13 +424,13 @@ fn read_config_components(
             if components.contains_key(&handler.component) {
                 continue;
             }
-            let bytes = std::fs::read(&handler.component).map_err(|source| HandlerLoadError {
+            let bytes = std::fs::read(&handler.component).map_err(|error| HandlerLoadError {
                 tenant: tenant.name.clone(),
                 handler: handler.name.clone(),
                 path: handler.component.display().to_string(),
-                source: LoadError::Read {
+                error: LoadError::Read {
                     path: handler.component.display().to_string(),
-                    source,
+                    error,
                 },
             })?;
             components.insert(handler.component.clone(), (sha256_hex(&bytes), bytes));
@@ -437,12 +452,12 @@ impl Writer {
         let mut compiled = self.compiled.clone();
         let mut loaded = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let version = self.load(&job, uploads, &mut compiled).map_err(|source| {
+            let version = self.load(&job, uploads, &mut compiled).map_err(|error| {
                 self.metrics.handler_load(false);
                 ApplyError::Load {
                     tenant: job.tenant.clone(),
                     handler: job.handler.clone(),
-                    source,
+                    error,
                 }
             })?;
             self.metrics.handler_load(true);

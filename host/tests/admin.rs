@@ -275,6 +275,7 @@ async fn a_handler_is_deployed_patched_replaced_rolled_back_and_deleted_at_runti
     let (status, body) = gw.deploy("demo", "greet", "/greet", hello.clone()).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"], 1);
+    assert_eq!(body["result"], "created");
     assert_eq!(body["source"], "api");
     assert_eq!(body["route"], "/greet");
     assert_eq!(body["size"], hello.len());
@@ -286,6 +287,7 @@ async fn a_handler_is_deployed_patched_replaced_rolled_back_and_deleted_at_runti
     // The same bytes, route and config: nothing changes.
     let (status, body) = gw.deploy("demo", "greet", "/greet", hello.clone()).await;
     assert_eq!((status, &body["version"]), (200, &Value::from(1)));
+    assert_eq!(body["result"], "unchanged");
 
     // New config without new bytes.
     let patch = gw

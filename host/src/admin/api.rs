@@ -455,7 +455,7 @@ impl Call<'_> {
             .await;
         self.log_write(Some(&sha256), &written);
         let written = written?;
-        self.handler_response(status_of(written)).await
+        self.handler_response(written).await
     }
 
     /// `PATCH .../handlers/{name}` with `{"route": ..., "config": {...}}`.
@@ -484,7 +484,7 @@ impl Call<'_> {
             .await;
         self.log_write(None, &written);
         let written = written?;
-        self.handler_response(status_of(written)).await
+        self.handler_response(written).await
     }
 
     async fn rollback(
@@ -512,7 +512,7 @@ impl Call<'_> {
             .await;
         self.log_write(None, &done);
         done?;
-        self.handler_response(StatusCode::OK).await
+        self.handler_response(Written::Replaced).await
     }
 
     async fn delete_handler(
@@ -560,16 +560,24 @@ impl Call<'_> {
         }
     }
 
-    /// The handler as it is now, with `status`.
+    /// The handler as it is now, after a write that did `written`: its
+    /// status, and `result` in the body (`created`, `replaced` or
+    /// `unchanged`), since 200 means either of the last two.
     async fn handler_response(
         &self,
-        status: StatusCode,
+        written: Written,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let state = self.admin.registry.state().await;
         let handler = state.handler(self.tenant(), self.handler())?;
-        let value = handler_json(self.handler(), handler, true);
+        let mut value = handler_json(self.handler(), handler, true);
+        // The ETag is the handler's own, without the write's result.
         let etag = etag_of(&value);
-        Ok(json_response(status, &value, Some(etag)))
+        value["result"] = Value::from(match written {
+            Written::Created => "created",
+            Written::Replaced => "replaced",
+            Written::Unchanged => "unchanged",
+        });
+        Ok(json_response(status_of(written), &value, Some(etag)))
     }
 
     fn log_write<T, E: std::fmt::Display>(&self, sha256: Option<&str>, result: &Result<T, E>) {
@@ -687,13 +695,40 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// One query parameter, percent-decoding not needed for routes and numbers.
+/// One query parameter, percent-decoded (`None` also when the decoded
+/// bytes are not UTF-8: such a route could not be matched anyway).
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
+    let raw = query?
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.replace("%2F", "/").replace("%2f", "/"))
+        .find(|(key, _)| *key == name)?
+        .1;
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        match (first, tail) {
+            (b'%', [high, low, after @ ..]) => match (hex(*high), hex(*low)) {
+                (Some(high), Some(low)) => {
+                    bytes.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                    rest = after;
+                }
+                _ => {
+                    bytes.push(first);
+                    rest = tail;
+                }
+            },
+            (b'+', _) => {
+                bytes.push(b' ');
+                rest = tail;
+            }
+            _ => {
+                bytes.push(first);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// An uploaded component and the digest its client sent, if any.
@@ -840,6 +875,15 @@ mod tests {
             Some("/b".into())
         );
         assert_eq!(query_param(Some("routes=/a"), "route"), None);
+        assert_eq!(
+            query_param(Some("route=/caf%C3%A9%20bar%25"), "route"),
+            Some("/café bar%".into())
+        );
+        assert_eq!(
+            query_param(Some("route=/%zz"), "route"),
+            Some("/%zz".into())
+        );
+        assert_eq!(query_param(Some("route=/%FF"), "route"), None);
         assert_eq!(query_param(None, "route"), None);
     }
 }

@@ -20,12 +20,13 @@ use crate::config::Limits;
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The component file.
         path: String,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (part of the message, not a separate cause, so
+        /// error chains do not repeat it).
+        error: std::io::Error,
     },
     /// The bytes are not a valid component (or are a core module).
     #[error("not a valid WebAssembly component: {0}")]
@@ -75,9 +76,9 @@ impl HandlerVersion {
         limits: Limits,
         context: Arc<HandlerContext>,
     ) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::load(runtime, &bytes, limits, context)
     }

@@ -1,0 +1,358 @@
+//! `wasmgate deploy`, `list` and `rollback` against a real `wasmgate
+//! serve`: what they print, their exit codes, and that what they deploy
+//! serves; every mistake is one line on stderr and exit code 1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+use wasmgate::client::format_size;
+use wasmgate::persist::sha256_hex;
+use wasmgate_handler_components as components;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+const ROOT: &str = "root-secret-for-deploy-tests";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deploy-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A running `wasmgate serve` with the root token `ROOT`, killed on drop.
+struct Gateway {
+    child: Child,
+    url: String,
+    admin: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// `demo` on every host with hello at /hello.
+    fn start(dir: &Path) -> Self {
+        let config = dir.join("wasmgate.toml");
+        let text = format!(
+            "[runtime]\nworkers = 1\n\n[[tenant]]\nname = \"demo\"\nhosts = [\"*\"]\n\n\
+             [[tenant.handler]]\nname = \"hello\"\nroute = \"/hello\"\ncomponent = \"{}\"\n",
+            components::require(components::HELLO)
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .env("WASMGATE_ADMIN_TOKEN", ROOT)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wasmgate serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut next = |prefix: &str| {
+            let line = lines.next().expect("a startup line").expect("utf-8");
+            let rest = line.strip_prefix(prefix);
+            format!("http://{}", rest.unwrap_or_else(|| panic!("{line}")))
+        };
+        let url = next("listening on http://");
+        let admin = next("admin on http://");
+        Self { child, url, admin }
+    }
+
+    /// `wasmgate ARGS --admin <this gateway>` with `token` in the
+    /// environment (none: unset).
+    fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .args(["--admin", &self.admin])
+            .env_remove("WASMGATE_ADMIN_TOKEN")
+            .env_remove("WASMGATE_ADMIN_URL");
+        if let Some(token) = token {
+            command.env("WASMGATE_ADMIN_TOKEN", token);
+        }
+        command.output().expect("run wasmgate")
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("{}{path}", self.url))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+}
+
+/// The command succeeded and printed `stdout` and nothing on stderr.
+fn succeeded(output: &Output) -> String {
+    let (stdout, stderr) = texts(output);
+    assert!(
+        output.status.success(),
+        "{:?}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    assert_eq!(stderr, "", "nothing on stderr");
+    stdout
+}
+
+/// The command failed with exit code 1, printed nothing on stdout and one
+/// line on stderr, which is returned without its newline.
+fn failed(output: &Output) -> String {
+    let (stdout, stderr) = texts(output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stdout, "", "nothing on stdout");
+    let line = stderr
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("a line: {stderr:?}"));
+    assert!(!line.contains('\n'), "one line: {stderr}");
+    line.to_owned()
+}
+
+fn texts(output: &Output) -> (String, String) {
+    (
+        String::from_utf8(output.stdout.clone()).expect("utf-8 stdout"),
+        String::from_utf8(output.stderr.clone()).expect("utf-8 stderr"),
+    )
+}
+
+/// What `deploy` prints for `component` deployed as demo/greet.
+fn deployed_line(component: &[u8], version: u64, outcome: &str) -> String {
+    format!(
+        "deployed demo/greet version {version} (sha256 {}, {}) at /greet: {outcome}\n",
+        &sha256_hex(component)[..12],
+        format_size(component.len() as u64)
+    )
+}
+
+#[tokio::test]
+async fn deploy_list_and_rollback_drive_a_running_gateway() {
+    let dir = scratch("lifecycle");
+    let gw = Gateway::start(&dir);
+    let (hello_path, echo_path) = (
+        components::require(components::HELLO),
+        components::require(components::ECHO),
+    );
+    let hello = std::fs::read(hello_path).expect("read hello");
+    let echo = std::fs::read(echo_path).expect("read echo");
+    let deploy = |file: &str, route: Option<&str>| {
+        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", "greet"];
+        args.extend(route.iter().flat_map(|r| ["--route", r]));
+        gw.cli(Some(ROOT), &args)
+    };
+
+    assert_eq!(gw.get("/greet").await.0, 404);
+    let stdout = succeeded(&deploy(hello_path, Some("/greet")));
+    assert_eq!(stdout, deployed_line(&hello, 1, "created"));
+    assert_eq!(
+        gw.get("/greet").await,
+        (200, "hello from wasmgate\n".to_owned())
+    );
+
+    let stdout = succeeded(&deploy(hello_path, Some("/greet")));
+    assert_eq!(stdout, deployed_line(&hello, 1, "unchanged"));
+
+    // Without --route a handler keeps its route.
+    let stdout = succeeded(&deploy(echo_path, None));
+    assert_eq!(stdout, deployed_line(&echo, 2, "replaced"));
+    assert_eq!(gw.get("/greet").await.0, 204, "echo: an empty GET is 204");
+
+    let stdout = succeeded(&gw.cli(Some(ROOT), &["list", "--tenant", "demo"]));
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{stdout}");
+    let echo_size = format_size(echo.len() as u64);
+    let hello_size = format_size(hello.len() as u64);
+    let expected = [
+        format!(
+            "greet /greet 2 {} {echo_size} api",
+            &sha256_hex(&echo)[..12]
+        ),
+        format!(
+            "hello /hello 1 {} {hello_size} config",
+            &sha256_hex(&hello)[..12]
+        ),
+    ];
+    for (row, expected) in rows[1..].iter().zip(expected) {
+        let (columns, date) = row.split_at(row.len() - 3);
+        assert_eq!(columns.join(" "), expected, "{stdout}");
+        assert!(date[0].len() == 10 && date[0].starts_with("20"), "{stdout}");
+        assert_eq!(date[2], "UTC", "{stdout}");
+    }
+
+    let rollback = gw.cli(
+        Some(ROOT),
+        &["rollback", "--tenant", "demo", "--name", "greet"],
+    );
+    let expected = format!(
+        "rolled back demo/greet: version 1 (sha256 {}, {hello_size}) serves at /greet\n",
+        &sha256_hex(&hello)[..12]
+    );
+    assert_eq!(succeeded(&rollback), expected);
+    assert_eq!(gw.get("/greet").await.1, "hello from wasmgate\n");
+
+    // --json: the gateway's JSON on stdout, the summary on stderr.
+    let rollback = gw.cli(
+        Some(ROOT),
+        &[
+            "rollback",
+            "--tenant",
+            "demo",
+            "--name",
+            "greet",
+            "--version",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(rollback.status.success());
+    let (stdout, stderr) = texts(&rollback);
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["version"], 2);
+    assert_eq!(json["sha256"], sha256_hex(&echo));
+    assert_eq!(json["versions"].as_array().map(Vec::len), Some(2), "{json}");
+    assert!(
+        stderr.starts_with("rolled back demo/greet: version 2 "),
+        "{stderr}"
+    );
+    assert_eq!(gw.get("/greet").await.0, 204);
+
+    let list = gw.cli(Some(ROOT), &["list", "--tenant", "demo", "--json"]);
+    let json: Value = serde_json::from_slice(&list.stdout).expect("JSON on stdout");
+    assert_eq!(json["tenant"], "demo");
+    let names: Vec<&str> = json["handlers"]
+        .as_array()
+        .expect("handlers")
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert_eq!(names, ["greet", "hello"]);
+
+    // The URL can come from the environment.
+    let from_env = Command::new(BIN)
+        .args(["list", "--tenant", "demo"])
+        .env("WASMGATE_ADMIN_TOKEN", ROOT)
+        .env("WASMGATE_ADMIN_URL", &gw.admin)
+        .output()
+        .expect("run wasmgate");
+    assert!(succeeded(&from_env).starts_with("NAME "));
+}
+
+#[tokio::test]
+async fn every_mistake_is_one_line_and_exit_code_1_and_changes_nothing() {
+    let dir = scratch("mistakes");
+    let gw = Gateway::start(&dir);
+    let hello = components::require(components::HELLO);
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm but not really").expect("write garbage");
+    let garbage = garbage.to_str().expect("utf-8 path");
+    let missing = dir.join("missing.wasm");
+    let missing = missing.to_str().expect("utf-8 path");
+    let before = succeeded(&gw.cli(Some(ROOT), &["list", "--tenant", "demo"]));
+
+    let line = failed(&gw.cli(None, &["list", "--tenant", "demo"]));
+    assert_eq!(
+        line,
+        "error: no admin token: set WASMGATE_ADMIN_TOKEN to the gateway's root token \
+         (or to the tenant's token)"
+    );
+    let line = failed(&gw.cli(Some("wrong"), &["list", "--tenant", "demo"]));
+    assert!(line.starts_with("error: 403 forbidden: "), "{line}");
+
+    let deploy = |file: &str, name: &str, route: Option<&str>| {
+        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", name];
+        args.extend(route.iter().flat_map(|r| ["--route", r]));
+        gw.cli(Some(ROOT), &args)
+    };
+    let line = failed(&deploy(garbage, "hello", None));
+    assert!(
+        line.starts_with(r#"error: 400 invalid_component: tenant "demo" handler "hello": "#),
+        "{line}"
+    );
+    let line = failed(&deploy(missing, "x", Some("/x")));
+    assert!(
+        line.starts_with(&format!("error: cannot read {missing}: ")),
+        "{line}"
+    );
+    let line = failed(&deploy(hello, "new", None));
+    assert_eq!(
+        line,
+        "error: demo/new is a new handler: give it a route with --route /path"
+    );
+    let line = failed(&deploy(hello, "other", Some("/hello")));
+    assert!(line.starts_with("error: 409 route_taken: "), "{line}");
+    let line = failed(&gw.cli(
+        Some(ROOT),
+        &[
+            "rollback",
+            "--tenant",
+            "demo",
+            "--name",
+            "hello",
+            "--version",
+            "9",
+        ],
+    ));
+    assert!(line.starts_with("error: 404 not_found: "), "{line}");
+    let line = failed(&gw.cli(Some(ROOT), &["list", "--tenant", "nobody"]));
+    assert_eq!(line, r#"error: 404 not_found: no tenant "nobody""#);
+
+    // Pointed at the wrong place.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let wrong_place = |url: &str| {
+        Command::new(BIN)
+            .args(["list", "--tenant", "demo", "--admin", url])
+            .env("WASMGATE_ADMIN_TOKEN", ROOT)
+            .output()
+            .expect("run wasmgate")
+    };
+    let line = failed(&wrong_place(&closed_url));
+    assert!(
+        line.starts_with(&format!(
+            "error: cannot reach the admin API at {closed_url}: "
+        )),
+        "{line}"
+    );
+    assert!(line.contains("is `wasmgate serve` running?"), "{line}");
+    let line = failed(&wrong_place(&gw.url));
+    assert!(
+        line.starts_with(&format!(
+            "error: {} answered 404 with something other than the admin API's JSON",
+            gw.url
+        )),
+        "{line}"
+    );
+    let line = failed(&wrong_place("https://127.0.0.1:1"));
+    assert!(line.starts_with("error: invalid admin URL"), "{line}");
+
+    // Nothing changed.
+    assert_eq!(
+        succeeded(&gw.cli(Some(ROOT), &["list", "--tenant", "demo"])),
+        before
+    );
+    assert_eq!(
+        gw.get("/hello").await,
+        (200, "hello from wasmgate\n".to_owned())
+    );
+}
