@@ -206,6 +206,41 @@ mod tests {
             .collect()
     }
 
+    /// Per-call cost probe for `valgrind --tool=callgrind`: runs `hello`
+    /// `WASMGATE_PROBE_CALLS` times (default 1). Two runs with different
+    /// counts give the instructions of one call, which unlike wall time are
+    /// stable on a loaded machine (docs/isolation.md).
+    #[test]
+    #[ignore = "a measurement, run by hand under callgrind"]
+    fn probe_hello_calls() {
+        let calls: usize = std::env::var("WASMGATE_PROBE_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let metrics = Arc::new(Metrics::new());
+        let limits = crate::config::Limits::default();
+        let runtime = Runtime::new(2, limits.memory_bytes, true).expect("runtime");
+        let context = Arc::new(super::super::host::HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "hello"),
+        });
+        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
+        let version = Arc::new(
+            HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
+        );
+        let (head, ()) = http::Request::get("/hello")
+            .body(())
+            .expect("valid request")
+            .into_parts();
+        let request = GuestRequest::new(head, Bytes::new());
+        for _ in 0..calls {
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
+                assert!(o.result.is_ok());
+            });
+        }
+    }
+
     #[test]
     fn reply_gets_the_response_and_fuel_once_before_the_instance_is_torn_down() {
         let replies = call_hello(Instant::now() + std::time::Duration::from_secs(10));
