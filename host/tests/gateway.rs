@@ -293,6 +293,7 @@ async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
         r#"
 [runtime]
 workers = 1
+guests_per_worker = 1
 queue_depth = 1
 
 [limits]
@@ -365,6 +366,7 @@ async fn a_flooded_handler_does_not_make_others_wait_for_its_backlog() {
         r#"
 [runtime]
 workers = 1
+guests_per_worker = 1
 
 [limits]
 timeout_ms = 60000

@@ -5,7 +5,7 @@
 //! run-to-completion gateway (`runtime.guests_per_worker = 1`, or the
 //! gateway before time slicing) queues them behind the loops, which hold
 //! the only worker until their 60 s deadline: the good tenant's first
-//! request then gets 504 at its own 30 s deadline, with the loops still
+//! request then gets 504 at its own 10 s deadline, with the loops still
 //! running, so the assertions below fail.
 
 mod common;
@@ -35,7 +35,7 @@ component = "{faults}"
 [[tenant]]
 name = "good"
 hosts = ["*"]
-limits = { timeout_ms = 30000 }
+limits = { timeout_ms = 10000 }
 [[tenant.handler]]
 name = "hello"
 route = "/hello"
