@@ -160,6 +160,10 @@ pub struct RuntimeConfig {
     /// memory limit still are) and guests run a few percent faster.
     /// Default true.
     pub consume_fuel: bool,
+    /// Guests one worker keeps alive and time-slices between; more
+    /// requests wait in the queue. Each costs a pool slot and a fiber
+    /// stack; 1 runs every request to completion. Default 4.
+    pub guests_per_worker: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -170,6 +174,7 @@ impl Default for RuntimeConfig {
             data_dir: PathBuf::from("wasmgate-data"),
             keep_versions: crate::state::DEFAULT_KEEP_VERSIONS,
             consume_fuel: true,
+            guests_per_worker: crate::runtime::GUESTS_PER_WORKER,
         }
     }
 }
@@ -362,6 +367,9 @@ impl Config {
         }
         if self.runtime.queue_depth == 0 {
             return Err("runtime.queue_depth must be at least 1".into());
+        }
+        if self.runtime.guests_per_worker == 0 {
+            return Err("runtime.guests_per_worker must be at least 1".into());
         }
         let mut tenant_names = std::collections::HashSet::new();
         for tenant in &self.tenants {

@@ -108,6 +108,10 @@ pub struct Metrics {
     guest_histograms: HistogramVec,
     guest_dropped: IntCounterVec,
     guest_log_dropped: IntCounterVec,
+    guest_cpu: prometheus::CounterVec,
+    /// Guests alive on the workers now: running, waiting for their next
+    /// time slice or waiting in `wasi:io/poll`.
+    pub guests_alive: IntGauge,
     /// Per (tenant, handler): survives reloads so the name cap holds across
     /// versions.
     handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
@@ -324,6 +328,24 @@ impl Metrics {
                 "Log lines of a handler (its log calls and the gateway's lines about its traps) dropped over limits.log_lines_per_second.",
                 th,
             ),
+            guest_cpu: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "wasmgate_guest_cpu_seconds_total",
+                        "Worker time spent running guests (instantiation, wasm and host calls), by tenant and handler.",
+                    ),
+                    th,
+                )
+                .expect("static metric definition is valid");
+                r.register(Box::new(c.clone()))
+                    .expect("metric names are unique");
+                c
+            },
+            guests_alive: gauge(
+                &r,
+                "wasmgate_guests_alive",
+                "Guests alive on the workers: running or waiting for a time slice or a timer.",
+            ),
             handlers: Mutex::new(HashMap::new()),
             registry: r,
         }
@@ -394,6 +416,7 @@ impl Metrics {
         let _ = self.fuel_consumed.remove_label_values(&labels);
         let _ = self.guest_dropped.remove_label_values(&labels);
         let _ = self.guest_log_dropped.remove_label_values(&labels);
+        let _ = self.guest_cpu.remove_label_values(&labels);
         // Statuses are not remembered per handler (that would cost the
         // request path); a delete tries them all.
         for status in 100..=599u16 {
@@ -443,6 +466,7 @@ impl Metrics {
                     duration: self.request_duration.with_label_values(&labels),
                     fuel: self.fuel_consumed.with_label_values(&labels),
                     dropped: self.guest_dropped.with_label_values(&labels),
+                    cpu: self.guest_cpu.with_label_values(&labels),
                     log: LogLimiter::new(
                         tenant,
                         handler,
@@ -475,6 +499,8 @@ pub struct HandlerMetrics {
     duration: Histogram,
     fuel: Histogram,
     dropped: IntCounter,
+    /// `wasmgate_guest_cpu_seconds_total` of this handler.
+    cpu: prometheus::Counter,
     /// The handler's log-line budget: here, not in a handler version, so
     /// that all versions and requests of the handler share one.
     pub log: LogLimiter,
@@ -500,6 +526,13 @@ impl std::fmt::Debug for HandlerMetrics {
 }
 
 impl HandlerMetrics {
+    /// Counts `seconds` of worker time spent running one of its guests.
+    pub fn guest_cpu(&self, seconds: f64) {
+        if !self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            self.cpu.inc_by(seconds);
+        }
+    }
+
     /// Counts a finished request: status, duration and, when the guest ran,
     /// fuel consumed and the trap kind.
     pub fn request(

@@ -370,7 +370,7 @@ async fn requests_still_running_when_the_grace_ends_get_503_shutting_down() {
             tokio::spawn(async move { client.get(url).send().await })
         })
         .collect();
-    gw.wait_for_metric("wasmgate_workers_busy", |v| v >= 2.0)
+    gw.wait_for_metric("wasmgate_guests_alive", |v| v >= 2.0)
         .await;
     gw.begin_shutdown();
     let mut versions = Vec::new();

@@ -413,6 +413,7 @@ async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
             r#"
 [runtime]
 workers = 1
+guests_per_worker = 1
 queue_depth = 1
 
 [limits]
@@ -572,6 +573,7 @@ async fn the_queue_serves_tenants_then_handlers_in_turn_each_in_arrival_order() 
         r#"
 [runtime]
 workers = 1
+guests_per_worker = 1
 [limits]
 timeout_ms = 600000
 {HOLD_TENANT}
@@ -635,6 +637,7 @@ async fn a_flooded_handler_does_not_make_others_wait_for_its_backlog() {
         r#"
 [runtime]
 workers = 1
+guests_per_worker = 1
 [limits]
 timeout_ms = 600000
 {HOLD_TENANT}
@@ -1069,8 +1072,10 @@ async fn connection_metrics_count_every_connection() {
 #[tokio::test]
 async fn request_duration_includes_queueing_and_busy_workers_are_counted() {
     let (gw, queued, hold) = with_hold(|hold| async move {
-        let gw =
-            TestGateway::start(&format!("[runtime]\nworkers = 1\n{HOLD_TENANT}\n{DEMO}")).await;
+        let gw = TestGateway::start(&format!(
+            "[runtime]\nworkers = 1\nguests_per_worker = 1\n{HOLD_TENANT}\n{DEMO}"
+        ))
+        .await;
         let hold = Hold::start(&gw, "hold.test", hold);
         if !gw
             .wait_for_metric_while("wasmgate_workers_busy", |v| v == 1.0, || hold.holding())

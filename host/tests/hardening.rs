@@ -195,11 +195,15 @@ async fn a_guest_blocked_in_a_host_call_gets_504_at_its_deadline() {
 
 #[tokio::test]
 async fn a_queued_request_gets_its_504_while_the_workers_are_still_busy() {
-    // The only worker sleeps for 20 s, within its tenant's 60 s deadline;
+    // One guest per worker (run to completion, as before time slicing):
+    // the only worker sleeps for 20 s, within its tenant's 60 s deadline;
     // a request of another tenant with a 300 ms deadline waits behind it.
     let gw = TestGateway::start(&format!(
         "{}\n[limits]\ntimeout_ms = 300\n",
-        two_tenants("[runtime]\nworkers = 1", "timeout_ms = 60000")
+        two_tenants(
+            "[runtime]\nworkers = 1\nguests_per_worker = 1",
+            "timeout_ms = 60000"
+        )
     ))
     .await;
     let sleeper = tokio::spawn({

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::engine::{Runtime, deadline_ticks};
+use super::engine::Runtime;
 use super::handler::HandlerVersion;
 use super::host::{GuestRequest, State};
 use crate::error::RequestError;
@@ -40,6 +40,10 @@ pub struct GuestOutcome {
 /// the instance's memory for the next request (a page-map scan in the
 /// kernel and copies of the dirty pages, about a quarter of a `hello`
 /// call's time), and the client need not wait for that.
+///
+/// This blocking form runs the guest to completion on the calling thread;
+/// the executor's workers use [`call_guest_async`] and switch between
+/// guests at its yields.
 pub fn call_guest(
     runtime: &Runtime,
     version: &Arc<HandlerVersion>,
@@ -48,14 +52,62 @@ pub fn call_guest(
     metrics: &Metrics,
     reply: impl FnOnce(GuestOutcome),
 ) {
-    let (outcome, store) = run_guest(runtime, version, request, deadline, metrics);
+    block_on(call_guest_async(
+        runtime, version, request, deadline, metrics, reply,
+    ));
+}
+
+/// [`call_guest`] as a future: the guest runs on a fiber when polled and
+/// the future is pending at every epoch tick (woken at once: it yields,
+/// it does not wait) and while the guest waits in `wasi:io/poll`.
+pub(super) async fn call_guest_async(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    deadline: Instant,
+    metrics: &Metrics,
+    reply: impl FnOnce(GuestOutcome),
+) {
+    let (outcome, store) = run_guest(runtime, version, request, deadline, metrics).await;
     reply(outcome);
     drop(store);
 }
 
+/// Runs `future` to completion on this thread. Timers (a guest's
+/// `wasi:io/poll`) use the tokio runtime the thread is in, if any, which
+/// must then be driven by other threads; outside one, WASI's own runtime.
+pub(super) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return wasmtime_wasi::runtime::in_tokio(future);
+    };
+    let _context = handle.enter();
+    let mut future = std::pin::pin!(future);
+    let waker = Arc::new(ThreadWaker(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// Wakes a thread parked in [`block_on`].
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 /// [`call_guest`] up to the outcome; also returns the store, if one was
 /// made, so the caller decides when it is torn down.
-fn run_guest(
+async fn run_guest(
     runtime: &Runtime,
     version: &Arc<HandlerVersion>,
     request: &GuestRequest,
@@ -86,29 +138,33 @@ fn run_guest(
         };
         return (outcome, Some(store));
     }
-    // Ticks only approximate time: on a loaded machine the ticker
-    // oversleeps, and counted ticks would let a guest run past its
-    // deadline. When the ticks run out, the real clock decides.
-    store.set_epoch_deadline(deadline_ticks(remaining));
+    // Every tick is the end of a time slice: the guest yields to its
+    // worker's scheduler and resumes when it is picked again. Ticks only
+    // approximate time (on a loaded machine the ticker oversleeps, or
+    // ticks come early when the executor asks running guests to yield), so
+    // the real clock decides when the deadline has passed.
+    store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|store| {
-        let remaining = store
-            .data()
-            .deadline
-            .saturating_duration_since(Instant::now());
-        Ok(if remaining.is_zero() {
+        Ok(if Instant::now() >= store.data().deadline {
             UpdateDeadline::Interrupt
         } else {
-            UpdateDeadline::Continue(deadline_ticks(remaining))
+            UpdateDeadline::Yield(1)
         })
     });
 
     let started = Instant::now();
-    let result = version.pre.instantiate(&mut store).and_then(|instance| {
-        metrics
-            .instantiation_duration
-            .observe(started.elapsed().as_secs_f64());
-        request.with_view(|request| instance.call_handle(&mut store, request))
-    });
+    let result = match version.pre.instantiate_async(&mut store).await {
+        Ok(instance) => {
+            metrics
+                .instantiation_duration
+                .observe(started.elapsed().as_secs_f64());
+            let headers = request.header_view();
+            instance
+                .call_handle(&mut store, request.view(&headers))
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let fuel_consumed = runtime
         .consume_fuel
         .then(|| limits.fuel - store.get_fuel().unwrap_or(0));
@@ -204,6 +260,41 @@ mod tests {
             .into_iter()
             .map(|(o, references)| (o, references > references_after))
             .collect()
+    }
+
+    /// Per-call cost probe for `valgrind --tool=callgrind`: runs `hello`
+    /// `WASMGATE_PROBE_CALLS` times (default 1). Two runs with different
+    /// counts give the instructions of one call, which unlike wall time are
+    /// stable on a loaded machine (docs/isolation.md).
+    #[test]
+    #[ignore = "a measurement, run by hand under callgrind"]
+    fn probe_hello_calls() {
+        let calls: usize = std::env::var("WASMGATE_PROBE_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let metrics = Arc::new(Metrics::new());
+        let limits = crate::config::Limits::default();
+        let runtime = Runtime::new(2, limits.memory_bytes, true).expect("runtime");
+        let context = Arc::new(super::super::host::HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "hello"),
+        });
+        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
+        let version = Arc::new(
+            HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
+        );
+        let (head, ()) = http::Request::get("/hello")
+            .body(())
+            .expect("valid request")
+            .into_parts();
+        let request = GuestRequest::new(head, Bytes::new());
+        for _ in 0..calls {
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
+                assert!(o.result.is_ok());
+            });
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! Both are replaced here by versions that wait at most until the request's
 //! deadline and then trap with [`Trap::Interrupt`], the trap an epoch
 //! deadline gives, so the request is answered 504 `timeout` like any other.
+//! They are async: a waiting guest's fiber is suspended and holds no worker,
+//! only its guest slot.
 
 use std::future::Future;
 use std::time::Instant;
@@ -31,36 +33,39 @@ const POLL_INSTANCE: &str = "wasi:io/poll@0.2.12";
 pub(super) fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut poll = linker.instance(POLL_INSTANCE)?;
-    poll.func_wrap(
+    poll.func_wrap_async(
         "poll",
         |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
-            let state: &mut State = store.data_mut();
-            let deadline = state.deadline;
-            let ready = wait_until(deadline, state.table().poll(pollables))??;
-            Ok((ready,))
+            Box::new(async move {
+                let state: &mut State = store.data_mut();
+                let deadline = state.deadline;
+                let ready = until(deadline, state.table().poll(pollables)).await??;
+                Ok((ready,))
+            })
         },
     )?;
-    poll.func_wrap(
+    poll.func_wrap_async(
         "[method]pollable.block",
         |mut store, (pollable,): (Resource<DynPollable>,)| {
-            let state: &mut State = store.data_mut();
-            let deadline = state.deadline;
-            wait_until(deadline, state.table().block(pollable))??;
-            Ok(())
+            Box::new(async move {
+                let state: &mut State = store.data_mut();
+                let deadline = state.deadline;
+                until(deadline, state.table().block(pollable)).await??;
+                Ok(())
+            })
         },
     )?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
-/// Runs `future` on WASI's runtime until it finishes or `deadline` passes;
-/// the latter is a [`Trap::Interrupt`].
-fn wait_until<F: Future>(deadline: Instant, future: F) -> wasmtime::Result<F::Output> {
-    // The timer must be made inside the runtime it registers with.
-    wasmtime_wasi::runtime::in_tokio(async move {
-        tokio::time::timeout_at(deadline.into(), future).await
-    })
-    .map_err(|_elapsed| wasmtime::Error::from(Trap::Interrupt))
+/// Waits for `future` until `deadline`; past it, a [`Trap::Interrupt`].
+/// While it waits the guest's fiber is suspended and its worker runs other
+/// guests; the timer is the worker's own (a tokio time driver per worker).
+async fn until<F: Future>(deadline: Instant, future: F) -> wasmtime::Result<F::Output> {
+    tokio::time::timeout_at(deadline.into(), future)
+        .await
+        .map_err(|_elapsed| wasmtime::Error::from(Trap::Interrupt))
 }
 
 #[cfg(test)]
@@ -69,13 +74,15 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_wait_past_the_deadline_is_an_interrupt_trap() {
+    #[tokio::test]
+    async fn a_wait_past_the_deadline_is_an_interrupt_trap() {
         let deadline = Instant::now() + Duration::from_millis(20);
-        let err = wait_until(deadline, std::future::pending::<()>()).expect_err("times out");
+        let err = until(deadline, std::future::pending::<()>())
+            .await
+            .expect_err("times out");
         assert_eq!(err.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
 
-        let ready = wait_until(Instant::now() + Duration::from_secs(60), async { 7 });
+        let ready = until(Instant::now() + Duration::from_secs(60), async { 7 }).await;
         assert_eq!(ready.expect("ready at once"), 7);
     }
 }

@@ -9,8 +9,29 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::cache::CodeCache;
 use super::host::{self, State};
 
-/// How often the epoch advances; deadlines are counted in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the epoch advances: the time slice. At every tick a running
+/// guest gives its worker back to the worker's scheduler, which runs the
+/// guest whose tenant has used the least CPU; deadlines are counted in
+/// these ticks too. The choice is measured in `docs/isolation.md`: a
+/// switch costs a few microseconds, so even 2 ms slices cost under 0.5%
+/// of a CPU-bound guest's throughput, while another tenant's request waits
+/// at most about one slice for a busy worker.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Guests one worker keeps alive at once by default (`runtime.guests_per_
+/// worker`): each holds a pool slot (its memories, at most
+/// `linear_memory_keep_resident` of them resident once used) and a fiber
+/// stack. Four lets a worker run another tenant's request beside a few
+/// long ones; one gives run-to-completion, as before time slicing.
+pub const GUESTS_PER_WORKER: usize = 4;
+
+/// The fiber stack a guest call runs on. Wasm may use `MAX_WASM_STACK` of
+/// it; the rest is for host functions. Stacks are pooled and not zeroed,
+/// so a stack stays resident only as deep as guests have used it.
+const ASYNC_STACK_SIZE: usize = 1 << 20;
+/// Wasmtime's default wasm stack limit, spelled out because the fiber
+/// stack must be larger.
+const MAX_WASM_STACK: usize = 512 << 10;
 
 /// Core instances, memories and tables one component may have. A Rust
 /// `wasm32-wasip2` component has a handful of each (the program, the WASI
@@ -55,8 +76,8 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// An engine sized for `instances` concurrent instances (one per worker
-    /// suffices: only workers instantiate) whose memories may grow to
+    /// An engine sized for `instances` concurrent instances (the guests
+    /// the workers keep alive, plus one for loading) whose memories may grow to
     /// `max_memory_bytes`; starts the epoch ticker.
     pub fn new(
         instances: u32,
@@ -86,9 +107,11 @@ impl Runtime {
             .chain([config.limits.memory_bytes])
             .max()
             .unwrap_or(config.limits.memory_bytes);
-        // Workers instantiate one instance each at a time; one more slot is
-        // for loading, which makes one instance to prove a version works.
-        let instances = u32::try_from(config.runtime.worker_count() + 1).unwrap_or(u32::MAX);
+        // Each worker keeps up to `guests_per_worker` guests alive; one
+        // more slot is for loading, which makes one instance to prove a
+        // version works.
+        let guests = config.runtime.worker_count() * config.runtime.guests_per_worker.max(1);
+        let instances = u32::try_from(guests + 1).unwrap_or(u32::MAX);
         Ok(
             Self::new(instances, max_memory, config.runtime.consume_fuel)?
                 .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache"))),
@@ -120,6 +143,8 @@ fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> C
     let slots = instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
+        // Every guest call runs on its own fiber stack while it is alive.
+        .total_stacks(slots)
         .total_core_instances(slots * MAX_CORE_INSTANCES_PER_COMPONENT)
         .total_memories(slots * MAX_MEMORIES_PER_COMPONENT)
         .total_tables(slots * MAX_TABLES_PER_COMPONENT)
@@ -149,6 +174,8 @@ fn engine_config(instances: u32, max_memory_bytes: u64, consume_fuel: bool) -> C
         .wasm_backtrace_max_frames(None)
         .consume_fuel(consume_fuel)
         .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(ASYNC_STACK_SIZE)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }

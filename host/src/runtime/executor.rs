@@ -1,5 +1,5 @@
 //! The worker pool: a fixed set of threads, fed by a bounded queue, that
-//! run every guest call.
+//! run every guest call, time-sliced.
 //!
 //! A full queue answers 503 at once rather than letting work pile up; a
 //! fixed number of threads (about one per core) keeps CPU-heavy guests from
@@ -8,28 +8,46 @@
 //! ([`FairQueue`]), so a flooded handler delays the others by one request,
 //! not by its whole backlog.
 //!
+//! A worker keeps up to `guests_per_worker` guests alive and switches
+//! between them at every epoch tick (the time slice, [`EPOCH_TICK`]): guest
+//! calls are futures on wasmtime fibers that yield when the tick comes. At
+//! each switch the worker runs the guest of the tenant that has used the
+//! least CPU on it, then of that tenant's handler that has used the least,
+//! then the oldest request of that handler. So a tenant's request waits for
+//! a busy worker about one slice, not for a whole request of another
+//! tenant. A tenant may hold at most half a worker's guest slots (at least
+//! one), so a flood of long requests leaves room for others. A new request
+//! that finds no idle worker ends the running slices early (an epoch bump)
+//! so the workers look at it now, not at the next tick.
+//!
 //! No request may cost a worker: a panic while serving one (a gateway bug;
 //! guest input must never cause one) fails that request with 500, and a
 //! thread that dies anyway is replaced. `wasmgate_workers_alive` counts the
 //! threads, and `/readyz` says 503 while fewer than configured are alive.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 
-use super::call::{GuestOutcome, call_guest};
-use super::engine::{Runtime, RuntimeError};
+use super::call::{GuestOutcome, call_guest_async};
+use super::engine::{EPOCH_TICK, Runtime, RuntimeError};
 use super::fair_queue::{FairQueue, Flow, Rejected};
 use super::handler::HandlerVersion;
 use super::host::GuestRequest;
 use crate::error::RequestError;
-use crate::metrics::Metrics;
+use crate::metrics::{HandlerMetrics, Metrics};
 
 /// A request waiting for a worker.
 struct Job {
+    flow: Flow,
     version: Arc<HandlerVersion>,
     request: GuestRequest,
     deadline: Instant,
@@ -41,8 +59,11 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A guest call in progress on a worker.
+type GuestFuture = Pin<Box<dyn Future<Output = ()>>>;
+
 /// How a worker serves a job: [`run_job`], or a stand-in in tests.
-type JobRunner = fn(&Runtime, &Metrics, Job);
+type JobRunner = fn(Arc<Pool>, Job) -> GuestFuture;
 
 /// What every worker thread shares.
 struct Pool {
@@ -50,6 +71,8 @@ struct Pool {
     queue: FairQueue<Job>,
     metrics: Arc<Metrics>,
     run: JobRunner,
+    /// Guests one worker keeps alive at once.
+    guests_per_worker: usize,
 }
 
 /// The pool of guest worker threads. Workers drain the queue and exit once
@@ -74,19 +97,30 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
-    /// Starts `workers` threads behind a queue of `queue_depth` requests.
+    /// Starts `workers` threads, each keeping up to `guests_per_worker`
+    /// guests alive, behind a queue of `queue_depth` requests. The runtime
+    /// must have a pool slot for every guest (`Runtime::from_config`).
     pub fn start(
         runtime: &Runtime,
         workers: usize,
+        guests_per_worker: usize,
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
-        Self::start_with(runtime, workers, queue_depth, metrics, run_job)
+        Self::start_with(
+            runtime,
+            workers,
+            guests_per_worker,
+            queue_depth,
+            metrics,
+            run_job,
+        )
     }
 
     fn start_with(
         runtime: &Runtime,
         workers: usize,
+        guests_per_worker: usize,
         queue_depth: usize,
         metrics: Arc<Metrics>,
         run: JobRunner,
@@ -96,6 +130,7 @@ impl Executor {
             queue: FairQueue::new(queue_depth),
             metrics,
             run,
+            guests_per_worker: guests_per_worker.max(1),
         });
         for i in 0..workers {
             let worker = Arc::clone(&pool);
@@ -126,6 +161,7 @@ impl Executor {
     ) -> Result<oneshot::Receiver<GuestOutcome>, RequestError> {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
+            flow,
             version,
             request,
             deadline,
@@ -137,7 +173,16 @@ impl Executor {
         // first and the gauge never shows a stale or negative depth.
         metrics.queue_depth.inc();
         match self.pool.queue.push(flow, job) {
-            Ok(()) => Ok(receiver),
+            Ok(()) => {
+                // No worker is idle: end the running slices now, so the
+                // workers see this request within microseconds rather than
+                // at the next tick. A worker with nothing better to run
+                // resumes the same guest.
+                if !self.pool.queue.has_idle_consumer() {
+                    self.pool.runtime.engine.increment_epoch();
+                }
+                Ok(receiver)
+            }
             Err(rejected) => {
                 metrics.queue_depth.dec();
                 Err(match rejected {
@@ -192,54 +237,259 @@ impl Drop for Supervised {
     }
 }
 
-fn work(pool: &Pool) {
-    while let Some(job) = pool.queue.pop() {
-        pool.metrics.queue_depth.dec();
-        // The client went away while the request was queued.
-        if job.reply.is_closed() {
-            continue;
+/// One worker thread: a single-threaded tokio runtime (for the timers of
+/// guests waiting in `wasi:io/poll`) driving the worker's guests.
+fn work(pool: &Arc<Pool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start a worker's runtime: {e}");
+            return;
         }
-        let _busy = Busy::start(&pool.metrics.workers_busy);
-        let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            (pool.run)(&pool.runtime, &pool.metrics, job);
-        }));
-        if let Err(panic) = served {
-            tracing::error!(
-                "a request failed with a panic in the gateway (answered 500): {}",
-                panic_message(&*panic)
-            );
-        }
-    }
+    };
+    runtime.block_on(Worker::new(Arc::clone(pool)).run());
 }
 
 /// Serves one job: the guest call, its outcome sent to the request path.
-fn run_job(runtime: &Runtime, metrics: &Metrics, job: Job) {
-    let Job {
-        version,
-        request,
-        deadline,
-        reply,
-        _permit,
-    } = job;
-    call_guest(runtime, &version, &request, deadline, metrics, |outcome| {
-        // The client may have gone away meanwhile; nothing to do then.
-        let _ = reply.send(outcome);
-    });
+fn run_job(pool: Arc<Pool>, job: Job) -> GuestFuture {
+    Box::pin(async move {
+        let Job {
+            version,
+            request,
+            deadline,
+            reply,
+            _permit,
+            ..
+        } = job;
+        let metrics = &pool.metrics;
+        call_guest_async(
+            &pool.runtime,
+            &version,
+            &request,
+            deadline,
+            metrics,
+            |outcome| {
+                // The client may have gone away meanwhile; nothing to do then.
+                let _ = reply.send(outcome);
+            },
+        )
+        .await;
+    })
 }
 
-/// Counts a worker as busy until dropped, panics included.
-struct Busy<'a>(&'a IntGauge);
+/// Marks its guest runnable and wakes the worker if it waits.
+struct GuestWaker {
+    runnable: AtomicBool,
+    worker: Arc<Notify>,
+}
 
-impl<'a> Busy<'a> {
-    fn start(gauge: &'a IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+impl Wake for GuestWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.runnable.store(true, Ordering::Release);
+        self.worker.notify_one();
     }
 }
 
-impl Drop for Busy<'_> {
+/// A guest alive on a worker.
+struct Guest {
+    flow: Flow,
+    /// Arrival order on this worker: the oldest of a handler goes first.
+    seq: u64,
+    future: GuestFuture,
+    state: Arc<GuestWaker>,
+    waker: Waker,
+    /// Where its CPU time is counted.
+    metrics: Arc<HandlerMetrics>,
+}
+
+/// One worker's guests and the CPU each tenant and handler used on it.
+struct Worker {
+    pool: Arc<Pool>,
+    guests: Vec<Guest>,
+    next_seq: u64,
+    /// Woken by the guests' wakers.
+    notify: Arc<Notify>,
+    /// CPU time per tenant with guests here, the scheduler's key: a tenant
+    /// joining starts at the least of the others, so it neither inherits a
+    /// debt nor a credit from an earlier visit.
+    tenant_used: HashMap<usize, Duration>,
+    /// The same per (tenant, handler).
+    handler_used: HashMap<(usize, usize), Duration>,
+    busy: IntGauge,
+}
+
+impl Worker {
+    fn new(pool: Arc<Pool>) -> Self {
+        let busy = pool.metrics.workers_busy.clone();
+        Self {
+            pool,
+            guests: Vec::new(),
+            next_seq: 0,
+            notify: Arc::new(Notify::new()),
+            tenant_used: HashMap::new(),
+            handler_used: HashMap::new(),
+            busy,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            self.admit();
+            if self.guests.is_empty() {
+                // Nothing alive here: block until a request comes. No
+                // timer of this worker can be pending.
+                let Some(job) = self.pool.queue.pop() else {
+                    return;
+                };
+                self.start(job);
+                continue;
+            }
+            match self.next_runnable() {
+                Some(index) => self.poll(index),
+                // Every guest waits on a timer. New requests are looked
+                // for at least once a slice meanwhile.
+                None => {
+                    let _ = tokio::time::timeout(EPOCH_TICK, self.notify.notified()).await;
+                }
+            }
+        }
+    }
+
+    /// The most guest slots one tenant may hold on this worker.
+    fn tenant_cap(&self) -> usize {
+        (self.pool.guests_per_worker / 2).max(1)
+    }
+
+    /// Takes queued requests while this worker has free guest slots.
+    fn admit(&mut self) {
+        while self.guests.len() < self.pool.guests_per_worker {
+            let cap = self.tenant_cap();
+            let guests = &self.guests;
+            let job = self.pool.queue.try_pop_where(|tenant| {
+                guests.iter().filter(|g| g.flow.tenant == tenant).count() < cap
+            });
+            let Some(job) = job else {
+                return;
+            };
+            self.start(job);
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        self.pool.metrics.queue_depth.dec();
+        // The client went away while the request was queued.
+        if job.reply.is_closed() {
+            return;
+        }
+        let flow = job.flow;
+        let least = |used: &mut dyn Iterator<Item = Duration>| used.min().unwrap_or_default();
+        let tenant_start = least(&mut self.tenant_used.values().copied());
+        self.tenant_used.entry(flow.tenant).or_insert(tenant_start);
+        let handler_start = least(
+            &mut self
+                .handler_used
+                .iter()
+                .filter(|((tenant, _), _)| *tenant == flow.tenant)
+                .map(|(_, used)| *used),
+        );
+        self.handler_used
+            .entry((flow.tenant, flow.handler))
+            .or_insert(handler_start);
+        let state = Arc::new(GuestWaker {
+            runnable: AtomicBool::new(true),
+            worker: Arc::clone(&self.notify),
+        });
+        let metrics = Arc::clone(&job.version.context.metrics);
+        let future = (self.pool.run)(Arc::clone(&self.pool), job);
+        if self.guests.is_empty() {
+            self.busy.inc();
+        }
+        self.pool.metrics.guests_alive.inc();
+        self.guests.push(Guest {
+            flow,
+            seq: self.next_seq,
+            future,
+            waker: Waker::from(Arc::clone(&state)),
+            state,
+            metrics,
+        });
+        self.next_seq += 1;
+    }
+
+    /// The runnable guest of the tenant, then handler, that used the least
+    /// CPU here; the oldest of that handler's.
+    fn next_runnable(&self) -> Option<usize> {
+        let tenant_used = |g: &Guest| self.tenant_used.get(&g.flow.tenant).copied();
+        let handler_used = |g: &Guest| {
+            self.handler_used
+                .get(&(g.flow.tenant, g.flow.handler))
+                .copied()
+        };
+        self.guests
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.state.runnable.load(Ordering::Acquire))
+            .min_by_key(|(_, g)| (tenant_used(g), handler_used(g), g.seq))
+            .map(|(index, _)| index)
+    }
+
+    /// Runs one guest for a slice (until it yields, waits or finishes),
+    /// and charges the time to its tenant and handler.
+    fn poll(&mut self, index: usize) {
+        let guest = &mut self.guests[index];
+        guest.state.runnable.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&guest.waker);
+        let started = Instant::now();
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| guest.future.as_mut().poll(&mut cx)));
+        let used = started.elapsed();
+        let flow = guest.flow;
+        guest.metrics.guest_cpu(used.as_secs_f64());
+        if let Some(total) = self.tenant_used.get_mut(&flow.tenant) {
+            *total += used;
+        }
+        if let Some(total) = self.handler_used.get_mut(&(flow.tenant, flow.handler)) {
+            *total += used;
+        }
+        match polled {
+            Ok(Poll::Pending) => return,
+            Ok(Poll::Ready(())) => {}
+            Err(panic) => tracing::error!(
+                "a request failed with a panic in the gateway (answered 500): {}",
+                panic_message(&*panic)
+            ),
+        }
+        // The store is torn down here, after the reply was sent.
+        drop(self.guests.swap_remove(index));
+        self.pool.metrics.guests_alive.dec();
+        if self.guests.is_empty() {
+            self.busy.dec();
+        }
+        if !self.guests.iter().any(|g| g.flow.tenant == flow.tenant) {
+            self.tenant_used.remove(&flow.tenant);
+            self.handler_used
+                .retain(|(tenant, _), _| *tenant != flow.tenant);
+        } else if !self.guests.iter().any(|g| g.flow == flow) {
+            self.handler_used.remove(&(flow.tenant, flow.handler));
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// A worker that unwinds (it must not) gives its counts back.
     fn drop(&mut self) {
-        self.0.dec();
+        let alive = i64::try_from(self.guests.len()).unwrap_or(i64::MAX);
+        self.pool.metrics.guests_alive.sub(alive);
+        if !self.guests.is_empty() {
+            self.busy.dec();
+        }
     }
 }
 
@@ -296,12 +546,14 @@ mod tests {
     }
 
     /// Panics on requests for `/panic`, answers the rest with 200.
-    fn panicky_runner(_: &Runtime, _: &Metrics, job: Job) {
-        assert_ne!(job.request.path(), "/panic", "deliberate panic in a job");
-        let _ = job.reply.send(GuestOutcome {
-            result: Ok(http::Response::new(Bytes::new())),
-            fuel_consumed: None,
-        });
+    fn panicky_runner(_: Arc<Pool>, job: Job) -> GuestFuture {
+        Box::pin(async move {
+            assert_ne!(job.request.path(), "/panic", "deliberate panic in a job");
+            let _ = job.reply.send(GuestOutcome {
+                result: Ok(http::Response::new(Bytes::new())),
+                fuel_consumed: None,
+            });
+        })
     }
 
     #[tokio::test]
@@ -309,8 +561,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let limits = crate::config::Limits::default();
         let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
-        let executor = Executor::start_with(&runtime, 2, 16, Arc::clone(&metrics), panicky_runner)
-            .expect("start");
+        let executor =
+            Executor::start_with(&runtime, 2, 2, 16, Arc::clone(&metrics), panicky_runner)
+                .expect("start");
         let context = Arc::new(HandlerContext {
             config: Default::default(),
             metrics: metrics.handler("t", "h"),

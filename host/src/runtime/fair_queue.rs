@@ -111,6 +111,23 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// Takes the next item in turn among the tenants `allowed` accepts,
+    /// without waiting: a worker whose guest slots a tenant already holds
+    /// enough of passes that tenant over, which keeps its turn.
+    pub fn try_pop_where(&self, allowed: impl Fn(usize) -> bool) -> Option<T> {
+        let mut state = self.lock();
+        let item = state
+            .tenants
+            .pop_where(allowed, |handlers| handlers.pop_with(VecDeque::pop_front))?;
+        state.len -= 1;
+        Some(item)
+    }
+
+    /// Whether a consumer is blocked in [`FairQueue::pop`] now.
+    pub fn has_idle_consumer(&self) -> bool {
+        self.lock().waiting > 0
+    }
+
     /// Refuses further pushes; consumers drain what is queued, then `pop`
     /// returns `None`.
     pub fn close(&self) {
@@ -202,6 +219,25 @@ impl<Q: Queue> RoundRobin<Q> {
         }
         item
     }
+
+    /// [`RoundRobin::pop_with`] for the first slot in turn that `allowed`
+    /// accepts; the slots passed over keep their places.
+    fn pop_where<T>(
+        &mut self,
+        allowed: impl Fn(usize) -> bool,
+        take: impl FnOnce(&mut Q) -> Option<T>,
+    ) -> Option<T> {
+        let turn = self.turns.iter().position(|&slot| allowed(slot))?;
+        let slot = self.turns.remove(turn)?;
+        let queue = self.queues.get_mut(slot)?;
+        let item = take(queue);
+        if queue.is_empty() {
+            queue.emptied();
+        } else {
+            self.turns.push_back(slot);
+        }
+        item
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +299,17 @@ mod tests {
         // a emptied and lost its turn: it queues behind b now.
         queue.push(flow(0, 0), "a2").expect("room");
         assert_eq!(drain(&queue), ["b1", "a2"]);
+    }
+
+    #[test]
+    fn a_tenant_passed_over_keeps_its_turn() {
+        let queue = FairQueue::new(10);
+        queue.push(flow(0, 0), "a1").expect("room");
+        queue.push(flow(1, 0), "b1").expect("room");
+        queue.push(flow(1, 0), "b2").expect("room");
+        assert_eq!(queue.try_pop_where(|tenant| tenant != 0), Some("b1"));
+        assert_eq!(queue.try_pop_where(|tenant| tenant == 2), None);
+        assert_eq!(drain(&queue), ["a1", "b2"]);
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl HandlerVersion {
         store.set_epoch_deadline(super::engine::deadline_ticks(
             std::time::Duration::from_secs(10),
         ));
-        self.pre.instantiate(&mut store).map_err(failed)?;
+        super::call::block_on(self.pre.instantiate_async(&mut store)).map_err(failed)?;
         Ok(())
     }
 }

@@ -45,23 +45,38 @@ impl GuestRequest {
     /// Calls `f` with the guest's view of the request, borrowed from
     /// `self`: method, path and query (`/` when the URI has none), headers
     /// (a repeated name's values together, as the WIT says), and body.
+    #[cfg(test)]
     pub(super) fn with_view<R>(&self, f: impl FnOnce(super::bindings::Request<'_>) -> R) -> R {
-        let headers: Vec<(&str, &[u8])> = self
-            .head
+        let headers = self.header_view();
+        f(self.view(&headers))
+    }
+
+    /// The headers as the guest sees them, for [`GuestRequest::view`].
+    pub(super) fn header_view(&self) -> Vec<(&str, &[u8])> {
+        self.head
             .headers
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        f(super::bindings::Request {
+            .collect()
+    }
+
+    /// The guest's view of the request with `headers` from
+    /// [`GuestRequest::header_view`]; split from it so an async call can
+    /// keep both alive across its awaits.
+    pub(super) fn view<'a>(
+        &'a self,
+        headers: &'a [(&'a str, &'a [u8])],
+    ) -> super::bindings::Request<'a> {
+        super::bindings::Request {
             method: self.head.method.as_str(),
             uri: self
                 .head
                 .uri
                 .path_and_query()
                 .map_or("/", http::uri::PathAndQuery::as_str),
-            headers: &headers,
+            headers,
             body: &self.body,
-        })
+        }
     }
 }
 
@@ -255,7 +270,7 @@ impl config::Host for State {
 /// The linker with every import of the world, built once per engine.
 pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     super::deadline::add_to_linker(&mut linker)?;
     log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
     metrics::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;

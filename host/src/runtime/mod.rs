@@ -16,7 +16,7 @@ mod host;
 
 pub use cache::{ChildCompiler, CodeCache};
 pub use call::{GuestOutcome, call_guest};
-pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
+pub use engine::{EPOCH_TICK, GUESTS_PER_WORKER, Runtime, RuntimeError};
 pub use executor::Executor;
 pub use fair_queue::Flow;
 pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
@@ -33,5 +33,8 @@ mod bindings {
         ownership: Borrowing {
             duplicate_if_necessary: true
         },
+        // Guest calls run on fibers, so a running guest can give its
+        // worker back at every epoch tick (`executor.rs`).
+        exports: { default: async },
     });
 }

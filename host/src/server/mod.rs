@@ -107,6 +107,7 @@ impl Server {
         let executor = Executor::start(
             &runtime,
             config.runtime.worker_count(),
+            config.runtime.guests_per_worker,
             config.runtime.queue_depth,
             Arc::clone(&metrics),
         )?;

@@ -1,0 +1,106 @@
+//! Tenant isolation: a tenant whose guests loop cannot starve another.
+//!
+//! Workers time-slice their guests, so another tenant's requests run
+//! beside the loops and complete while the loops are still running. A
+//! run-to-completion gateway (`runtime.guests_per_worker = 1`, or the
+//! gateway before time slicing) queues them behind the loops, which hold
+//! the only worker until their 60 s deadline: the good tenant's first
+//! request then gets 504 at its own 10 s deadline, with the loops still
+//! running, so the assertions below fail.
+
+mod common;
+
+use common::{TestGateway, require_metric};
+
+/// Requests of the good tenant, one after another.
+const GOOD_REQUESTS: usize = 20;
+/// Looping requests: as many as one tenant may keep alive on a worker
+/// (half of the default four guest slots).
+const LOOPS: usize = 2;
+
+fn config() -> String {
+    r#"
+[runtime]
+workers = 1
+
+[[tenant]]
+name = "evil"
+hosts = ["evil.test"]
+limits = { fuel = 1000000000000000000, timeout_ms = 60000 }
+[[tenant.handler]]
+name = "faults"
+route = "/faults"
+component = "{faults}"
+
+[[tenant]]
+name = "good"
+hosts = ["*"]
+limits = { timeout_ms = 10000 }
+[[tenant.handler]]
+name = "hello"
+route = "/hello"
+component = "{hello}"
+"#
+    .to_owned()
+}
+
+#[tokio::test]
+async fn a_looping_tenant_does_not_starve_another_on_the_only_worker() {
+    let gw = TestGateway::start(&config()).await;
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let client = gw.client.clone();
+            let url = format!("{}/faults/loop", gw.url);
+            tokio::spawn(async move {
+                client
+                    .get(url)
+                    .header("host", "evil.test")
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    // Both loops are alive on the only worker.
+    gw.wait_for_metric("wasmgate_guests_alive", |v| v == LOOPS as f64)
+        .await;
+    for i in 0..GOOD_REQUESTS {
+        let response = gw.get_host("good.test", "/hello").await;
+        assert_eq!(
+            response.status(),
+            200,
+            "good request {i} was not served beside the loops: {:?}",
+            response.headers().get("x-wasmgate-error")
+        );
+    }
+    // The loops did not end to make room: they are still running.
+    assert!(
+        loops.iter().all(|l| !l.is_finished()),
+        "a loop finished before the good tenant was served"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(require_metric(&text, "wasmgate_workers_busy"), 1.0);
+    assert!(require_metric(&text, "wasmgate_guests_alive") >= LOOPS as f64);
+    assert_eq!(
+        require_metric(
+            &text,
+            r#"wasmgate_requests_total{handler="hello",status="200",tenant="good"}"#
+        ),
+        GOOD_REQUESTS as f64
+    );
+    // Both tenants' guest time is accounted; the loops have used more.
+    let cpu = |tenant: &str, handler: &str| {
+        require_metric(
+            &text,
+            &format!(
+                r#"wasmgate_guest_cpu_seconds_total{{handler="{handler}",tenant="{tenant}"}}"#
+            ),
+        )
+    };
+    assert!(cpu("good", "hello") > 0.0);
+    assert!(cpu("evil", "faults") > cpu("good", "hello"));
+    for l in loops {
+        l.abort();
+    }
+    gw.shutdown().await;
+}
