@@ -42,7 +42,7 @@ pub struct GuestOutcome {
 /// call's time), and the client need not wait for that.
 ///
 /// This blocking form runs the guest to completion on the calling thread;
-/// the executor's workers use [`call_guest_async`] and switch between
+/// the executor's workers use `call_guest_async` and switch between
 /// guests at its yields.
 pub fn call_guest(
     runtime: &Runtime,
