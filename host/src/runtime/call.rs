@@ -230,49 +230,8 @@ fn classify(error: &wasmtime::Error, memory_refused: bool) -> TrapKind {
 mod tests {
     use super::*;
 
-    /// Calls `hello` through `call_guest` and returns every outcome handed
-    /// to `reply`, each with whether the request's store was still alive
-    /// when `reply` ran (its state holds a reference to the handler's
-    /// context, dropped with the store).
-    fn call_hello(deadline: Instant) -> Vec<(GuestOutcome, bool)> {
-        let metrics = Arc::new(Metrics::new());
-        let limits = crate::config::Limits::default();
-        let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
-        let context = Arc::new(super::super::host::HandlerContext {
-            config: Default::default(),
-            metrics: metrics.handler("t", "hello"),
-        });
-        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
-        let version = Arc::new(
-            HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
-        );
-        let (head, ()) = http::Request::get("/hello")
-            .body(())
-            .expect("valid request")
-            .into_parts();
-        let request = GuestRequest::new(head, Bytes::new());
-        let mut replies = Vec::new();
-        call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
-            replies.push((o, Arc::strong_count(&version.context)));
-        });
-        let references_after = Arc::strong_count(&version.context);
-        replies
-            .into_iter()
-            .map(|(o, references)| (o, references > references_after))
-            .collect()
-    }
-
-    /// Per-call cost probe for `valgrind --tool=callgrind`: runs `hello`
-    /// `WASMGATE_PROBE_CALLS` times (default 1). Two runs with different
-    /// counts give the instructions of one call, which unlike wall time are
-    /// stable on a loaded machine (docs/isolation.md).
-    #[test]
-    #[ignore = "a measurement, run by hand under callgrind"]
-    fn probe_hello_calls() {
-        let calls: usize = std::env::var("WASMGATE_PROBE_CALLS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1);
+    /// A runtime with `hello` loaded, and a `GET /hello` for it.
+    fn hello() -> (Arc<Metrics>, Runtime, Arc<HandlerVersion>, GuestRequest) {
         let metrics = Arc::new(Metrics::new());
         let limits = crate::config::Limits::default();
         let runtime = Runtime::new(2, limits.memory_bytes, true).expect("runtime");
@@ -288,7 +247,39 @@ mod tests {
             .body(())
             .expect("valid request")
             .into_parts();
-        let request = GuestRequest::new(head, Bytes::new());
+        (
+            metrics,
+            runtime,
+            version,
+            GuestRequest::new(head, Bytes::new()),
+        )
+    }
+
+    /// Calls `hello` through `call_guest` and returns every outcome handed
+    /// to `reply`, each with whether the request's store was still alive
+    /// when `reply` ran (its state holds a reference to the handler's
+    /// context, dropped with the store).
+    fn call_hello(deadline: Instant) -> Vec<(GuestOutcome, bool)> {
+        let (metrics, runtime, version, request) = hello();
+        let mut replies = Vec::new();
+        call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
+            replies.push((o, Arc::strong_count(&version.context)));
+        });
+        let references_after = Arc::strong_count(&version.context);
+        replies
+            .into_iter()
+            .map(|(o, references)| (o, references > references_after))
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand under callgrind"]
+    fn probe_hello_calls() {
+        let calls: usize = std::env::var("WASMGATE_PROBE_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let (metrics, runtime, version, request) = hello();
         for _ in 0..calls {
             let deadline = Instant::now() + std::time::Duration::from_secs(10);
             call_guest(&runtime, &version, &request, deadline, &metrics, |o| {
