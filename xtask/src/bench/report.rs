@@ -13,10 +13,15 @@ use super::runs::{Runs, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
 
 /// Every figure of the report, each computed once.
 struct Summary {
+    /// In-process instantiate + call of `hello`: median, the target's figure.
     instantiate_call_p50_us: f64,
+    /// Its tail.
     instantiate_call_p99_us: f64,
+    /// Instantiation alone, to split the call's cost.
     instantiate_mean_us: f64,
+    /// Instances per second on one thread.
     instances_per_sec_1_thread: f64,
+    /// And on `threads` threads, to show how it scales.
     instances_per_sec_n_threads: f64,
     /// Threads of the in-process bench's second figure.
     threads: f64,
@@ -24,25 +29,33 @@ struct Summary {
     hello_ratio: f64,
     /// c/d: gateway `/cpu` against the native loop.
     cpu_ratio: f64,
+    /// Fairness of the queue under a CPU-bound load.
     cpu_p99_over_p50: f64,
     /// c/e: `/cpu` with fuel metering against without.
     fuel_cost_ratio: f64,
-    /// Best (lowest) p99 of the f probes.
+    /// Best (lowest) p99 of the f probes: the admin listener...
     metrics_p99_ms_under_cpu: f64,
+    /// ...and a cheap handler, while `/cpu` saturates the workers.
     hello_p99_ms_under_cpu: f64,
+    /// Peak memory of case b's better run.
     peak_rss_mb_hello: f64,
+    /// Idle memory after a restart (code cached).
     idle_rss_mb: f64,
+    /// Idle memory after a first start (compiled in a child).
     idle_rss_mb_first_start: f64,
-    /// Medians of the deploy-to-serving samples.
+    /// Median PUT-to-200 of a component whose code is loaded.
     upload_to_serving_cached_ms: f64,
+    /// Median PUT-to-200 of a component never seen (compiles).
     upload_to_serving_new_ms: f64,
     /// Failed requests over every run of h: any failure counts.
     swap_failed_requests: u64,
     /// h/g, better runs of each.
     swap_throughput_dip: f64,
-    /// Best of the starts.
+    /// Best of the starts with 100 handlers, spawn to `/readyz` 200.
     startup_100_handlers_ms: f64,
+    /// The same with one handler, for comparison.
     startup_1_handler_ms: f64,
+    /// Idle memory each handler beyond the first adds.
     rss_per_handler_kb: f64,
 }
 

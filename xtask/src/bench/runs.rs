@@ -60,6 +60,8 @@ pub fn best(runs: &Runs) -> Load {
 
 /// A running server process, killed on drop.
 pub struct Server {
+    /// The process: its pid for `/proc`, and killed on drop so that no
+    /// server outlives the bench, even when a case fails.
     child: Child,
     /// Base URL of the public listener, `http://127.0.0.1:PORT`.
     pub url: String,
