@@ -1,0 +1,70 @@
+//! `cargo xtask bench [--quick]`: every benchmark case in one run, side by
+//! side, reported as ratios against ceilings measured on the same machine in
+//! the same run, and the hot-loading figures (deploy to serving, swaps
+//! under load, start-up and memory per handler).
+//!
+//! Load comes from `wrk` (installed with apt-get when missing) against
+//! 127.0.0.1 only, for fixed durations, each case twice to show the noise.
+//! Writes `target/bench/report.json` and `target/bench/report.md`.
+//! `docs/benchmarks.md` explains how each case is measured and why.
+//!
+//! - `cases.rs`: the in-process bench and the load cases a to f;
+//! - `hotload.rs`: the admin API cases g and h, deploys, start-up;
+//! - `runs.rs`: servers, wrk, memory, HTTP;
+//! - `report.rs`: the figures, computed once, and both report files.
+
+use std::path::PathBuf;
+
+use crate::{build_handlers, cargo, ensure_apt_tool, run};
+
+mod cases;
+mod hotload;
+mod report;
+mod runs;
+
+/// How long and how often each case runs.
+pub struct Plan {
+    /// `--quick`: a smoke run with short loads and fewer deploys.
+    quick: bool,
+    /// Duration of each wrk load.
+    seconds: u64,
+    /// Runs of each load case (and starts of each start-up case).
+    repetitions: usize,
+    /// Deploys of each deploy-to-serving case.
+    uploads: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        Self {
+            quick,
+            seconds: if quick { 2 } else { 10 },
+            repetitions: 2,
+            uploads: if quick { 5 } else { 10 },
+        }
+    }
+}
+
+/// Runs every case and writes the report.
+pub fn bench(args: &[String]) -> anyhow::Result<()> {
+    let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    ensure_apt_tool("wrk", "wrk")?;
+    build_handlers()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "wasmgate",
+        "--bin",
+        "wasmgate",
+        "--example",
+        "bare_hyper",
+    ]))?;
+    let out = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&out)?;
+
+    let in_process = cases::in_process(&plan)?;
+    let load = cases::load(&plan, &out)?;
+    let hotload = hotload::run(&plan, &out)?;
+    report::write(&plan, &out, &in_process, &load, &hotload)
+}

@@ -1,0 +1,343 @@
+//! The report: every figure computed once from the runs into a
+//! [`Summary`], then written as `report.json` (figures, every run and
+//! sample) and `report.md` (tables with targets).
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::Plan;
+use super::cases::{InProcess, LOAD_CASES, LoadResults};
+use super::hotload::{HotloadResults, MANY_HANDLERS, SWAP_CASES, SWAPS, rss_per_handler_kb};
+use super::runs::{Runs, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
+
+/// Every figure of the report, each computed once.
+struct Summary {
+    /// In-process instantiate + call of `hello`: median, the target's figure.
+    instantiate_call_p50_us: f64,
+    /// Its tail.
+    instantiate_call_p99_us: f64,
+    /// Instantiation alone, to split the call's cost.
+    instantiate_mean_us: f64,
+    /// Instances per second on one thread.
+    instances_per_sec_1_thread: f64,
+    /// And on `threads` threads, to show how it scales.
+    instances_per_sec_n_threads: f64,
+    /// Threads of the in-process bench's second figure.
+    threads: f64,
+    /// b/a: gateway `/hello` against bare hyper.
+    hello_ratio: f64,
+    /// c/d: gateway `/cpu` against the native loop.
+    cpu_ratio: f64,
+    /// Fairness of the queue under a CPU-bound load.
+    cpu_p99_over_p50: f64,
+    /// c/e: `/cpu` with fuel metering against without.
+    fuel_cost_ratio: f64,
+    /// Best (lowest) p99 of the f probes: the admin listener...
+    metrics_p99_ms_under_cpu: f64,
+    /// ...and a cheap handler, while `/cpu` saturates the workers.
+    hello_p99_ms_under_cpu: f64,
+    /// Peak memory of case b's better run.
+    peak_rss_mb_hello: f64,
+    /// Idle memory after a restart (code cached).
+    idle_rss_mb: f64,
+    /// Idle memory after a first start (compiled in a child).
+    idle_rss_mb_first_start: f64,
+    /// Median PUT-to-200 of a component whose code is loaded.
+    upload_to_serving_cached_ms: f64,
+    /// Median PUT-to-200 of a component never seen (compiles).
+    upload_to_serving_new_ms: f64,
+    /// Failed requests over every run of h: any failure counts.
+    swap_failed_requests: u64,
+    /// h/g, better runs of each.
+    swap_throughput_dip: f64,
+    /// Best of the starts with 100 handlers, spawn to `/readyz` 200.
+    startup_100_handlers_ms: f64,
+    /// The same with one handler, for comparison.
+    startup_1_handler_ms: f64,
+    /// Idle memory each handler beyond the first adds.
+    rss_per_handler_kb: f64,
+}
+
+impl Summary {
+    fn new(in_process: &InProcess, load: &LoadResults, hotload: &HotloadResults) -> Self {
+        let case = |id: &str| best(&load.cases[id]);
+        let (a, b, c, d, e) = (case("a"), case("b"), case("c"), case("d"), case("e"));
+        // Latency probes: the better (lower) p99 of the runs.
+        let p99 = |key: &str| {
+            load.under_cpu[key]
+                .iter()
+                .map(|l| l.p99_ms)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let (g, h) = (best(&hotload.swaps["g"]), best(&hotload.swaps["h"]));
+        Self {
+            instantiate_call_p50_us: in_process["instantiate_call_p50_us"],
+            instantiate_call_p99_us: in_process["instantiate_call_p99_us"],
+            instantiate_mean_us: in_process["instantiate_mean_us"],
+            instances_per_sec_1_thread: in_process["instances_per_sec_1_thread"],
+            instances_per_sec_n_threads: in_process["instances_per_sec_n_threads"],
+            threads: in_process["threads"],
+            hello_ratio: b.requests_per_sec / a.requests_per_sec,
+            cpu_ratio: c.requests_per_sec / d.requests_per_sec,
+            cpu_p99_over_p50: c.p99_ms / c.p50_ms,
+            fuel_cost_ratio: c.requests_per_sec / e.requests_per_sec,
+            metrics_p99_ms_under_cpu: p99("metrics"),
+            hello_p99_ms_under_cpu: p99("hello"),
+            peak_rss_mb_hello: b.peak_rss_mb,
+            idle_rss_mb: load.idle_rss_mb,
+            idle_rss_mb_first_start: load.idle_rss_mb_first_start,
+            upload_to_serving_cached_ms: median(&hotload.upload_cached_ms),
+            upload_to_serving_new_ms: median(&hotload.upload_new_ms),
+            swap_failed_requests: hotload.swaps["h"].iter().map(|l| l.errors).sum(),
+            swap_throughput_dip: h.requests_per_sec / g.requests_per_sec,
+            startup_100_handlers_ms: minimum(&hotload.startup_many_ms),
+            startup_1_handler_ms: minimum(&hotload.startup_one_ms),
+            rss_per_handler_kb: rss_per_handler_kb(hotload),
+        }
+    }
+
+    /// The figures under their report.json keys.
+    fn figures(&self) -> [(&'static str, f64); 21] {
+        [
+            ("instantiate_call_p50_us", self.instantiate_call_p50_us),
+            ("instantiate_call_p99_us", self.instantiate_call_p99_us),
+            (
+                "instances_per_sec_1_thread",
+                self.instances_per_sec_1_thread,
+            ),
+            (
+                "instances_per_sec_n_threads",
+                self.instances_per_sec_n_threads,
+            ),
+            ("hello_ratio", self.hello_ratio),
+            ("cpu_ratio", self.cpu_ratio),
+            ("cpu_p99_over_p50", self.cpu_p99_over_p50),
+            ("fuel_cost_ratio", self.fuel_cost_ratio),
+            ("metrics_p99_ms_under_cpu", self.metrics_p99_ms_under_cpu),
+            ("hello_p99_ms_under_cpu", self.hello_p99_ms_under_cpu),
+            ("peak_rss_mb_hello", self.peak_rss_mb_hello),
+            ("idle_rss_mb", self.idle_rss_mb),
+            ("idle_rss_mb_first_start", self.idle_rss_mb_first_start),
+            ("instantiate_mean_us", self.instantiate_mean_us),
+            (
+                "upload_to_serving_cached_ms",
+                self.upload_to_serving_cached_ms,
+            ),
+            ("upload_to_serving_new_ms", self.upload_to_serving_new_ms),
+            ("swap_throughput_dip", self.swap_throughput_dip),
+            ("startup_100_handlers_ms", self.startup_100_handlers_ms),
+            ("startup_1_handler_ms", self.startup_1_handler_ms),
+            ("rss_per_handler_kb", self.rss_per_handler_kb),
+            ("threads", self.threads),
+        ]
+    }
+}
+
+/// Writes `report.json` and `report.md` into `out` and prints the latter.
+pub fn write(
+    plan: &Plan,
+    out: &Path,
+    in_process: &InProcess,
+    load: &LoadResults,
+    hotload: &HotloadResults,
+) -> anyhow::Result<()> {
+    let summary = Summary::new(in_process, load, hotload);
+    let json = json_report(plan, &summary, load, hotload);
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let md = markdown(plan, &summary, load, hotload);
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("{md}");
+    println!("wrote target/bench/report.json and target/bench/report.md");
+    Ok(())
+}
+
+fn json_report(
+    plan: &Plan,
+    summary: &Summary,
+    load: &LoadResults,
+    hotload: &HotloadResults,
+) -> Value {
+    let mut report = serde_json::Map::new();
+    for (key, value) in summary.figures() {
+        report.insert(key.into(), json!((value * 1000.0).round() / 1000.0));
+    }
+    report.insert(
+        "swap_failed_requests".into(),
+        summary.swap_failed_requests.into(),
+    );
+    let runs: serde_json::Map<String, Value> = load
+        .cases
+        .iter()
+        .chain(load.under_cpu.iter())
+        .chain(hotload.swaps.iter())
+        .map(|(id, runs)| {
+            (
+                id.to_string(),
+                Value::Array(runs.iter().map(|l| l.json()).collect()),
+            )
+        })
+        .collect();
+    report.insert("runs".into(), Value::Object(runs));
+    report.insert(
+        "samples".into(),
+        json!({
+            "upload_to_serving_cached_ms": hotload.upload_cached_ms,
+            "upload_to_serving_new_ms": hotload.upload_new_ms,
+            "new_component_bytes": hotload.new_component_bytes,
+            "swap_deploys": SWAPS,
+            "swap_seconds": hotload.swap_seconds,
+            "startup_100_handlers_ms": hotload.startup_many_ms,
+            "startup_1_handler_ms": hotload.startup_one_ms,
+            "idle_rss_kb_100_handlers": hotload.idle_rss_kb_many,
+            "idle_rss_kb_1_handler": hotload.idle_rss_kb_one,
+        }),
+    );
+    report.insert("seconds_per_case".into(), plan.seconds.into());
+    Value::Object(report)
+}
+
+fn markdown(
+    plan: &Plan,
+    summary: &Summary,
+    load: &LoadResults,
+    hotload: &HotloadResults,
+) -> String {
+    let s = summary;
+    let seconds = plan.seconds;
+    let repetitions = plan.repetitions;
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Measured by `cargo xtask bench{}` on {}; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {seconds} s per case, \
+         best of {repetitions} runs. Load generator and servers share the machine.\n\n",
+        if plan.quick { " --quick" } else { "" },
+        machine_description(),
+    ));
+    md.push_str("| ratio | value | target |\n|---|---|---|\n");
+    let row = |name: &str, v: f64, target: &str| format!("| {name} | {v:.3} | {target} |\n");
+    md.push_str(&row(
+        "gateway /hello vs bare hyper (b/a)",
+        s.hello_ratio,
+        ">= 0.5",
+    ));
+    md.push_str(&row(
+        "gateway /cpu vs native loop (c/d)",
+        s.cpu_ratio,
+        ">= 0.95",
+    ));
+    md.push_str(&row("/cpu p99 / p50", s.cpu_p99_over_p50, "<= 1.25"));
+    md.push_str(&row(
+        "fuel on vs off (c/e)",
+        s.fuel_cost_ratio,
+        "(cost of fuel)",
+    ));
+    md.push_str(&row(
+        &format!("req/s during {SWAPS} deploys vs without (h/g)"),
+        s.swap_throughput_dip,
+        "(cost of swapping)",
+    ));
+    md.push_str(&format!(
+        "\n| measure | value | target |\n|---|---|---|\n\
+         | instantiate + call `hello`, p50 / p99 (in-process) | {:.1} / {:.1} us | p50 <= 5 us |\n\
+         | of which instantiate (mean) | {:.1} us | |\n\
+         | instances per second, 1 / {} threads | {:.0} / {:.0} | |\n\
+         | admin `/metrics` p99 while `/cpu` saturates workers | {:.2} ms | <= 5 ms |\n\
+         | `/hello` p99 while `/cpu` saturates workers | {:.2} ms | |\n\
+         | peak RSS under `/hello` load | {:.1} MB | <= 32 MB |\n\
+         | idle RSS after a restart (code cache warm) / first start | {:.1} / {:.1} MB | <= 16 MB |\n",
+        s.instantiate_call_p50_us,
+        s.instantiate_call_p99_us,
+        s.instantiate_mean_us,
+        s.threads,
+        s.instances_per_sec_1_thread,
+        s.instances_per_sec_n_threads,
+        s.metrics_p99_ms_under_cpu,
+        s.hello_p99_ms_under_cpu,
+        s.peak_rss_mb_hello,
+        s.idle_rss_mb,
+        s.idle_rss_mb_first_start,
+    ));
+    let uploads = plan.uploads;
+    let took = hotload
+        .swap_seconds
+        .iter()
+        .map(|t| format!("{t:.1}"))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    md.push_str(&format!(
+        "| deploy to serving (PUT sent to first 200), code cached, p50 of {uploads} | {:.1} ms | <= 100 ms |\n\
+         | deploy to serving, new {:.0} KB component (compiles), p50 of {uploads} | {:.1} ms | |\n\
+         | failed requests during {SWAPS} deploys under load (h; the deploys took {took} s) | {} | 0 |\n\
+         | spawn to `/readyz` 200, {MANY_HANDLERS} handlers / 1 (code cached) | {:.0} / {:.0} ms | <= 1000 ms |\n\
+         | idle RSS per handler ({MANY_HANDLERS} handlers against 1) | {:.1} KB | |\n",
+        s.upload_to_serving_cached_ms,
+        hotload.new_component_bytes as f64 / 1024.0,
+        s.upload_to_serving_new_ms,
+        s.swap_failed_requests,
+        s.startup_100_handlers_ms,
+        s.startup_1_handler_ms,
+        s.rss_per_handler_kb,
+    ));
+    md.push_str(
+        "\n| case | req/s | p50 ms | p99 ms | errors | peak RSS MB |\n|---|---|---|---|---|---|\n",
+    );
+    let load_cases = LOAD_CASES
+        .iter()
+        .map(|(id, name, _, _)| (*id, *name, &load.cases[id]));
+    let probe_cases = [
+        (
+            "f",
+            "admin /metrics under /cpu load, 1 conn",
+            &load.under_cpu["metrics"],
+        ),
+        (
+            "f",
+            "/hello under /cpu load, 1 conn",
+            &load.under_cpu["hello"],
+        ),
+    ];
+    let swap_cases = SWAP_CASES
+        .iter()
+        .map(|(id, name)| (*id, *name, &hotload.swaps[id]));
+    for (id, name, runs) in load_cases.chain(probe_cases).chain(swap_cases) {
+        md.push_str(&case_rows(id, name, runs));
+    }
+    md
+}
+
+/// One row per run of a case.
+fn case_rows(id: &str, name: &str, runs: &Runs) -> String {
+    let mut rows = String::new();
+    for (i, l) in runs.iter().enumerate() {
+        rows.push_str(&format!(
+            "| {id}{} {name} | {:.0} | {:.2} | {:.2} | {} | {:.1} |\n",
+            i + 1,
+            l.requests_per_sec,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            l.peak_rss_mb
+        ));
+    }
+    rows
+}
+
+fn machine_description() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpus} cores ({model}), Linux {kernel}")
+}

@@ -1,0 +1,494 @@
+//! How one measurement runs: servers started as child processes, wrk runs
+//! and their parsed output, resident memory from `/proc`, gateway configs,
+//! and a minimal HTTP/1.1 client for the admin API and for polling.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// wrk threads of every load case.
+pub const WRK_THREADS: &str = "2";
+/// wrk connections of every load case.
+pub const WRK_CONNECTIONS: &str = "64";
+/// The root admin token the bench's gateways are started with.
+pub const ADMIN_TOKEN: &str = "wasmgate-bench-token";
+
+/// One wrk run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    /// Throughput over the whole run.
+    pub requests_per_sec: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// Tail latency.
+    pub p99_ms: f64,
+    /// Non-2xx/3xx responses plus socket errors (connect, read, write,
+    /// timeout): every request that did not succeed.
+    pub errors: u64,
+    /// The server's peak resident memory during the run.
+    pub peak_rss_mb: f64,
+}
+
+impl Load {
+    /// The run as it appears under `runs` in report.json.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests_per_sec": self.requests_per_sec,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "errors": self.errors,
+            "peak_rss_mb": self.peak_rss_mb,
+        })
+    }
+}
+
+/// Each load case runs more than once; the report keeps every run.
+pub type Runs = Vec<Load>;
+
+/// The run with the highest throughput: noise on a shared machine only
+/// ever slows a run, so the better one is closer to what the code can do.
+pub fn best(runs: &Runs) -> Load {
+    runs.iter()
+        .copied()
+        .max_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec))
+        .unwrap_or_default()
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    /// The process: its pid for `/proc`, and killed on drop so that no
+    /// server outlives the bench, even when a case fails.
+    child: Child,
+    /// Base URL of the public listener, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Base URL of the admin listener, for gateways.
+    pub admin: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// The process id, to read its memory in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin listener's base URL.
+    pub fn admin_url(&self) -> anyhow::Result<&str> {
+        self.admin
+            .as_deref()
+            .context("the server has no admin listener")
+    }
+
+    /// Starts `command` and reads the `listening on` (and `admin on`)
+    /// lines, which a gateway prints once every handler is loaded. Its
+    /// stderr goes wherever `command` says (null unless set).
+    pub fn start(mut command: Command, has_admin: bool) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut next = |prefix: &str| -> anyhow::Result<String> {
+            let line = lines
+                .next()
+                .context("server exited before printing its address")??;
+            line.strip_prefix(prefix)
+                .map(|rest| format!("http://{rest}"))
+                .with_context(|| format!("expected {prefix:?}, got {line:?}"))
+        };
+        let url = next("listening on http://")?;
+        let admin = if has_admin {
+            Some(next("admin on http://")?)
+        } else {
+            None
+        };
+        Ok(Self { child, url, admin })
+    }
+}
+
+/// A `wasmgate serve --config CONFIG` command with the bench's admin token;
+/// its log goes nowhere.
+pub fn gateway_command(config: &Path) -> Command {
+    let mut command = Command::new("target/release/wasmgate");
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("WASMGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stderr(Stdio::null());
+    command
+}
+
+/// Starts a gateway on `config`.
+pub fn gateway(config: &Path) -> anyhow::Result<Server> {
+    Server::start(gateway_command(config), true)
+}
+
+/// Starts the bare hyper ceiling server.
+pub fn bare_hyper() -> anyhow::Result<Server> {
+    let mut command = Command::new("target/release/examples/bare_hyper");
+    command.arg("127.0.0.1:0").stderr(Stdio::null());
+    Server::start(command, false)
+}
+
+/// A handler in a bench config.
+pub struct HandlerEntry {
+    /// Its name.
+    pub name: String,
+    /// Its route.
+    pub route: String,
+    /// The component file, in `target/wasm32-wasip2/release`.
+    pub file: &'static str,
+    /// Its `greeting` config, if any.
+    pub greeting: Option<&'static str>,
+}
+
+impl HandlerEntry {
+    /// `name` at `/route` running `file`, with no config.
+    pub fn new(name: impl Into<String>, route: impl Into<String>, file: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            route: route.into(),
+            file,
+            greeting: None,
+        }
+    }
+}
+
+/// The folder the handler components are built in.
+pub fn wasm_dir() -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize("target/wasm32-wasip2/release").context("handlers are not built")
+}
+
+/// Writes a bench config to `path`: one tenant `bench` on every host with
+/// `handlers`, limits that let the cpu loop finish, and fuel metering as
+/// `consume_fuel` says. The data dir is `wasmgate-data` beside `path`.
+pub fn write_config(
+    path: &Path,
+    consume_fuel: bool,
+    handlers: &[HandlerEntry],
+) -> anyhow::Result<PathBuf> {
+    let wasm = wasm_dir()?;
+    let mut text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[runtime]
+consume_fuel = {consume_fuel}
+queue_depth = 4096
+[limits]
+fuel = 100000000000
+timeout_ms = 10000
+max_concurrency = 1024
+[[tenant]]
+name = "bench"
+hosts = ["*"]
+"#
+    );
+    for handler in handlers {
+        text.push_str(&format!(
+            "[[tenant.handler]]\nname = \"{}\"\nroute = \"{}\"\ncomponent = \"{}\"\n",
+            handler.name,
+            handler.route,
+            wasm.join(handler.file).display()
+        ));
+        if let Some(greeting) = handler.greeting {
+            text.push_str(&format!("config = {{ greeting = \"{greeting}\" }}\n"));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_owned())
+}
+
+/// Resident memory of a process now.
+pub fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb / 1024.0)
+}
+
+/// Resident memory of a process now, in kB as the kernel counts it.
+pub fn rss_kb(pid: u32) -> anyhow::Result<f64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The peak resident memory since the last [`reset_peak_rss`].
+pub fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+    status_kb(pid, "VmHWM:").map(|kb| kb / 1024.0)
+}
+
+/// Resets the peak resident set size (`VmHWM`) of a process.
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of {pid}"))
+}
+
+fn status_kb(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Parses a wrk duration such as `412.00us`, `1.20ms` or `2.00s` into ms.
+pub fn parse_ms(text: &str) -> Option<f64> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let value: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// Reads wrk's `--latency` output.
+pub fn parse_wrk(output: &str) -> anyhow::Result<Load> {
+    let mut load = Load::default();
+    for line in output.lines().map(str::trim) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["50%", v] => load.p50_ms = parse_ms(v).context("p50")?,
+            ["99%", v] => load.p99_ms = parse_ms(v).context("p99")?,
+            ["Requests/sec:", v] => load.requests_per_sec = v.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                load.errors += rest
+                    .iter()
+                    .filter_map(|s| s.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    if load.requests_per_sec == 0.0 {
+        bail!("wrk reported no requests:\n{output}");
+    }
+    Ok(load)
+}
+
+/// A wrk run as a command, not yet started.
+pub fn wrk_command(url: &str, threads: &str, connections: &str, seconds: u64) -> Command {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t", threads, "-c", connections, "-d"])
+        .arg(format!("{seconds}s"))
+        .args(["--timeout", "10s", "--latency", url]);
+    command
+}
+
+/// Starts wrk against `url` in the background, resetting the peak RSS of
+/// the server `pid` first; [`finish_wrk`] reads its result.
+pub fn spawn_wrk(
+    url: &str,
+    threads: &str,
+    connections: &str,
+    seconds: u64,
+    pid: u32,
+) -> anyhow::Result<Child> {
+    reset_peak_rss(pid)?;
+    wrk_command(url, threads, connections, seconds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting wrk")
+}
+
+/// Waits for a wrk started by [`spawn_wrk`] and reads its result and the
+/// server's peak RSS meanwhile.
+pub fn finish_wrk(wrk: Child, url: &str, pid: u32) -> anyhow::Result<Load> {
+    let output = wrk.wait_with_output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk {url} failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut load = parse_wrk(&text)?;
+    load.peak_rss_mb = peak_rss_mb(pid)?;
+    Ok(load)
+}
+
+/// Runs wrk against `url` and measures the server's peak RSS meanwhile.
+pub fn wrk(
+    url: &str,
+    threads: &str,
+    connections: &str,
+    seconds: u64,
+    pid: u32,
+) -> anyhow::Result<Load> {
+    let child = spawn_wrk(url, threads, connections, seconds, pid)?;
+    finish_wrk(child, url, pid)
+}
+
+/// An HTTP response as the bench needs it.
+#[derive(Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Everything after the head, as sent (possibly chunked): only shown
+    /// in error messages.
+    pub body: String,
+}
+
+/// How long one HTTP exchange may take before the bench gives up: far
+/// beyond any answer the gateway should give, short of hanging forever.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`), read to
+/// the end. `base` is `http://HOST:PORT`. A new connection per request
+/// costs tens of microseconds on loopback and keeps the client trivial.
+pub fn http(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Response> {
+    let address = base
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http:// URL: {base}"))?;
+    let mut stream =
+        TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream
+        .write_all(&request)
+        .with_context(|| format!("sending {method} {path}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    parse_response(&answer).with_context(|| format!("the answer to {method} {path}"))
+}
+
+/// Reads the status line of an HTTP/1.1 response and keeps the rest.
+fn parse_response(answer: &[u8]) -> anyhow::Result<Response> {
+    let text = String::from_utf8_lossy(answer);
+    let status_line = text.lines().next().context("an empty answer")?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok(Response { status, body })
+}
+
+/// GETs `base` + `path` until it answers 200, at most `within`: the time
+/// from `since` to that answer.
+pub fn wait_for_200(
+    base: &str,
+    path: &str,
+    since: Instant,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + within;
+    loop {
+        // A refused connection is a server not listening yet: poll on.
+        let last = match http("GET", base, path, &[], &[]) {
+            Ok(response) if response.status == 200 => return Ok(since.elapsed()),
+            Ok(response) => format!("{} {}", response.status, response.body.trim()),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{base}{path} did not answer 200 within {within:?}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The median of `samples` (the mean of the middle two for an even
+/// count); 0 for none.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The smallest of `samples`; 0 for none.
+pub fn minimum(samples: &[f64]) -> f64 {
+    samples.iter().copied().reduce(f64::min).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let output = "Running 2s test @ http://127.0.0.1:1/hello
+  2 threads and 64 connections
+  Latency Distribution
+     50%  412.00us
+     75%  600.00us
+     90%    1.00ms
+     99%    1.20ms
+  123456 requests in 2.00s, 12.34MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 12
+Requests/sec:  61728.00
+Transfer/sec:      6.17MB
+";
+        let load = parse_wrk(output).expect("parses");
+        assert_eq!(load.requests_per_sec, 61728.0);
+        assert!((load.p50_ms - 0.412).abs() < 1e-9);
+        assert!((load.p99_ms - 1.2).abs() < 1e-9);
+        assert_eq!(load.errors, 15);
+        assert!(parse_wrk("nothing").is_err());
+        assert_eq!(parse_ms("2.00s"), Some(2000.0));
+    }
+
+    #[test]
+    fn parses_http_responses() {
+        let response =
+            parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}").expect("parses");
+        assert_eq!(response.status, 201);
+        assert_eq!(response.body, "{}");
+        assert!(parse_response(b"").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn medians_and_minimums() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(minimum(&[3.0, 1.0, 2.0]), 1.0);
+        assert_eq!(minimum(&[]), 0.0);
+    }
+}
