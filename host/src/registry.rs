@@ -482,6 +482,9 @@ impl Writer {
                 storage.state.save(&next)?;
             }
             storage.components.retain(&next.components());
+            if let Some(cache) = &self.runtime.cache {
+                cache.retain(&next.components());
+            }
         }
 
         // Durable: from here on nothing fails.

@@ -862,6 +862,8 @@ async fn deploys_and_deletes_do_not_grow_the_gateway() {
     let data = dir.join("wasmgate-data");
     let components = std::fs::read_dir(data.join("components")).expect("components");
     assert_eq!(components.count(), 1, "only the config's hello is kept");
+    let compiled = std::fs::read_dir(data.join("cache")).expect("cache");
+    assert_eq!(compiled.count(), 1, "and only its compiled code");
     let state = std::fs::metadata(data.join("state.json")).expect("state");
     assert!(state.len() < 4096, "the state is {} bytes", state.len());
 }

@@ -50,6 +50,24 @@ impl CodeCache {
         }
     }
 
+    /// Removes compiled code of components not in `keep` (by sha256):
+    /// those no handler keeps a version of any more. Failures are logged.
+    pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let sha = name.split('-').next().unwrap_or_default();
+            if !keep.contains(sha)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), "cannot remove: {e}");
+            }
+        }
+    }
+
     /// Stores compiled code; failing to is reported, never fatal.
     pub fn put(&self, engine: &Engine, sha256: &str, component: &Component) {
         let path = self.path(engine, sha256);
