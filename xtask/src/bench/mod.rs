@@ -10,6 +10,7 @@
 //!
 //! - `cases.rs`: the in-process bench and the load cases a to f;
 //! - `hotload.rs`: the admin API cases g and h, deploys, start-up;
+//! - `isolation.rs`: one tenant measured while another floods;
 //! - `runs.rs`: servers, wrk, memory, HTTP;
 //! - `report.rs`: the figures, computed once, and both report files.
 
@@ -19,6 +20,7 @@ use crate::{build_handlers, cargo, ensure_apt_tool, run};
 
 mod cases;
 mod hotload;
+mod isolation;
 mod report;
 mod runs;
 
@@ -66,5 +68,6 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let in_process = cases::in_process(&plan)?;
     let load = cases::load(&plan, &out)?;
     let hotload = hotload::run(&plan, &out)?;
-    report::write(&plan, &out, &in_process, &load, &hotload)
+    let isolation = isolation::run(&plan, &out)?;
+    report::write(&plan, &out, &in_process, &load, &hotload, &isolation)
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::Plan;
 use super::cases::{InProcess, LOAD_CASES, LoadResults};
 use super::hotload::{HotloadResults, MANY_HANDLERS, SWAP_CASES, SWAPS, rss_per_handler_kb};
+use super::isolation::IsolationResults;
 use super::runs::{Runs, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
 
 /// Every figure of the report, each computed once.
@@ -141,14 +142,21 @@ pub fn write(
     in_process: &InProcess,
     load: &LoadResults,
     hotload: &HotloadResults,
+    isolation: &IsolationResults,
 ) -> anyhow::Result<()> {
     let summary = Summary::new(in_process, load, hotload);
-    let json = json_report(plan, &summary, load, hotload);
+    let mut json = json_report(plan, &summary, load, hotload);
+    if let Value::Object(report) = &mut json {
+        for (key, value) in isolation.figures() {
+            report.insert(key.into(), json!((value * 1000.0).round() / 1000.0));
+        }
+    }
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    let md = markdown(plan, &summary, load, hotload);
+    let mut md = markdown(plan, &summary, load, hotload);
+    md.push_str(&isolation_rows(isolation));
     std::fs::write(out.join("report.md"), &md)?;
     println!("{md}");
     println!("wrote target/bench/report.json and target/bench/report.md");
@@ -305,6 +313,26 @@ fn markdown(
     for (id, name, runs) in load_cases.chain(probe_cases).chain(swap_cases) {
         md.push_str(&case_rows(id, name, runs));
     }
+    md
+}
+
+/// The isolation figures: good's p99 and throughput against alone.
+fn isolation_rows(isolation: &IsolationResults) -> String {
+    let row = |name: &str, load: &crate::bench::runs::Load| {
+        format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.3} |\n",
+            load.requests_per_sec,
+            load.p50_ms,
+            load.p99_ms,
+            load.requests_per_sec / isolation.alone.requests_per_sec,
+        )
+    };
+    let mut md = String::from(
+        "\n| good tenant /hello, 1 conn, while evil sends | req/s | p50 ms | p99 ms | req/s vs alone |\n|---|---|---|---|---|\n",
+    );
+    md.push_str(&row("nothing", &isolation.alone));
+    md.push_str(&row("`/cpu?iters=3000000`, 16 conns", &isolation.under_cpu));
+    md.push_str(&row("`/faults/loop`, 8 conns", &isolation.under_loop));
     md
 }
 
