@@ -73,6 +73,35 @@ struct Pool {
     run: JobRunner,
     /// Guests one worker keeps alive at once.
     guests_per_worker: usize,
+    /// When (ns since `started`) a submit last ended the running slices.
+    last_bump: std::sync::atomic::AtomicU64,
+    /// The clock `last_bump` counts from.
+    started: Instant,
+}
+
+/// Submits end the running slices at most this often. A request behind a
+/// long guest waits at most this much longer than with a bump per submit,
+/// and a flood of short requests does not make every running guest switch
+/// once per request.
+const BUMP_GAP: std::time::Duration = std::time::Duration::from_micros(250);
+
+impl Pool {
+    /// Bumps the epoch, so running guests yield at their next check,
+    /// unless a bump happened less than [`BUMP_GAP`] ago.
+    fn end_slices_soon(&self) {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_bump.load(Ordering::Relaxed);
+        let gap = u64::try_from(BUMP_GAP.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) >= gap
+            && self
+                .last_bump
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.runtime.engine.increment_epoch();
+        }
+    }
 }
 
 /// The pool of guest worker threads. Workers drain the queue and exit once
@@ -131,6 +160,8 @@ impl Executor {
             metrics,
             run,
             guests_per_worker: guests_per_worker.max(1),
+            last_bump: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
         });
         for i in 0..workers {
             let worker = Arc::clone(&pool);
@@ -179,7 +210,7 @@ impl Executor {
                 // at the next tick. A worker with nothing better to run
                 // resumes the same guest.
                 if !self.pool.queue.has_idle_consumer() {
-                    self.pool.runtime.engine.increment_epoch();
+                    self.pool.end_slices_soon();
                 }
                 Ok(receiver)
             }
