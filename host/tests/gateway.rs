@@ -1262,11 +1262,13 @@ component = "{{faults}}"
 async fn cpu_heavy_guests_cannot_starve_the_accept_loop_or_metrics() {
     with_hold(|hold| async move {
         // Endless loops with huge fuel, ended by a deadline as long as the
-        // hold: every worker spins until then.
+        // hold: every worker spins until then (one guest per worker, so the
+        // two loops cannot share a worker and leave the other idle).
         let gw = TestGateway::start(&format!(
             r#"
 [runtime]
 workers = 2
+guests_per_worker = 1
 [[tenant]]
 name = "spin"
 hosts = ["hold.test"]
