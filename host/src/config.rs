@@ -277,6 +277,11 @@ pub struct TenantConfig {
     /// tenant (and only it) through the admin API. Default: none.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The tenant's share of the guest CPU when tenants compete for a
+    /// worker: a tenant of weight 2 gets twice the time of one of weight 1.
+    /// Default 1.
+    #[serde(default = "one")]
+    pub cpu_weight: u32,
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
@@ -284,6 +289,10 @@ pub struct TenantConfig {
 
 fn any_host() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `[[tenant.handler]]`: one component served under a path prefix.
@@ -382,6 +391,7 @@ impl Config {
                 &format!("tenant {t:?}: limits"),
                 &tenant.limits.apply(self.limits),
             )?;
+            check_cpu_weight(tenant.cpu_weight).map_err(|e| format!("tenant {t:?}: {e}"))?;
             if tenant.hosts.is_empty() {
                 return Err(format!("tenant {t:?}: hosts is empty"));
             }
@@ -465,6 +475,21 @@ pub fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest `cpu_weight`: enough to give one tenant almost all the CPU,
+/// small enough that no tenant's share rounds to nothing.
+pub const MAX_CPU_WEIGHT: u32 = 1000;
+
+/// Checks a tenant's `cpu_weight`.
+pub fn check_cpu_weight(weight: u32) -> Result<(), String> {
+    if (1..=MAX_CPU_WEIGHT).contains(&weight) {
+        Ok(())
+    } else {
+        Err(format!(
+            "cpu_weight must be between 1 and {MAX_CPU_WEIGHT} (is {weight})"
+        ))
+    }
+}
+
 /// Tenant and handler names appear in metric labels and admin URLs.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -487,6 +512,22 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    #[test]
+    fn cpu_weight_defaults_to_one_and_is_bounded() {
+        let config = parse("[[tenant]]\nname = \"a\"\n").expect("valid");
+        assert_eq!(config.tenants[0].cpu_weight, 1);
+        let config = parse("[[tenant]]\nname = \"a\"\ncpu_weight = 5\n").expect("valid");
+        assert_eq!(config.tenants[0].cpu_weight, 5);
+        for bad in ["0", "1001"] {
+            let text = format!("[[tenant]]\nname = \"a\"\ncpu_weight = {bad}\n");
+            let error = parse(&text).expect_err("out of range").to_string();
+            assert!(
+                error.contains("cpu_weight must be between 1 and 1000"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_millis(route.version.limits.timeout_ms);
         let reply = match self.executor.submit(
             route.flow,
+            route.tenant.cpu_weight,
             Arc::clone(&route.version),
             request,
             deadline,

@@ -203,6 +203,7 @@ mod tests {
                 "t",
                 vec!["*".into()],
                 LimitOverrides::default(),
+                1,
                 &Limits::default(),
                 Source::Api,
             )

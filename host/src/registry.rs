@@ -34,6 +34,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// Caps its requests in flight at `limits.max_concurrency`.
     pub concurrency: Arc<Semaphore>,
+    /// Its share of the guest CPU against other tenants.
+    pub cpu_weight: u32,
 }
 
 /// A routed handler: what a request needs once routed.
@@ -651,6 +653,7 @@ impl Writer {
         let mut count = 0;
         for (name, tenant_state) in tenants {
             let limits = tenant_state.limits.apply(self.defaults);
+            let cpu_weight = tenant_state.cpu_weight;
             let tenant = self
                 .tenants
                 .entry(name.clone())
@@ -660,6 +663,16 @@ impl Writer {
                             name: name.clone(),
                             limits,
                             concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
+                            cpu_weight,
+                        });
+                    } else if t.cpu_weight != cpu_weight {
+                        // The weight alone changed: in-flight requests keep
+                        // their concurrency slots.
+                        *t = Arc::new(Tenant {
+                            name: name.clone(),
+                            limits,
+                            concurrency: Arc::clone(&t.concurrency),
+                            cpu_weight,
                         });
                     }
                 })
@@ -668,6 +681,7 @@ impl Writer {
                         name: name.clone(),
                         limits,
                         concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
+                        cpu_weight,
                     })
                 })
                 .clone();

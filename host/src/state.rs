@@ -55,6 +55,10 @@ fn default_keep_versions() -> usize {
 }
 
 /// Ranks below this are config file positions.
+fn one() -> u32 {
+    1
+}
+
 fn first_api_rank() -> u64 {
     1 << 32
 }
@@ -79,6 +83,9 @@ pub struct TenantState {
     /// The env var holding this tenant's admin token, if any.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Its share of the guest CPU when tenants compete (1 when unset).
+    #[serde(default = "one")]
+    pub cpu_weight: u32,
     /// Who defined the tenant's hosts and limits last.
     pub source: Source,
     /// Where it stands when two tenants' host patterns tie (lower first):
@@ -379,12 +386,14 @@ impl DesiredState {
         Ok(())
     }
 
-    /// Creates or updates a tenant's hosts and limits; its handlers stay.
+    /// Creates or updates a tenant's hosts, limits and CPU weight; its
+    /// handlers stay.
     pub fn put_tenant(
         &mut self,
         tenant: &str,
         hosts: Vec<String>,
         limits: LimitOverrides,
+        cpu_weight: u32,
         defaults: &crate::config::Limits,
         source: Source,
     ) -> Result<Written, StateError> {
@@ -399,11 +408,15 @@ impl DesiredState {
         }
         crate::config::check_limits("limits", &limits.apply(*defaults))
             .map_err(StateError::Invalid)?;
+        crate::config::check_cpu_weight(cpu_weight).map_err(StateError::Invalid)?;
         match self.tenants.get_mut(tenant) {
-            Some(t) if t.hosts == hosts && t.limits == limits => Ok(Written::Unchanged),
+            Some(t) if t.hosts == hosts && t.limits == limits && t.cpu_weight == cpu_weight => {
+                Ok(Written::Unchanged)
+            }
             Some(t) => {
                 t.hosts = hosts;
                 t.limits = limits;
+                t.cpu_weight = cpu_weight;
                 t.source = source;
                 Ok(Written::Replaced)
             }
@@ -416,6 +429,7 @@ impl DesiredState {
                         hosts,
                         limits,
                         token_env: None,
+                        cpu_weight,
                         source,
                         rank,
                         handlers: BTreeMap::new(),
@@ -470,6 +484,7 @@ impl DesiredState {
                     &tenant.name,
                     tenant.hosts.clone(),
                     tenant.limits,
+                    tenant.cpu_weight,
                     &config.limits,
                     Source::Config,
                 )?;
@@ -559,6 +574,7 @@ mod tests {
                 "t",
                 vec!["*".into()],
                 LimitOverrides::default(),
+                1,
                 &Limits::default(),
                 Source::Api,
             )

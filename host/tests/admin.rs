@@ -570,13 +570,28 @@ async fn tenants_come_and_go_at_runtime() {
     let gw = Gateway::start(&config, true).await;
     let put = gw
         .admin(reqwest::Method::PUT, "/admin/tenants/shop", Some(ROOT))
-        .json(&serde_json::json!({"hosts": ["shop.test"], "limits": {"fuel": 5000000}}))
+        .json(&serde_json::json!({"hosts": ["shop.test"], "limits": {"fuel": 5000000}, "cpu_weight": 4}))
         .send()
         .await
         .expect("PUT tenant");
     let (status, body) = json_of(put).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["hosts"], serde_json::json!(["shop.test"]));
+    assert_eq!(body["cpu_weight"], 4);
+    let heavy = gw
+        .admin(reqwest::Method::PUT, "/admin/tenants/heavy", Some(ROOT))
+        .json(&serde_json::json!({"cpu_weight": 0}))
+        .send()
+        .await
+        .expect("PUT tenant");
+    let (status, body) = json_of(heavy).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cpu_weight must be between 1 and 1000")),
+        "{body}"
+    );
     let bad = gw
         .admin(reqwest::Method::PUT, "/admin/tenants/bad", Some(ROOT))
         .json(&serde_json::json!({"hosts": ["a.*.com"]}))

@@ -299,6 +299,12 @@ struct TenantPut {
     hosts: Vec<String>,
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default = "one")]
+    cpu_weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn any_host() -> Vec<String> {
@@ -362,7 +368,14 @@ impl Call<'_> {
             .admin
             .registry
             .apply(HashMap::new(), move |state, defaults| {
-                state.put_tenant(&tenant, body.hosts, body.limits, defaults, Source::Api)
+                state.put_tenant(
+                    &tenant,
+                    body.hosts,
+                    body.limits,
+                    body.cpu_weight,
+                    defaults,
+                    Source::Api,
+                )
             })
             .await;
         self.log_write(None, &written);
@@ -615,6 +628,7 @@ fn tenant_json(name: &str, tenant: &TenantState) -> Value {
         "name": name,
         "hosts": tenant.hosts,
         "limits": tenant.limits,
+        "cpu_weight": tenant.cpu_weight,
         "source": tenant.source,
         "handlers": tenant.handlers.keys().collect::<Vec<_>>(),
     })

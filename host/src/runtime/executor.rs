@@ -18,7 +18,9 @@
 //! tenant. A tenant may hold at most half a worker's guest slots (at least
 //! one), so a flood of long requests leaves room for others. A new request
 //! that finds no idle worker ends the running slices early (an epoch bump)
-//! so the workers look at it now, not at the next tick.
+//! when one of them has run for [`PREEMPT_AFTER`], so the workers look at
+//! it now, not at the next tick. Tenants share a worker's CPU in
+//! proportion to their `cpu_weight`.
 //!
 //! No request may cost a worker: a panic while serving one (a gateway bug;
 //! guest input must never cause one) fails that request with 500, and a
@@ -30,7 +32,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ use crate::metrics::{HandlerMetrics, Metrics};
 /// A request waiting for a worker.
 struct Job {
     flow: Flow,
+    /// The tenant's `cpu_weight`.
+    cpu_weight: u32,
     version: Arc<HandlerVersion>,
     request: GuestRequest,
     deadline: Instant,
@@ -73,32 +77,40 @@ struct Pool {
     run: JobRunner,
     /// Guests one worker keeps alive at once.
     guests_per_worker: usize,
-    /// When (ns since `started`) a submit last ended the running slices.
-    last_bump: std::sync::atomic::AtomicU64,
-    /// The clock `last_bump` counts from.
+    /// When each worker's running slice began (ns since `started`, plus
+    /// one; 0 while it runs no guest), by worker index. A submit reads them
+    /// to decide whether ending the slices is worth it.
+    slices: Vec<AtomicU64>,
+    /// The clock `slices` counts from.
     started: Instant,
 }
 
-/// Submits end the running slices at most this often. A request behind a
-/// long guest waits at most this much longer than with a bump per submit,
-/// and a flood of short requests does not make every running guest switch
-/// once per request.
-const BUMP_GAP: std::time::Duration = std::time::Duration::from_micros(250);
+/// A submit that finds no idle worker ends the running slices only if one
+/// of them has run at least this long. Ending a slice costs its guest a
+/// switch to the worker and back (a few microseconds); a request whose
+/// whole guest call is shorter than this (most of them) is never cut, so
+/// a flood of short requests does not make every running guest switch once
+/// per request. A request behind a guest that started its slice less than
+/// this ago waits for that slice's end or the next tick.
+pub const PREEMPT_AFTER: Duration = Duration::from_micros(100);
 
 impl Pool {
-    /// Bumps the epoch, so running guests yield at their next check,
-    /// unless a bump happened less than [`BUMP_GAP`] ago.
-    fn end_slices_soon(&self) {
-        use std::sync::atomic::Ordering;
-        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let last = self.last_bump.load(Ordering::Relaxed);
-        let gap = u64::try_from(BUMP_GAP.as_nanos()).unwrap_or(u64::MAX);
-        if now.saturating_sub(last) >= gap
-            && self
-                .last_bump
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+    /// Nanoseconds since `started`, plus one, so 0 can mean "none".
+    fn clock(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_nanos()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    /// Bumps the epoch, so running guests yield at their next check, if
+    /// one of them has been running for [`PREEMPT_AFTER`] or longer.
+    fn end_long_slices(&self) {
+        let now = self.clock(Instant::now());
+        let min = u64::try_from(PREEMPT_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let long = self.slices.iter().any(|slice| {
+            let began = slice.load(Ordering::Relaxed);
+            began != 0 && now.saturating_sub(began) >= min
+        });
+        if long {
             self.runtime.engine.increment_epoch();
         }
     }
@@ -160,7 +172,7 @@ impl Executor {
             metrics,
             run,
             guests_per_worker: guests_per_worker.max(1),
-            last_bump: std::sync::atomic::AtomicU64::new(0),
+            slices: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             started: Instant::now(),
         });
         for i in 0..workers {
@@ -168,7 +180,7 @@ impl Executor {
             supervise(
                 format!("wasmgate-worker-{i}"),
                 pool.metrics.workers_alive.clone(),
-                Arc::new(move || work(&worker)),
+                Arc::new(move || work(&worker, i)),
             )?;
         }
         Ok(Self { pool, workers })
@@ -180,11 +192,13 @@ impl Executor {
     }
 
     /// Queues a call of `version` with `request` in `flow`, to finish by
-    /// `deadline`, holding the tenant's `permit` until it is done.
-    /// Fails at once with `Overloaded` when the queue is full.
+    /// `deadline`, holding the tenant's `permit` until it is done; the
+    /// tenant's guests get CPU in proportion to `cpu_weight` against other
+    /// tenants'. Fails at once with `Overloaded` when the queue is full.
     pub fn submit(
         &self,
         flow: Flow,
+        cpu_weight: u32,
         version: Arc<HandlerVersion>,
         request: GuestRequest,
         deadline: Instant,
@@ -193,6 +207,7 @@ impl Executor {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             flow,
+            cpu_weight,
             version,
             request,
             deadline,
@@ -205,12 +220,12 @@ impl Executor {
         metrics.queue_depth.inc();
         match self.pool.queue.push(flow, job) {
             Ok(()) => {
-                // No worker is idle: end the running slices now, so the
-                // workers see this request within microseconds rather than
-                // at the next tick. A worker with nothing better to run
-                // resumes the same guest.
+                // No worker is idle: end the long running slices now, so
+                // the workers see this request within microseconds rather
+                // than at the next tick. A worker with nothing better to
+                // run resumes the same guest.
                 if !self.pool.queue.has_idle_consumer() {
-                    self.pool.end_slices_soon();
+                    self.pool.end_long_slices();
                 }
                 Ok(receiver)
             }
@@ -270,7 +285,7 @@ impl Drop for Supervised {
 
 /// One worker thread: a single-threaded tokio runtime (for the timers of
 /// guests waiting in `wasi:io/poll`) driving the worker's guests.
-fn work(pool: &Arc<Pool>) {
+fn work(pool: &Arc<Pool>, index: usize) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -281,7 +296,7 @@ fn work(pool: &Arc<Pool>) {
             return;
         }
     };
-    runtime.block_on(Worker::new(Arc::clone(pool)).run());
+    runtime.block_on(Worker::new(Arc::clone(pool), index).run());
 }
 
 /// Serves one job: the guest call, its outcome sent to the request path.
@@ -331,6 +346,8 @@ impl Wake for GuestWaker {
 /// A guest alive on a worker.
 struct Guest {
     flow: Flow,
+    /// Its tenant's share of the CPU against other tenants.
+    cpu_weight: u32,
     /// Arrival order on this worker: the oldest of a handler goes first.
     seq: u64,
     future: GuestFuture,
@@ -343,6 +360,8 @@ struct Guest {
 /// One worker's guests and the CPU each tenant and handler used on it.
 struct Worker {
     pool: Arc<Pool>,
+    /// Its place in `Pool::slices`.
+    index: usize,
     guests: Vec<Guest>,
     next_seq: u64,
     /// Woken by the guests' wakers.
@@ -357,10 +376,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(pool: Arc<Pool>) -> Self {
+    fn new(pool: Arc<Pool>, index: usize) -> Self {
         let busy = pool.metrics.workers_busy.clone();
         Self {
             pool,
+            index,
             guests: Vec::new(),
             next_seq: 0,
             notify: Arc::new(Notify::new()),
@@ -419,7 +439,20 @@ impl Worker {
         if job.reply.is_closed() {
             return;
         }
-        let flow = job.flow;
+        let (flow, cpu_weight) = (job.flow, job.cpu_weight);
+        let metrics = Arc::clone(&job.version.context.metrics);
+        let future = (self.pool.run)(Arc::clone(&self.pool), job);
+        self.add(flow, cpu_weight, future, metrics);
+    }
+
+    /// Makes `future` one of this worker's guests, runnable at once.
+    fn add(
+        &mut self,
+        flow: Flow,
+        cpu_weight: u32,
+        future: GuestFuture,
+        metrics: Arc<HandlerMetrics>,
+    ) {
         let least = |used: &mut dyn Iterator<Item = Duration>| used.min().unwrap_or_default();
         let tenant_start = least(&mut self.tenant_used.values().copied());
         self.tenant_used.entry(flow.tenant).or_insert(tenant_start);
@@ -437,14 +470,13 @@ impl Worker {
             runnable: AtomicBool::new(true),
             worker: Arc::clone(&self.notify),
         });
-        let metrics = Arc::clone(&job.version.context.metrics);
-        let future = (self.pool.run)(Arc::clone(&self.pool), job);
         if self.guests.is_empty() {
             self.busy.inc();
         }
         self.pool.metrics.guests_alive.inc();
         self.guests.push(Guest {
             flow,
+            cpu_weight,
             seq: self.next_seq,
             future,
             waker: Waker::from(Arc::clone(&state)),
@@ -452,6 +484,18 @@ impl Worker {
             metrics,
         });
         self.next_seq += 1;
+    }
+
+    /// Counts `used` against the guest's tenant, divided by the tenant's
+    /// weight (so a tenant of weight 2 gets twice the CPU of one of weight 1
+    /// when both have guests to run), and against its handler.
+    fn charge(&mut self, flow: Flow, cpu_weight: u32, used: Duration) {
+        if let Some(total) = self.tenant_used.get_mut(&flow.tenant) {
+            *total += used / cpu_weight.max(1);
+        }
+        if let Some(total) = self.handler_used.get_mut(&(flow.tenant, flow.handler)) {
+            *total += used;
+        }
     }
 
     /// The runnable guest of the tenant, then handler, that used the least
@@ -478,17 +522,15 @@ impl Worker {
         guest.state.runnable.store(false, Ordering::Release);
         let mut cx = Context::from_waker(&guest.waker);
         let started = Instant::now();
+        let slice = &self.pool.slices[self.index];
+        slice.store(self.pool.clock(started), Ordering::Relaxed);
         let polled =
             std::panic::catch_unwind(AssertUnwindSafe(|| guest.future.as_mut().poll(&mut cx)));
+        slice.store(0, Ordering::Relaxed);
         let used = started.elapsed();
-        let flow = guest.flow;
+        let (flow, weight) = (guest.flow, guest.cpu_weight);
         guest.metrics.guest_cpu(used.as_secs_f64());
-        if let Some(total) = self.tenant_used.get_mut(&flow.tenant) {
-            *total += used;
-        }
-        if let Some(total) = self.handler_used.get_mut(&(flow.tenant, flow.handler)) {
-            *total += used;
-        }
+        self.charge(flow, weight, used);
         match polled {
             Ok(Poll::Pending) => return,
             Ok(Poll::Ready(())) => {}
@@ -516,6 +558,7 @@ impl Worker {
 impl Drop for Worker {
     /// A worker that unwinds (it must not) gives its counts back.
     fn drop(&mut self) {
+        self.pool.slices[self.index].store(0, Ordering::Relaxed);
         let alive = i64::try_from(self.guests.len()).unwrap_or(i64::MAX);
         self.pool.metrics.guests_alive.sub(alive);
         if !self.guests.is_empty() {
@@ -550,6 +593,88 @@ mod tests {
             assert!(Instant::now() < deadline, "never happened: {what}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A worker with no thread, for driving its scheduler by hand.
+    fn idle_worker() -> Worker {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::new(1, 1 << 20, true).expect("runtime");
+        let pool = Arc::new(Pool {
+            runtime,
+            queue: FairQueue::new(1),
+            metrics,
+            run: run_job,
+            guests_per_worker: 8,
+            slices: vec![AtomicU64::new(0)],
+            started: Instant::now(),
+        });
+        Worker::new(pool, 0)
+    }
+
+    /// Adds a guest that never finishes, of `tenant`'s `handler`.
+    fn add_spinner(worker: &mut Worker, tenant: usize, handler: usize, cpu_weight: u32) {
+        let metrics = worker.pool.metrics.handler("t", "h");
+        let flow = Flow { tenant, handler };
+        worker.add(flow, cpu_weight, Box::pin(std::future::pending()), metrics);
+    }
+
+    /// Runs `slices` slices of 1 ms each, charged as `poll` charges them,
+    /// and counts the slices each guest (by arrival number) got.
+    fn share_out(worker: &mut Worker, slices: usize) -> HashMap<u64, usize> {
+        let mut got = HashMap::new();
+        for _ in 0..slices {
+            let index = worker.next_runnable().expect("all runnable");
+            let guest = &worker.guests[index];
+            let (flow, weight, seq) = (guest.flow, guest.cpu_weight, guest.seq);
+            worker.charge(flow, weight, Duration::from_millis(1));
+            *got.entry(seq).or_insert(0) += 1;
+        }
+        got
+    }
+
+    #[test]
+    fn tenants_share_the_cpu_equally_whatever_their_number_of_guests() {
+        let mut worker = idle_worker();
+        // Tenant 0 has three guests (0, 1, 2), tenant 1 one (3): each
+        // tenant gets half, and tenant 0's half goes to its oldest guest.
+        for _ in 0..3 {
+            add_spinner(&mut worker, 0, 0, 1);
+        }
+        add_spinner(&mut worker, 1, 0, 1);
+        let got = share_out(&mut worker, 400);
+        assert_eq!(got, HashMap::from([(0, 200), (3, 200)]));
+    }
+
+    #[test]
+    fn cpu_weight_sets_a_tenants_share() {
+        let mut worker = idle_worker();
+        add_spinner(&mut worker, 0, 0, 3);
+        add_spinner(&mut worker, 1, 0, 1);
+        let got = share_out(&mut worker, 400);
+        assert_eq!(got, HashMap::from([(0, 300), (1, 100)]));
+    }
+
+    #[test]
+    fn a_tenants_handlers_share_its_part_in_arrival_order_within_each() {
+        let mut worker = idle_worker();
+        add_spinner(&mut worker, 0, 0, 1); // 0
+        add_spinner(&mut worker, 0, 0, 1); // 1: waits behind 0
+        add_spinner(&mut worker, 0, 1, 1); // 2
+        add_spinner(&mut worker, 1, 0, 1); // 3
+        let got = share_out(&mut worker, 400);
+        assert_eq!(got, HashMap::from([(0, 100), (2, 100), (3, 200)]));
+    }
+
+    #[test]
+    fn a_tenant_that_arrives_late_gets_no_credit_for_its_absence() {
+        let mut worker = idle_worker();
+        add_spinner(&mut worker, 0, 0, 1);
+        share_out(&mut worker, 100);
+        // Tenant 1 starts level with tenant 0, so it does not run alone
+        // for the 100 ms tenant 0 had, and both share from now on.
+        add_spinner(&mut worker, 1, 0, 1);
+        let got = share_out(&mut worker, 100);
+        assert_eq!(got, HashMap::from([(0, 50), (1, 50)]));
     }
 
     #[test]
@@ -615,6 +740,7 @@ mod tests {
                         tenant: 0,
                         handler: 0,
                     },
+                    1,
                     Arc::clone(&version),
                     GuestRequest::new(head, Bytes::new()),
                     Instant::now() + Duration::from_secs(60),

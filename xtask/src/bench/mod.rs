@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: every benchmark case in one run, side by
+//! `cargo xtask bench [--quick] [--only isolation]`: every benchmark case in one run, side by
 //! side, reported as ratios against ceilings measured on the same machine in
 //! the same run, and the hot-loading figures (deploy to serving, swaps
 //! under load, start-up and memory per handler).
@@ -50,6 +50,20 @@ impl Plan {
 /// Runs every case and writes the report.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    // `--only isolation`: just the isolation cases, printed, no report
+    // (for tuning the scheduler without the whole 12-minute run).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).map(String::as_str));
+    match only {
+        None => {}
+        Some(Some("isolation")) => {}
+        Some(other) => anyhow::bail!(
+            "--only takes `isolation` (got {})",
+            other.unwrap_or("nothing")
+        ),
+    }
     ensure_apt_tool("wrk", "wrk")?;
     build_handlers()?;
     run(cargo().args([
@@ -65,6 +79,13 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let out = PathBuf::from("target/bench");
     std::fs::create_dir_all(&out)?;
 
+    if only.is_some() {
+        let isolation = isolation::run(&plan, &out)?;
+        for (key, value) in isolation.figures() {
+            println!("{key}: {value:.3}");
+        }
+        return Ok(());
+    }
     let in_process = cases::in_process(&plan)?;
     let load = cases::load(&plan, &out)?;
     let hotload = hotload::run(&plan, &out)?;
