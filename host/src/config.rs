@@ -280,6 +280,22 @@ pub struct TenantConfig {
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
+    /// Directories the tenant serves read-only, without a guest.
+    #[serde(default, rename = "static")]
+    pub statics: Vec<StaticConfig>,
+}
+
+/// `[[tenant.static]]`: a directory served read-only under a path prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Path prefix, starting with `/`; the longest matching prefix of the
+    /// tenant's handlers and mounts wins. Spanned so that errors name its
+    /// line.
+    pub route: toml::Spanned<String>,
+    /// The directory, relative to the config file's folder. After parsing,
+    /// its canonical path (links resolved), which must be a directory.
+    pub dir: toml::Spanned<PathBuf>,
 }
 
 fn any_host() -> Vec<String> {
@@ -325,7 +341,60 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        config
+            .resolve_statics(text, base)
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(config)
+    }
+
+    /// Checks each `[[tenant.static]]` (a route of the right form that no
+    /// handler or other mount of the tenant has, a `dir` that is a
+    /// directory) and makes its `dir` canonical. Errors name the line.
+    fn resolve_statics(&mut self, text: &str, base: &Path) -> Result<(), String> {
+        let line = |span: std::ops::Range<usize>| {
+            let before = text.get(..span.start).unwrap_or(text);
+            before.bytes().filter(|&b| b == b'\n').count() + 1
+        };
+        for tenant in &mut self.tenants {
+            let t = &tenant.name;
+            let mut routes = std::collections::HashSet::new();
+            for mount in &mut tenant.statics {
+                let route = mount.route.get_ref();
+                let at = line(mount.route.span());
+                crate::router::check_route(route)
+                    .map_err(|e| format!("line {at}: tenant {t:?} static: route: {e}"))?;
+                if let Some(h) = tenant.handlers.iter().find(|h| &h.route == route) {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static: route {route:?} is already used by handler {:?}",
+                        h.name
+                    ));
+                }
+                if !routes.insert(route.clone()) {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static: route {route:?} is already used by another static mount"
+                    ));
+                }
+                let at = line(mount.dir.span());
+                let dir = normalize(&base.join(mount.dir.get_ref()));
+                let canonical = std::fs::canonicalize(&dir).map_err(|e| {
+                    format!(
+                        "line {at}: tenant {t:?} static {route:?}: dir {}: {e}",
+                        dir.display()
+                    )
+                })?;
+                if !canonical.is_dir() {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static {route:?}: dir {} is not a directory",
+                        dir.display()
+                    ));
+                }
+                *mount.dir.get_mut() = canonical;
+            }
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -18,7 +18,7 @@ use hyper::body::{Body, Incoming};
 use crate::body::{ByteBudget, Reservation, ResponseBody};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Route};
+use crate::registry::{Registry, Route, Target};
 use crate::runtime::{Executor, GuestRequest};
 
 /// How long past a request's deadline the request path waits for the
@@ -78,10 +78,23 @@ impl Gateway {
             Err(error) => return Answer::new(self.unrouted(&error), Some(body)),
         };
         let router = self.registry.router();
-        let Some((_, route)) = router.route(host, head.uri.path()) else {
+        let Some((_, target)) = router.route(host, head.uri.path()) else {
             return Answer::new(self.unrouted(&RequestError::NoRoute), Some(body));
         };
-        let route = Arc::clone(route);
+        let route = match target {
+            Target::Handler(route) => Arc::clone(route),
+            Target::Static(mount) => {
+                let mount = Arc::clone(mount);
+                drop(router);
+                let _in_flight = InFlight::start(&self.metrics);
+                let response = mount.serve(&head).await;
+                let seconds = started.elapsed().as_secs_f64();
+                mount
+                    .metrics
+                    .request(response.status(), seconds, None, None);
+                return Answer::new(response, Some(body));
+            }
+        };
         drop(router);
 
         let _in_flight = InFlight::start(&self.metrics);
