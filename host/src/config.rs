@@ -661,6 +661,52 @@ config = { greeting = "hi" }
     }
 
     #[test]
+    fn static_mounts_are_checked_and_errors_name_the_line() {
+        let dir = std::env::temp_dir();
+        let head = "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"/x\"\ncomponent = \"h.wasm\"\n";
+        let mount = |route: &str, dir: &str| {
+            format!("[[tenant.static]]\nroute = \"{route}\"\ndir = \"{dir}\"\n")
+        };
+        let tmp = dir.display().to_string();
+        let ok = parse(&format!("{head}{}", mount("/files", &tmp))).expect("valid");
+        assert_eq!(
+            ok.tenants[0].statics[0].dir.get_ref(),
+            &std::fs::canonicalize(&dir).expect("canonical")
+        );
+        let table: Vec<(String, &[&str])> = vec![
+            (
+                format!("{head}{}", mount("/x", &tmp)),
+                &["test.toml", "line 8", "route \"/x\"", "handler \"h\""],
+            ),
+            (
+                format!("{head}{}{}", mount("/s", &tmp), mount("/s", &tmp)),
+                &["line 11", "another static mount"],
+            ),
+            (
+                format!("{head}{}", mount("/s", "/nonexistent/static")),
+                &["line 9", "dir /nonexistent/static", "No such file"],
+            ),
+            (
+                format!("{head}{}", mount("s", &tmp)),
+                &["line 8", "route", "must start with '/'"],
+            ),
+            (
+                format!("{head}[[tenant.static]]\nroute = \"/s\"\n"),
+                &["line 7", "missing field `dir`"],
+            ),
+        ];
+        for (text, needles) in table {
+            let message = parse(&text).expect_err(&text).to_string();
+            for needle in needles {
+                assert!(
+                    message.contains(needle),
+                    "{text}: want {needle:?} in {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn component_paths_are_normalised() {
         for (path, want) in [
             ("examples/../target/x.wasm", "target/x.wasm"),

@@ -1,5 +1,7 @@
 //! The public request path: route, read the body, admit, run the guest on
-//! the executor, count it.
+//! the executor, count it. A route to a static mount is answered by
+//! [`crate::static_files`] instead, counted the same way with the handler
+//! label `static:ROUTE`.
 //!
 //! Runs on tokio's async workers and never runs guest code itself: the
 //! only waiting it does is for the body and for the executor's reply, and
