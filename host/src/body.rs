@@ -114,13 +114,28 @@ impl Drop for Reservation {
     }
 }
 
+/// A body produced as hyper asks for it (a static file read from disk).
+type Stream = Pin<Box<dyn Body<Data = Bytes, Error = std::convert::Infallible> + Send>>;
+
 /// The body of every response the gateway sends: bytes in memory, handed
 /// to hyper in pieces of at most 64 KiB, holding their share of the budget
-/// until the body is dropped.
-#[derive(Debug, Default)]
+/// until the body is dropped; or a stream (a static file) that holds no
+/// more than the piece it is producing.
+#[derive(Default)]
 pub struct ResponseBody {
     data: Bytes,
     _reservation: Option<Reservation>,
+    /// When set, the body is this stream and `data` is empty.
+    stream: Option<Stream>,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("data", &self.data.len())
+            .field("stream", &self.stream.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseBody {
@@ -129,6 +144,17 @@ impl ResponseBody {
         Self {
             data,
             _reservation: reservation,
+            stream: None,
+        }
+    }
+
+    /// A body that is `stream`, which must bound what it holds itself.
+    pub fn streaming(
+        stream: impl Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
+    ) -> Self {
+        Self {
+            stream: Some(Box::pin(stream)),
+            ..Self::default()
         }
     }
 }
@@ -151,9 +177,12 @@ impl Body for ResponseBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(stream) = &mut this.stream {
+            return stream.as_mut().poll_frame(cx);
+        }
         if this.data.is_empty() {
             return Poll::Ready(None);
         }
@@ -168,11 +197,17 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
+        match &self.stream {
+            Some(stream) => stream.is_end_stream(),
+            None => self.data.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len() as u64)
+        match &self.stream {
+            Some(stream) => stream.size_hint(),
+            None => SizeHint::with_exact(self.data.len() as u64),
+        }
     }
 }
 

@@ -285,6 +285,22 @@ pub struct TenantConfig {
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
+    /// Directories the tenant serves read-only, without a guest.
+    #[serde(default, rename = "static")]
+    pub statics: Vec<StaticConfig>,
+}
+
+/// `[[tenant.static]]`: a directory served read-only under a path prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Path prefix, starting with `/`; the longest matching prefix of the
+    /// tenant's handlers and mounts wins. Spanned so that errors name its
+    /// line.
+    pub route: toml::Spanned<String>,
+    /// The directory, relative to the config file's folder. After parsing,
+    /// its canonical path (links resolved), which must be a directory.
+    pub dir: toml::Spanned<PathBuf>,
 }
 
 fn any_host() -> Vec<String> {
@@ -334,7 +350,60 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        config
+            .resolve_statics(text, base)
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(config)
+    }
+
+    /// Checks each `[[tenant.static]]` (a route of the right form that no
+    /// handler or other mount of the tenant has, a `dir` that is a
+    /// directory) and makes its `dir` canonical. Errors name the line.
+    fn resolve_statics(&mut self, text: &str, base: &Path) -> Result<(), String> {
+        let line = |span: std::ops::Range<usize>| {
+            let before = text.get(..span.start).unwrap_or(text);
+            before.bytes().filter(|&b| b == b'\n').count() + 1
+        };
+        for tenant in &mut self.tenants {
+            let t = &tenant.name;
+            let mut routes = std::collections::HashSet::new();
+            for mount in &mut tenant.statics {
+                let route = mount.route.get_ref();
+                let at = line(mount.route.span());
+                crate::router::check_route(route)
+                    .map_err(|e| format!("line {at}: tenant {t:?} static: route: {e}"))?;
+                if let Some(h) = tenant.handlers.iter().find(|h| &h.route == route) {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static: route {route:?} is already used by handler {:?}",
+                        h.name
+                    ));
+                }
+                if !routes.insert(route.clone()) {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static: route {route:?} is already used by another static mount"
+                    ));
+                }
+                let at = line(mount.dir.span());
+                let dir = normalize(&base.join(mount.dir.get_ref()));
+                let canonical = std::fs::canonicalize(&dir).map_err(|e| {
+                    format!(
+                        "line {at}: tenant {t:?} static {route:?}: dir {}: {e}",
+                        dir.display()
+                    )
+                })?;
+                if !canonical.is_dir() {
+                    return Err(format!(
+                        "line {at}: tenant {t:?} static {route:?}: dir {} is not a directory",
+                        dir.display()
+                    ));
+                }
+                *mount.dir.get_mut() = canonical;
+            }
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -627,6 +696,52 @@ config = { greeting = "hi" }
                 assert!(
                     message.contains(needle),
                     "error for {text:?} should mention {needle:?}, got: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn static_mounts_are_checked_and_errors_name_the_line() {
+        let dir = std::env::temp_dir();
+        let head = "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"h\"\nroute = \"/x\"\ncomponent = \"h.wasm\"\n";
+        let mount = |route: &str, dir: &str| {
+            format!("[[tenant.static]]\nroute = \"{route}\"\ndir = \"{dir}\"\n")
+        };
+        let tmp = dir.display().to_string();
+        let ok = parse(&format!("{head}{}", mount("/files", &tmp))).expect("valid");
+        assert_eq!(
+            ok.tenants[0].statics[0].dir.get_ref(),
+            &std::fs::canonicalize(&dir).expect("canonical")
+        );
+        let table: Vec<(String, &[&str])> = vec![
+            (
+                format!("{head}{}", mount("/x", &tmp)),
+                &["test.toml", "line 8", "route \"/x\"", "handler \"h\""],
+            ),
+            (
+                format!("{head}{}{}", mount("/s", &tmp), mount("/s", &tmp)),
+                &["line 11", "another static mount"],
+            ),
+            (
+                format!("{head}{}", mount("/s", "/nonexistent/static")),
+                &["line 9", "dir /nonexistent/static", "No such file"],
+            ),
+            (
+                format!("{head}{}", mount("s", &tmp)),
+                &["line 8", "route", "must start with '/'"],
+            ),
+            (
+                format!("{head}[[tenant.static]]\nroute = \"/s\"\n"),
+                &["line 7", "missing field `dir`"],
+            ),
+        ];
+        for (text, needles) in table {
+            let message = parse(&text).expect_err(&text).to_string();
+            for needle in needles {
+                assert!(
+                    message.contains(needle),
+                    "{text}: want {needle:?} in {message}"
                 );
             }
         }

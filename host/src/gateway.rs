@@ -1,5 +1,7 @@
 //! The public request path: route, read the body, admit, run the guest on
-//! the executor, count it.
+//! the executor, count it. A route to a static mount is answered by
+//! [`crate::static_files`] instead, counted the same way with the handler
+//! label `static:ROUTE`.
 //!
 //! Runs on tokio's async workers and never runs guest code itself: the
 //! only waiting it does is for the body and for the executor's reply, and
@@ -18,7 +20,7 @@ use hyper::body::{Body, Incoming};
 use crate::body::{ByteBudget, Reservation, ResponseBody};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Route};
+use crate::registry::{Registry, Route, Target};
 use crate::runtime::{Executor, GuestRequest};
 
 /// How long past a request's deadline the request path waits for the
@@ -45,24 +47,60 @@ pub struct Gateway {
     pub budget: Arc<ByteBudget>,
 }
 
+/// The gateway's answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// What the client gets.
+    pub response: Response<ResponseBody>,
+    /// The request's body when the response was decided before it was read
+    /// to the end (413, 404, 429, ...). It must outlive the response: on
+    /// HTTP/2, a body dropped before the response is sent resets the stream
+    /// with CANCEL and the client sees no response at all, while one
+    /// dropped after it resets the stream with NO_ERROR (RFC 9113 8.1),
+    /// which clients read as "the server needs no more". The server
+    /// discards it, within a bound, once the response is written.
+    pub unread: Option<Incoming>,
+}
+
+impl Answer {
+    fn new(response: Response<ResponseBody>, unread: Option<Incoming>) -> Self {
+        let unread = unread.filter(|body| !body.is_end_stream());
+        Self { response, unread }
+    }
+}
+
 impl Gateway {
     /// Answers one request; every failure becomes its status (see
     /// [`RequestError`]).
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Answer {
         let started = Instant::now();
-        let host = match request_host(&request) {
+        let (head, body) = request.into_parts();
+        let host = match request_host(&head) {
             Ok(host) => host,
-            Err(error) => return self.unrouted(&error),
+            Err(error) => return Answer::new(self.unrouted(&error), Some(body)),
         };
         let router = self.registry.router();
-        let Some((_, route)) = router.route(host, request.uri().path()) else {
-            return self.unrouted(&RequestError::NoRoute);
+        let Some((_, target)) = router.route(host, head.uri.path()) else {
+            return Answer::new(self.unrouted(&RequestError::NoRoute), Some(body));
         };
-        let route = Arc::clone(route);
+        let route = match target {
+            Target::Handler(route) => Arc::clone(route),
+            Target::Static(mount) => {
+                let mount = Arc::clone(mount);
+                drop(router);
+                let _in_flight = InFlight::start(&self.metrics);
+                let response = mount.serve(&head).await;
+                let seconds = started.elapsed().as_secs_f64();
+                mount
+                    .metrics
+                    .request(response.status(), seconds, None, None);
+                return Answer::new(response, Some(body));
+            }
+        };
         drop(router);
 
         let _in_flight = InFlight::start(&self.metrics);
-        let (result, fuel) = self.run(&route, request).await;
+        let (result, fuel, unread) = self.run(&route, head, body).await;
         let trap = result.as_ref().err().and_then(RequestError::trap_kind);
         let response = result.unwrap_or_else(|e| e.to_response().map(ResponseBody::from));
         route.version.context.metrics.request(
@@ -71,7 +109,7 @@ impl Gateway {
             fuel,
             trap,
         );
-        response
+        Answer::new(response, unread)
     }
 
     /// Answers a request that reached no handler, counted without labels.
@@ -80,15 +118,33 @@ impl Gateway {
         error.to_response().map(ResponseBody::from)
     }
 
+    /// Runs the request through its handler. Also gives back the request's
+    /// body when it was not read to the end.
     async fn run(
         &self,
         route: &Route,
-        request: Request<Incoming>,
-    ) -> (Result<Response<ResponseBody>, RequestError>, Option<u64>) {
-        let (request, body_reservation) = match self.read_request(request).await {
+        head: http::request::Parts,
+        mut body: Incoming,
+    ) -> (
+        Result<Response<ResponseBody>, RequestError>,
+        Option<u64>,
+        Option<Incoming>,
+    ) {
+        let (request, body_reservation) = match self.read_request(head, &mut body).await {
             Ok(read) => read,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err(e), None, Some(body)),
         };
+        let (result, fuel) = self.call(route, request, body_reservation).await;
+        (result, fuel, None)
+    }
+
+    /// Calls the handler with a request whose body has been read.
+    async fn call(
+        &self,
+        route: &Route,
+        request: GuestRequest,
+        body_reservation: Reservation,
+    ) -> (Result<Response<ResponseBody>, RequestError>, Option<u64>) {
         let Ok(permit) = Arc::clone(&route.tenant.concurrency).try_acquire_owned() else {
             let error = RequestError::Overloaded("tenant is at its max_concurrency");
             return (Err(error), None);
@@ -130,19 +186,19 @@ impl Gateway {
     /// memory budget, and builds the guest's view of the request.
     async fn read_request(
         &self,
-        request: Request<Incoming>,
+        mut head: http::request::Parts,
+        body: &mut Incoming,
     ) -> Result<(GuestRequest, Reservation), RequestError> {
         let limit = self.max_body_bytes;
         let too_large = || RequestError::BodyTooLarge { limit };
-        let declared = request
-            .headers()
+        let declared = head
+            .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let (mut head, mut body) = request.into_parts();
         // The guest sees the host the request was routed by (RFC 9112
         // 3.2.2: an absolute-form target's authority overrides Host; in
         // HTTP/2 it is `:authority`).
@@ -221,18 +277,18 @@ impl Drop for InFlight<'_> {
 /// The host a request is for (RFC 9112 3.2): an HTTP/1.1 request must carry
 /// exactly one Host header, and no request may carry two. The target's
 /// authority (absolute-form, or HTTP/2's `:authority`) wins over Host.
-fn request_host<B>(request: &Request<B>) -> Result<&str, RequestError> {
-    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+fn request_host(request: &http::request::Parts) -> Result<&str, RequestError> {
+    let mut hosts = request.headers.get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(RequestError::BadRequest("more than one Host header"));
     }
-    if host.is_none() && request.version() == Version::HTTP_11 {
+    if host.is_none() && request.version == Version::HTTP_11 {
         return Err(RequestError::BadRequest(
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    if let Some(authority) = request.uri().authority() {
+    if let Some(authority) = request.uri.authority() {
         return Ok(authority.as_str());
     }
     match host.map(HeaderValue::to_str) {
@@ -248,12 +304,12 @@ fn request_host<B>(request: &Request<B>) -> Result<&str, RequestError> {
 mod tests {
     use super::*;
 
-    fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+    fn request(version: Version, uri: &str, hosts: &[&str]) -> http::request::Parts {
         let mut builder = Request::builder().version(version).uri(uri);
         for host in hosts {
             builder = builder.header("host", *host);
         }
-        builder.body(()).expect("valid request")
+        builder.body(()).expect("valid request").into_parts().0
     }
 
     #[test]
@@ -307,7 +363,7 @@ mod tests {
     #[test]
     fn an_invalid_host_header_is_a_bad_request() {
         let mut request = request(Version::HTTP_11, "/x", &[]);
-        request.headers_mut().insert(
+        request.headers.insert(
             http::header::HOST,
             HeaderValue::from_bytes(b"caf\xc3\xa9").expect("opaque bytes are a valid value"),
         );

@@ -21,6 +21,7 @@
 //! [`guest_log`] (guest text in the log: rate limit and escaping),
 //! [`error`] (failures to statuses), [`body`] (buffered bodies and their
 //! memory budget), [`server`] (listeners, connections, shutdown),
+//! [`static_files`] (directories served without a guest),
 //! [`watch`] (`serve --watch`: reload when a component file changes), and
 //! [`client`] (the admin API client of `deploy`, `rollback` and `list`).
 
@@ -40,4 +41,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod static_files;
 pub mod watch;

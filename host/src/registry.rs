@@ -24,6 +24,7 @@ use crate::runtime::{
     ChildCompiler, Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime,
 };
 use crate::state::{Component, DesiredState, StateError, Version};
+use crate::static_files::{StaticMount, metrics_label};
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -53,6 +54,15 @@ pub struct Route {
     pub number: u64,
     /// The version serving it now.
     pub version: Arc<HandlerVersion>,
+}
+
+/// What a route leads to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A handler: the request runs in its guest.
+    Handler(Arc<Route>),
+    /// A static mount: the host serves a file.
+    Static(Arc<StaticMount>),
 }
 
 /// Why an edit was not applied. Nothing changed.
@@ -194,6 +204,9 @@ struct Writer {
     tenants: HashMap<String, Arc<Tenant>>,
     tenant_slots: Slots,
     handler_slots: HashMap<String, Slots>,
+    /// The static mounts in the routing table, by (tenant, metrics label):
+    /// the metrics of those that go away are removed.
+    statics: std::collections::HashSet<(String, String)>,
     /// The config file's `[limits]`, which tenants override.
     defaults: Limits,
     runtime: Runtime,
@@ -222,7 +235,7 @@ struct LoadJob {
 
 /// The routing table, and the writer that replaces it.
 pub struct Registry {
-    router: RwLock<Arc<Router<Arc<Route>>>>,
+    router: RwLock<Arc<Router<Target>>>,
     /// Held for the whole of a write. `None` only while a write runs on a
     /// blocking thread, or for good if that thread panicked (a bug: every
     /// later write then fails, and the routing table stays as it was).
@@ -266,6 +279,7 @@ impl Registry {
             tenants: HashMap::new(),
             tenant_slots: Slots::default(),
             handler_slots: HashMap::new(),
+            statics: std::collections::HashSet::new(),
             defaults: config.limits,
             runtime: runtime.clone(),
             metrics: Arc::clone(metrics),
@@ -319,7 +333,7 @@ impl Registry {
     }
 
     /// The current routing table.
-    pub fn router(&self) -> Arc<Router<Arc<Route>>> {
+    pub fn router(&self) -> Arc<Router<Target>> {
         Arc::clone(&self.router.read().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -449,7 +463,7 @@ impl Writer {
         &mut self,
         next: DesiredState,
         uploads: &HashMap<String, Vec<u8>>,
-    ) -> Result<Router<Arc<Route>>, ApplyError> {
+    ) -> Result<Router<Target>, ApplyError> {
         let jobs = self.jobs(&next);
         let mut compiled = self.compiled.clone();
         let mut loaded = Vec::with_capacity(jobs.len());
@@ -643,7 +657,7 @@ impl Writer {
     }
 
     /// The routing table for the current state and loaded versions.
-    fn router(&mut self) -> Router<Arc<Route>> {
+    fn router(&mut self) -> Router<Target> {
         let mut tenants: Vec<(&String, &crate::state::TenantState)> =
             self.state.tenants.iter().collect();
         // The first tenant wins a tie between equal host patterns: config
@@ -651,6 +665,7 @@ impl Writer {
         tenants.sort_by_key(|(name, t)| (t.rank, (*name).clone()));
         let mut table = Vec::with_capacity(tenants.len());
         let mut count = 0;
+        let mut statics = std::collections::HashSet::new();
         for (name, tenant_state) in tenants {
             let limits = tenant_state.limits.apply(self.defaults);
             let cpu_weight = tenant_state.cpu_weight;
@@ -704,7 +719,7 @@ impl Writer {
                 };
                 routes.add(
                     &active.route,
-                    Arc::new(Route {
+                    Target::Handler(Arc::new(Route {
                         handler: handler.clone(),
                         route: active.route.clone(),
                         tenant: Arc::clone(&tenant),
@@ -714,13 +729,29 @@ impl Writer {
                         },
                         number: loaded.number,
                         version: Arc::clone(&loaded.version),
-                    }),
+                    })),
                 );
                 count += 1;
+            }
+            for (route, root) in &tenant_state.statics {
+                let label = metrics_label(route);
+                statics.insert((name.clone(), label.clone()));
+                routes.add(
+                    route,
+                    Target::Static(Arc::new(StaticMount {
+                        route: route.clone(),
+                        root: root.clone(),
+                        metrics: self.metrics.handler(name, &label),
+                    })),
+                );
             }
             table.push(routes);
         }
         self.metrics.handlers_loaded.set(count);
+        for (tenant, label) in self.statics.difference(&statics) {
+            self.metrics.remove_handler(tenant, label, None);
+        }
+        self.statics = statics;
         Router::new(table)
     }
 }

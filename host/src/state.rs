@@ -95,6 +95,11 @@ pub struct TenantState {
     pub rank: u64,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerState>,
+    /// Static mounts: route to canonical directory. They come from the
+    /// config file alone, which is applied at every start, so they are not
+    /// stored; handlers may not take their routes.
+    #[serde(skip)]
+    pub statics: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// One handler and its recent versions.
@@ -433,6 +438,7 @@ impl DesiredState {
                         source,
                         rank,
                         handlers: BTreeMap::new(),
+                        statics: BTreeMap::new(),
                     },
                 );
                 Ok(Written::Created)
@@ -458,6 +464,9 @@ impl DesiredState {
         components: &BTreeMap<std::path::PathBuf, Component>,
     ) -> Result<(), StateError> {
         let mut next = self.clone();
+        for t in next.tenants.values_mut() {
+            t.statics.clear();
+        }
         // Config-sourced things that the file no longer names go first.
         next.tenants.retain(|name, t| {
             t.source == Source::Api
@@ -494,6 +503,11 @@ impl DesiredState {
                 if t.source == Source::Config {
                     t.rank = position as u64;
                 }
+                t.statics = tenant
+                    .statics
+                    .iter()
+                    .map(|s| (s.route.get_ref().clone(), s.dir.get_ref().clone()))
+                    .collect();
             }
             for handler in &tenant.handlers {
                 let owned_by_api = next
@@ -517,6 +531,12 @@ impl DesiredState {
                     Source::Config,
                 )?;
             }
+            // A handler the API put at a route the file now mounts.
+            if let Some(t) = next.tenants.get(&tenant.name) {
+                for route in t.statics.keys() {
+                    check_route_free(&tenant.name, t, "", route)?;
+                }
+            }
         }
         *self = next;
         Ok(())
@@ -530,13 +550,21 @@ fn api_owned(handler: &HandlerState) -> bool {
         .is_some_and(|v| v.source == Source::Api)
 }
 
-/// `route` is free in the tenant, or used by `handler` itself.
+/// `route` is free in the tenant, or used by `handler` itself. Static
+/// mounts hold their routes too; `other` names one as `static:ROUTE`.
 fn check_route_free(
     tenant_name: &str,
     tenant: &TenantState,
     handler: &str,
     route: &str,
 ) -> Result<(), StateError> {
+    if !handler.is_empty() && tenant.statics.contains_key(route) {
+        return Err(StateError::RouteTaken {
+            tenant: tenant_name.to_owned(),
+            route: route.to_owned(),
+            other: format!("static:{route}"),
+        });
+    }
     let taken_by = tenant.handlers.iter().find(|(name, state)| {
         name.as_str() != handler
             && state

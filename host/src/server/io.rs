@@ -13,8 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Buf;
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::connection::{ConnState, InFlight};
@@ -89,6 +92,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     }
 }
 
+/// The most of a request body left unread by its response (a 413, say)
+/// that is read and thrown away after the response.
+pub(super) const DISCARD_BYTES: usize = 16 << 20;
+
+/// How long reading and throwing away a request body left unread by its
+/// response may take, in all.
+pub(super) const DISCARD_TIME: Duration = Duration::from_secs(5);
+
 /// A response body that keeps its request in flight until it ends or is
 /// dropped, and reports to its connection whether hyper takes its data.
 #[derive(Debug)]
@@ -99,6 +110,9 @@ pub(super) struct TrackedBody<B> {
     counted: bool,
     /// The request this body answers; in flight until the body is dropped.
     request: InFlight,
+    /// The request's body, if the response came before it was read to the
+    /// end; see [`TrackedBody::discarding`].
+    unread: Option<Incoming>,
 }
 
 impl<B: Body> TrackedBody<B> {
@@ -112,7 +126,28 @@ impl<B: Body> TrackedBody<B> {
             inner,
             counted,
             request,
+            unread: None,
         }
+    }
+
+    /// Keeps the request's unread body until hyper is done with this
+    /// response body, then reads and throws away up to [`DISCARD_BYTES`]
+    /// of it within [`DISCARD_TIME`] before dropping it.
+    ///
+    /// Dropping it earlier loses the response: on HTTP/2 a request body
+    /// dropped before the response is sent resets the stream with CANCEL,
+    /// and clients (curl: "Stream error in the HTTP/2 framing layer") show
+    /// that instead of the response; dropped after the response it resets
+    /// with NO_ERROR, which RFC 9113 8.1 defines for exactly this, and a
+    /// client that sends little enough finishes without any reset. On
+    /// HTTP/1 hyper closes the connection as soon as the body is dropped,
+    /// and the kernel answers the bytes still arriving with a TCP reset
+    /// that can destroy the response before the client has read it; reading
+    /// on for a while gives the client the time to (and a client whose
+    /// body fits keeps its connection).
+    pub(super) fn discarding(mut self, unread: Option<Incoming>) -> Self {
+        self.unread = unread;
+        self
     }
 
     fn finish(&mut self) {
@@ -127,7 +162,30 @@ impl<B> Drop for TrackedBody<B> {
         if std::mem::take(&mut self.counted) {
             self.request.state().body_finished();
         }
+        if let Some(unread) = self.unread.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(discard(unread));
+        }
     }
+}
+
+/// Reads and throws away up to [`DISCARD_BYTES`] of `body` within
+/// [`DISCARD_TIME`], then drops it.
+async fn discard(mut body: Incoming) {
+    let read = async {
+        let mut left = DISCARD_BYTES;
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let Some(rest) = left.checked_sub(data.len()) else {
+                return;
+            };
+            left = rest;
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, read).await;
 }
 
 impl<B: Body + Unpin> Body for TrackedBody<B> {

@@ -236,10 +236,15 @@ enum Service {
 }
 
 impl Service {
-    async fn call(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// The response, and the request's body if the response was decided
+    /// before it was read to the end.
+    async fn call(&self, request: Request<Incoming>) -> (Response<ResponseBody>, Option<Incoming>) {
         match self {
-            Self::Public(gateway) => gateway.handle(request).await,
-            Self::Admin(admin) => admin.handle(request).await,
+            Self::Public(gateway) => {
+                let answer = gateway.handle(request).await;
+                (answer.response, answer.unread)
+            }
+            Self::Admin(admin) => (admin.handle(request).await, None),
         }
     }
 }
@@ -355,9 +360,11 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
                 let phase = phase.clone();
                 let drain = Arc::clone(&drain);
                 async move {
-                    let response = respond_or_cut(&service, request, phase, &drain).await;
+                    let (response, unread) = respond_or_cut(&service, request, phase, &drain).await;
                     Ok::<_, Infallible>(
-                        response.map(|body| TrackedBody::new(body, request_in_flight)),
+                        response.map(|body| {
+                            TrackedBody::new(body, request_in_flight).discarding(unread)
+                        }),
                     )
                 }
             })
@@ -402,14 +409,14 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
     }
 }
 
-/// The service's response, or 503 `shutting_down` when the server's
-/// grace period ends first.
+/// The service's response (and the request body it left unread), or 503
+/// `shutting_down` when the server's grace period ends first.
 async fn respond_or_cut(
     service: &Service,
     request: Request<Incoming>,
     mut phase: watch::Receiver<Phase>,
     drain: &DrainCounts,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, Option<Incoming>) {
     let answered = tokio::select! {
         // A response that is ready wins over a cut that came at once.
         biased;
@@ -426,9 +433,10 @@ async fn respond_or_cut(
         }
         None => {
             drain.cut.fetch_add(1, Ordering::Relaxed);
-            RequestError::ShuttingDown
+            let response = RequestError::ShuttingDown
                 .to_response()
-                .map(ResponseBody::from)
+                .map(ResponseBody::from);
+            (response, None)
         }
     }
 }

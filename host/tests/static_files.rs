@@ -1,0 +1,423 @@
+//! `[[tenant.static]]` against the real gateway: content types, ETag and
+//! 304, ranges, HEAD, 405, index.html, no way out of the directory (raw
+//! TCP for the paths a client library would normalise), the request
+//! metrics, a large file streamed whole, and the route rules of config and
+//! admin API.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{TestGateway, require_metric};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A fresh site folder under target/, with `secret.txt` next to it (the
+/// file every escape attempt aims at).
+fn site() -> (PathBuf, PathBuf) {
+    static SITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("static-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let site = base.join("site");
+    std::fs::create_dir_all(site.join("docs")).expect("create site");
+    std::fs::create_dir_all(site.join("empty")).expect("create site");
+    std::fs::write(base.join("secret.txt"), "secret").expect("write secret");
+    std::fs::write(site.join("hello.txt"), "hello, static world\n").expect("write");
+    std::fs::write(site.join("style.css"), "body { color: red }\n").expect("write");
+    std::fs::write(site.join("app.js"), "console.log(1)\n").expect("write");
+    std::fs::write(site.join("index.html"), "<h1>root</h1>\n").expect("write");
+    std::fs::write(site.join("docs/index.html"), "<h1>docs</h1>\n").expect("write");
+    std::fs::write(site.join("a b.txt"), "spaced\n").expect("write");
+    std::fs::write(site.join("digits.txt"), "0123456789").expect("write");
+    std::os::unix::fs::symlink(base.join("secret.txt"), site.join("escape.txt")).expect("link");
+    std::os::unix::fs::symlink(&base, site.join("up")).expect("link");
+    std::os::unix::fs::symlink(site.join("hello.txt"), site.join("inside.txt")).expect("link");
+    (base, site)
+}
+
+fn config(site: &Path) -> String {
+    format!(
+        r#"
+[[tenant]]
+name = "demo"
+hosts = ["*"]
+
+[[tenant.handler]]
+name = "hello"
+route = "/hello"
+component = "{{hello}}"
+
+[[tenant.handler]]
+name = "echo"
+route = "/assets/api"
+component = "{{echo}}"
+
+[[tenant.static]]
+route = "/assets"
+dir = "{}"
+"#,
+        site.display()
+    )
+}
+
+fn host_port(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+/// Sends `request` as it is on a fresh connection and returns the whole
+/// answer (the request asks the gateway to close).
+async fn raw(gw: &TestGateway, request: &str) -> String {
+    let mut stream = TcpStream::connect(host_port(&gw.url))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer")
+    .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn raw_get(gw: &TestGateway, path: &str) -> String {
+    raw(
+        gw,
+        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn files_come_with_their_type_length_and_validators() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    for (path, kind, body) in [
+        ("/assets/hello.txt", "text/plain", "hello, static world\n"),
+        ("/assets/style.css", "text/css", "body { color: red }\n"),
+        ("/assets/app.js", "text/javascript", "console.log(1)\n"),
+        ("/assets/a%20b.txt", "text/plain", "spaced\n"),
+        ("/assets/inside.txt", "text/plain", "hello, static world\n"),
+        ("/assets", "text/html", "<h1>root</h1>\n"),
+        ("/assets/", "text/html", "<h1>root</h1>\n"),
+        ("/assets/docs/", "text/html", "<h1>docs</h1>\n"),
+    ] {
+        let response = gw.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        let content_type = headers["content-type"].to_str().expect("ascii");
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        assert_eq!(headers["content-length"], body.len().to_string().as_str());
+        assert!(headers.contains_key("etag"), "{path}");
+        assert!(headers.contains_key("last-modified"), "{path}");
+        assert_eq!(response.text().await.expect("body"), body, "{path}");
+    }
+    // The longer route wins: /assets/api is the echo handler's (which
+    // answers an empty GET with 204 and no validators).
+    let response = gw.get("/assets/api/x").await;
+    assert_eq!(response.status(), 204);
+    assert!(response.headers().get("etag").is_none());
+    // No listings, no missing files.
+    for path in ["/assets/empty/", "/assets/nothing.txt", "/assets/docs/x"] {
+        assert_eq!(gw.get(path).await.status(), 404, "{path}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn etag_and_dates_give_304_and_a_change_gives_200() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    let url = format!("{}/assets/hello.txt", gw.url);
+    let first = gw.get("/assets/hello.txt").await;
+    let etag = first.headers()["etag"].clone();
+    let last_modified = first.headers()["last-modified"].clone();
+    assert!(etag.to_str().expect("ascii").starts_with('"'), "strong");
+
+    let cached = gw
+        .client
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(cached.status(), 304);
+    assert_eq!(cached.headers()["etag"], etag);
+    assert!(cached.bytes().await.expect("body").is_empty());
+
+    let cached = gw
+        .client
+        .get(&url)
+        .header("if-modified-since", last_modified)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(cached.status(), 304);
+
+    // A different file content and size: a different tag, the new bytes.
+    std::fs::write(site.join("hello.txt"), "changed, and longer than before\n").expect("write");
+    let fresh = gw
+        .client
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(fresh.status(), 200);
+    assert_ne!(fresh.headers()["etag"], etag);
+    assert_eq!(
+        fresh.text().await.expect("body"),
+        "changed, and longer than before\n"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ranges_get_206_or_416_and_several_ranges_the_whole_file() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    let url = format!("{}/assets/digits.txt", gw.url);
+    let get = |range: &'static str| gw.client.get(&url).header("range", range).send();
+    for (range, content_range, body) in [
+        ("bytes=2-4", "bytes 2-4/10", "234"),
+        ("bytes=7-", "bytes 7-9/10", "789"),
+        ("bytes=-2", "bytes 8-9/10", "89"),
+        ("bytes=8-100", "bytes 8-9/10", "89"),
+    ] {
+        let response = get(range).await.expect("GET");
+        assert_eq!(response.status(), 206, "{range}");
+        assert_eq!(response.headers()["content-range"], content_range);
+        assert_eq!(response.text().await.expect("body"), body, "{range}");
+    }
+    let response = get("bytes=10-").await.expect("GET");
+    assert_eq!(response.status(), 416);
+    assert_eq!(response.headers()["content-range"], "bytes */10");
+    let response = get("bytes=0-1,4-5").await.expect("GET");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "0123456789");
+    // If-Range with an old tag: the whole file.
+    let response = gw
+        .client
+        .get(&url)
+        .header("range", "bytes=0-1")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_has_the_length_and_no_body_and_other_methods_get_405() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    let answer = raw(
+        &gw,
+        "HEAD /assets/digits.txt HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(lower.contains("content-length: 10\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body: {answer:?}");
+
+    for method in ["POST", "PUT", "DELETE"] {
+        let response = gw
+            .client
+            .request(
+                method.parse().expect("method"),
+                format!("{}/assets/hello.txt", gw.url),
+            )
+            .body("x")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_outside_the_directory_is_served() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    for path in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/%2E%2E%2Fsecret.txt",
+        "/assets/docs/../../secret.txt",
+        "/assets/..%5csecret.txt",
+        "/assets/..\\secret.txt",
+        "/assets/hello.txt%00.png",
+        "/assets/escape.txt",
+        "/assets/up/secret.txt",
+        "/assets/./hello.txt",
+    ] {
+        let answer = raw_get(&gw, path).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404") || answer.starts_with("HTTP/1.1 400"),
+            "{path}: {answer}"
+        );
+        assert!(
+            !answer.contains("secret\r\n") && !answer.ends_with("secret"),
+            "{path}: {answer}"
+        );
+    }
+    // The same client still reads what is inside.
+    assert!(
+        raw_get(&gw, "/assets/hello.txt")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn static_requests_are_counted_under_their_mount() {
+    let (_base, site) = site();
+    let gw = TestGateway::start(&config(&site)).await;
+    assert_eq!(gw.get("/assets/hello.txt").await.status(), 200);
+    assert_eq!(gw.get("/assets/hello.txt").await.status(), 200);
+    assert_eq!(gw.get("/assets/missing").await.status(), 404);
+    let text = gw.metrics().await;
+    let sample = |status: &str| {
+        format!(
+            r#"wasmgate_requests_total{{handler="static:/assets",status="{status}",tenant="demo"}}"#
+        )
+    };
+    assert_eq!(require_metric(&text, &sample("200")), 2.0);
+    assert_eq!(require_metric(&text, &sample("404")), 1.0);
+    assert_eq!(
+        require_metric(
+            &text,
+            r#"wasmgate_request_duration_seconds_count{handler="static:/assets",tenant="demo"}"#
+        ),
+        3.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_file_is_streamed_whole() {
+    let (_base, site) = site();
+    let size = 8 << 20;
+    let data: Vec<u8> = (0..size).map(|i: usize| (i * 7 % 256) as u8).collect();
+    std::fs::write(site.join("big.bin"), &data).expect("write");
+    let gw = TestGateway::start(&config(&site)).await;
+    let response = gw.get("/assets/big.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body.len(), size);
+    assert_eq!(Sha256::digest(&body), Sha256::digest(&data));
+    // Streamed: none of it was held in the buffered-bytes budget.
+    let text = gw.metrics().await;
+    assert_eq!(require_metric(&text, "wasmgate_buffered_bytes"), 0.0);
+    gw.shutdown().await;
+}
+
+/// A `wasmgate serve` process, killed on drop.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_mounts_route_and_reload_moves_mounts() {
+    use std::io::BufRead;
+    const ROOT: &str = "static-test-root-token";
+    let (base, site) = site();
+    let config_path = base.join("wasmgate.toml");
+    let write_config = |route: &str| {
+        let text = config(&site)
+            .replace(
+                "{hello}",
+                wasmgate_handler_components::require(wasmgate_handler_components::HELLO),
+            )
+            .replace(
+                "{echo}",
+                wasmgate_handler_components::require(wasmgate_handler_components::ECHO),
+            )
+            .replace("route = \"/assets\"\n", &format!("route = \"{route}\"\n"));
+        std::fs::write(&config_path, format!("[runtime]\nworkers = 1\n{text}"))
+            .expect("write config");
+    };
+    write_config("/assets");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .env("WASMGATE_ADMIN_TOKEN", ROOT)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn wasmgate serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _serve = Serve(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut next = |prefix: &str| {
+        let line = lines.next().expect("a startup line").expect("utf-8");
+        let rest = line.strip_prefix(prefix);
+        format!("http://{}", rest.unwrap_or_else(|| panic!("{line}")))
+    };
+    let url = next("listening on http://");
+    let admin = next("admin on http://");
+    let client = reqwest::Client::new();
+
+    let bytes = std::fs::read(wasmgate_handler_components::require(
+        wasmgate_handler_components::HELLO,
+    ))
+    .expect("read hello");
+    let response = client
+        .put(format!(
+            "{admin}/admin/tenants/demo/handlers/other?route=/assets"
+        ))
+        .bearer_auth(ROOT)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("deploy");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("static:/assets"), "{text}");
+
+    // Reload: the mount moves to /files.
+    write_config("/files");
+    let response = client
+        .post(format!("{admin}/admin/reload"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    let get = |path: &str| client.get(format!("{url}{path}")).send();
+    assert_eq!(get("/files/hello.txt").await.expect("GET").status(), 200);
+    assert_eq!(get("/assets/hello.txt").await.expect("GET").status(), 404);
+}
