@@ -227,7 +227,7 @@ pub mod __private {
     #[allow(unsafe_code, missing_docs, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit",
             world: "handler",
             pub_export_macro: true,
             export_macro_name: "export",
