@@ -2,9 +2,9 @@
 //!
 //! A handler is a `cdylib` crate that depends on `wasmgate-sdk` alone and is
 //! compiled for `wasm32-wasip2`; the result is a WebAssembly component that
-//! implements the `wasmgate:handler/handler` world (`wit/handler.wit`). The
-//! gateway runs every request in a fresh instance of it, so a handler keeps
-//! no state between requests.
+//! implements the `wasmgate:handler/handler` world (`wit/handler.wit`, shipped
+//! in this crate). The gateway runs every request in a fresh instance of it,
+//! so a handler keeps no state between requests.
 //!
 //! Mark one function with [`#[handler]`](handler). It takes a [`Request`] and
 //! returns anything that implements [`IntoResponse`]:
@@ -23,16 +23,11 @@
 //! # fn main() {}
 //! ```
 //!
-//! ```toml
-//! [lib]
-//! crate-type = ["cdylib"]
-//!
-//! [dependencies]
-//! wasmgate-sdk = { path = "../guest-sdk" }
-//! ```
-//!
-//! Build it with `cargo build --release --target wasm32-wasip2`; the
-//! component is `target/wasm32-wasip2/release/NAME.wasm`.
+//! `wasmgate new PATH` creates such a crate (the SDK comes from the wasmgate
+//! repository by path until it is on crates.io). Build it with `cargo build
+//! --release --target wasm32-wasip2`; the component is
+//! `target/wasm32-wasip2/release/NAME.wasm`. `cargo test` runs its unit
+//! tests natively, with [`testing`].
 //!
 //! # Responses
 //!

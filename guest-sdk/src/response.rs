@@ -25,7 +25,7 @@ const OCTET_STREAM: &str = "application/octet-stream";
 /// | `(StatusCode, T)` | that status | as `T` | as `T` |
 /// | `Result<T, E>` | as `T` or `E` | as `T` or `E` | as `T` or `E` |
 ///
-/// With the `serde` feature, [`Json`] sends a value as JSON.
+/// With the `serde` feature, `Json` sends a value as JSON.
 ///
 /// Implement it for your own types to return them from a handler.
 #[diagnostic::on_unimplemented(

@@ -2,7 +2,7 @@
 //! workspace: the crate it creates passes its unit test natively, builds a
 //! component that `wasmgate check` accepts, and comes with a config that
 //! loads. Also its refusals, and that a wrong handler signature is the only
-//! diagnostic the author sees.
+//! diagnostic the author sees, and that the SDK speaks the host's WIT.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -216,5 +216,20 @@ fn a_wrong_handler_signature_is_the_only_diagnostic() {
             "error: could not compile `badsig` (lib) due to 1 previous error",
         ],
         "{stderr}"
+    );
+}
+
+/// The SDK carries its own copy of the WIT contract so it packages on its
+/// own (`cargo package -p wasmgate-sdk-macro -p wasmgate-sdk`); the copy
+/// must be the contract the host implements.
+#[test]
+fn the_sdk_wit_is_the_host_wit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let host = std::fs::read_to_string(root.join("wit/handler.wit")).expect("wit/handler.wit");
+    let sdk = std::fs::read_to_string(root.join("guest-sdk/wit/handler.wit"))
+        .expect("guest-sdk/wit/handler.wit");
+    assert!(
+        host == sdk,
+        "guest-sdk/wit/handler.wit differs from wit/handler.wit: copy wit/handler.wit over it"
     );
 }
