@@ -2,9 +2,9 @@
 //!
 //! A handler is a `cdylib` crate that depends on `wasmgate-sdk` alone and is
 //! compiled for `wasm32-wasip2`; the result is a WebAssembly component that
-//! implements the `wasmgate:handler/handler` world (`wit/handler.wit`). The
-//! gateway runs every request in a fresh instance of it, so a handler keeps
-//! no state between requests.
+//! implements the `wasmgate:handler/handler` world (`wit/handler.wit`, shipped
+//! in this crate). The gateway runs every request in a fresh instance of it,
+//! so a handler keeps no state between requests.
 //!
 //! Mark one function with [`#[handler]`](handler). It takes a [`Request`] and
 //! returns anything that implements [`IntoResponse`]:
@@ -23,16 +23,11 @@
 //! # fn main() {}
 //! ```
 //!
-//! ```toml
-//! [lib]
-//! crate-type = ["cdylib"]
-//!
-//! [dependencies]
-//! wasmgate-sdk = { path = "../guest-sdk" }
-//! ```
-//!
-//! Build it with `cargo build --release --target wasm32-wasip2`; the
-//! component is `target/wasm32-wasip2/release/NAME.wasm`.
+//! `wasmgate new PATH` creates such a crate (the SDK comes from the wasmgate
+//! repository by path until it is on crates.io). Build it with `cargo build
+//! --release --target wasm32-wasip2`; the component is
+//! `target/wasm32-wasip2/release/NAME.wasm`. `cargo test` runs its unit
+//! tests natively, with [`testing`].
 //!
 //! # Responses
 //!
@@ -45,11 +40,18 @@
 //! sends status, headers and body exactly as given, for handlers that test the
 //! gateway itself.
 //!
+//! # Requests
+//!
+//! [`RequestExt`] adds `req.query("name")` (form-decoded query parameters),
+//! `req.param("id")` (path parameters captured by a [`Router`]) and, with the
+//! `serde` feature, `req.json::<T>()` (a JSON body; a bad one is a 400 with
+//! the reason). [`Router`] dispatches on method and path inside a handler.
+//!
 //! # Host services
 //!
 //! [`log`], [`metrics`], [`config`] and [`fuel`] wrap the gateway's imports.
-//! They only work inside the gateway: called in a native build (e.g. a unit
-//! test of a handler crate) they panic.
+//! In a native build (the unit tests of a handler crate) they use the
+//! context of [`testing`] instead, and panic outside one.
 
 // `::wasmgate_sdk::...` paths emitted by `#[handler]` and by the generated
 // export macro must also resolve inside this crate (doc tests, unit tests).
@@ -58,9 +60,19 @@ extern crate self as wasmgate_sdk;
 pub use http;
 pub use wasmgate_sdk_macro::handler;
 
+mod request;
 mod response;
+mod router;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
+#[cfg(feature = "serde")]
+pub use request::JsonError;
+pub use request::RequestExt;
+#[cfg(feature = "serde")]
+pub use response::Json;
 pub use response::{IntoResponse, RawResponse};
+pub use router::Router;
 
 /// A request as the handler sees it: fully buffered, body as bytes.
 ///
@@ -75,7 +87,25 @@ pub type Response = http::Response<Vec<u8>>;
 ///
 /// Messages longer than 4 KiB are truncated by the gateway.
 pub mod log {
-    use crate::__private::bindings::wasmgate::handler::log::{Level, log};
+    /// How severe a log message is; the gateway logs it at this level.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Level {
+        /// Step-by-step detail.
+        Trace,
+        /// Detail for debugging.
+        Debug,
+        /// Normal events.
+        Info,
+        /// Something unexpected the handler coped with.
+        Warn,
+        /// Something failed.
+        Error,
+    }
+
+    /// Logs `msg` at `level`.
+    pub fn log(level: Level, msg: &str) {
+        crate::imports::log(level, msg);
+    }
 
     /// Logs `msg` at trace level.
     pub fn trace(msg: &str) {
@@ -110,16 +140,14 @@ pub mod log {
 /// handler may use a bounded number of distinct names. The gateway drops (and
 /// counts) invalid or excess names; the handler never sees an error.
 pub mod metrics {
-    use crate::__private::bindings::wasmgate::handler::metrics as wit;
-
     /// Adds `value` to the counter `name`.
     pub fn counter_add(name: &str, value: u64) {
-        wit::counter_add(name, value);
+        crate::imports::counter_add(name, value);
     }
 
     /// Records `value` in the histogram `name`.
     pub fn histogram_observe(name: &str, value: f64) {
-        wit::histogram_observe(name, value);
+        crate::imports::histogram_observe(name, value);
     }
 }
 
@@ -127,7 +155,7 @@ pub mod metrics {
 pub mod config {
     /// The value configured for `key`, or `None` if it is not set.
     pub fn get(key: &str) -> Option<String> {
-        crate::__private::bindings::wasmgate::handler::config::get(key)
+        crate::imports::config_get(key)
     }
 }
 
@@ -135,9 +163,47 @@ pub mod config {
 pub mod fuel {
     /// Fuel left for this request; the request traps when it reaches zero.
     pub fn remaining() -> u64 {
-        crate::__private::bindings::wasmgate::handler::fuel::remaining()
+        crate::imports::fuel_remaining()
     }
 }
+
+/// The host services in a component: the gateway's imports.
+#[cfg(target_arch = "wasm32")]
+mod imports {
+    use crate::__private::bindings::wasmgate::handler as wit;
+    use crate::log::Level;
+
+    pub(crate) fn log(level: Level, msg: &str) {
+        let level = match level {
+            Level::Trace => wit::log::Level::Trace,
+            Level::Debug => wit::log::Level::Debug,
+            Level::Info => wit::log::Level::Info,
+            Level::Warn => wit::log::Level::Warn,
+            Level::Error => wit::log::Level::Error,
+        };
+        wit::log::log(level, msg);
+    }
+
+    pub(crate) fn counter_add(name: &str, value: u64) {
+        wit::metrics::counter_add(name, value);
+    }
+
+    pub(crate) fn histogram_observe(name: &str, value: f64) {
+        wit::metrics::histogram_observe(name, value);
+    }
+
+    pub(crate) fn config_get(key: &str) -> Option<String> {
+        wit::config::get(key)
+    }
+
+    pub(crate) fn fuel_remaining() -> u64 {
+        wit::fuel::remaining()
+    }
+}
+
+/// The host services in a native build: the current [`testing::Context`].
+#[cfg(not(target_arch = "wasm32"))]
+use testing::host as imports;
 
 /// Glue for `#[handler]` and the generated export macro. Not a public API: it
 /// may change in any release.
@@ -156,7 +222,7 @@ pub mod __private {
     #[allow(unsafe_code, missing_docs, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "wit",
             world: "handler",
             pub_export_macro: true,
             export_macro_name: "export",

@@ -25,7 +25,14 @@ const OCTET_STREAM: &str = "application/octet-stream";
 /// | `(StatusCode, T)` | that status | as `T` | as `T` |
 /// | `Result<T, E>` | as `T` or `E` | as `T` or `E` | as `T` or `E` |
 ///
+/// With the `serde` feature, `Json` sends a value as JSON.
+///
 /// Implement it for your own types to return them from a handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a response",
+    label = "`{Self}` does not implement `wasmgate_sdk::IntoResponse`",
+    note = "return a `wasmgate_sdk::Response`, a `String`, a `StatusCode`, a `(StatusCode, body)` pair, or implement `wasmgate_sdk::IntoResponse` for your type"
+)]
 pub trait IntoResponse {
     /// Builds the response.
     fn into_response(self) -> Response;
@@ -97,6 +104,32 @@ impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
         match self {
             Ok(ok) => ok.into_response(),
             Err(err) => err.into_response(),
+        }
+    }
+}
+
+/// A value sent as a JSON body: 200 with `content-type: application/json`
+/// (wrap it in a `(StatusCode, Json(value))` pair for another status).
+///
+/// A value `serde_json` cannot serialise (a map with non-string keys, say)
+/// gives 500 with the reason.
+#[cfg(feature = "serde")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Json<T>(
+    /// The value to send.
+    pub T,
+);
+
+#[cfg(feature = "serde")]
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => with_default_content_type(http::Response::new(body), "application/json"),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot send the response as JSON: {e}\n"),
+            )
+                .into_response(),
         }
     }
 }
@@ -274,6 +307,31 @@ mod tests {
         let err: Result<&'static str, StatusCode> = Err(StatusCode::NOT_FOUND);
         assert_eq!(wit(ok).status, 200);
         assert_eq!(wit(err).status, 404);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn json_sets_content_type_and_keeps_the_status_of_a_pair() {
+        let resp = wit((StatusCode::CREATED, Json(vec![1, 2])));
+        assert_eq!(resp.status, 201);
+        assert_eq!(
+            header(&resp, "content-type"),
+            Some(&b"application/json"[..])
+        );
+        assert_eq!(resp.body, b"[1,2]");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn unserialisable_json_is_500_with_the_reason() {
+        let map = std::collections::HashMap::from([((1, 2), 3)]);
+        let resp = wit(Json(map));
+        assert_eq!(resp.status, 500);
+        let text = String::from_utf8(resp.body).expect("utf-8");
+        assert!(
+            text.contains("cannot send the response as JSON: key must be a string"),
+            "{text}"
+        );
     }
 
     #[test]

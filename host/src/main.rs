@@ -12,6 +12,8 @@ use wasmgate::config::Config;
 use wasmgate::runtime::{ChildCompiler, Compiled, ComponentInfo, LoadError, Runtime};
 use wasmgate::server::Server;
 
+mod new;
+
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
 #[derive(Parser)]
 #[command(version, about)]
@@ -43,6 +45,20 @@ enum Command {
     Check {
         /// The component file.
         file: PathBuf,
+    },
+    /// Create a handler crate in a new folder: `cargo test`, `cargo build
+    /// --release --target wasm32-wasip2` and `wasmgate serve --config
+    /// wasmgate.toml --watch` work in it right away.
+    New {
+        /// The folder to create (it may exist if empty).
+        path: PathBuf,
+        /// The crate's name; default: the folder's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The wasmgate-sdk folder to depend on; default: the one this
+        /// wasmgate was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Compile components into the code cache of a config's data dir, so
     /// `serve` with that config starts without compiling them. Exits 1 if
@@ -133,6 +149,7 @@ fn main() -> ExitCode {
             watch,
         } => serve(config.as_deref(), listen, admin_listen, watch),
         Command::Check { file } => check(&file),
+        Command::New { path, name, sdk } => new::run(&path, name.as_deref(), sdk.as_deref()),
         Command::Compile { files, config } => compile(&files, config.as_deref()),
         Command::Deploy {
             file,

@@ -26,9 +26,18 @@ pub fn handler(
     attr: proc_macro::TokenStream,
     item: proc_macro::TokenStream,
 ) -> proc_macro::TokenStream {
-    expand(attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
+    let item = TokenStream2::from(item);
+    expand(attr.into(), item.clone())
+        .unwrap_or_else(|err| with_item(err, item))
         .into()
+}
+
+/// The error, and the user's item unchanged: without the item, everything
+/// it uses (imports, helpers) would be reported unused on top of the error.
+fn with_item(err: syn::Error, item: TokenStream2) -> TokenStream2 {
+    let mut out = err.into_compile_error();
+    out.extend(item);
+    out
 }
 
 /// The whole macro, on `proc_macro2` tokens so unit tests can call it.
@@ -210,6 +219,19 @@ mod tests {
         .expect("valid handler");
         let file: syn::File = syn::parse2(out).expect("items");
         assert_eq!(file.items.len(), 2);
+    }
+
+    #[test]
+    fn an_error_keeps_the_item_so_its_imports_stay_used() {
+        let item = quote!(
+            async fn h(r: Request) -> Response {
+                helper(r)
+            }
+        );
+        let err = expand(TokenStream2::new(), item.clone()).expect_err("async");
+        let out = with_item(err, item.clone()).to_string();
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.ends_with(&item.to_string()), "{out}");
     }
 
     #[test]

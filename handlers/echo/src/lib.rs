@@ -47,3 +47,35 @@ fn describe(req: &Request) -> Vec<u8> {
     out.extend_from_slice(req.body());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmgate_sdk::log::Level;
+    use wasmgate_sdk::testing::{Context, get, post};
+
+    #[test]
+    fn describes_a_request_with_a_body() {
+        let mut req = post("/echo?q=1", "payload");
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
+        let mut t = Context::new();
+        let resp = t.call(echo, req);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain");
+        assert_eq!(resp.headers()["x-echo-method"], "POST");
+        assert_eq!(resp.body(), b"POST /echo?q=1\nx-a: 1\n\npayload");
+        assert_eq!(t.logs().len(), 1);
+        assert_eq!(t.logs()[0].level, Level::Debug);
+        assert_eq!(t.logs()[0].message, "echoed 7 bytes");
+    }
+
+    #[test]
+    fn without_a_body_is_204_with_the_fuel_left() {
+        let mut t = Context::new().fuel(1234);
+        let resp = t.call(echo, get("/echo"));
+        assert_eq!(resp.status(), 204);
+        assert!(resp.body().is_empty());
+        assert_eq!(resp.headers()["x-fuel-remaining"], "1234");
+    }
+}

@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmgate_sdk::{Request, config, log, metrics};
+use wasmgate_sdk::{Request, RequestExt, config, log, metrics};
 
 /// What `tag` holds in a fresh instance; any non-zero value puts the static
 /// in the data segment, which instantiation writes.
@@ -48,8 +48,7 @@ static HEAP: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 #[wasmgate_sdk::handler]
 fn state(req: Request) -> String {
-    let query = req.uri().query().unwrap_or_default();
-    if let Some(code) = param(query, "exit").and_then(|v| v.parse::<i32>().ok()) {
+    if let Some(code) = req.query("exit").and_then(|v| v.parse::<i32>().ok()) {
         std::process::exit(code);
     }
     let pages = memory_pages();
@@ -66,8 +65,8 @@ fn state(req: Request) -> String {
         before
     };
     let pages_after = grow_memory(GROW_PAGES);
-    if let Some(name) = param(query, "metric") {
-        metrics::counter_add(name, 1);
+    if let Some(name) = req.query("metric") {
+        metrics::counter_add(&name, 1);
     }
     log::info(&format!("state: request for {who} {uri}"));
     report(&[
@@ -80,13 +79,6 @@ fn state(req: Request) -> String {
         ("uri", uri),
         ("wall_ns", wall_ns().to_string()),
     ])
-}
-
-/// The value of query parameter `name`, if present.
-fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// One `key=value` line per entry.
@@ -134,13 +126,22 @@ fn grow_memory(_pages: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmgate_sdk::testing::{Context, get};
 
     #[test]
-    fn params_are_found_by_exact_name() {
-        assert_eq!(param("exit=3", "exit"), Some("3"));
-        assert_eq!(param("a=1&metric=x_y", "metric"), Some("x_y"));
-        assert_eq!(param("exitcode=3", "exit"), None);
-        assert_eq!(param("", "exit"), None);
+    fn reports_config_and_uri_and_logs_them() {
+        let mut t = Context::new().config("who", "alice");
+        let resp = t.call(state, get("/state?metric=hits"));
+        let text = String::from_utf8(resp.body().clone()).expect("utf-8");
+        assert!(
+            text.contains("\nwho=alice\nuri=/state?metric=hits\n"),
+            "{text}"
+        );
+        assert_eq!(t.counter("hits"), 1);
+        assert_eq!(
+            t.logs()[0].message,
+            "state: request for alice /state?metric=hits"
+        );
     }
 
     #[test]
