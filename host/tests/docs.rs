@@ -26,7 +26,8 @@
 //! `...:9090` the admin listener, `examples/wasmgate.toml` the test's copy
 //! of it and `target/wasm32-wasip2/release/` the built components' folder;
 //! `wasmgate` is the binary under test (first on `PATH`), and
-//! `WASMGATE_ADMIN_URL` points at the admin listener. Assignments
+//! `WASMGATE_ADMIN_URL` points at the admin listener; curl draws no
+//! progress meter into the pipe (a terminal shows none). Assignments
 //! (`NAME=...`, `export NAME=...`) carry over to the file's later commands.
 
 mod common;
@@ -299,8 +300,12 @@ impl Gateway {
 }
 
 /// Runs `script` with bash from the repository root, `wasmgate` first on
-/// PATH; returns its exit status and its stdout and stderr together.
+/// PATH; returns its exit status and its stdout and stderr together. curl
+/// draws no progress meter, as at a terminal (it draws one into a pipe).
 fn run(script: &str, gateway: &Gateway) -> (i32, String) {
+    let curl_home = gateway.config.with_extension("curl");
+    std::fs::create_dir_all(&curl_home).expect("create a folder for .curlrc");
+    std::fs::write(curl_home.join(".curlrc"), "no-progress-meter\n").expect("write .curlrc");
     let bin = Path::new(env!("CARGO_BIN_EXE_wasmgate"))
         .parent()
         .expect("the binary's folder");
@@ -318,6 +323,7 @@ fn run(script: &str, gateway: &Gateway) -> (i32, String) {
         .env_remove("WASMGATE_ADMIN_TOKEN")
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
+        .env("CURL_HOME", &curl_home)
         .stdin(Stdio::null())
         .output()
         .expect("run bash");
