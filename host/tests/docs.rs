@@ -257,7 +257,13 @@ impl Gateway {
         std::fs::write(&config, text).expect("write the config copy");
         let log = data.join(format!("{name}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--config")
             .arg(&config)
             .env("WASMGATE_ADMIN_TOKEN", TOKEN)
@@ -268,10 +274,9 @@ impl Gateway {
             .expect("start wasmgate serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut address = |prefix: &str| {
-            let line = lines
-                .next()
-                .and_then(Result::ok)
-                .unwrap_or_else(|| panic!("wasmgate serve did not start; its log is {}", log.display()));
+            let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+                panic!("wasmgate serve did not start; its log is {}", log.display())
+            });
             line.strip_prefix(prefix)
                 .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
                 .to_owned()
@@ -391,8 +396,8 @@ fn documented_commands_work() {
                 let (status, output) = run(&script, &gateway);
                 ran += 1;
                 let lines: Vec<&str> = output.lines().collect();
-                let output_ok = command.expected.is_empty()
-                    || output_matches(&command.expected, &lines);
+                let output_ok =
+                    command.expected.is_empty() || output_matches(&command.expected, &lines);
                 if status != command.status || !output_ok {
                     failures.push(format!(
                         "{file}:{}: `{}`\n  exit status {status} (documented: {})\n  \
