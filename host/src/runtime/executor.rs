@@ -775,4 +775,3 @@ mod tests {
         assert_eq!(metrics.workers_alive.get(), 2);
     }
 }
-
