@@ -12,6 +12,8 @@ use wasmgate::config::Config;
 use wasmgate::runtime::{ChildCompiler, Compiled, ComponentInfo, LoadError, Runtime};
 use wasmgate::server::Server;
 
+mod oneshot;
+
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
 #[derive(Parser)]
 #[command(version, about)]
@@ -97,6 +99,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run one request through a component in the sandbox `serve` uses
+    /// (same limits, statuses and errors) and print the response. Exits 0
+    /// when the guest answered, 3 when the gateway answered for it (trap,
+    /// fuel, timeout, invalid response), 1 when the component cannot run.
+    Call(oneshot::CallArgs),
 }
 
 /// Where the admin API is, and how to print its answers.
@@ -112,20 +119,9 @@ struct AdminArgs {
 }
 
 fn main() -> ExitCode {
-    // Colours only for a person at a terminal: in a file or a log
-    // collector the escape codes are noise. NO_COLOR (no-color.org) turns
-    // them off there too.
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    let capture = init_logging(&command);
+    let result = match command {
         Command::Serve {
             config,
             listen,
@@ -160,6 +156,8 @@ fn main() -> ExitCode {
             let list = client.list(&tenant).await?;
             Ok((list.value.table(), list.json))
         }),
+        // Its own exit statuses: a guest that failed is not a usage error.
+        Command::Call(args) => return oneshot::main(&args, capture.as_ref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +166,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). For `call
+/// --json`, also keeps the guest's log lines at every level for the
+/// output, and returns where.
+fn init_logging(command: &Command) -> Option<oneshot::Capture> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Colours only for a person at a terminal: in a file or a log
+    // collector the escape codes are noise. NO_COLOR (no-color.org) turns
+    // them off there too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let capture = match command {
+        Command::Call(args) if args.json() => Some(oneshot::Capture::default()),
+        _ => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(capture.as_ref().map(oneshot::Capture::layer))
+        .init();
+    capture
 }
 
 fn serve(
