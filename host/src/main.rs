@@ -204,7 +204,11 @@ fn serve(
     watch: bool,
 ) -> anyhow::Result<()> {
     let mut config = match path {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            let config = Config::load(path)?;
+            config.check_components(path)?;
+            config
+        }
         None => {
             tracing::warn!("no --config given: no tenants, every request gets 404");
             Config::default()

@@ -1221,3 +1221,38 @@ fn call_rejects_bad_arguments_and_files_in_one_line() {
         assert!(called.stdout.is_empty());
     }
 }
+
+/// A wrong component path is one line: the config file and the line of
+/// the `component` key, the tenant and handler, and the path looked for,
+/// normalised, once.
+#[test]
+fn a_wrong_component_path_names_the_config_line_once() {
+    let dir = scratch("wrong-component");
+    let config = write_config(
+        &dir,
+        &format!(
+            "{}\n[[tenant.handler]]\nname = \"greet\"\nroute = \"/greet\"\n\
+             component = \"../target/./wasm32-wasip2/release/gret.wasm\"\n",
+            one_handler(
+                "demo",
+                "hello",
+                "/hello",
+                components::require(components::HELLO)
+            )
+        ),
+    );
+    let stderr = serve_fails(&config);
+    let looked_for = dir
+        .parent()
+        .expect("scratch is in a folder")
+        .join("target/wasm32-wasip2/release/gret.wasm");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: {}:11: tenant \"demo\" handler \"greet\": component: {}: \
+             No such file or directory (os error 2)\n",
+            config.display(),
+            looked_for.display()
+        )
+    );
+}
