@@ -39,6 +39,10 @@ enum Command {
         /// files changes (after `cargo build`, say).
         #[arg(long, requires = "config")]
         watch: bool,
+        /// How log lines are written to stderr: `text` for people, `json`
+        /// (one object per line) for log collectors.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a component against the wasmgate:handler world and list its
     /// imports and exports. Exits 1 when it does not fit.
@@ -106,6 +110,16 @@ enum Command {
     Call(oneshot::CallArgs),
 }
 
+/// `serve --log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line per event, `key=value` fields, colours at a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields (`tenant`, `handler`, ...) beside them.
+    Json,
+}
+
 /// Where the admin API is, and how to print its answers.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -127,6 +141,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             watch,
+            log_format: _,
         } => serve(config.as_deref(), listen, admin_listen, watch),
         Command::Check { file } => check(&file),
         Command::Compile { files, config } => compile(&files, config.as_deref()),
@@ -168,24 +183,45 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). For `call
-/// --json`, also keeps the guest's log lines at every level for the
-/// output, and returns where.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or
+/// (`serve --log-format json`) JSON. For `call --json`, also keeps the
+/// guest's log lines at every level for the output, and returns where.
 fn init_logging(command: &Command) -> Option<oneshot::Capture> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // Colours only for a person at a terminal: in a file or a log
-    // collector the escape codes are noise. NO_COLOR (no-color.org) turns
-    // them off there too.
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+    let json = matches!(
+        command,
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        }
+    );
+    let stderr = if json {
+        // Flat objects: collectors index `tenant` and `handler` without
+        // digging into `fields`. Guest text is a JSON string value, so it
+        // can neither end the line nor add a field.
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        // Colours only for a person at a terminal: in a file or a log
+        // collector the escape codes are noise. NO_COLOR (no-color.org)
+        // turns them off there too.
+        let colour = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let stderr = stderr.with_filter(filter);
     let capture = match command {
         Command::Call(args) if args.json() => Some(oneshot::Capture::default()),
         _ => None,

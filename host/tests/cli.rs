@@ -1256,3 +1256,70 @@ fn a_wrong_component_path_names_the_config_line_once() {
         )
     );
 }
+
+/// `serve --log-format json`: every stderr line is one JSON object; guest
+/// lines carry tenant and handler as fields, their text escaped within the
+/// message, so a guest cannot forge a line or a field.
+#[tokio::test]
+async fn serve_logs_json_lines_with_guest_fields() {
+    let dir = scratch("json-log");
+    let config = write_config(&dir, &config_text(DEMO));
+    let log_path = dir.join("wasmgate.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut process = spawn(
+        serve_command(&config)
+            .args(["--log-format", "json"])
+            .stderr(log),
+    );
+    for path in ["/faults/lognewline", "/faults/panic"] {
+        client()
+            .get(format!("{}{path}", process.url))
+            .send()
+            .await
+            .expect(path);
+    }
+    process.signal("TERM");
+    assert_eq!(process.exit_code().await, Some(0));
+    drop(process);
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string()
+                && line["level"].is_string()
+                && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let about_faults = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{log}"))
+    };
+    let forged = about_faults("FORGED");
+    assert_eq!(forged["level"], "WARN");
+    assert_eq!(forged["tenant"], "demo");
+    assert_eq!(forged["handler"], "faults");
+    let message = forged["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("first") && !message.contains(['\n', '\r', '\x1b']),
+        "escaped: {message:?}"
+    );
+    let trap = about_faults("guest trapped");
+    assert_eq!(trap["handler"], "faults");
+    assert_eq!(trap["kind"], "unreachable");
+    assert!(
+        trap["stderr"]
+            .as_str()
+            .is_some_and(|s| s.contains("faults: deliberate panic")),
+        "{trap}"
+    );
+    // The shutdown line is JSON too.
+    about_faults("shutting down");
+}
