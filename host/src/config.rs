@@ -39,6 +39,20 @@ pub enum ConfigError {
         /// Which key or tenant/handler, and why.
         message: String,
     },
+    /// A handler's `component` names no readable file.
+    #[error("{}:{line}: {message}", path.display())]
+    Component {
+        /// The config file.
+        path: PathBuf,
+        /// The line of the `component` key, where the reader fixes it (0
+        /// if the file changed since it was loaded).
+        line: usize,
+        /// The tenant and handler, the path as resolved and normalised (so
+        /// the reader sees which file was looked for), and what is wrong
+        /// with it in the OS's words: part of the message, not a separate
+        /// cause, so error chains do not repeat it.
+        message: String,
+    },
 }
 
 /// The whole configuration file.
@@ -338,6 +352,35 @@ impl Config {
         Self::parse(&text, path, base)
     }
 
+    /// Checks that every handler's component is a file, naming the config
+    /// file `path` and the line of the `component` key if not: a typo there
+    /// is the commonest config error, and loading would only name the path.
+    /// Separate from [`Config::load`]: `serve --watch` loads a config whose
+    /// components are yet to be built, to watch for them.
+    pub fn check_components(&self, path: &Path) -> Result<(), ConfigError> {
+        for (t, tenant) in self.tenants.iter().enumerate() {
+            for (h, handler) in tenant.handlers.iter().enumerate() {
+                let problem = match std::fs::metadata(&handler.component) {
+                    Ok(meta) if meta.is_dir() => "is a folder, not a component file".to_owned(),
+                    Ok(_) => continue,
+                    Err(e) => e.to_string(),
+                };
+                return Err(ConfigError::Component {
+                    path: path.to_owned(),
+                    line: std::fs::read_to_string(path)
+                        .map_or(0, |text| component_line(&text, t, h)),
+                    message: format!(
+                        "tenant {:?} handler {:?}: component: {}: {problem}",
+                        tenant.name,
+                        handler.name,
+                        handler.component.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Parses config text; `path` is used in errors, `base` to resolve
     /// relative paths.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
@@ -493,6 +536,36 @@ impl Config {
     pub fn tenant_limits(&self, tenant: &TenantConfig) -> Limits {
         tenant.limits.apply(self.limits)
     }
+}
+
+/// The line (from 1) of the `component` key of handler `h` of tenant `t`
+/// in config `text`, or 0 if the text does not say (it always does for
+/// text that parsed into a config).
+fn component_line(text: &str, t: usize, h: usize) -> usize {
+    /// Just enough of the file to find where each component is written.
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        tenant: Vec<TenantSpans>,
+    }
+    #[derive(Deserialize)]
+    struct TenantSpans {
+        #[serde(default)]
+        handler: Vec<HandlerSpans>,
+    }
+    #[derive(Deserialize)]
+    struct HandlerSpans {
+        component: toml::Spanned<toml::Value>,
+    }
+    let Ok(spans) = toml::from_str::<Spans>(text) else {
+        return 0;
+    };
+    spans
+        .tenant
+        .get(t)
+        .and_then(|tenant| tenant.handler.get(h))
+        .and_then(|handler| text.get(..handler.component.span().start))
+        .map_or(0, |before| before.matches('\n').count() + 1)
 }
 
 /// `path` without `.` and with each `..` taken against the folder before
@@ -758,6 +831,56 @@ config = { greeting = "hi" }
         ] {
             assert_eq!(normalize(Path::new(path)), Path::new(want), "{path}");
         }
+    }
+
+    #[test]
+    fn a_component_that_is_not_a_file_is_named_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("folder.wasm")).expect("create a folder");
+        std::fs::write(dir.join("ok.wasm"), b"").expect("write a file");
+        // Nothing to say about one that is.
+        let ok = "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"ok\"\nroute = \"/ok\"\n\
+                  component = \"ok.wasm\"\n";
+        let config = dir.join("ok.toml");
+        std::fs::write(&config, ok).expect("write config");
+        let loaded = Config::load(&config).expect("valid");
+        loaded.check_components(&config).expect("ok.wasm is a file");
+        let text = "[[tenant]]\nname = \"a\"\n[[tenant.handler]]\nname = \"ok\"\nroute = \"/ok\"\n\
+                    component = \"ok.wasm\"\n\n[[tenant]]\nname = \"b\"\n\
+                    handler = [{ name = \"x\", route = \"/x\", component = \"../x/gone.wasm\" }]\n";
+        let config = dir.join("wasmgate.toml");
+        std::fs::write(&config, text).expect("write config");
+        let check = |config: &Path| {
+            Config::load(config)
+                .expect("the text is valid")
+                .check_components(config)
+                .expect_err("not a component file")
+                .to_string()
+        };
+        let got = check(&config);
+        let gone = dir.parent().expect("temp dir").join("x/gone.wasm");
+        assert_eq!(
+            got,
+            format!(
+                "{}:10: tenant \"b\" handler \"x\": component: {}: \
+                 No such file or directory (os error 2)",
+                config.display(),
+                gone.display()
+            )
+        );
+        let text = text.replace("../x/gone.wasm", "folder.wasm");
+        std::fs::write(&config, text).expect("write config");
+        let got = check(&config);
+        assert_eq!(
+            got,
+            format!(
+                "{}:10: tenant \"b\" handler \"x\": component: {}: \
+                 is a folder, not a component file",
+                config.display(),
+                dir.join("folder.wasm").display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

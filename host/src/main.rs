@@ -13,6 +13,7 @@ use wasmgate::runtime::{ChildCompiler, Compiled, ComponentInfo, LoadError, Runti
 use wasmgate::server::Server;
 
 mod new;
+mod oneshot;
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
 #[derive(Parser)]
@@ -39,6 +40,10 @@ enum Command {
         /// files changes (after `cargo build`, say).
         #[arg(long, requires = "config")]
         watch: bool,
+        /// How log lines are written to stderr: `text` for people, `json`
+        /// (one object per line) for log collectors.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a component against the wasmgate:handler world and list its
     /// imports and exports. Exits 1 when it does not fit.
@@ -113,6 +118,21 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run one request through a component in the sandbox `serve` uses
+    /// (same limits, statuses and errors) and print the response. Exits 0
+    /// when the guest answered, 3 when the gateway answered for it (trap,
+    /// fuel, timeout, invalid response), 1 when the component cannot run.
+    Call(oneshot::CallArgs),
+}
+
+/// `serve --log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line per event, `key=value` fields, colours at a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields (`tenant`, `handler`, ...) beside them.
+    Json,
 }
 
 /// Where the admin API is, and how to print its answers.
@@ -128,25 +148,15 @@ struct AdminArgs {
 }
 
 fn main() -> ExitCode {
-    // Colours only for a person at a terminal: in a file or a log
-    // collector the escape codes are noise. NO_COLOR (no-color.org) turns
-    // them off there too.
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    let capture = init_logging(&command);
+    let result = match command {
         Command::Serve {
             config,
             listen,
             admin_listen,
             watch,
+            log_format: _,
         } => serve(config.as_deref(), listen, admin_listen, watch),
         Command::Check { file } => check(&file),
         Command::New { path, name, sdk } => new::run(&path, name.as_deref(), sdk.as_deref()),
@@ -177,6 +187,8 @@ fn main() -> ExitCode {
             let list = client.list(&tenant).await?;
             Ok((list.value.table(), list.json))
         }),
+        // Its own exit statuses: a guest that failed is not a usage error.
+        Command::Call(args) => return oneshot::main(&args, capture.as_ref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,6 +199,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or
+/// (`serve --log-format json`) JSON. For `call --json`, also keeps the
+/// guest's log lines at every level for the output, and returns where.
+fn init_logging(command: &Command) -> Option<oneshot::Capture> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = matches!(
+        command,
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        }
+    );
+    let stderr = if json {
+        // Flat objects: collectors index `tenant` and `handler` without
+        // digging into `fields`. Guest text is a JSON string value, so it
+        // can neither end the line nor add a field.
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        // Colours only for a person at a terminal: in a file or a log
+        // collector the escape codes are noise. NO_COLOR (no-color.org)
+        // turns them off there too.
+        let colour = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let stderr = stderr.with_filter(filter);
+    let capture = match command {
+        Command::Call(args) if args.json() => Some(oneshot::Capture::default()),
+        _ => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(capture.as_ref().map(oneshot::Capture::layer))
+        .init();
+    capture
+}
+
 fn serve(
     path: Option<&Path>,
     listen: Option<SocketAddr>,
@@ -194,7 +256,11 @@ fn serve(
     watch: bool,
 ) -> anyhow::Result<()> {
     let mut config = match path {
-        Some(path) => Config::load(path)?,
+        Some(path) => {
+            let config = Config::load(path)?;
+            config.check_components(path)?;
+            config
+        }
         None => {
             tracing::warn!("no --config given: no tenants, every request gets 404");
             Config::default()

@@ -878,3 +878,448 @@ async fn guest_output_reaches_the_log_bounded_and_stdout_is_discarded() {
         "{line}"
     );
 }
+
+// `wasmgate call`: one request through a component, no config or server.
+
+/// The output of `wasmgate call ARGS...`: exit code, stdout, stderr.
+struct Called {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Called {
+    fn stdout(&self) -> String {
+        String::from_utf8(self.stdout.clone()).expect("stdout is UTF-8")
+    }
+
+    /// The `--json` object.
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout()))
+    }
+}
+
+/// Runs `wasmgate call` with `args` (and `stdin` on its stdin) at the
+/// default log level.
+fn call_with_stdin(args: &[&str], stdin: &[u8]) -> Called {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("call")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wasmgate call");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().expect("wasmgate call");
+    Called {
+        code: output.status.code(),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn call(args: &[&str]) -> Called {
+    call_with_stdin(args, b"")
+}
+
+#[test]
+fn call_prints_the_guests_response_and_exits_0() {
+    let hello = components::require(components::HELLO);
+    let called = call(&[hello, "--path", "/hello"]);
+    assert_eq!(called.code, Some(0), "{}", called.stderr);
+    assert_eq!(
+        called.stdout(),
+        "HTTP/1.1 200 OK\ncontent-type: text/plain; charset=utf-8\n\nhello from wasmgate\n"
+    );
+    assert_eq!(called.stderr, "", "nothing is logged for a plain answer");
+    let called = call(&[hello, "--config", "greeting=howdy"]);
+    assert!(
+        called
+            .stdout()
+            .ends_with("\n\nhowdy from wasmgate: hello\n"),
+        "--config reaches the guest: {}",
+        called.stdout()
+    );
+}
+
+#[test]
+fn call_sends_method_path_headers_and_the_body_from_data() {
+    let echo = components::require(components::ECHO);
+    let dir = scratch("call-data");
+    let file = dir.join("body.txt");
+    std::fs::write(&file, "from a file").expect("write body");
+    let at_file = format!("@{}", file.display());
+    let cases: [(&[&str], &[u8], &str); 4] = [
+        (
+            &["--data", "hi there"],
+            b"",
+            "POST /echo?q=1\nx-a: 1\nx-b: two words\n\nhi there",
+        ),
+        (
+            &["--data", &at_file],
+            b"",
+            "POST /echo?q=1\nx-a: 1\nx-b: two words\n\nfrom a file",
+        ),
+        (
+            &["--data", "-"],
+            b"from stdin",
+            "POST /echo?q=1\nx-a: 1\nx-b: two words\n\nfrom stdin",
+        ),
+        (
+            &["--data", "x", "--method", "PUT"],
+            b"",
+            "PUT /echo?q=1\nx-a: 1\nx-b: two words\n\nx",
+        ),
+    ];
+    for (extra, stdin, body) in cases {
+        let mut args = vec![
+            echo,
+            "--path",
+            "/echo?q=1",
+            "-H",
+            "x-a:1",
+            "--header",
+            "X-B: two words",
+        ];
+        args.extend_from_slice(extra);
+        let called = call_with_stdin(&args, stdin);
+        assert_eq!(called.code, Some(0), "{extra:?}: {}", called.stderr);
+        let stdout = called.stdout();
+        let (head, got) = stdout
+            .split_once("\n\n")
+            .expect("a blank line after the head");
+        assert_eq!(got, body, "{extra:?}");
+        assert!(head.starts_with("HTTP/1.1 200 OK\n"), "{head}");
+        let method = extra
+            .last()
+            .filter(|_| extra.contains(&"--method"))
+            .unwrap_or(&"POST");
+        assert!(
+            head.contains(&format!("\nx-echo-method: {method}")),
+            "{head}"
+        );
+    }
+    // No body, no --method: GET, and echo's 204.
+    let called = call(&[echo]);
+    assert_eq!(called.code, Some(0));
+    assert!(called.stdout().starts_with("HTTP/1.1 204 No Content\n"));
+    assert!(called.stdout().contains("x-echo-method: GET\n"));
+}
+
+#[test]
+fn call_json_reports_response_fuel_duration_logs_and_metrics() {
+    let hello = components::require(components::HELLO);
+    let called = call(&[hello, "--json", "--config", "greeting=hi"]);
+    assert_eq!(called.code, Some(0), "{}", called.stderr);
+    let json = called.json();
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["body"], "hi from wasmgate: hello\n");
+    assert_eq!(
+        json["headers"],
+        serde_json::json!([["content-type", "text/plain; charset=utf-8"]])
+    );
+    assert!(
+        json["fuel_consumed"].as_u64().is_some_and(|f| f > 0),
+        "{json}"
+    );
+    assert!(
+        json["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{json}"
+    );
+    assert_eq!(json["metrics"]["counters"]["hello_requests"], 1, "{json}");
+    assert_eq!(json["error"], serde_json::Value::Null);
+    assert_eq!(json["logs"], serde_json::json!([]));
+
+    // The guest's log::debug line is reported though stderr's level is
+    // info; a histogram is reported as count and sum.
+    let echo = components::require(components::ECHO);
+    let json = call(&[echo, "--json", "--data", "12345"]).json();
+    assert_eq!(
+        json["logs"],
+        serde_json::json!([{"level": "debug", "message": "echoed 5 bytes"}])
+    );
+    let cpu = components::require(components::CPU);
+    let json = call(&[cpu, "--json", "--path", "/?iters=3"]).json();
+    assert_eq!(
+        json["metrics"]["histograms"]["cpu_iterations"],
+        serde_json::json!({"count": 1, "sum": 3.0})
+    );
+
+    // A body that is not UTF-8 comes as base64, and only so.
+    let dir = scratch("call-binary");
+    let file = dir.join("body.bin");
+    std::fs::write(&file, [0xff, 0x00, 0xfe]).expect("write body");
+    let at_file = format!("@{}", file.display());
+    let json = call(&[echo, "--json", "--data", &at_file]).json();
+    assert_eq!(json.get("body"), None, "{json}");
+    let encoded = json["body_base64"].as_str().expect("body_base64");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("valid base64");
+    assert!(decoded.ends_with(&[b'\n', 0xff, 0x00, 0xfe]), "{decoded:?}");
+}
+
+#[test]
+fn call_exits_3_with_the_gateways_answer_when_the_guest_fails() {
+    let cpu = components::require(components::CPU);
+    let faults = components::require(components::FAULTS);
+    // Arguments, status line, error code, a part of the trap's log line.
+    let cases: [(&[&str], &str, &str, &str); 4] = [
+        (
+            &[cpu, "--fuel", "1000"],
+            "HTTP/1.1 503 Service Unavailable",
+            "fuel_exhausted",
+            "kind=\"fuel_exhausted\"",
+        ),
+        (
+            &[faults, "--path", "/faults/panic"],
+            "HTTP/1.1 500 Internal Server Error",
+            "trap",
+            "faults: deliberate panic",
+        ),
+        (
+            &[faults, "--path", "/faults/oom"],
+            "HTTP/1.1 500 Internal Server Error",
+            "trap",
+            "kind=\"memory\"",
+        ),
+        (
+            &[faults, "--path", "/faults/badstatus"],
+            "HTTP/1.1 502 Bad Gateway",
+            "bad_response",
+            "",
+        ),
+    ];
+    for (args, status, code, logged) in cases {
+        let called = call(args);
+        assert_eq!(called.code, Some(3), "{args:?}: {}", called.stderr);
+        let stdout = called.stdout();
+        assert!(
+            stdout.starts_with(&format!("{status}\n")),
+            "{args:?}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("\nx-wasmgate-error: {code}\n")),
+            "{stdout}"
+        );
+        assert!(
+            called.stderr.contains(logged),
+            "{args:?}: {}",
+            called.stderr
+        );
+        let mut json_args = args.to_vec();
+        json_args.push("--json");
+        let called = call(&json_args);
+        assert_eq!(called.code, Some(3));
+        assert_eq!(called.json()["error"], code, "{args:?}");
+    }
+}
+
+#[test]
+fn call_stops_a_guest_at_its_timeout() {
+    let faults = components::require(components::FAULTS);
+    let started = Instant::now();
+    // The default deadline (2 s) would let the 1.5 s sleep finish.
+    let called = call(&[
+        faults,
+        "--path",
+        "/faults/sleep?n=1500",
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(called.code, Some(3), "{}", called.stderr);
+    let json = called.json();
+    assert_eq!(json["status"], 504);
+    assert_eq!(json["error"], "timeout");
+    assert!(
+        json["duration_ms"].as_f64().is_some_and(|d| d >= 200.0),
+        "{json}"
+    );
+    // A generous bound: nothing waits for the guest beyond its deadline.
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn call_caps_memory_at_memory() {
+    let faults = components::require(components::FAULTS);
+    // The guest allocates 1 MiB chunks until refused: fuel, which is
+    // deterministic, tells how far it got.
+    let fuel = |extra: &[&str]| {
+        let mut args = vec![faults, "--path", "/faults/oom", "--json"];
+        args.extend_from_slice(extra);
+        let json = call(&args).json();
+        assert_eq!(json["error"], "trap", "{json}");
+        json["fuel_consumed"].as_u64().expect("fuel consumed")
+    };
+    let capped = fuel(&["--memory", "4194304"]);
+    let default = fuel(&[]);
+    assert!(capped < default, "4 MiB: {capped} fuel, 64 MiB: {default}");
+}
+
+#[test]
+fn call_rejects_bad_arguments_and_files_in_one_line() {
+    let hello = components::require(components::HELLO);
+    // Command-line errors: exit 2, the argument and the expected form.
+    let cases = [
+        (
+            vec![hello, "--header", "nocolon"],
+            "error: invalid value 'nocolon' for '--header <NAME:VALUE>': \"nocolon\" has no ':'; \
+             write NAME:VALUE (e.g. content-type:text/plain)\n\nFor more information, try '--help'.\n",
+        ),
+        (
+            vec![hello, "--config", "greeting"],
+            "error: invalid value 'greeting' for '--config <KEY=VALUE>': \"greeting\" is not \
+             KEY=VALUE (e.g. greeting=hi)\n\nFor more information, try '--help'.\n",
+        ),
+        (
+            vec![hello, "--path", "hello"],
+            "error: invalid value 'hello' for '--path <PATH>': \"hello\" must start with '/' \
+             (e.g. /hello?name=you)\n\nFor more information, try '--help'.\n",
+        ),
+    ];
+    for (args, stderr) in cases {
+        let called = call(&args);
+        assert_eq!(called.code, Some(2), "{args:?}");
+        assert_eq!(called.stderr, stderr, "{args:?}");
+        assert!(called.stdout.is_empty());
+    }
+    // Files: exit 1, one line naming the file.
+    let dir = scratch("call-files");
+    let text = dir.join("README.md");
+    std::fs::write(&text, "# wasmgate\n").expect("write");
+    let missing = dir.join("missing.wasm");
+    let cases = [
+        (
+            text.display().to_string(),
+            format!(
+                "error: {}: not a valid WebAssembly component: not a WebAssembly file \
+                 (it starts with \"# wasmga\", not \"\\0asm\")\n",
+                text.display()
+            ),
+        ),
+        (
+            missing.display().to_string(),
+            format!(
+                "error: reading {}: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+        ),
+    ];
+    for (file, stderr) in cases {
+        let called = call(&[&file]);
+        assert_eq!(called.code, Some(1), "{file}");
+        assert_eq!(called.stderr, stderr);
+        assert!(called.stdout.is_empty());
+    }
+}
+
+/// A wrong component path is one line: the config file and the line of
+/// the `component` key, the tenant and handler, and the path looked for,
+/// normalised, once.
+#[test]
+fn a_wrong_component_path_names_the_config_line_once() {
+    let dir = scratch("wrong-component");
+    let config = write_config(
+        &dir,
+        &format!(
+            "{}\n[[tenant.handler]]\nname = \"greet\"\nroute = \"/greet\"\n\
+             component = \"../target/./wasm32-wasip2/release/gret.wasm\"\n",
+            one_handler(
+                "demo",
+                "hello",
+                "/hello",
+                components::require(components::HELLO)
+            )
+        ),
+    );
+    let stderr = serve_fails(&config);
+    let looked_for = dir
+        .parent()
+        .expect("scratch is in a folder")
+        .join("target/wasm32-wasip2/release/gret.wasm");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: {}:11: tenant \"demo\" handler \"greet\": component: {}: \
+             No such file or directory (os error 2)\n",
+            config.display(),
+            looked_for.display()
+        )
+    );
+}
+
+/// `serve --log-format json`: every stderr line is one JSON object; guest
+/// lines carry tenant and handler as fields, their text escaped within the
+/// message, so a guest cannot forge a line or a field.
+#[tokio::test]
+async fn serve_logs_json_lines_with_guest_fields() {
+    let dir = scratch("json-log");
+    let config = write_config(&dir, &config_text(DEMO));
+    let log_path = dir.join("wasmgate.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut process = spawn(
+        serve_command(&config)
+            .args(["--log-format", "json"])
+            .stderr(log),
+    );
+    for path in ["/faults/lognewline", "/faults/panic"] {
+        client()
+            .get(format!("{}{path}", process.url))
+            .send()
+            .await
+            .expect(path);
+    }
+    process.signal("TERM");
+    assert_eq!(process.exit_code().await, Some(0));
+    drop(process);
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string()
+                && line["level"].is_string()
+                && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let about_faults = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{log}"))
+    };
+    let forged = about_faults("FORGED");
+    assert_eq!(forged["level"], "WARN");
+    assert_eq!(forged["tenant"], "demo");
+    assert_eq!(forged["handler"], "faults");
+    let message = forged["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("first") && !message.contains(['\n', '\r', '\x1b']),
+        "escaped: {message:?}"
+    );
+    let trap = about_faults("guest trapped");
+    assert_eq!(trap["handler"], "faults");
+    assert_eq!(trap["kind"], "unreachable");
+    assert!(
+        trap["stderr"]
+            .as_str()
+            .is_some_and(|s| s.contains("faults: deliberate panic")),
+        "{trap}"
+    );
+    // The shutdown line is JSON too.
+    about_faults("shutting down");
+}

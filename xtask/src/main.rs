@@ -3,14 +3,20 @@
 //! - `build-handlers`: adds the `wasm32-wasip2` target with rustup when it is
 //!   missing, then builds every handler component in `handlers/`.
 //! - `serve [ARGS]`: builds the handlers and the gateway (release) and serves
-//!   `examples/wasmgate.toml`; ARGS go to `wasmgate serve`.
+//!   `examples/wasmgate.toml` (or the `--config` in ARGS); ARGS go to
+//!   `wasmgate serve`.
+//! - `install`: `cargo install --path host --locked`, so `wasmgate` is on
+//!   PATH (in `~/.cargo/bin`).
 //! - `test`: fmt check, clippy `-D warnings` (host and wasm), rustdoc
 //!   `-D warnings`, every test of every workspace member (handler crates'
 //!   unit tests natively).
 //! - `bench [--quick]`: the benchmark report (see `bench.rs`).
+//!
+//! A command that fails ends xtask with the command's own output and exit
+//! status, and nothing more: its output is the message.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode, ExitStatus};
 
 use anyhow::{Context, bail};
 
@@ -18,7 +24,73 @@ mod bench;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
-fn main() -> anyhow::Result<()> {
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  serve [ARGS]     build everything and run the gateway on examples/wasmgate.toml
+                   (ARGS go to `wasmgate serve`, --config included)
+  install          cargo install --path host --locked: puts `wasmgate` on PATH
+  test             fmt check, clippy -D warnings, every test
+  bench [--quick]  load and in-process benchmarks; writes target/bench/report.{json,md}
+  build-handlers   build the handler components for wasm32-wasip2";
+
+/// A command xtask ran failed; it has said why on its own output.
+#[derive(Debug)]
+pub(crate) struct ChildFailed {
+    /// The exit status xtask ends with: the command's own.
+    code: u8,
+}
+
+impl std::fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a command failed with exit status {}", self.code)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
+
+impl ChildFailed {
+    fn new(status: ExitStatus) -> Self {
+        Self {
+            code: exit_code(status),
+        }
+    }
+}
+
+/// The exit status to pass on for a child's `status`: its code, or for a
+/// child killed by a signal the shell's 128 + signal.
+fn exit_code(status: ExitStatus) -> u8 {
+    #[cfg(unix)]
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    #[cfg(not(unix))]
+    let signal: Option<i32> = None;
+    match (status.code(), signal) {
+        (Some(code), _) => u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    // Not `main() -> Result`: that prints the error's Debug form, with a
+    // backtrace of xtask itself under RUST_BACKTRACE=1.
+    match xtask() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ending(&e).map_or(ExitCode::FAILURE, ExitCode::from),
+    }
+}
+
+/// How xtask ends for `error`: a failed command's status, said by the
+/// command already; anything else is said here, on one line.
+fn ending(error: &anyhow::Error) -> Option<u8> {
+    if let Some(failed) = error.downcast_ref::<ChildFailed>() {
+        return Some(failed.code);
+    }
+    eprintln!("xtask: {error:#}");
+    None
+}
+
+fn xtask() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
@@ -27,16 +99,10 @@ fn main() -> anyhow::Result<()> {
     match command.as_str() {
         "build-handlers" => build_handlers(),
         "serve" => serve(&rest),
+        "install" => install(),
         "test" => test(),
         "bench" => bench::bench(&rest),
-        _ => bail!(
-            "usage: cargo xtask <command>\n\n\
-             commands:\n  \
-             serve [ARGS]     build everything and run the gateway on examples/wasmgate.toml\n  \
-             test             fmt check, clippy -D warnings, every test\n  \
-             bench [--quick]  load and in-process benchmarks; writes target/bench/report.{{json,md}}\n  \
-             build-handlers   build the handler components for {WASM_TARGET}"
-        ),
+        _ => bail!("{USAGE}"),
     }
 }
 
@@ -48,24 +114,66 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
         .context("xtask has no parent folder")
 }
 
-/// Runs a command, failing with its command line when it fails.
+/// Runs a command, its output passed through; when it fails, fails with
+/// [`ChildFailed`] (its output said why).
 pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
-    let line = format!("{command:?}");
-    eprintln!("xtask: {}", line.replace('"', ""));
+    let line = display(command);
+    eprintln!("xtask: {line}");
     let status = command
         .status()
-        .with_context(|| format!("starting {line}"))?;
+        .with_context(|| format!("cannot start {line}"))?;
     if !status.success() {
-        bail!("{line} failed ({status})");
+        return Err(ChildFailed::new(status).into());
     }
     Ok(())
+}
+
+/// A command as a person would type it: the program's name without its
+/// folder (cargo is `$CARGO`, a path into the toolchain), its arguments
+/// quoted only where they need it, and the environment it is given.
+fn display(command: &Command) -> String {
+    let program = Path::new(command.get_program());
+    let mut words: Vec<String> = command
+        .get_envs()
+        .filter_map(|(key, value)| {
+            let value = value?;
+            Some(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                quote(&value.to_string_lossy())
+            ))
+        })
+        .collect();
+    words.push(
+        program
+            .file_name()
+            .unwrap_or(program.as_os_str())
+            .to_string_lossy()
+            .into_owned(),
+    );
+    words.extend(command.get_args().map(|a| quote(&a.to_string_lossy())));
+    words.join(" ")
+}
+
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// The packages in `handlers/` that build a component (cdylib).
+/// The packages in `handlers/` that build a component (cdylib). Fails,
+/// saying what to add, if one is not a member of the workspace: cargo
+/// would only say that `-p NAME` matches no package.
 fn handler_packages() -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir("handlers").context("reading handlers/")? {
@@ -78,7 +186,70 @@ fn handler_packages() -> anyhow::Result<Vec<String>> {
         }
     }
     names.sort();
+    let metadata = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot start cargo metadata")?;
+    if !metadata.status.success() {
+        return Err(ChildFailed::new(metadata.status).into());
+    }
+    let members = member_folders(&metadata.stdout)?;
+    let root = std::env::current_dir().context("the workspace folder")?;
+    let outside: Vec<String> = names
+        .iter()
+        .map(|name| format!("handlers/{name}"))
+        .filter(|folder| !members.contains(&root.join(folder)))
+        .collect();
+    if let Some(message) = not_members_message(&outside) {
+        bail!("{message}");
+    }
     Ok(names)
+}
+
+/// The folders of the workspace's members, from `cargo metadata` JSON.
+fn member_folders(metadata: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let metadata: serde_json::Value =
+        serde_json::from_slice(metadata).context("reading cargo metadata's output")?;
+    let members = metadata["workspace_members"]
+        .as_array()
+        .context("cargo metadata lists no workspace_members")?;
+    let packages = metadata["packages"]
+        .as_array()
+        .context("cargo metadata lists no packages")?;
+    Ok(packages
+        .iter()
+        .filter(|package| members.contains(&package["id"]))
+        .filter_map(|package| Path::new(package["manifest_path"].as_str()?).parent())
+        .map(Path::to_path_buf)
+        .collect())
+}
+
+/// What to do about handler folders that are not workspace members.
+fn not_members_message(folders: &[String]) -> Option<String> {
+    let (last, rest) = folders.split_last()?;
+    let quoted = |f: &String| format!("\"{f}\"");
+    let list = if rest.is_empty() {
+        quoted(last)
+    } else {
+        let rest: Vec<String> = rest.iter().map(quoted).collect();
+        format!("{} and {}", rest.join(", "), quoted(last))
+    };
+    let (is, them) = if rest.is_empty() {
+        ("is", "it")
+    } else {
+        ("are", "them")
+    };
+    Some(format!(
+        "{list} {is} not in the workspace: add {them} to `members` in the [workspace] \
+         section of Cargo.toml (the repository's top folder), then build again"
+    ))
 }
 
 /// Installs a Debian package when its program is not on PATH.
@@ -125,10 +296,44 @@ pub(crate) fn build_handlers() -> anyhow::Result<()> {
 
 fn serve(args: &[String]) -> anyhow::Result<()> {
     build_handlers()?;
-    run(cargo()
-        .args(["run", "--release", "-p", "wasmgate", "--", "serve"])
-        .args(["--config", "examples/wasmgate.toml"])
-        .args(args))
+    run(cargo().args(["build", "--release", "-p", "wasmgate"]))?;
+    // The binary itself, not `cargo run`: cargo would add a line of its own
+    // ("process didn't exit successfully: ...") to the gateway's message.
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    let mut serve = Command::new(target.join("release").join("wasmgate"));
+    serve.args(serve_args(args));
+    // xtask becomes the gateway: Ctrl-C reaches only it, and its exit
+    // status and last words are the end of the run.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        eprintln!("xtask: {}", display(&serve));
+        let error = serve.exec();
+        Err(anyhow::Error::from(error).context(format!("cannot start {}", display(&serve))))
+    }
+    #[cfg(not(unix))]
+    run(&mut serve)
+}
+
+/// `wasmgate serve`'s arguments: `args`, with the example config unless
+/// they name one.
+fn serve_args(args: &[String]) -> Vec<String> {
+    let mut all = vec!["serve".to_owned()];
+    let names_config = args
+        .iter()
+        .any(|a| a == "--config" || a.starts_with("--config="));
+    if !names_config {
+        all.extend(["--config".to_owned(), "examples/wasmgate.toml".to_owned()]);
+    }
+    all.extend(args.iter().cloned());
+    all
+}
+
+/// `cargo install --path host --locked`: the release build of `wasmgate`
+/// in `~/.cargo/bin` (or `$CARGO_HOME/bin`), on PATH as rustup sets it up.
+fn install() -> anyhow::Result<()> {
+    run(cargo().args(["install", "--path", "host", "--locked"]))
 }
 
 fn test() -> anyhow::Result<()> {
@@ -166,11 +371,11 @@ fn test() -> anyhow::Result<()> {
 /// nothing in them, says little).
 fn run_tests(command: &mut Command) -> anyhow::Result<()> {
     use std::io::BufRead;
-    eprintln!("xtask: {}", format!("{command:?}").replace('"', ""));
+    eprintln!("xtask: {}", display(command));
     let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .context("starting cargo test")?;
+        .context("cannot start cargo test")?;
     let stdout = child.stdout.take().context("piped stdout")?;
     let (mut passed, mut failed) = (0u64, 0u64);
     for line in std::io::BufReader::new(stdout).lines() {
@@ -184,7 +389,7 @@ fn run_tests(command: &mut Command) -> anyhow::Result<()> {
     let status = child.wait()?;
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
-        bail!("cargo test failed ({status})");
+        return Err(ChildFailed::new(status).into());
     }
     Ok(())
 }
@@ -202,6 +407,84 @@ fn parse_test_result(line: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_shown_as_typed_without_the_toolchain_path() {
+        let mut command = Command::new("/home/u/.rustup/toolchains/stable/bin/cargo");
+        command
+            .args(["build", "--release", "-p", "wasmgate"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        assert_eq!(
+            display(&command),
+            "RUSTDOCFLAGS='-D warnings' cargo build --release -p wasmgate"
+        );
+        let mut command = Command::new("target/release/wasmgate");
+        command.args(["serve", "--config", "it's here.toml"]);
+        assert_eq!(
+            display(&command),
+            r"wasmgate serve --config 'it'\''s here.toml'"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_command_ends_xtask_with_its_own_status_and_no_words() {
+        use std::os::unix::process::ExitStatusExt;
+        // Wait statuses: exit code in the high byte, signal in the low.
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(101 << 8)), 101);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 128 + 9);
+        let failed = anyhow::Error::from(ChildFailed::new(ExitStatus::from_raw(2 << 8)))
+            .context("while serving");
+        assert_eq!(ending(&failed), Some(2));
+        assert_eq!(ending(&anyhow::anyhow!("no handlers/ folder")), None);
+    }
+
+    #[test]
+    fn serve_uses_the_example_config_unless_given_one() {
+        let args = |a: &[&str]| serve_args(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(
+            args(&["--watch"]),
+            ["serve", "--config", "examples/wasmgate.toml", "--watch"]
+        );
+        assert_eq!(
+            args(&["--config", "x.toml"]),
+            ["serve", "--config", "x.toml"]
+        );
+        assert_eq!(args(&["--config=x.toml"]), ["serve", "--config=x.toml"]);
+    }
+
+    #[test]
+    fn handler_folders_outside_the_workspace_are_named_with_the_fix() {
+        let metadata = br#"{
+            "packages": [
+                {"id": "path+file:///w/host#wasmgate@0.1.0", "manifest_path": "/w/host/Cargo.toml"},
+                {"id": "path+file:///w/handlers/hello#0.1.0", "manifest_path": "/w/handlers/hello/Cargo.toml"}
+            ],
+            "workspace_members": [
+                "path+file:///w/host#wasmgate@0.1.0",
+                "path+file:///w/handlers/hello#0.1.0"
+            ]
+        }"#;
+        assert_eq!(
+            member_folders(metadata).expect("valid metadata"),
+            [PathBuf::from("/w/host"), PathBuf::from("/w/handlers/hello")]
+        );
+        assert_eq!(not_members_message(&[]), None);
+        assert_eq!(
+            not_members_message(&["handlers/greet".to_owned()]).as_deref(),
+            Some(
+                "\"handlers/greet\" is not in the workspace: add it to `members` in the \
+                 [workspace] section of Cargo.toml (the repository's top folder), then build again"
+            )
+        );
+        let two = not_members_message(&["handlers/a".to_owned(), "handlers/b".to_owned()])
+            .expect("two folders");
+        assert!(
+            two.starts_with("\"handlers/a\" and \"handlers/b\" are not in the workspace: add them"),
+            "{two}"
+        );
+    }
 
     #[test]
     fn parses_test_result_lines() {
