@@ -12,10 +12,11 @@ use super::host::{self, State};
 /// How often the epoch advances: the time slice. At every tick a running
 /// guest gives its worker back to the worker's scheduler, which runs the
 /// guest whose tenant has used the least CPU; deadlines are counted in
-/// these ticks too. The choice is measured in `docs/isolation.md`: a
-/// switch costs a few microseconds, so even 2 ms slices cost under 0.5%
-/// of a CPU-bound guest's throughput, while another tenant's request waits
-/// at most about one slice for a busy worker.
+/// these ticks too. A switch costs a few microseconds, so 2 ms slices cost
+/// a CPU-bound guest under 0.5% of its throughput; a newcomer does not wait
+/// for the tick (the executor ends long slices early), so the slice only
+/// sets how finely competing long guests interleave. Measured: 1 ms slices
+/// gave another tenant the same latency and throughput under a flood.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Guests one worker keeps alive at once by default (`runtime.guests_per_

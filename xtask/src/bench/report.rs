@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::Plan;
@@ -160,7 +161,51 @@ pub fn write(
     std::fs::write(out.join("report.md"), &md)?;
     println!("{md}");
     println!("wrote target/bench/report.json and target/bench/report.md");
+    // A full run is the project's current table: the docs show it as
+    // measured, never as edited by hand. A quick run is only a smoke test.
+    if !plan.quick {
+        for doc in ["README.md", "docs/benchmarks.md"] {
+            let path = Path::new(doc);
+            let text = std::fs::read_to_string(path)?;
+            std::fs::write(
+                path,
+                with_table(&text, &md).with_context(|| doc.to_owned())?,
+            )?;
+            println!("updated the table in {doc}");
+        }
+    }
     Ok(())
+}
+
+/// Where the bench's table starts and ends in a document.
+const TABLE_BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`) -->";
+const TABLE_END: &str = "<!-- bench:end -->";
+
+/// `doc` with the text between its table markers replaced by `table`.
+fn with_table(doc: &str, table: &str) -> anyhow::Result<String> {
+    let (Some(begin), Some(end)) = (doc.find(TABLE_BEGIN), doc.find(TABLE_END)) else {
+        anyhow::bail!("no {TABLE_BEGIN} ... {TABLE_END} markers");
+    };
+    anyhow::ensure!(begin < end, "{TABLE_END} comes before {TABLE_BEGIN}");
+    let before = &doc[..begin + TABLE_BEGIN.len()];
+    Ok(format!("{before}\n\n{}\n\n{}", table.trim(), &doc[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_between_the_markers_is_replaced_and_the_rest_kept() {
+        let doc = format!("intro\n{TABLE_BEGIN}\nold | table\n{TABLE_END}\nafter\n");
+        let updated = with_table(&doc, "new | table\n").expect("markers");
+        assert_eq!(
+            updated,
+            format!("intro\n{TABLE_BEGIN}\n\nnew | table\n\n{TABLE_END}\nafter\n")
+        );
+        assert_eq!(with_table(&updated, "new | table").expect("again"), updated);
+        assert!(with_table("no markers", "x").is_err());
+    }
 }
 
 fn json_report(
