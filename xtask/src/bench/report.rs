@@ -191,23 +191,6 @@ fn with_table(doc: &str, table: &str) -> anyhow::Result<String> {
     Ok(format!("{before}\n\n{}\n\n{}", table.trim(), &doc[end..]))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_table_between_the_markers_is_replaced_and_the_rest_kept() {
-        let doc = format!("intro\n{TABLE_BEGIN}\nold | table\n{TABLE_END}\nafter\n");
-        let updated = with_table(&doc, "new | table\n").expect("markers");
-        assert_eq!(
-            updated,
-            format!("intro\n{TABLE_BEGIN}\n\nnew | table\n\n{TABLE_END}\nafter\n")
-        );
-        assert_eq!(with_table(&updated, "new | table").expect("again"), updated);
-        assert!(with_table("no markers", "x").is_err());
-    }
-}
-
 fn json_report(
     plan: &Plan,
     summary: &Summary,
@@ -413,4 +396,21 @@ fn machine_description() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     format!("{cpus} cores ({model}), Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_between_the_markers_is_replaced_and_the_rest_kept() {
+        let doc = format!("intro\n{TABLE_BEGIN}\nold | table\n{TABLE_END}\nafter\n");
+        let updated = with_table(&doc, "new | table\n").expect("markers");
+        assert_eq!(
+            updated,
+            format!("intro\n{TABLE_BEGIN}\n\nnew | table\n\n{TABLE_END}\nafter\n")
+        );
+        assert_eq!(with_table(&updated, "new | table").expect("again"), updated);
+        assert!(with_table("no markers", "x").is_err());
+    }
 }
