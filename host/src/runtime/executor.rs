@@ -80,10 +80,17 @@ struct Pool {
     /// When the guest each worker is running first ran (ns since
     /// `started`, plus one; 0 while it runs none), by worker index. A
     /// submit reads them to decide whether ending the slices is worth it.
-    slices: Vec<AtomicU64>,
+    slices: Vec<RunningSince>,
     /// The clock `slices` counts from.
     started: Instant,
 }
+
+/// When a worker's running guest first ran, in a cache line of its own:
+/// each worker writes its own twice per slice, and sharing a line would
+/// make the workers' cores pass it back and forth.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct RunningSince(AtomicU64);
 
 /// A submit that finds no idle worker ends the running slices only if one
 /// of the running guests first ran at least this long ago. Ending a slice
@@ -111,7 +118,7 @@ impl Pool {
         let now = self.clock(Instant::now());
         let min = u64::try_from(PREEMPT_AFTER.as_nanos()).unwrap_or(u64::MAX);
         let long = self.slices.iter().any(|slice| {
-            let began = slice.load(Ordering::Relaxed);
+            let began = slice.0.load(Ordering::Relaxed);
             began != 0 && now.saturating_sub(began) >= min
         });
         if long {
@@ -176,7 +183,7 @@ impl Executor {
             metrics,
             run,
             guests_per_worker: guests_per_worker.max(1),
-            slices: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            slices: (0..workers).map(|_| RunningSince::default()).collect(),
             started: Instant::now(),
         });
         for i in 0..workers {
@@ -530,7 +537,7 @@ impl Worker {
         let mut cx = Context::from_waker(&guest.waker);
         let started = Instant::now();
         let first_polled = *guest.first_polled.get_or_insert(started);
-        let slice = &self.pool.slices[self.index];
+        let slice = &self.pool.slices[self.index].0;
         slice.store(self.pool.clock(first_polled), Ordering::Relaxed);
         let polled =
             std::panic::catch_unwind(AssertUnwindSafe(|| guest.future.as_mut().poll(&mut cx)));
@@ -566,7 +573,7 @@ impl Worker {
 impl Drop for Worker {
     /// A worker that unwinds (it must not) gives its counts back.
     fn drop(&mut self) {
-        self.pool.slices[self.index].store(0, Ordering::Relaxed);
+        self.pool.slices[self.index].0.store(0, Ordering::Relaxed);
         let alive = i64::try_from(self.guests.len()).unwrap_or(i64::MAX);
         self.pool.metrics.guests_alive.sub(alive);
         if !self.guests.is_empty() {
@@ -613,7 +620,7 @@ mod tests {
             metrics,
             run: run_job,
             guests_per_worker: 8,
-            slices: vec![AtomicU64::new(0)],
+            slices: vec![RunningSince::default()],
             started: Instant::now(),
         });
         Worker::new(pool, 0)
