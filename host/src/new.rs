@@ -337,6 +337,29 @@ mod tests {
 mod tests {
     use super::*;
 
+    /// The README's first handler is what `wasmgate new greet` writes (less
+    /// the crate doc), so it cannot drift, and `tests/new.rs` proves that
+    /// code builds and passes its tests.
+    #[test]
+    fn the_readme_handler_is_what_new_writes() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("## A handler in 20 lines")
+            .map(|(_, rest)| rest)
+            .expect("README has the handler section");
+        let block = section
+            .split_once("```rust\n")
+            .and_then(|(_, rest)| rest.split_once("```\n"))
+            .map(|(code, _)| code)
+            .expect("the section has a rust block");
+        let written = LIB_RS.replace("@NAME@", "greet");
+        let without_doc: Vec<&str> = written
+            .lines()
+            .skip_while(|l| l.starts_with("//!") || l.is_empty())
+            .collect();
+        assert_eq!(block.lines().collect::<Vec<_>>(), without_doc);
+    }
+
     #[test]
     fn crate_names_follow_cargo() {
         for good in ["greet", "my-handler", "a_b9", &"x".repeat(64)] {

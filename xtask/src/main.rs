@@ -342,10 +342,13 @@ fn test() -> anyhow::Result<()> {
     ensure_apt_tool("promtool", "prometheus")?;
     let packages = handler_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // `--all-features`: the SDK's JSON support (feature `serde`) is code
+    // handler authors use, so it is linted and tested like the rest.
     run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
@@ -363,7 +366,7 @@ fn test() -> anyhow::Result<()> {
     // their unit tests (query parsing and the like) run natively, where
     // the SDK's imports are never called. The host's integration tests run
     // the same crates as components through the gateway.
-    run_tests(cargo().args(["test", "--workspace"]))
+    run_tests(cargo().args(["test", "--workspace", "--all-features"]))
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one line
