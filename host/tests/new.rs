@@ -58,7 +58,7 @@ fn succeeded(what: &str, out: &Output) {
 }
 
 #[test]
-fn new_crate_passes_its_test_builds_a_component_and_checks() {
+fn from_an_empty_folder_to_a_tested_called_and_live_served_handler() {
     let root = scratch("first-hour");
     let out = wasmgate(&["new", "greeter"], &root);
     succeeded("wasmgate new", &out);
@@ -108,6 +108,133 @@ fn new_crate_passes_its_test_builds_a_component_and_checks() {
         handler.component,
         dir.join("target/wasm32-wasip2/release/greeter.wasm")
     );
+
+    // One request through the sandbox, as text and as JSON.
+    let component_arg = component.to_string_lossy().into_owned();
+    let out = wasmgate(&["call", &component_arg, "--path", "/?name=you"], &dir);
+    succeeded("wasmgate call", &out);
+    assert_eq!(
+        text(&out.stdout),
+        "HTTP/1.1 200 OK\ncontent-type: text/plain; charset=utf-8\n\nhello, you!\n"
+    );
+    let out = wasmgate(
+        &["call", &component_arg, "--path", "/?name=you", "--json"],
+        &dir,
+    );
+    succeeded("wasmgate call --json", &out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(json["status"], 200, "{json}");
+    assert_eq!(json["body"], "hello, you!\n", "{json}");
+    assert!(
+        json["fuel_consumed"].as_u64().is_some_and(|f| f > 0),
+        "{json}"
+    );
+    assert_eq!(json["metrics"]["counters"]["greetings"], 1, "{json}");
+
+    // Served with --watch from the config `new` wrote, then changed live.
+    let served = dir.join("target/wasm32-wasip2/release/greeter.wasm");
+    place(&component, &served);
+    let mut server = Served::start(&dir);
+    assert_eq!(server.get("/?name=you"), (200, "hello, you!\n".to_owned()));
+    let lib = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib).expect("read lib.rs");
+    let changed = code.replace(r#""{greeting}, {name}!\n""#, r#""{greeting}, {name}!!\n""#);
+    assert_ne!(code, changed, "the template's format string moved");
+    std::fs::write(&lib, changed).expect("edit lib.rs");
+    let out = cargo(&["build", "--release", "--target", "wasm32-wasip2"], &dir);
+    succeeded("cargo build (changed)", &out);
+    place(&component, &served);
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = server.get("/?name=you");
+        assert_eq!(status, 200, "a request failed during the update: {body}");
+        if body == "hello, you!!\n" {
+            break;
+        }
+        assert_eq!(body, "hello, you!\n");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the new build was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server.stop();
+}
+
+/// Puts a built component where the config expects it the way cargo
+/// does: a new file appears in one step.
+fn place(built: &Path, at: &Path) {
+    std::fs::create_dir_all(at.parent().expect("a folder")).expect("create folder");
+    let temp = at.with_extension("wasm.tmp");
+    std::fs::copy(built, &temp).expect("copy component");
+    std::fs::rename(&temp, at).expect("rename component");
+}
+
+/// `wasmgate serve --config wasmgate.toml --watch` in a crate's folder.
+struct Served {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Served {
+    fn start(dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "wasmgate.toml", "--watch"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn wasmgate serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().expect("a startup line").expect("utf-8");
+        let second = lines.next().expect("a startup line").expect("utf-8");
+        assert!(second.starts_with("admin on "), "{second}");
+        let address = first
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("{first}"))
+            .to_owned();
+        Self { child, address }
+    }
+
+    /// One GET over a fresh connection: (status, body).
+    fn get(&mut self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{head}"));
+        (status, body.to_owned())
+    }
+
+    /// SIGTERM, and the gateway exits 0.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(killed.is_ok_and(|s| s.success()), "kill -TERM failed");
+        let status = self.child.wait().expect("wait for the gateway");
+        assert!(status.success(), "the gateway exited with {status}");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
