@@ -1,4 +1,4 @@
-//! The docs cannot rot: every command in README.md and docs/operations.md
+//! The docs cannot rot: every command in README.md, docs/operations.md and docs/handlers.md
 //! is run here, against a real `wasmgate serve`, and its output checked.
 //!
 //! The convention, which the docs state too:
@@ -40,7 +40,7 @@ use std::time::Duration;
 use wasmgate_handler_components as components;
 
 /// The files whose commands are run.
-const DOCS: &[&str] = &["README.md", "docs/operations.md"];
+const DOCS: &[&str] = &["README.md", "docs/operations.md", "docs/handlers.md"];
 
 /// The token the docs export, and the gateway is started with.
 const TOKEN: &str = "change-me";
