@@ -5,15 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::{Served, serve_command};
 use serde_json::Value;
 use wasmgate_handler_components as components;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
 const ROOT: &str = "root-secret-for-tests";
 const DEMO_TOKEN: &str = "demo-secret-for-tests";
 
@@ -57,59 +56,33 @@ fn component(path: &str) -> Vec<u8> {
 
 /// A running `wasmgate serve`, killed on drop.
 struct Gateway {
-    child: Child,
+    served: Served,
     url: String,
     admin: String,
     client: reqwest::Client,
     config: PathBuf,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Gateway {
     /// Starts `wasmgate serve` on `config` with the root token set when
     /// `root` is true, and waits until it says it is ready.
     async fn start(config: &Path, root: bool) -> Self {
-        let mut command = Command::new(BIN);
+        let mut command = serve_command();
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
             .arg("--config")
             .arg(config)
             .env("DEMO_TOKEN_FOR_TESTS", DEMO_TOKEN)
-            .env_remove("WASMGATE_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .env_remove("WASMGATE_ADMIN_TOKEN");
         if root {
             command.env("WASMGATE_ADMIN_TOKEN", ROOT);
         }
-        let mut child = command.spawn().expect("spawn wasmgate");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (url, admin) = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut next = |prefix: &str| {
-                let line = lines.next().expect("a startup line").expect("utf-8");
-                let rest = line.strip_prefix(prefix);
-                format!("http://{}", rest.unwrap_or_else(|| panic!("{line}")))
-            };
-            (next("listening on http://"), next("admin on http://"))
-        })
-        .await
-        .expect("startup lines");
+        let served = tokio::task::spawn_blocking(move || Served::spawn(&mut command))
+            .await
+            .expect("startup lines");
         let gateway = Self {
-            child,
-            url,
-            admin,
+            url: served.url.clone(),
+            admin: served.admin.clone(),
+            served,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -649,8 +622,8 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
     let (status, body) = gw.deploy("demo", "hello", "/hello", echo).await;
     assert_eq!((status, &body["version"]), (200, &Value::from(2)), "{body}");
     let mut gw = gw;
-    gw.child.kill().expect("kill -9");
-    gw.child.wait().expect("reaped");
+    gw.served.child.kill().expect("kill -9");
+    gw.served.child.wait().expect("reaped");
     drop(gw);
 
     let gw = Gateway::start(&config, true).await;
@@ -685,7 +658,7 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
         text.replace("memory_bytes = 65536", "memory_bytes = 67108864"),
     )
     .expect("write config");
-    signal_hangup(&gw.child);
+    signal_hangup(&gw.served.child);
     wait_until("the reloaded route is served", || async {
         let response = gw
             .client

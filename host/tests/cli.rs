@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{DEMO, Hold, config_text, with_hold};
+use common::{DEMO, Hold, Served as Process, config_text, with_hold};
 use wasmgate::config::Config;
 use wasmgate_handler_components as components;
 
@@ -350,25 +350,6 @@ fn check_lists_imports_and_exports_or_fails() {
     );
 }
 
-/// A running `wasmgate serve` process, killed on drop.
-struct Process {
-    /// The process, to signal, wait for and kill.
-    child: Child,
-    /// The public listener, from the first startup line.
-    url: String,
-    /// The admin listener, from the second startup line.
-    admin: String,
-    /// What the process writes to stdout after its two startup lines.
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Process {
     /// Sends `signal` (e.g. `TERM`) to the process.
     fn signal(&self, signal: &str) {
@@ -416,31 +397,7 @@ fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
 
 /// Starts a `wasmgate serve` command and reads its two startup lines.
 fn spawn(command: &mut Command) -> Process {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn wasmgate");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut next = |prefix: &str| {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("a startup line");
-        line.trim_end()
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-            .to_owned()
-    };
-    let url = format!("http://{}", next("listening on http://"));
-    let admin = format!("http://{}", next("admin on http://"));
-    assert!(
-        !url.ends_with(":0") && !admin.ends_with(":0"),
-        "real ports are printed"
-    );
-    Process {
-        child,
-        url,
-        admin,
-        stdout,
-    }
+    Process::spawn(command.stdout(Stdio::piped()))
 }
 
 /// The log file's text without the terminal colours the logger adds.

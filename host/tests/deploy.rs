@@ -2,16 +2,17 @@
 //! serve`: what they print, their exit codes, and that what they deploy
 //! serves; every mistake is one line on stderr and exit code 1.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{BIN, Served, serve_command};
 use serde_json::Value;
 use wasmgate::client::format_size;
 use wasmgate::persist::sha256_hex;
 use wasmgate_handler_components as components;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
 const ROOT: &str = "root-secret-for-deploy-tests";
 
 fn scratch(name: &str) -> PathBuf {
@@ -22,16 +23,13 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// A running `wasmgate serve` with the root token `ROOT`, killed on drop.
-struct Gateway {
-    child: Child,
-    url: String,
-    admin: String,
-}
+struct Gateway(Served);
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Gateway {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.0
     }
 }
 
@@ -45,30 +43,12 @@ impl Gateway {
             components::require(components::HELLO)
         );
         std::fs::write(&config, text).expect("write config");
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+        let mut command = serve_command();
+        command
             .arg("--config")
             .arg(&config)
-            .env("WASMGATE_ADMIN_TOKEN", ROOT)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wasmgate serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut next = |prefix: &str| {
-            let line = lines.next().expect("a startup line").expect("utf-8");
-            let rest = line.strip_prefix(prefix);
-            format!("http://{}", rest.unwrap_or_else(|| panic!("{line}")))
-        };
-        let url = next("listening on http://");
-        let admin = next("admin on http://");
-        Self { child, url, admin }
+            .env("WASMGATE_ADMIN_TOKEN", ROOT);
+        Self(Served::spawn(&mut command))
     }
 
     /// `wasmgate ARGS --admin <this gateway>` with `token` in the

@@ -32,11 +32,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{Served, serve_command};
 use wasmgate_handler_components as components;
 
 /// The files whose commands are run.
@@ -213,18 +213,12 @@ fn output_matches(expected: &[String], actual: &[&str]) -> bool {
 
 /// A `wasmgate serve` started as the docs say, on free ports.
 struct Gateway {
-    child: Child,
+    /// The process; killed on drop.
+    _served: Served,
     public: String,
     admin: String,
     config: PathBuf,
     log: PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The built components' folder, with a trailing slash.
@@ -256,35 +250,17 @@ impl Gateway {
         let config = data.join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write the config copy");
         let log = data.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .env("WASMGATE_ADMIN_TOKEN", TOKEN)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("create the log"))
-            .spawn()
-            .expect("start wasmgate serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut address = |prefix: &str| {
-            let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
-                panic!("wasmgate serve did not start; its log is {}", log.display())
-            });
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .to_owned()
-        };
-        let public = address("listening on http://");
-        let admin = address("admin on http://");
+        let served = Served::spawn(
+            serve_command()
+                .arg("--config")
+                .arg(&config)
+                .env("WASMGATE_ADMIN_TOKEN", TOKEN)
+                .stderr(std::fs::File::create(&log).expect("create the log")),
+        );
+        let public = served.address().to_owned();
+        let admin = served.admin.trim_start_matches("http://").to_owned();
         Self {
-            child,
+            _served: served,
             public,
             admin,
             config,

@@ -7,15 +7,12 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Served, serve_command};
 use wasmgate::guest_log::SUMMARY_INTERVAL;
 use wasmgate_handler_components as components;
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
 
 /// The dropped-lines counter of the `faults` handler.
 const LOG_DROPPED: &str =
@@ -23,18 +20,9 @@ const LOG_DROPPED: &str =
 
 /// A running `wasmgate serve` whose stderr goes to a file; killed on drop.
 struct Process {
-    child: Child,
-    url: String,
-    admin: String,
+    served: Served,
     log: PathBuf,
     client: reqwest::Client,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Process {
@@ -58,38 +46,17 @@ impl Process {
         )
         .expect("write config");
         let log = dir.join("wasmgate.log");
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(&config)
-            // The default filter (`info`) and no opinion about colours:
-            // whatever the gateway writes is its own choice.
-            .env_remove("RUST_LOG")
-            .env_remove("NO_COLOR")
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("create log"))
-            .spawn()
-            .expect("spawn wasmgate");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut next = |prefix: &str| {
-            let line = lines.next().expect("a startup line").expect("utf-8");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .to_owned()
-        };
-        let url = next("listening on ");
-        let admin = next("admin on ");
+        let served = Served::spawn(
+            serve_command()
+                .arg("--config")
+                .arg(&config)
+                // The default filter (`info`) and no opinion about colours:
+                // whatever the gateway writes is its own choice.
+                .env_remove("NO_COLOR")
+                .stderr(File::create(&log).expect("create log")),
+        );
         Self {
-            child,
-            url,
-            admin,
+            served,
             log,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
@@ -102,7 +69,7 @@ impl Process {
     async fn get_ok(&self, path: &str, body: &str) {
         let response = self
             .client
-            .get(format!("{}{path}", self.url))
+            .get(format!("{}{path}", self.served.url))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
@@ -113,7 +80,7 @@ impl Process {
     async fn metrics(&self) -> String {
         let response = self
             .client
-            .get(format!("{}/metrics", self.admin))
+            .get(format!("{}/metrics", self.served.admin))
             .send()
             .await
             .expect("GET /metrics");
@@ -163,7 +130,7 @@ async fn a_log_flood_is_held_to_the_handler_budget_and_every_drop_is_counted() {
     let floods: Vec<_> = (0..REQUESTS)
         .map(|_| {
             let client = process.client.clone();
-            let url = format!("{}/faults/logflood?n={LINES}", process.url);
+            let url = format!("{}/faults/logflood?n={LINES}", process.served.url);
             tokio::spawn(async move {
                 let response = client.get(url).send().await.expect("logflood");
                 (response.status(), response.text().await.expect("body"))

@@ -4,12 +4,14 @@
 //! loads. Also its refusals, and that a wrong handler signature is the only
 //! diagnostic the author sees, and that the SDK speaks the host's WIT.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use wasmgate::config::Config;
+use common::{BIN, Served, serve_command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+use wasmgate::config::Config;
 
 /// A fresh, empty folder under the target dir for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -134,8 +136,11 @@ fn from_an_empty_folder_to_a_tested_called_and_live_served_handler() {
     // Served with --watch from the config `new` wrote, then changed live.
     let served = dir.join("target/wasm32-wasip2/release/greeter.wasm");
     place(&component, &served);
-    let mut server = Served::start(&dir);
-    assert_eq!(server.get("/?name=you"), (200, "hello, you!\n".to_owned()));
+    let server = serve_watching(&dir);
+    assert_eq!(
+        get(&server, "/?name=you"),
+        (200, "hello, you!\n".to_owned())
+    );
     let lib = dir.join("src/lib.rs");
     let code = std::fs::read_to_string(&lib).expect("read lib.rs");
     let changed = code.replace(r#""{greeting}, {name}!\n""#, r#""{greeting}, {name}!!\n""#);
@@ -146,7 +151,7 @@ fn from_an_empty_folder_to_a_tested_called_and_live_served_handler() {
     place(&component, &served);
     let started = std::time::Instant::now();
     loop {
-        let (status, body) = server.get("/?name=you");
+        let (status, body) = get(&server, "/?name=you");
         assert_eq!(status, 200, "a request failed during the update: {body}");
         if body == "hello, you!!\n" {
             break;
@@ -158,7 +163,7 @@ fn from_an_empty_folder_to_a_tested_called_and_live_served_handler() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    server.stop();
+    stop(server);
 }
 
 /// Puts a built component where the config expects it the way cargo
@@ -171,192 +176,39 @@ fn place(built: &Path, at: &Path) {
 }
 
 /// `wasmgate serve --config wasmgate.toml --watch` in a crate's folder.
-struct Served {
-    child: std::process::Child,
-    address: String,
-}
-
-impl Served {
-    fn start(dir: &Path) -> Self {
-        use std::io::BufRead;
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", "wasmgate.toml", "--watch"])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn wasmgate serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let first = lines.next().expect("a startup line").expect("utf-8");
-        let second = lines.next().expect("a startup line").expect("utf-8");
-        assert!(second.starts_with("admin on "), "{second}");
-        let address = first
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{first}"))
-            .to_owned();
-        Self { child, address }
-    }
-
-    /// One GET over a fresh connection: (status, body).
-    fn get(&mut self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read response");
-        let (head, body) = response.split_once("\r\n\r\n").expect("a head");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{head}"));
-        (status, body.to_owned())
-    }
-
-    /// SIGTERM, and the gateway exits 0.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(killed.is_ok_and(|s| s.success()), "kill -TERM failed");
-        let status = self.child.wait().expect("wait for the gateway");
-        assert!(status.success(), "the gateway exited with {status}");
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn new_names_the_crate_after_the_folder_or_name() {
-    let root = scratch("names");
-    succeeded(
-        "wasmgate new --name",
-        &wasmgate(&["new", "folder", "--name", "my-api"], &root),
-    );
-    let manifest = std::fs::read_to_string(root.join("folder/Cargo.toml")).expect("manifest");
-    assert!(manifest.contains("name = \"my-api\""), "{manifest}");
-
-    std::fs::create_dir(root.join("empty")).expect("mkdir");
-    succeeded(
-        "wasmgate new in an empty folder",
-        &wasmgate(&["new", "."], &root.join("empty")),
-    );
-    let manifest = std::fs::read_to_string(root.join("empty/Cargo.toml")).expect("manifest");
-    assert!(manifest.contains("name = \"empty\""), "{manifest}");
-}
-
-#[test]
-fn new_refuses_a_folder_with_files_and_leaves_it_alone() {
-    let root = scratch("refuse");
-    std::fs::create_dir(root.join("taken")).expect("mkdir");
-    std::fs::write(root.join("taken/notes.txt"), "mine").expect("write");
-    let out = wasmgate(&["new", "taken"], &root);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        "error: taken already exists and is not empty: `wasmgate new` never overwrites \
-         files; pick a new folder\n"
-    );
-    let left: Vec<_> = std::fs::read_dir(root.join("taken"))
-        .expect("read")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert_eq!(left, ["notes.txt"]);
-
-    std::fs::write(root.join("file"), "").expect("write");
-    let out = wasmgate(&["new", "file"], &root);
-    assert_eq!(
-        text(&out.stderr),
-        "error: file already exists and is not a folder\n"
-    );
-}
-
-#[test]
-fn new_rejects_an_invalid_crate_name() {
-    let root = scratch("bad-name");
-    let out = wasmgate(&["new", "9lives"], &root);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        "error: \"9lives\" is not a valid crate name: it must start with a letter; pass --name NAME\n"
-    );
-    let out = wasmgate(&["new", "ok", "--name", "a b"], &root);
-    assert_eq!(
-        text(&out.stderr),
-        "error: \"a b\" is not a valid crate name: ' ' is not allowed (use a-z, 0-9, '-' and \
-         '_'); pass --name NAME\n"
-    );
-    assert!(!root.join("9lives").exists() && !root.join("ok").exists());
-}
-
-#[test]
-fn new_without_the_sdk_says_where_it_looked() {
-    let root = scratch("no-sdk");
-    let out = wasmgate(&["new", "h", "--sdk", "/nonexistent/guest-sdk"], &root);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        "error: the wasmgate SDK is not at /nonexistent/guest-sdk (no Cargo.toml of the \
-         wasmgate-sdk package there): check the --sdk path\n"
-    );
-    assert!(!root.join("h").exists());
-}
-
-/// #16: a wrong signature used to come with `unused imports` warnings for
-/// everything the handler used, because the macro dropped the function.
-#[test]
-fn a_wrong_handler_signature_is_the_only_diagnostic() {
-    let root = scratch("signature");
-    succeeded("wasmgate new", &wasmgate(&["new", "badsig"], &root));
-    let dir = root.join("badsig");
-    std::fs::write(
-        dir.join("src/lib.rs"),
-        "use wasmgate_sdk::{IntoResponse, Request, config};\n\n\
-         #[wasmgate_sdk::handler]\n\
-         async fn greet(_req: Request) -> impl IntoResponse {\n    \
-             config::get(\"x\").unwrap_or_default()\n\
-         }\n",
+fn serve_watching(dir: &Path) -> Served {
+    Served::spawn(
+        serve_command()
+            .args(["--config", "wasmgate.toml", "--watch"])
+            .current_dir(dir),
     )
-    .expect("write lib.rs");
-    let out = cargo(&["check", "--quiet"], &dir);
-    assert!(!out.status.success());
-    let stderr = text(&out.stderr);
-    let headlines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error") || l.starts_with("warning"))
-        .collect();
-    assert_eq!(
-        headlines,
-        [
-            "error: a wasmgate handler cannot be `async`: each request runs to completion synchronously",
-            "error: could not compile `badsig` (lib) due to 1 previous error",
-        ],
-        "{stderr}"
-    );
 }
 
-/// The SDK carries its own copy of the WIT contract so it packages on its
-/// own (`cargo package -p wasmgate-sdk-macro -p wasmgate-sdk`); the copy
-/// must be the contract the host implements.
-#[test]
-fn the_sdk_wit_is_the_host_wit() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let host = std::fs::read_to_string(root.join("wit/handler.wit")).expect("wit/handler.wit");
-    let sdk = std::fs::read_to_string(root.join("guest-sdk/wit/handler.wit"))
-        .expect("guest-sdk/wit/handler.wit");
-    assert!(
-        host == sdk,
-        "guest-sdk/wit/handler.wit differs from wit/handler.wit: copy wit/handler.wit over it"
-    );
+/// One GET over a fresh connection: (status, body).
+fn get(served: &Served, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(served.address()).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{head}"));
+    (status, body.to_owned())
+}
+
+/// SIGTERM, and the gateway exits 0.
+fn stop(mut served: Served) {
+    let pid = served.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM failed");
+    let status = served.child.wait().expect("wait for the gateway");
+    assert!(status.success(), "the gateway exited with {status}");
 }

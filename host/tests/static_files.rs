@@ -326,19 +326,8 @@ async fn a_large_file_is_streamed_whole() {
     gw.shutdown().await;
 }
 
-/// A `wasmgate serve` process, killed on drop.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_admin_api_refuses_a_mounts_route_and_reload_moves_mounts() {
-    use std::io::BufRead;
     const ROOT: &str = "static-test-root-token";
     let (base, site) = site();
     let config_path = base.join("wasmgate.toml");
@@ -357,31 +346,13 @@ async fn the_admin_api_refuses_a_mounts_route_and_reload_moves_mounts() {
             .expect("write config");
     };
     write_config("/assets");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--config")
-        .arg(&config_path)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn wasmgate serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let _serve = Serve(child);
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut next = |prefix: &str| {
-        let line = lines.next().expect("a startup line").expect("utf-8");
-        let rest = line.strip_prefix(prefix);
-        format!("http://{}", rest.unwrap_or_else(|| panic!("{line}")))
-    };
-    let url = next("listening on http://");
-    let admin = next("admin on http://");
+    let served = common::Served::spawn(
+        common::serve_command()
+            .arg("--config")
+            .arg(&config_path)
+            .env("WASMGATE_ADMIN_TOKEN", ROOT),
+    );
+    let (url, admin) = (served.url.clone(), served.admin.clone());
     let client = reqwest::Client::new();
 
     let bytes = std::fs::read(wasmgate_handler_components::require(

@@ -3,15 +3,15 @@
 //! a restart; a broken one is one error line and the old version keeps
 //! serving; an edited config file is applied too.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Served, serve_command};
 use wasmgate::persist::sha256_hex;
 use wasmgate_handler_components as components;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
 /// An upper bound for failure only: the watcher applies a change about
 /// 150 ms after it, plus a compile on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -40,52 +40,28 @@ fn config(route: &str) -> String {
 
 /// `wasmgate serve --watch`, logging to a file; killed on drop.
 struct Gateway {
-    child: Child,
+    /// The process; killed on drop.
+    _served: Served,
     url: String,
     log: PathBuf,
     client: reqwest::Client,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Gateway {
     fn start(dir: &Path) -> Self {
         let log = dir.join("serve.log");
         let stderr = std::fs::File::create(&log).expect("create log");
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--watch",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(dir.join("wasmgate.toml"))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn wasmgate serve");
         // The watch is in place before the startup lines are printed.
-        // Both are read: closing the pipe early fails the second one.
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut next = || lines.next().expect("a startup line").expect("utf-8");
-        let first = next();
-        let second = next();
-        assert!(second.starts_with("admin on "), "{second}");
-        let address = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{first}"));
+        let served = Served::spawn(
+            serve_command()
+                .arg("--watch")
+                .arg("--config")
+                .arg(dir.join("wasmgate.toml"))
+                .stderr(stderr),
+        );
         Self {
-            child,
-            url: address.to_owned(),
+            url: served.url.clone(),
+            _served: served,
             log,
             client: reqwest::Client::new(),
         }

@@ -333,3 +333,75 @@ pub fn report(body: &str) -> std::collections::BTreeMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+/// The `wasmgate` binary these tests run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+
+/// `wasmgate serve` on ports the kernel picks (`--listen` and
+/// `--admin-listen` `127.0.0.1:0`), stdout piped for the startup lines,
+/// stderr discarded: callers add `--config`, options, env and their own
+/// stderr, then [`Served::spawn`] it.
+pub fn serve_command() -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// A `wasmgate serve` child process; killed on drop.
+pub struct Served {
+    /// The process, for signals and its exit status.
+    pub child: std::process::Child,
+    /// The public listener, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The admin listener, `http://127.0.0.1:PORT`.
+    pub admin: String,
+    /// The rest of its stdout, kept open: the gateway may print more.
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Served {
+    /// Spawns `command` (from [`serve_command`]) and reads the two lines it
+    /// prints once both listeners are bound. Blocks until then.
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command.spawn().expect("spawn wasmgate serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut next = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("a startup line");
+            let rest = line.trim_end().strip_prefix(prefix);
+            let rest = rest.unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"));
+            format!("http://{rest}")
+        };
+        let url = next("listening on http://");
+        let admin = next("admin on http://");
+        assert!(
+            !url.ends_with(":0") && !admin.ends_with(":0"),
+            "real ports are printed"
+        );
+        Self {
+            child,
+            url,
+            admin,
+            stdout,
+        }
+    }
+
+    /// The public listener's `127.0.0.1:PORT`.
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
