@@ -5,13 +5,16 @@
 //! content type by extension, a strong `ETag` and `Last-Modified` with
 //! `If-None-Match` / `If-Modified-Since` -> 304, one byte range -> 206
 //! (several ranges get the whole file, 200; an unsatisfiable one 416), a
-//! directory's `index.html` (no listings). Everything else is 404.
+//! directory's `index.html` (no listings; a directory asked for without its
+//! trailing `/` is 301 to it). Everything else is 404.
 //!
 //! Nothing outside the directory is reachable: the path is percent-decoded
 //! once, and a decoded `..` or `.` segment, a backslash or a NUL is 404;
 //! the file is then resolved with every link followed and must still lie
 //! inside the directory's canonical path, so a link pointing out of the
-//! directory is 404 too.
+//! directory is 404 too. Hidden files and folders (a name starting with
+//! `.`, such as `.git` or `.env`, asked for or reached through a link) are
+//! 404 too, except `.well-known` (RFC 8615), which exists to be served.
 //!
 //! Files are opened and read on tokio's blocking threads (`tokio::fs`) and
 //! streamed in pieces of [`CHUNK`] bytes as the client takes them, so a
@@ -66,6 +69,8 @@ struct Opened {
     size: u64,
     /// Its modification time.
     modified: SystemTime,
+    /// It is a directory's `index.html`.
+    directory: bool,
 }
 
 impl StaticMount {
@@ -86,6 +91,9 @@ impl StaticMount {
         let Ok(Some(opened)) = opened else {
             return not_found();
         };
+        if opened.directory && !head.uri.path().ends_with('/') {
+            return to_directory(head);
+        }
         respond(opened, head).await
     }
 }
@@ -101,24 +109,42 @@ fn relative_path(route: &str, path: &str) -> Option<PathBuf> {
         match segment {
             b"" => {}
             b"." | b".." => return None,
-            s if s.contains(&b'\\') || s.contains(&0) => return None,
+            s if s.contains(&b'\\') || s.contains(&0) || is_hidden(s) => return None,
             s => relative.push(std::ffi::OsStr::from_bytes(s)),
         }
     }
     Some(relative)
 }
 
+/// A file or folder name that is not served: one starting with `.`
+/// (`.git`, `.env`, `.htpasswd`), except `.well-known`.
+fn is_hidden(name: &[u8]) -> bool {
+    name.starts_with(b".") && name != b".well-known"
+}
+
+/// Whether `path` (canonical) lies inside `root` (canonical) with no hidden
+/// name on the way, so a link cannot lead to a dotfile either.
+fn servable(root: &Path, path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.strip_prefix(root).is_ok_and(|inside| {
+        inside
+            .components()
+            .all(|c| !is_hidden(c.as_os_str().as_bytes()))
+    })
+}
+
 /// Opens `relative` under `root` (a directory's `index.html` for a
 /// directory), with links followed, if it is a regular file that lies
-/// inside `root`. Blocking.
+/// inside `root` with no hidden name on its way. Blocking.
 fn open_within(root: &Path, relative: &Path) -> Option<Opened> {
     let mut path = std::fs::canonicalize(root.join(relative)).ok()?;
-    if !path.starts_with(root) {
+    if !servable(root, &path) {
         return None;
     }
-    if path.is_dir() {
+    let directory = path.is_dir();
+    if directory {
         path = std::fs::canonicalize(path.join("index.html")).ok()?;
-        if !path.starts_with(root) {
+        if !servable(root, &path) {
             return None;
         }
     }
@@ -132,6 +158,7 @@ fn open_within(root: &Path, relative: &Path) -> Option<Opened> {
         path,
         size: meta.len(),
         modified: meta.modified().unwrap_or(UNIX_EPOCH),
+        directory,
     })
 }
 
@@ -142,6 +169,7 @@ async fn respond(opened: Opened, head: &http::request::Parts) -> Response<Respon
         path,
         size,
         modified,
+        directory: _,
     } = opened;
     let since_epoch = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
     // Strong: size and modification time to the nanosecond change whenever
@@ -328,6 +356,22 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     with_headers(status, headers, ResponseBody::from(text))
 }
 
+/// 301 to the same path with a `/` added, so that the relative links of a
+/// directory's `index.html` resolve inside the directory.
+fn to_directory(head: &http::request::Parts) -> Response<ResponseBody> {
+    // One leading slash only: `//host/` would send the client elsewhere.
+    let path = format!("/{}/", head.uri.path().trim_start_matches('/'));
+    let location = match head.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut response = plain(StatusCode::MOVED_PERMANENTLY, "moved permanently\n");
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
 fn not_found() -> Response<ResponseBody> {
     plain(StatusCode::NOT_FOUND, "not found\n")
 }
@@ -412,6 +456,15 @@ mod tests {
             ("/assets/a%5c..%5cx", None),
             ("/assets/a\\x", None),
             ("/assets/a%00.txt", None),
+            ("/assets/.env", None),
+            ("/assets/.git/config", None),
+            ("/assets/a/%2egit/HEAD", None),
+            ("/assets/..x", None),
+            (
+                "/assets/.well-known/security.txt",
+                Some(".well-known/security.txt"),
+            ),
+            ("/assets/a.b/c.d", Some("a.b/c.d")),
             ("/other/x", None),
         ];
         for (path, want) in table {

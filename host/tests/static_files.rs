@@ -1,6 +1,6 @@
 //! `[[tenant.static]]` against the real gateway: content types, ETag and
-//! 304, ranges, HEAD, 405, index.html, no way out of the directory (raw
-//! TCP for the paths a client library would normalise), the request
+//! 304, ranges, HEAD, 405, index.html, no way out of the directory and no
+//! hidden files (raw TCP for the paths a client library would normalise), the request
 //! metrics, a large file streamed whole, and the route rules of config and
 //! admin API.
 
@@ -35,6 +35,13 @@ fn site() -> (PathBuf, PathBuf) {
     std::os::unix::fs::symlink(base.join("secret.txt"), site.join("escape.txt")).expect("link");
     std::os::unix::fs::symlink(&base, site.join("up")).expect("link");
     std::os::unix::fs::symlink(site.join("hello.txt"), site.join("inside.txt")).expect("link");
+    std::fs::create_dir_all(site.join(".git")).expect("create site");
+    std::fs::create_dir_all(site.join(".well-known")).expect("create site");
+    std::fs::write(site.join(".env"), "secret").expect("write");
+    std::fs::write(site.join(".git/config"), "secret").expect("write");
+    std::fs::write(site.join(".well-known/security.txt"), "Contact: x\n").expect("write");
+    std::os::unix::fs::symlink(site.join(".env"), site.join("env.txt")).expect("link");
+    std::os::unix::fs::symlink(site.join(".git"), site.join("git")).expect("link");
     (base, site)
 }
 
@@ -125,6 +132,20 @@ async fn files_come_with_their_type_length_and_validators() {
     // No listings, no missing files.
     for path in ["/assets/empty/", "/assets/nothing.txt", "/assets/docs/x"] {
         assert_eq!(gw.get(path).await.status(), 404, "{path}");
+    }
+    // A directory without its slash is sent to it, so its page's relative
+    // links resolve inside it.
+    for (path, location) in [
+        ("/assets/docs", "/assets/docs/"),
+        ("/assets/docs?x=1", "/assets/docs/?x=1"),
+        ("/assets", "/assets/"),
+    ] {
+        let answer = raw_get(&gw, path).await.to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 301"), "{path}: {answer}");
+        assert!(
+            answer.contains(&format!("\r\nlocation: {location}\r\n")),
+            "{path}: {answer}"
+        );
     }
     gw.shutdown().await;
 }
@@ -259,6 +280,11 @@ async fn nothing_outside_the_directory_is_served() {
         "/assets/escape.txt",
         "/assets/up/secret.txt",
         "/assets/./hello.txt",
+        "/assets/.env",
+        "/assets/%2eenv",
+        "/assets/.git/config",
+        "/assets/env.txt",
+        "/assets/git/config",
     ] {
         let answer = raw_get(&gw, path).await;
         assert!(
@@ -270,12 +296,11 @@ async fn nothing_outside_the_directory_is_served() {
             "{path}: {answer}"
         );
     }
-    // The same client still reads what is inside.
-    assert!(
-        raw_get(&gw, "/assets/hello.txt")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    // The same client still reads what is inside, `.well-known` included.
+    for path in ["/assets/hello.txt", "/assets/.well-known/security.txt"] {
+        let answer = raw_get(&gw, path).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
     gw.shutdown().await;
 }
 
