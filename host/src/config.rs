@@ -223,6 +223,10 @@ pub struct Limits {
     /// gateway's lines about its traps), with bursts of up to as many
     /// again; further lines are dropped, counted and summarised. Default 100.
     pub log_lines_per_second: u32,
+    /// Handlers one tenant may have. The admin API refuses a new handler
+    /// beyond it (409 `too_many_handlers`), so a tenant's token cannot grow
+    /// the gateway's memory and data dir without a bound. Default 100.
+    pub max_handlers: usize,
 }
 
 impl Default for Limits {
@@ -234,6 +238,7 @@ impl Default for Limits {
             max_concurrency: 64,
             max_response_bytes: 16 << 20,
             log_lines_per_second: 100,
+            max_handlers: 100,
         }
     }
 }
@@ -254,6 +259,8 @@ pub struct LimitOverrides {
     pub max_response_bytes: Option<u64>,
     /// Overrides `limits.log_lines_per_second`.
     pub log_lines_per_second: Option<u32>,
+    /// Overrides `limits.max_handlers`.
+    pub max_handlers: Option<usize>,
 }
 
 impl LimitOverrides {
@@ -270,6 +277,7 @@ impl LimitOverrides {
             log_lines_per_second: self
                 .log_lines_per_second
                 .unwrap_or(defaults.log_lines_per_second),
+            max_handlers: self.max_handlers.unwrap_or(defaults.max_handlers),
         }
     }
 }
@@ -499,10 +507,15 @@ impl Config {
             if !tenant_names.insert(t) {
                 return Err(format!("tenant {t:?} is defined twice"));
             }
-            check_limits(
-                &format!("tenant {t:?}: limits"),
-                &tenant.limits.apply(self.limits),
-            )?;
+            let limits = tenant.limits.apply(self.limits);
+            check_limits(&format!("tenant {t:?}: limits"), &limits)?;
+            if tenant.handlers.len() > limits.max_handlers {
+                return Err(format!(
+                    "tenant {t:?} has {} handlers, more than its limits.max_handlers ({})",
+                    tenant.handlers.len(),
+                    limits.max_handlers
+                ));
+            }
             check_cpu_weight(tenant.cpu_weight).map_err(|e| format!("tenant {t:?}: {e}"))?;
             if tenant.hosts.is_empty() {
                 return Err(format!("tenant {t:?}: hosts is empty"));
@@ -614,6 +627,9 @@ pub fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
     if limits.max_response_bytes < 1024 {
         return Err(format!("{what}.max_response_bytes must be at least 1024"));
     }
+    if limits.max_handlers == 0 {
+        return Err(format!("{what}.max_handlers must be at least 1"));
+    }
     Ok(())
 }
 
@@ -693,6 +709,7 @@ mod tests {
                 max_concurrency: 64,
                 max_response_bytes: 16 << 20,
                 log_lines_per_second: 100,
+                max_handlers: 100,
             }
         );
         assert_eq!(config.runtime.data_dir, Path::new("/base/wasmgate-data"));
@@ -740,6 +757,14 @@ config = { greeting = "hi" }
                 &["test.toml", "line 2"],
             ),
             ("[limits]\nfuel = -1\n", &["test.toml", "line 2"]),
+            (
+                "[limits]\nmax_handlers = 0\n",
+                &["test.toml", "limits.max_handlers"],
+            ),
+            (
+                "[[tenant]]\nname = \"a\"\nlimits = { max_handlers = 1 }\n[[tenant.handler]]\nname = \"x\"\nroute = \"/x\"\ncomponent = \"x.wasm\"\n[[tenant.handler]]\nname = \"y\"\nroute = \"/y\"\ncomponent = \"y.wasm\"\n",
+                &["tenant \"a\" has 2 handlers, more than its limits.max_handlers (1)"],
+            ),
             ("[limits]\nfuel = 0\n", &["test.toml", "limits.fuel"]),
             (
                 "[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n",

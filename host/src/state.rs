@@ -180,6 +180,16 @@ pub enum StateError {
     /// The writer's `If-Match` does not match what is there now.
     #[error("{0}")]
     Precondition(String),
+    /// A new handler would take the tenant past `limits.max_handlers`.
+    #[error(
+        "tenant {tenant:?} has {max} handlers, its limits.max_handlers: delete one first, or raise the limit"
+    )]
+    TooManyHandlers {
+        /// The tenant.
+        tenant: String,
+        /// Its `max_handlers`.
+        max: usize,
+    },
 }
 
 /// What a write did, for the status it is answered with.
@@ -282,6 +292,29 @@ impl DesiredState {
             .flat_map(|h| &h.versions)
             .map(|v| v.sha256.as_str())
             .collect()
+    }
+
+    /// Whether the API may put `handler` in `tenant`: a handler there
+    /// already may always get a new version, a new one only while the
+    /// tenant has fewer than its `max_handlers` (`defaults` are the config
+    /// file's `[limits]`, which the tenant's overrides refine). The config
+    /// file is checked for the same limit when it is read.
+    pub fn check_room_for(
+        &self,
+        tenant: &str,
+        handler: &str,
+        defaults: &crate::config::Limits,
+    ) -> Result<(), StateError> {
+        let t = self.tenant(tenant)?;
+        let max = t.limits.apply(*defaults).max_handlers;
+        if t.handlers.contains_key(handler) || t.handlers.len() < max {
+            Ok(())
+        } else {
+            Err(StateError::TooManyHandlers {
+                tenant: tenant.to_owned(),
+                max,
+            })
+        }
     }
 
     /// Creates or replaces a handler's active version with `component` at
@@ -608,6 +641,45 @@ mod tests {
             )
             .expect("valid tenant");
         state
+    }
+
+    #[test]
+    fn a_tenant_gets_no_handler_beyond_its_max_handlers() {
+        let mut state = with_tenant();
+        let defaults = Limits {
+            max_handlers: 2,
+            ..Limits::default()
+        };
+        for name in ["a", "b"] {
+            assert_eq!(state.check_room_for("t", name, &defaults), Ok(()));
+            let route = format!("/{name}");
+            state
+                .put_handler("t", name, &component(name), &route, None, Source::Api)
+                .expect("room");
+        }
+        let full = StateError::TooManyHandlers {
+            tenant: "t".into(),
+            max: 2,
+        };
+        assert_eq!(state.check_room_for("t", "c", &defaults), Err(full));
+        // A handler it has may still get new versions.
+        assert_eq!(state.check_room_for("t", "a", &defaults), Ok(()));
+        // The tenant's own limit refines the default.
+        state
+            .tenants
+            .get_mut("t")
+            .expect("tenant")
+            .limits
+            .max_handlers = Some(3);
+        assert_eq!(state.check_room_for("t", "c", &defaults), Ok(()));
+        state.delete_handler("t", "a").expect("exists");
+        state
+            .tenants
+            .get_mut("t")
+            .expect("tenant")
+            .limits
+            .max_handlers = None;
+        assert_eq!(state.check_room_for("t", "c", &defaults), Ok(()));
     }
 
     #[test]

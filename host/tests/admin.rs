@@ -535,6 +535,52 @@ async fn rejected_writes_say_why_and_change_nothing() {
     assert_eq!(gw.get("/hello").await.0, 200);
 }
 
+/// `limits.max_handlers` bounds what a tenant's token can create: the
+/// handler past it is refused with 409 and changes nothing, a handler the
+/// tenant has still gets new versions, and a delete makes room.
+#[tokio::test]
+async fn a_tenant_token_cannot_create_handlers_past_max_handlers() {
+    let dir = scratch("max-handlers");
+    let config = dir.join("wasmgate.toml");
+    std::fs::write(&config, config_text("[limits]\nmax_handlers = 2")).expect("write");
+    let gw = Gateway::start(&config, true).await;
+    let put = |name: &'static str| {
+        gw.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/tenants/demo/handlers/{name}?route=/{name}"),
+            Some(DEMO_TOKEN),
+        )
+        .header("content-type", "application/wasm")
+        .body(component(components::HELLO))
+        .send()
+    };
+    // The config file's hello is the first of two.
+    assert_eq!(put("a").await.expect("PUT").status(), 201);
+    let (status, body) = json_of(put("b").await.expect("PUT")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "too_many_handlers", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits.max_handlers")),
+        "{body}"
+    );
+    assert_eq!(gw.get("/b").await.0, 404, "a refused write changes nothing");
+    assert_eq!(put("a").await.expect("PUT").status(), 200, "a new version");
+    let deleted = gw
+        .admin(
+            reqwest::Method::DELETE,
+            "/admin/tenants/demo/handlers/a",
+            Some(DEMO_TOKEN),
+        )
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(put("b").await.expect("PUT").status(), 201);
+    assert_eq!(gw.get("/b").await.0, 200);
+}
+
 #[tokio::test]
 async fn tenants_come_and_go_at_runtime() {
     let dir = scratch("tenants");
@@ -689,6 +735,32 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
             .as_str()
             .is_some_and(|m| m.contains("bogus")),
         "{body}"
+    );
+    // A component that is not there is named once, with its config line,
+    // as at start.
+    let missing = format!(
+        "{text}\n[[tenant.handler]]\nname = \"gone\"\nroute = \"/gone\"\ncomponent = \"gone.wasm\"\n"
+    );
+    let line = missing
+        .lines()
+        .position(|l| l == "component = \"gone.wasm\"")
+        .expect("the line")
+        + 1;
+    std::fs::write(&gw.config, &missing).expect("write config");
+    let reload = gw
+        .admin(reqwest::Method::POST, "/admin/reload", Some(ROOT))
+        .send()
+        .await
+        .expect("POST reload");
+    let (status, body) = json_of(reload).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    let at = format!("{}:{line}: ", gw.config.display());
+    assert!(message.starts_with(&at), "{message} should start with {at}");
+    assert!(
+        message.contains("handler \"gone\": component: ")
+            && message.matches("No such file").count() == 1,
+        "{message}"
     );
     assert_eq!(gw.get("/greet").await.0, 204);
 }

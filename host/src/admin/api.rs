@@ -87,6 +87,7 @@ impl From<StateError> for Rejection {
             StateError::RouteTaken { .. } => (StatusCode::CONFLICT, "route_taken"),
             StateError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             StateError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            StateError::TooManyHandlers { .. } => (StatusCode::CONFLICT, "too_many_handlers"),
         };
         Self::new(status, code, error.to_string())
     }
@@ -449,8 +450,9 @@ impl Call<'_> {
         let written = self
             .admin
             .registry
-            .apply(uploads, move |state, _| {
+            .apply(uploads, move |state, defaults| {
                 check_if_match(state, &tenant, &handler, if_match.as_deref())?;
+                state.check_room_for(&tenant, &handler, defaults)?;
                 let route = match (route, state.handler(&tenant, &handler)) {
                     (Some(route), _) => route,
                     (None, Ok(existing)) => existing

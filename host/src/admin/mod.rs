@@ -74,10 +74,14 @@ impl Admin {
     /// An invalid file changes nothing and is reported as `serve` would.
     pub async fn reload(&self) -> Result<(), ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
-        let config = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| ReloadError::Config(e.to_string()))?
-            .map_err(|e| ReloadError::Config(e.to_string()))?;
+        // A missing component is named with its config line, as at start.
+        let config = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            config.check_components(&path).map(|()| config)
+        })
+        .await
+        .map_err(|e| ReloadError::Config(e.to_string()))?
+        .map_err(|e| ReloadError::Config(e.to_string()))?;
         let tokens = tokens_of(&config);
         self.registry
             .reload(config)
