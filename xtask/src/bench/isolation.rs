@@ -7,6 +7,13 @@
 //! connections of `/faults/loop` (each runs until fuel or the 2 s deadline
 //! stops it). What matters is good's p99 and its throughput against alone,
 //! measured side by side in one run.
+//!
+//! The reference for the floods: good while evil sends nothing but every
+//! core runs a spin loop outside the gateway at the kernel's lowest
+//! priority (`SCHED_IDLE`). No scheduler inside the gateway competes with
+//! good then, so good's p99 there is what this machine's kernel gives a
+//! request path of three wake-ups (client, async thread, client) while
+//! every core is busy: the floor under the floods' p99.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -29,6 +36,9 @@ pub struct IsolationResults {
     pub under_cpu: Load,
     /// Good while `/faults/loop` floods.
     pub under_loop: Load,
+    /// Good while a `SCHED_IDLE` spin loop per core runs outside the
+    /// gateway: the floor under the floods' p99.
+    pub under_idle_spinners: Load,
 }
 
 impl IsolationResults {
@@ -38,6 +48,10 @@ impl IsolationResults {
             ("good_p99_ms_alone", self.alone.p99_ms),
             ("good_p99_ms_under_cpu_flood", self.under_cpu.p99_ms),
             ("good_p99_ms_under_loop_flood", self.under_loop.p99_ms),
+            (
+                "good_p99_ms_under_idle_spinners",
+                self.under_idle_spinners.p99_ms,
+            ),
             (
                 "good_rps_ratio_under_cpu_flood",
                 self.under_cpu.requests_per_sec / self.alone.requests_per_sec,
@@ -59,10 +73,12 @@ pub fn run(plan: &Plan, out: &Path) -> anyhow::Result<IsolationResults> {
     let alone = good(&gw, seconds)?;
     let under_cpu = under_flood(&gw, seconds, CPU_FLOOD)?;
     let under_loop = under_flood(&gw, seconds, LOOP_FLOOD)?;
+    let under_idle_spinners = under_idle_spinners(&gw, seconds)?;
     Ok(IsolationResults {
         alone,
         under_cpu,
         under_loop,
+        under_idle_spinners,
     })
 }
 
@@ -98,6 +114,38 @@ fn under_flood(gw: &Server, seconds: u64, flood: (&str, &str)) -> anyhow::Result
     std::thread::sleep(Duration::from_secs(1));
     let measured = good(gw, seconds);
     let _ = evil.wait();
+    measured
+}
+
+/// Spin loops killed when dropped, so an error cannot leave them running.
+struct Spinners(Vec<std::process::Child>);
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Good measured while one `SCHED_IDLE` spin loop per core (`chrt -i 0`,
+/// util-linux) runs from one second before until after good's run.
+fn under_idle_spinners(gw: &Server, seconds: u64) -> anyhow::Result<Load> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut spinners = Spinners(Vec::new());
+    for _ in 0..cores {
+        let child = Command::new("chrt")
+            .args(["--idle", "0", "sh", "-c", "while :; do :; done"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a spin loop with chrt (util-linux)")?;
+        spinners.0.push(child);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let measured = good(gw, seconds);
+    drop(spinners);
     measured
 }
 

@@ -361,6 +361,10 @@ fn isolation_rows(isolation: &IsolationResults) -> String {
     md.push_str(&row("nothing", &isolation.alone));
     md.push_str(&row("`/cpu?iters=3000000`, 16 conns", &isolation.under_cpu));
     md.push_str(&row("`/faults/loop`, 8 conns", &isolation.under_loop));
+    md.push_str(&row(
+        "nothing, but a `SCHED_IDLE` spin loop per core runs outside the gateway (the kernel's floor)",
+        &isolation.under_idle_spinners,
+    ));
     md
 }
 
