@@ -182,7 +182,7 @@ pub enum StateError {
     Precondition(String),
     /// A new handler would take the tenant past `limits.max_handlers`.
     #[error(
-        "tenant {tenant:?} has {max} handlers, its limits.max_handlers: delete one first, or raise the limit"
+        "tenant {tenant:?} is at its limits.max_handlers ({max}): delete a handler first, or raise the limit"
     )]
     TooManyHandlers {
         /// The tenant.
