@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgate::config::Limits;
+use wasmgate::limits::Limits;
 use wasmgate::metrics::Metrics;
 use wasmgate::runtime::{GuestRequest, HandlerContext, HandlerVersion, Runtime, call_guest};
 use wasmgate_handler_components as components;

@@ -18,9 +18,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use crate::body::{ByteBudget, Reservation, ResponseBody};
+use crate::control::registry::{Registry, Route, Target};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Route, Target};
 use crate::runtime::{Executor, GuestRequest};
 
 /// How long past a request's deadline the request path waits for the

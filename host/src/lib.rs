@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = wasmgate::config::Config::load("wasmgate.toml".as_ref())?;
+//! let config = wasmgate::control::config::Config::load("wasmgate.toml".as_ref())?;
 //! let server = wasmgate::server::Server::new(&config)?;
 //! let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -28,18 +28,17 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod client;
-pub mod config;
+pub mod control;
+pub mod digest;
 pub mod error;
 pub mod gateway;
 pub mod guest_log;
+pub mod limits;
 pub mod metrics;
-pub mod persist;
-pub mod registry;
 pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;
-pub mod state;
 pub mod static_files;
-pub mod watch;

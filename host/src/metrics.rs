@@ -15,8 +15,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::config::Limits;
 use crate::guest_log::LogLimiter;
+use crate::limits::Limits;
 
 /// Distinct guest metric names one handler may use (counters and histograms
 /// together); further names are dropped and counted.

@@ -160,7 +160,7 @@ fn default_name(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Cargo's rules for a package name, kept to ASCII; they also make a valid
-/// wasmgate handler name (`config::check_name`).
+/// wasmgate handler name (`limits::check_name`).
 fn check_crate_name(name: &str) -> Result<(), String> {
     let Some(first) = name.chars().next() else {
         return Err("it is empty".to_owned());

@@ -28,8 +28,9 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method};
 use tracing_subscriber::Layer;
-use wasmgate::config::{Config, Limits};
+use wasmgate::control::config::Config;
 use wasmgate::error::RequestError;
+use wasmgate::limits::Limits;
 use wasmgate::metrics::Metrics;
 use wasmgate::runtime::{Executor, Flow, GuestRequest, HandlerContext, HandlerVersion, Runtime};
 
@@ -346,7 +347,7 @@ fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {
 fn handler_name(file: &Path) -> String {
     file.file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
-        .filter(|stem| wasmgate::config::check_name(stem).is_ok())
+        .filter(|stem| wasmgate::limits::check_name(stem).is_ok())
         .unwrap_or_else(|| "handler".to_owned())
 }
 

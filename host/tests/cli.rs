@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{DEMO, Hold, Served as Process, config_text, with_hold};
-use wasmgate::config::Config;
+use wasmgate::control::config::Config;
 use wasmgate_handler_components as components;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use common::{BIN, Served, serve_command};
 use serde_json::Value;
 use wasmgate::client::format_size;
-use wasmgate::persist::sha256_hex;
+use wasmgate::digest::sha256_hex;
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-deploy-tests";

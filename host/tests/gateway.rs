@@ -1135,9 +1135,9 @@ async fn request_duration_includes_queueing_and_busy_workers_are_counted() {
 /// the library, on the registry `serve` builds.
 #[test]
 fn handler_load_errors_are_counted() {
-    use wasmgate::config::Config;
+    use wasmgate::control::config::Config;
+    use wasmgate::control::registry::Registry;
     use wasmgate::metrics::Metrics;
-    use wasmgate::registry::Registry;
     use wasmgate::runtime::Runtime;
 
     // A valid component that exports nothing: read, compiled, refused.

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use common::{BIN, Served, serve_command};
 
-use wasmgate::config::Config;
+use wasmgate::control::config::Config;
 
 /// A fresh, empty folder under the target dir for one test.
 fn scratch(name: &str) -> PathBuf {

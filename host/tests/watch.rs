@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Served, serve_command};
-use wasmgate::persist::sha256_hex;
+use wasmgate::digest::sha256_hex;
 use wasmgate_handler_components as components;
 
 /// An upper bound for failure only: the watcher applies a change about

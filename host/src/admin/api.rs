@@ -22,12 +22,12 @@ use serde_json::{Value, json};
 use super::{Admin, ReloadError};
 use crate::auth::{Caller, Denied};
 use crate::body::ResponseBody;
-use crate::config::LimitOverrides;
-use crate::persist::sha256_hex;
-use crate::registry::{ApplyError, StartError};
-use crate::state::{
+use crate::control::registry::{ApplyConfigError, ApplyError};
+use crate::control::state::{
     Component, DesiredState, HandlerState, Source, StateError, TenantState, Written,
 };
+use crate::digest::sha256_hex;
+use crate::limits::LimitOverrides;
 
 /// How long an upload's body may take to arrive: a 64 MiB component over
 /// a slow link, but not forever.
@@ -567,7 +567,7 @@ impl Call<'_> {
                 ReloadError::Config(message) => {
                     Rejection::new(StatusCode::BAD_REQUEST, "invalid_config", message)
                 }
-                ReloadError::Apply(StartError::Apply(e)) => e.into(),
+                ReloadError::Apply(ApplyConfigError::Apply(e)) => e.into(),
                 ReloadError::Apply(e) => {
                     Rejection::new(StatusCode::BAD_REQUEST, "invalid_config", e.to_string())
                 }

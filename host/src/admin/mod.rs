@@ -6,9 +6,8 @@
 
 mod api;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -16,9 +15,11 @@ use hyper::body::Incoming;
 
 use crate::auth::Tokens;
 use crate::body::ResponseBody;
-use crate::config::Config;
+pub use crate::control::ReloadError;
+use crate::control::config::Config;
+use crate::control::registry::Registry;
+use crate::control::{ControlPlane, Trigger};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 
 /// The admin API.
 #[derive(Debug)]
@@ -26,69 +27,43 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// Worker threads configured: fewer alive makes `/readyz` say 503.
     workers: usize,
-    /// What the write API edits.
+    /// What the write API edits, and where its tokens are configured.
+    control: Arc<ControlPlane>,
+    /// The control plane's registry: the one writer every write goes to.
     registry: Arc<Registry>,
-    /// Who may write; read again from the environment on reload.
-    tokens: RwLock<Tokens>,
     /// `admin.max_upload_bytes`.
     max_upload_bytes: usize,
-    /// The config file `serve` was started with, read again on reload.
-    config_path: Option<PathBuf>,
     /// Set at shutdown: `/readyz` then says 503 so load balancers stop
     /// sending traffic while in-flight requests drain.
     pub(crate) draining: AtomicBool,
 }
 
 impl Admin {
-    /// The admin API of a gateway with `workers` worker threads serving
-    /// `registry`, configured by `config` (read from `config_path`, if it
-    /// came from a file). Handlers are loaded before the admin listener
+    /// The admin API of a gateway with `workers` worker threads, editing
+    /// what `control` serves. Handlers are loaded before the admin listener
     /// starts, so it is ready from the start.
-    pub fn new(
-        metrics: Arc<Metrics>,
-        workers: usize,
-        registry: Arc<Registry>,
-        config: &Config,
-        config_path: Option<PathBuf>,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, workers: usize, control: Arc<ControlPlane>) -> Self {
+        let max_upload_bytes = control.config().admin.max_upload_bytes;
         Self {
             metrics,
             workers,
-            registry,
-            tokens: RwLock::new(tokens_of(config)),
-            max_upload_bytes: config.admin.max_upload_bytes,
-            config_path,
+            registry: Arc::clone(control.registry()),
+            control,
+            max_upload_bytes,
             draining: AtomicBool::new(false),
         }
     }
 
+    /// Who may write: the tokens the applied config names, read from the
+    /// environment (a reload that names other variables changes them).
     fn tokens(&self) -> Tokens {
-        self.tokens
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        tokens_of(&self.control.config())
     }
 
-    /// Reads the config file again and applies the difference (SIGHUP,
-    /// `POST /admin/reload`): tenants, routes, limits, handlers, tokens.
-    /// An invalid file changes nothing and is reported as `serve` would.
+    /// Reads the config file again and applies the difference
+    /// (`POST /admin/reload`); see [`ControlPlane::reload`].
     pub async fn reload(&self) -> Result<(), ReloadError> {
-        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
-        // A missing component is named with its config line, as at start.
-        let config = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path)?;
-            config.check_components(&path).map(|()| config)
-        })
-        .await
-        .map_err(|e| ReloadError::Config(e.to_string()))?
-        .map_err(|e| ReloadError::Config(e.to_string()))?;
-        let tokens = tokens_of(&config);
-        self.registry
-            .reload(config)
-            .await
-            .map_err(ReloadError::Apply)?;
-        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = tokens;
-        Ok(())
+        self.control.reload(Trigger::Api).await
     }
 
     /// Answers one admin request.
@@ -142,21 +117,6 @@ fn tokens_of(config: &Config) -> Tokens {
             .iter()
             .filter_map(|t| Some((t.name.as_str(), t.token_env.as_deref()?))),
     )
-}
-
-/// Why a config reload did not happen; nothing changed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReloadError {
-    /// The gateway was started without a config file.
-    #[error("the gateway was started without --config: there is no file to reload")]
-    NoConfigFile,
-    /// The file does not parse or validate (the message `serve` gives).
-    #[error("{0}")]
-    Config(String),
-    /// Its handlers did not load, or do not fit the state.
-    #[error(transparent)]
-    Apply(crate::registry::StartError),
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

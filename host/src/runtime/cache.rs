@@ -8,7 +8,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -102,72 +101,4 @@ fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
     std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, path)?;
     Ok(())
-}
-
-/// Fills the code cache from a child `wasmgate compile` process, so that
-/// compiling never becomes part of the long-running server's memory: a
-/// server that compiled sits 10-17 MB higher for good (the compiler's code
-/// pages it touched, and heap it cannot give back). Best effort: what the
-/// child could not compile, the caller compiles in-process, which also
-/// gives the exact error.
-#[derive(Debug, Clone)]
-pub struct ChildCompiler {
-    /// This program: `wasmgate`.
-    exe: PathBuf,
-    /// The config the server runs, so the child's engine (and so its cache
-    /// keys) match the server's.
-    config: PathBuf,
-}
-
-impl ChildCompiler {
-    /// A compiler for a server of the `wasmgate` binary running the config
-    /// at `config`; `None` when this program cannot find itself. Only the
-    /// `wasmgate` binary may use it: the child runs this very executable.
-    pub fn for_this_binary(config: &Path) -> Option<Self> {
-        match std::env::current_exe() {
-            Ok(exe) => Some(Self {
-                exe,
-                config: config.to_owned(),
-            }),
-            Err(e) => {
-                tracing::debug!("cannot find my own executable ({e}); compiling in-process");
-                None
-            }
-        }
-    }
-
-    /// Compiles `files` into the cache; true when all of them made it.
-    pub fn compile(&self, files: &[&Path]) -> bool {
-        if files.is_empty() {
-            return true;
-        }
-        let started = Instant::now();
-        let status = std::process::Command::new(&self.exe)
-            .arg("compile")
-            .arg("--config")
-            .arg(&self.config)
-            .args(files)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(status) if status.success() => {
-                tracing::info!(
-                    components = files.len(),
-                    elapsed_ms = started.elapsed().as_millis(),
-                    "code cache ready (checked and filled by a child process)"
-                );
-                true
-            }
-            Ok(status) => {
-                tracing::debug!("child compile {status}; compiling the rest in-process");
-                false
-            }
-            Err(e) => {
-                tracing::debug!("cannot run a child compile ({e}); compiling in-process");
-                false
-            }
-        }
-    }
 }

@@ -233,7 +233,7 @@ mod tests {
     /// A runtime with `hello` loaded, and a `GET /hello` for it.
     fn hello() -> (Arc<Metrics>, Runtime, Arc<HandlerVersion>, GuestRequest) {
         let metrics = Arc::new(Metrics::new());
-        let limits = crate::config::Limits::default();
+        let limits = crate::limits::Limits::default();
         let runtime = Runtime::new(2, limits.memory_bytes, true).expect("runtime");
         let context = Arc::new(super::super::host::HandlerContext {
             config: Default::default(),

@@ -100,7 +100,7 @@ impl Runtime {
     /// The runtime `serve` uses for `config`: sized for its workers and
     /// largest memory limit, with the code cache in its data dir. `compile`
     /// uses the same, so what it caches is what `serve` loads.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, RuntimeError> {
+    pub fn from_config(config: &crate::control::config::Config) -> Result<Self, RuntimeError> {
         let max_memory = config
             .tenants
             .iter()

@@ -730,7 +730,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_serving_a_request_fails_that_request_and_no_worker() {
         let metrics = Arc::new(Metrics::new());
-        let limits = crate::config::Limits::default();
+        let limits = crate::limits::Limits::default();
         let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
         let executor =
             Executor::start_with(&runtime, 2, 2, 16, Arc::clone(&metrics), panicky_runner)

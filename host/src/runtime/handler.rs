@@ -13,7 +13,7 @@ use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use super::bindings::HandlerPre;
 use super::engine::Runtime;
 use super::host::{HandlerContext, State};
-use crate::config::Limits;
+use crate::limits::Limits;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]

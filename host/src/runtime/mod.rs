@@ -14,7 +14,7 @@ mod fair_queue;
 mod handler;
 mod host;
 
-pub use cache::{ChildCompiler, CodeCache};
+pub use cache::CodeCache;
 pub use call::{GuestOutcome, call_guest};
 pub use engine::{EPOCH_TICK, GUESTS_PER_WORKER, Runtime, RuntimeError};
 pub use executor::Executor;

@@ -39,12 +39,12 @@ use self::connection::{ConnState, CutReason, Ending, Phase, Timeouts};
 use self::io::{TrackedBody, WatchedIo};
 use crate::admin::Admin;
 use crate::body::{ByteBudget, ResponseBody};
-use crate::config::{Config, ServerConfig};
+use crate::control::ControlPlane;
+use crate::control::config::{Config, ServerConfig};
 use crate::error::RequestError;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::runtime::{ChildCompiler, Executor, Runtime, RuntimeError};
+use crate::runtime::{Executor, RuntimeError};
 
 /// Connections the admin listener serves at once. Far more than the
 /// scrapers and probes that use it need, so that a burst of silent or slow
@@ -73,12 +73,12 @@ pub const CUT_FLUSH: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The engine or the workers could not be set up.
+    /// The engine, the handlers or the stored state did not load.
+    #[error(transparent)]
+    Control(#[from] crate::control::StartError),
+    /// The workers could not be started.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    /// The handlers did not load.
-    #[error(transparent)]
-    Registry(#[from] crate::registry::StartError),
 }
 
 /// The running state of a gateway: what both listeners serve.
@@ -86,6 +86,7 @@ pub enum StartError {
 pub struct Server {
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
+    control: Arc<ControlPlane>,
     config: ServerConfig,
 }
 
@@ -101,26 +102,18 @@ impl Server {
     /// components are compiled by a child process of this executable.
     pub fn with_config_file(config: &Config, path: Option<&Path>) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let runtime = Runtime::from_config(config)?;
-        let child = path.and_then(ChildCompiler::for_this_binary);
-        let registry = Arc::new(Registry::from_config(config, &runtime, &metrics, child)?);
+        let control = Arc::new(ControlPlane::start(config, path, &metrics)?);
         let executor = Executor::start(
-            &runtime,
+            control.runtime(),
             config.runtime.worker_count(),
             config.runtime.guests_per_worker,
             config.runtime.queue_depth,
             Arc::clone(&metrics),
         )?;
         let workers = executor.workers();
-        let admin = Admin::new(
-            Arc::clone(&metrics),
-            workers,
-            Arc::clone(&registry),
-            config,
-            path.map(Path::to_path_buf),
-        );
+        let admin = Admin::new(Arc::clone(&metrics), workers, Arc::clone(&control));
         let gateway = Arc::new(Gateway {
-            registry,
+            registry: Arc::clone(control.registry()),
             executor,
             metrics: Arc::clone(&metrics),
             max_body_bytes: config.server.max_body_bytes,
@@ -133,13 +126,14 @@ impl Server {
         Ok(Self {
             admin: Arc::new(admin),
             gateway,
+            control,
             config: config.server.clone(),
         })
     }
 
-    /// The admin API, e.g. to reload the config on SIGHUP.
-    pub fn admin(&self) -> Arc<Admin> {
-        Arc::clone(&self.admin)
+    /// The control plane: SIGHUP and `serve --watch` reload through it.
+    pub fn control(&self) -> Arc<ControlPlane> {
+        Arc::clone(&self.control)
     }
 
     /// Serves the public and admin listeners until `shutdown` resolves,

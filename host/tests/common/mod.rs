@@ -8,7 +8,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wasmgate::config::Config;
+use wasmgate::control::config::Config;
 use wasmgate::server::Server;
 use wasmgate_handler_components as components;
 

@@ -13,9 +13,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-use crate::state::DesiredState;
+use super::state::DesiredState;
+use crate::digest::sha256_hex;
 
 /// Why the data dir could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +43,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
         path: path.to_owned(),
         error,
     }
-}
-
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Writes `bytes` to `path` durably: a temporary file in the same folder,
@@ -140,6 +131,36 @@ impl ComponentStore {
     }
 }
 
+/// The data dir's layout, named once: every path in it comes from here.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data dir at `root` (`runtime.data_dir`), created on first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Uploaded and configured components by sha256: `components/`.
+    pub fn components(&self) -> ComponentStore {
+        ComponentStore::new(self.root.join("components"))
+    }
+
+    /// The desired state: `state.json`.
+    pub fn state_file(&self) -> StateFile {
+        StateFile {
+            path: self.root.join("state.json"),
+        }
+    }
+
+    /// The compiled-code cache: `cache/`.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+}
+
 /// The desired state's file (`data_dir/state.json`).
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -147,13 +168,6 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// The state file in `data_dir`.
-    pub fn new(data_dir: &Path) -> Self {
-        Self {
-            path: data_dir.join("state.json"),
-        }
-    }
-
     /// The stored state, or `None` on a first start.
     pub fn load(&self) -> Result<Option<DesiredState>, PersistError> {
         let text = match std::fs::read_to_string(&self.path) {
@@ -182,8 +196,8 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LimitOverrides, Limits};
-    use crate::state::{Component, Source};
+    use crate::control::state::{Component, Source};
+    use crate::limits::{LimitOverrides, Limits};
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -195,7 +209,7 @@ mod tests {
     #[test]
     fn the_state_round_trips_and_a_first_start_has_none() {
         let dir = scratch("state");
-        let file = StateFile::new(&dir);
+        let file = DataDir::new(&dir).state_file();
         assert_eq!(file.load().expect("readable"), None);
         let mut state = DesiredState::default();
         state

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, LimitOverrides};
+use crate::control::config::Config;
+use crate::limits::{LimitOverrides, Limits, check_cpu_weight, check_limits, check_name};
 
 /// Where a version or a tenant came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,24 +42,9 @@ pub struct DesiredState {
     /// The rank the next tenant the API creates gets.
     #[serde(default = "first_api_rank")]
     pub next_rank: u64,
-    /// How many versions each handler keeps (`runtime.keep_versions`); a
-    /// setting of the gateway, not part of the stored state.
-    #[serde(skip, default = "default_keep_versions")]
-    pub keep_versions: usize,
-}
-
-/// `runtime.keep_versions`'s default.
-pub const DEFAULT_KEEP_VERSIONS: usize = 5;
-
-fn default_keep_versions() -> usize {
-    DEFAULT_KEEP_VERSIONS
 }
 
 /// Ranks below this are config file positions.
-fn one() -> u32 {
-    1
-}
-
 fn first_api_rank() -> u64 {
     1 << 32
 }
@@ -68,7 +54,6 @@ impl Default for DesiredState {
         Self {
             tenants: BTreeMap::new(),
             next_rank: first_api_rank(),
-            keep_versions: DEFAULT_KEEP_VERSIONS,
         }
     }
 }
@@ -84,7 +69,7 @@ pub struct TenantState {
     #[serde(default)]
     pub token_env: Option<String>,
     /// Its share of the guest CPU when tenants compete (1 when unset).
-    #[serde(default = "one")]
+    #[serde(default = "crate::limits::default_cpu_weight")]
     pub cpu_weight: u32,
     /// Who defined the tenant's hosts and limits last.
     pub source: Source,
@@ -217,14 +202,13 @@ impl HandlerState {
     }
 
     /// Makes (sha256, route, config) the active version: unchanged if it
-    /// already is, otherwise a new version. Keeps the last `keep` versions.
+    /// already is, otherwise a new version.
     fn activate(
         &mut self,
         component: &Component,
         route: &str,
         config: &BTreeMap<String, String>,
         source: Source,
-        keep: usize,
     ) -> Written {
         if let Some(active) = self.active_version()
             && active.sha256 == component.sha256
@@ -245,8 +229,6 @@ impl HandlerState {
             created_at: now_unix(),
         });
         self.active = number;
-        let excess = self.versions.len().saturating_sub(keep.max(1));
-        self.versions.drain(..excess);
         Written::Replaced
     }
 
@@ -284,6 +266,25 @@ impl DesiredState {
             .ok_or_else(|| StateError::NoTenant(tenant.to_owned()))
     }
 
+    /// Drops every handler's oldest versions beyond the newest `keep`
+    /// (`runtime.keep_versions`, a setting of the gateway that the writer
+    /// applies after each edit). The active version is always kept.
+    pub fn keep_last_versions(&mut self, keep: usize) {
+        for handler in self
+            .tenants
+            .values_mut()
+            .flat_map(|t| t.handlers.values_mut())
+        {
+            let mut excess = handler.versions.len().saturating_sub(keep.max(1));
+            let active = handler.active;
+            handler.versions.retain(|v| {
+                let drop = excess > 0 && v.number != active;
+                excess -= usize::from(drop);
+                !drop
+            });
+        }
+    }
+
     /// Every sha256 some kept version uses: the components to keep on disk.
     pub fn components(&self) -> std::collections::BTreeSet<&str> {
         self.tenants
@@ -303,7 +304,7 @@ impl DesiredState {
         &self,
         tenant: &str,
         handler: &str,
-        defaults: &crate::config::Limits,
+        defaults: &Limits,
     ) -> Result<(), StateError> {
         let t = self.tenant(tenant)?;
         let max = t.limits.apply(*defaults).max_handlers;
@@ -329,10 +330,8 @@ impl DesiredState {
         config: Option<&BTreeMap<String, String>>,
         source: Source,
     ) -> Result<Written, StateError> {
-        crate::config::check_name(handler)
-            .map_err(|e| StateError::Invalid(format!("handler name {e}")))?;
+        check_name(handler).map_err(|e| StateError::Invalid(format!("handler name {e}")))?;
         crate::router::check_route(route).map_err(|e| StateError::Invalid(format!("route {e}")))?;
-        let keep = self.keep_versions;
         let t = self.tenant_mut(tenant)?;
         check_route_free(tenant, t, handler, route)?;
         let existing = t.handlers.get(handler);
@@ -346,7 +345,7 @@ impl DesiredState {
             .handlers
             .entry(handler.to_owned())
             .or_insert_with(HandlerState::new);
-        let written = state.activate(component, route, &config, source, keep);
+        let written = state.activate(component, route, &config, source);
         Ok(if created { Written::Created } else { written })
     }
 
@@ -432,11 +431,10 @@ impl DesiredState {
         hosts: Vec<String>,
         limits: LimitOverrides,
         cpu_weight: u32,
-        defaults: &crate::config::Limits,
+        defaults: &Limits,
         source: Source,
     ) -> Result<Written, StateError> {
-        crate::config::check_name(tenant)
-            .map_err(|e| StateError::Invalid(format!("tenant name {e}")))?;
+        check_name(tenant).map_err(|e| StateError::Invalid(format!("tenant name {e}")))?;
         if hosts.is_empty() {
             return Err(StateError::Invalid("hosts is empty".into()));
         }
@@ -444,9 +442,8 @@ impl DesiredState {
             crate::router::HostPattern::parse(host)
                 .map_err(|e| StateError::Invalid(format!("hosts: {e}")))?;
         }
-        crate::config::check_limits("limits", &limits.apply(*defaults))
-            .map_err(StateError::Invalid)?;
-        crate::config::check_cpu_weight(cpu_weight).map_err(StateError::Invalid)?;
+        check_limits("limits", &limits.apply(*defaults)).map_err(StateError::Invalid)?;
+        check_cpu_weight(cpu_weight).map_err(StateError::Invalid)?;
         match self.tenants.get_mut(tenant) {
             Some(t) if t.hosts == hosts && t.limits == limits && t.cpu_weight == cpu_weight => {
                 Ok(Written::Unchanged)
@@ -619,7 +616,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::Limits;
+    use Limits;
 
     fn component(sha: &str) -> Component {
         Component {
@@ -701,7 +698,6 @@ mod tests {
     #[test]
     fn only_the_last_versions_are_kept_and_numbers_are_never_reused() {
         let mut state = with_tenant();
-        state.keep_versions = 3;
         for i in 0..8 {
             state
                 .put_handler(
@@ -713,10 +709,16 @@ mod tests {
                     Source::Api,
                 )
                 .expect("valid");
+            state.keep_last_versions(3);
         }
         let h = state.handler("t", "h").expect("exists");
         let numbers: Vec<u64> = h.versions.iter().map(|v| v.number).collect();
         assert_eq!(numbers, [6, 7, 8]);
+        // An active version rolled back to is never the one dropped.
+        state.rollback("t", "h", Some(6)).expect("kept");
+        state.keep_last_versions(1);
+        let h = state.handler("t", "h").expect("exists");
+        assert_eq!((h.active, h.versions.len()), (6, 1));
         state.delete_handler("t", "h").expect("exists");
         state
             .put_handler("t", "h", &component("x"), "/h", None, Source::Api)

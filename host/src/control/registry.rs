@@ -16,14 +16,15 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, Limits};
+use super::compile::ChildCompiler;
+use super::config::Config;
+use super::persist::{ComponentStore, DataDir, PersistError, StateFile};
+use super::state::{Component, DesiredState, StateError, TenantState, Version};
+use crate::digest::sha256_hex;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::persist::{ComponentStore, PersistError, StateFile, sha256_hex};
 use crate::router::{HostPattern, Router, TenantRoutes};
-use crate::runtime::{
-    ChildCompiler, Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime,
-};
-use crate::state::{Component, DesiredState, StateError, Version};
+use crate::runtime::{Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
 use crate::static_files::{StaticMount, metrics_label};
 
 /// A tenant's shared state.
@@ -122,10 +123,10 @@ impl std::fmt::Display for HandlerLoadError {
     }
 }
 
-/// Why the registry could not start or apply the config file.
+/// Why the config file could not be applied, at start or on a reload.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum ApplyConfigError {
     /// A configured component could not be read or loaded.
     #[error(transparent)]
     Handler(#[from] HandlerLoadError),
@@ -209,6 +210,8 @@ struct Writer {
     statics: std::collections::HashSet<(String, String)>,
     /// The config file's `[limits]`, which tenants override.
     defaults: Limits,
+    /// `runtime.keep_versions`: versions each handler keeps.
+    keep_versions: usize,
     runtime: Runtime,
     metrics: Arc<Metrics>,
     /// Where components and the state are stored; `None` keeps nothing
@@ -258,22 +261,20 @@ impl Registry {
         runtime: &Runtime,
         metrics: &Arc<Metrics>,
         child: Option<ChildCompiler>,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, ApplyConfigError> {
+        let data_dir = DataDir::new(&config.runtime.data_dir);
         let storage = Storage {
-            components: ComponentStore::new(config.runtime.data_dir.join("components")),
-            state: StateFile::new(&config.runtime.data_dir),
+            components: data_dir.components(),
+            state: data_dir.state_file(),
         };
         let mut state = storage
             .state
             .load()
             .map_err(ApplyError::from)?
             .unwrap_or_default();
-        state.keep_versions = config.runtime.keep_versions;
         let mut writer = Writer {
-            state: DesiredState {
-                keep_versions: config.runtime.keep_versions,
-                ..DesiredState::default()
-            },
+            state: DesiredState::default(),
+            keep_versions: config.runtime.keep_versions,
             loaded: HashMap::new(),
             compiled: HashMap::new(),
             tenants: HashMap::new(),
@@ -299,6 +300,7 @@ impl Registry {
         state
             .apply_config(config, &found)
             .map_err(ApplyError::from)?;
+        state.keep_last_versions(writer.keep_versions);
         let uploads: HashMap<String, Vec<u8>> = components.into_values().collect();
         let router = writer.commit(state, &uploads).map_err(|e| match e {
             ApplyError::Load {
@@ -316,14 +318,14 @@ impl Registry {
                         || "(stored)".to_owned(),
                         |h| h.component.display().to_string(),
                     );
-                StartError::Handler(HandlerLoadError {
+                ApplyConfigError::Handler(HandlerLoadError {
                     tenant,
                     handler,
                     path,
                     error,
                 })
             }
-            other => StartError::Apply(other),
+            other => ApplyConfigError::Apply(other),
         })?;
         release_freed_memory();
         Ok(Self {
@@ -364,7 +366,7 @@ impl Registry {
     /// as they are (see `state.rs`). Handlers whose version and limits did
     /// not change are not loaded again. Settings of the process (listeners,
     /// workers, data dir) need a restart.
-    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+    pub async fn apply_config(&self, config: Config) -> Result<(), ApplyConfigError> {
         let read = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || read_config_components(&config))
@@ -392,7 +394,10 @@ impl Registry {
         let mut next = writer.state.clone();
         let new_defaults = defaults.unwrap_or(writer.defaults);
         let value = match edit(&mut next, &new_defaults) {
-            Ok(value) => value,
+            Ok(value) => {
+                next.keep_last_versions(writer.keep_versions);
+                value
+            }
             Err(e) => {
                 *slot = Some(writer);
                 return Err(e.into());
@@ -658,8 +663,7 @@ impl Writer {
 
     /// The routing table for the current state and loaded versions.
     fn router(&mut self) -> Router<Target> {
-        let mut tenants: Vec<(&String, &crate::state::TenantState)> =
-            self.state.tenants.iter().collect();
+        let mut tenants: Vec<(&String, &TenantState)> = self.state.tenants.iter().collect();
         // The first tenant wins a tie between equal host patterns: config
         // tenants in file order, then the API's in order of creation.
         tenants.sort_by_key(|(name, t)| (t.rank, (*name).clone()));

@@ -7,8 +7,8 @@
 //! never see. Events about other files in those folders are ignored. A
 //! change comes as a burst (cargo removes, links and writes; an editor
 //! writes a temporary file and renames it), so the watcher applies only
-//! after [`QUIET`] without events. Applying is [`Admin::reload`], as for
-//! SIGHUP: it reads every component again and loads only those whose
+//! after [`QUIET`] without events. Applying is [`ControlPlane::reload`],
+//! as for SIGHUP: it reads every component again and loads only those whose
 //! bytes changed. A component that does not load (a broken build, a file
 //! that does not fit the world) is one error line with the reason, and
 //! the versions serving before keep serving. Files whose contents are as
@@ -24,9 +24,9 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
-use crate::admin::Admin;
-use crate::config::{Config, ConfigError};
-use crate::persist::sha256_hex;
+use super::config::{Config, ConfigError};
+use super::{ControlPlane, Trigger};
+use crate::digest::sha256_hex;
 
 /// How long the folders must be quiet before a change is applied: cargo
 /// and editors finish a write within milliseconds, and a person waits for
@@ -87,9 +87,9 @@ struct Shared {
 }
 
 /// Watches the config file at `config_path` and every component file it
-/// names, applying the file through `admin` on each change. Must be
+/// names, applying the file through `control` on each change. Must be
 /// called within a tokio runtime.
-pub fn spawn(config_path: &Path, admin: Arc<Admin>) -> Result<WatchHandle, WatchError> {
+pub fn spawn(config_path: &Path, control: Arc<ControlPlane>) -> Result<WatchHandle, WatchError> {
     let config_path = absolute(config_path)?;
     let config = Config::load(&config_path)?;
     let shared = Arc::new(Shared::default());
@@ -136,13 +136,8 @@ pub fn spawn(config_path: &Path, admin: Arc<Admin>) -> Result<WatchHandle, Watch
                 continue;
             }
             last_applied = contents;
-            match admin.reload().await {
-                Ok(()) => tracing::info!("changed: {names}; config file applied"),
-                Err(e) => tracing::error!(
-                    "changed: {names}; not applied, the versions serving stay: {}",
-                    one_line(&e.to_string())
-                ),
-            }
+            // It logs what it did.
+            let _ = control.reload(Trigger::Watch(names)).await;
             // The file may name other components now.
             if let Ok(config) = Config::load(&config_path) {
                 for error in watched.update(&config_path, &config) {
@@ -293,11 +288,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A message on one log line: a loader's message can span lines.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,10 +379,5 @@ mod tests {
         std::fs::write(&a, b"two").expect("write another");
         assert_ne!(fingerprint(&files), first);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_multi_line_reason_is_one_line() {
-        assert_eq!(one_line("a\n  b\r\nc  d"), "a b c d");
     }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::limits::{LimitOverrides, Limits, check_cpu_weight, check_limits, check_name};
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -180,15 +182,25 @@ pub struct RuntimeConfig {
     pub guests_per_worker: usize,
 }
 
+/// `runtime.keep_versions`'s default.
+pub const DEFAULT_KEEP_VERSIONS: usize = 5;
+
+/// `runtime.guests_per_worker`'s default: each guest a worker keeps alive
+/// holds a pool slot (its memories, at most `linear_memory_keep_resident`
+/// of them resident once used) and a fiber stack. Four lets a worker run
+/// another tenant's request beside a few long ones; one gives
+/// run-to-completion, as before time slicing.
+pub const DEFAULT_GUESTS_PER_WORKER: usize = 4;
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             workers: 0,
             queue_depth: 1024,
             data_dir: PathBuf::from("wasmgate-data"),
-            keep_versions: crate::state::DEFAULT_KEEP_VERSIONS,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
             consume_fuel: true,
-            guests_per_worker: crate::runtime::GUESTS_PER_WORKER,
+            guests_per_worker: DEFAULT_GUESTS_PER_WORKER,
         }
     }
 }
@@ -204,84 +216,6 @@ impl RuntimeConfig {
     }
 }
 
-/// `[limits]`: what one request may use. Tenants override single keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Fuel (roughly, wasm instructions) per request. Default 1e9.
-    pub fuel: u64,
-    /// Linear memory per instance, in bytes. Default 64 MiB.
-    pub memory_bytes: u64,
-    /// Wall-clock time per request, queueing included, in ms. Default 2000.
-    pub timeout_ms: u64,
-    /// Requests of one tenant in flight at once; more get 503. Default 64.
-    pub max_concurrency: usize,
-    /// Largest response a guest may return, head and body together, in
-    /// bytes; a larger one gets 502 `bad_response`. Default 16 MiB.
-    pub max_response_bytes: u64,
-    /// Log lines a handler may write per second (its `log` calls and the
-    /// gateway's lines about its traps), with bursts of up to as many
-    /// again; further lines are dropped, counted and summarised. Default 100.
-    pub log_lines_per_second: u32,
-    /// Handlers one tenant may have. The admin API refuses a new handler
-    /// beyond it (409 `too_many_handlers`), so a tenant's token cannot grow
-    /// the gateway's memory and data dir without a bound. Default 100.
-    pub max_handlers: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            fuel: 1_000_000_000,
-            memory_bytes: 64 << 20,
-            timeout_ms: 2_000,
-            max_concurrency: 64,
-            max_response_bytes: 16 << 20,
-            log_lines_per_second: 100,
-            max_handlers: 100,
-        }
-    }
-}
-
-/// Per-tenant overrides of [`Limits`]; absent keys keep the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    /// Overrides `limits.fuel`.
-    pub fuel: Option<u64>,
-    /// Overrides `limits.memory_bytes`.
-    pub memory_bytes: Option<u64>,
-    /// Overrides `limits.timeout_ms`.
-    pub timeout_ms: Option<u64>,
-    /// Overrides `limits.max_concurrency`.
-    pub max_concurrency: Option<usize>,
-    /// Overrides `limits.max_response_bytes`.
-    pub max_response_bytes: Option<u64>,
-    /// Overrides `limits.log_lines_per_second`.
-    pub log_lines_per_second: Option<u32>,
-    /// Overrides `limits.max_handlers`.
-    pub max_handlers: Option<usize>,
-}
-
-impl LimitOverrides {
-    /// The defaults with these overrides applied.
-    pub fn apply(&self, defaults: Limits) -> Limits {
-        Limits {
-            fuel: self.fuel.unwrap_or(defaults.fuel),
-            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
-            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
-            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
-            max_response_bytes: self
-                .max_response_bytes
-                .unwrap_or(defaults.max_response_bytes),
-            log_lines_per_second: self
-                .log_lines_per_second
-                .unwrap_or(defaults.log_lines_per_second),
-            max_handlers: self.max_handlers.unwrap_or(defaults.max_handlers),
-        }
-    }
-}
-
 /// `[[tenant]]`: one customer of the gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,7 +224,7 @@ pub struct TenantConfig {
     pub name: String,
     /// Host header patterns: exact (`api.example.com`), suffix
     /// (`*.example.com`) or `*` for any host. Default `["*"]`.
-    #[serde(default = "any_host")]
+    #[serde(default = "crate::limits::default_hosts")]
     pub hosts: Vec<String>,
     /// Overrides of the `[limits]` defaults for this tenant.
     #[serde(default)]
@@ -302,7 +236,7 @@ pub struct TenantConfig {
     /// The tenant's share of the guest CPU when tenants compete for a
     /// worker: a tenant of weight 2 gets twice the time of one of weight 1.
     /// Default 1.
-    #[serde(default = "one")]
+    #[serde(default = "crate::limits::default_cpu_weight")]
     pub cpu_weight: u32,
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
@@ -323,14 +257,6 @@ pub struct StaticConfig {
     /// The directory, relative to the config file's folder. After parsing,
     /// its canonical path (links resolved), which must be a directory.
     pub dir: toml::Spanned<PathBuf>,
-}
-
-fn any_host() -> Vec<String> {
-    vec!["*".to_owned()]
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// `[[tenant.handler]]`: one component served under a path prefix.
@@ -603,65 +529,6 @@ fn normalize(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
-}
-
-/// Checks that every limit is usable; `what` prefixes the key in errors.
-pub fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
-    if limits.fuel == 0 {
-        return Err(format!("{what}.fuel must be at least 1"));
-    }
-    if limits.memory_bytes < 65536 {
-        return Err(format!(
-            "{what}.memory_bytes must be at least 65536 (one wasm page)"
-        ));
-    }
-    if limits.memory_bytes > 4 << 30 {
-        return Err(format!("{what}.memory_bytes must be at most 4 GiB"));
-    }
-    if limits.timeout_ms == 0 {
-        return Err(format!("{what}.timeout_ms must be at least 1"));
-    }
-    if limits.max_concurrency == 0 {
-        return Err(format!("{what}.max_concurrency must be at least 1"));
-    }
-    if limits.max_response_bytes < 1024 {
-        return Err(format!("{what}.max_response_bytes must be at least 1024"));
-    }
-    if limits.max_handlers == 0 {
-        return Err(format!("{what}.max_handlers must be at least 1"));
-    }
-    Ok(())
-}
-
-/// The largest `cpu_weight`: enough to give one tenant almost all the CPU,
-/// small enough that no tenant's share rounds to nothing.
-pub const MAX_CPU_WEIGHT: u32 = 1000;
-
-/// Checks a tenant's `cpu_weight`.
-pub fn check_cpu_weight(weight: u32) -> Result<(), String> {
-    if (1..=MAX_CPU_WEIGHT).contains(&weight) {
-        Ok(())
-    } else {
-        Err(format!(
-            "cpu_weight must be between 1 and {MAX_CPU_WEIGHT} (is {weight})"
-        ))
-    }
-}
-
-/// Tenant and handler names appear in metric labels and admin URLs.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"
-        ))
-    }
 }
 
 #[cfg(test)]

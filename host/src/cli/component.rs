@@ -1,0 +1,61 @@
+//! `wasmgate check` and `wasmgate compile`: a component file checked
+//! against the world, or compiled into a config's code cache.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::say;
+use crate::control::compile::compile_files;
+use crate::control::config::Config;
+use crate::runtime::{ComponentInfo, Runtime};
+
+/// Checks `file` against the world and prints its digest, imports and
+/// exports.
+pub fn check(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::for_checking()?;
+    let info =
+        ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
+    let mut report = format!(
+        "{}: ok, fits wasmgate:handler@0.1.0\nsha256 {}\nimports:",
+        file.display(),
+        info.sha256
+    );
+    for import in &info.imports {
+        report.push_str(&format!("\n  {import}"));
+    }
+    report.push_str("\nexports:");
+    for export in &info.exports {
+        report.push_str(&format!("\n  {export}"));
+    }
+    say(&report)
+}
+
+/// Compiles `files` into the code cache of `config` (the defaults without
+/// one) and reports each in order; fails if any did not compile.
+pub fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let runtime = crate::control::runtime_for(&config)?;
+    let mut compiled = 0;
+    for (file, outcome) in files.iter().zip(compile_files(&runtime, files)) {
+        match outcome {
+            Ok(cached) => {
+                say(&format!(
+                    "{}: compiled into {}",
+                    file.display(),
+                    cached.display()
+                ))?;
+                compiled += 1;
+            }
+            Err(e) => eprintln!("error: {}: {e}", file.display()),
+        }
+    }
+    match files.len() - compiled {
+        0 => Ok(()),
+        failed => anyhow::bail!("{failed} of {} components failed to compile", files.len()),
+    }
+}
