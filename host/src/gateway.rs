@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
 use crate::body::{ByteBudget, Reservation, ResponseBody};
-use crate::control::registry::{Registry, Route, Target};
+use crate::control::table::{Route, RouteTable, Target};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::runtime::{Executor, GuestRequest};
@@ -33,7 +33,7 @@ const REPLY_GRACE: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Gateway {
     /// Routes to handler versions; the admin API writes to it.
-    pub registry: Arc<Registry>,
+    pub routes: Arc<RouteTable>,
     /// Runs guest calls on the worker threads.
     pub executor: Executor,
     /// Every metric.
@@ -79,7 +79,7 @@ impl Gateway {
             Ok(host) => host,
             Err(error) => return Answer::new(self.unrouted(&error), Some(body)),
         };
-        let router = self.registry.router();
+        let router = self.routes.current();
         let Some((_, target)) = router.route(host, head.uri.path()) else {
             return Answer::new(self.unrouted(&RequestError::NoRoute), Some(body));
         };

@@ -25,7 +25,6 @@
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,28 +35,10 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 use crate::body::ResponseBody;
-use crate::metrics::HandlerMetrics;
+use crate::control::table::StaticMount;
 
 /// The most of a file read and handed to hyper at once.
 pub const CHUNK: usize = 64 << 10;
-
-/// The `handler` label of a mount's requests in the metrics:
-/// `static:ROUTE`. Handler names cannot contain `:` or `/`, so it never
-/// collides with a handler's.
-pub fn metrics_label(route: &str) -> String {
-    format!("static:{route}")
-}
-
-/// One mounted directory.
-#[derive(Debug)]
-pub struct StaticMount {
-    /// The route it is mounted at; stripped from request paths.
-    pub route: String,
-    /// The directory's canonical path: every file served lies under it.
-    pub root: PathBuf,
-    /// Its request counter and duration histogram.
-    pub metrics: Arc<HandlerMetrics>,
-}
 
 /// A file opened for a request, with what the headers need.
 struct Opened {

@@ -4,8 +4,9 @@
 //! [`config`] reads the TOML file, [`state`] is the desired state (pure),
 //! [`persist`] keeps it and the uploaded components in the data dir,
 //! [`registry`] is the one writer that loads what an edit needs and
-//! publishes the routing table the request path reads, [`compile`] fills
-//! the code cache (in a child process for the server), and [`watch`]
+//! publishes the routing table, [`compile`] fills
+//! the code cache (in a child process for the server), [`table`] is the
+//! routing table published for the request path, and [`watch`]
 //! applies the file again when it changes. [`ControlPlane::reload`] is the
 //! single entry point that SIGHUP, `POST /admin/reload` and `serve --watch`
 //! all call.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod persist;
 pub mod registry;
 pub mod state;
+pub mod table;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

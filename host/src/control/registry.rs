@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
@@ -20,51 +20,12 @@ use super::compile::ChildCompiler;
 use super::config::Config;
 use super::persist::{ComponentStore, DataDir, PersistError, StateFile};
 use super::state::{Component, DesiredState, StateError, TenantState, Version};
+use super::table::{Route, RouteTable, StaticMount, Target, Tenant, metrics_label};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::router::{HostPattern, Router, TenantRoutes};
 use crate::runtime::{Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
-use crate::static_files::{StaticMount, metrics_label};
-
-/// A tenant's shared state.
-#[derive(Debug)]
-pub struct Tenant {
-    /// Its name.
-    pub name: String,
-    /// Its effective limits.
-    pub limits: Limits,
-    /// Caps its requests in flight at `limits.max_concurrency`.
-    pub concurrency: Arc<Semaphore>,
-    /// Its share of the guest CPU against other tenants.
-    pub cpu_weight: u32,
-}
-
-/// A routed handler: what a request needs once routed.
-#[derive(Debug)]
-pub struct Route {
-    /// The handler's name.
-    pub handler: String,
-    /// Its path prefix.
-    pub route: String,
-    /// The tenant it belongs to.
-    pub tenant: Arc<Tenant>,
-    /// Where its requests wait for a worker.
-    pub flow: Flow,
-    /// The number of the version serving it now.
-    pub number: u64,
-    /// The version serving it now.
-    pub version: Arc<HandlerVersion>,
-}
-
-/// What a route leads to.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// A handler: the request runs in its guest.
-    Handler(Arc<Route>),
-    /// A static mount: the host serves a file.
-    Static(Arc<StaticMount>),
-}
 
 /// Why an edit was not applied. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +199,8 @@ struct LoadJob {
 
 /// The routing table, and the writer that replaces it.
 pub struct Registry {
-    router: RwLock<Arc<Router<Target>>>,
+    /// What requests read; replaced whole after each committed write.
+    table: Arc<RouteTable>,
     /// Held for the whole of a write. `None` only while a write runs on a
     /// blocking thread, or for good if that thread panicked (a bug: every
     /// later write then fails, and the routing table stays as it was).
@@ -329,14 +291,15 @@ impl Registry {
         })?;
         release_freed_memory();
         Ok(Self {
-            router: RwLock::new(Arc::new(router)),
+            table: Arc::new(RouteTable::new(router)),
             writer: tokio::sync::Mutex::new(Some(writer)),
         })
     }
 
-    /// The current routing table.
-    pub fn router(&self) -> Arc<Router<Target>> {
-        Arc::clone(&self.router.read().unwrap_or_else(PoisonError::into_inner))
+    /// The published routing table: the request path reads it, and only
+    /// this registry replaces it.
+    pub fn table(&self) -> &Arc<RouteTable> {
+        &self.table
     }
 
     /// A copy of the desired state as it is now.
@@ -417,7 +380,7 @@ impl Registry {
         .map_err(|_| ApplyError::WriterLost)?;
         *slot = Some(writer);
         let router = result?;
-        *self.router.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(router);
+        self.table.publish(router);
         Ok(value)
     }
 }

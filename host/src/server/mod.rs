@@ -113,7 +113,7 @@ impl Server {
         let workers = executor.workers();
         let admin = Admin::new(Arc::clone(&metrics), workers, Arc::clone(&control));
         let gateway = Arc::new(Gateway {
-            registry: Arc::clone(control.registry()),
+            routes: Arc::clone(control.registry().table()),
             executor,
             metrics: Arc::clone(&metrics),
             max_body_bytes: config.server.max_body_bytes,
