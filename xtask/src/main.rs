@@ -338,7 +338,7 @@ fn install() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_handlers()?;
-    // The metrics test checks the exposition with promtool (DESIGN.md).
+    // The metrics test checks the exposition with promtool.
     ensure_apt_tool("promtool", "prometheus")?;
     let packages = handler_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -1,6 +1,7 @@
 //! The gateway configuration: plain structs read from TOML.
 //!
-//! Every key of DESIGN.md's config file is declared here with its default.
+//! Every key of the config file is declared here with its default (the
+//! reference is docs/operations.md).
 //! Unknown keys are an error naming the key, and every error names the file
 //! and, where TOML knows it, the line. Component paths are resolved relative
 //! to the folder of the config file, so a config works from any directory.

@@ -32,11 +32,11 @@ use self::registry::Registry;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError};
 
-/// Why the control plane could not start.
+/// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The engine could not be set up.
+    /// The engine or the workers could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// The handlers did not load.

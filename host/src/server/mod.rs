@@ -39,12 +39,12 @@ use self::connection::{ConnState, CutReason, Ending, Phase, Timeouts};
 use self::io::{TrackedBody, WatchedIo};
 use crate::admin::Admin;
 use crate::body::{ByteBudget, ResponseBody};
-use crate::control::ControlPlane;
 use crate::control::config::{Config, ServerConfig};
+use crate::control::{ControlPlane, StartError};
 use crate::error::RequestError;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::runtime::{Executor, RuntimeError};
+use crate::runtime::Executor;
 
 /// Connections the admin listener serves at once. Far more than the
 /// scrapers and probes that use it need, so that a burst of silent or slow
@@ -68,18 +68,6 @@ pub const ADMIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connections get, once the grace period is over, to write the
 /// 503 `shutting_down` of the requests cut, before they are dropped.
 pub const CUT_FLUSH: Duration = Duration::from_secs(1);
-
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    /// The engine, the handlers or the stored state did not load.
-    #[error(transparent)]
-    Control(#[from] crate::control::StartError),
-    /// The workers could not be started.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-}
 
 /// The running state of a gateway: what both listeners serve.
 #[derive(Debug)]
@@ -109,7 +97,8 @@ impl Server {
             config.runtime.guests_per_worker,
             config.runtime.queue_depth,
             Arc::clone(&metrics),
-        )?;
+        )
+        .map_err(StartError::Runtime)?;
         let workers = executor.workers();
         let admin = Admin::new(Arc::clone(&metrics), workers, Arc::clone(&control));
         let gateway = Arc::new(Gateway {
