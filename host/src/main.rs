@@ -72,6 +72,10 @@ enum Command {
         /// The config `serve` will use (its data dir and engine settings).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Memory this process may use, in bytes: how the server bounds
+        /// the compiles it hands to a child (`admin.compile_memory_bytes`).
+        #[arg(long, hide = true)]
+        max_memory: Option<u64>,
     },
     /// Upload a component to a running gateway as a tenant's handler (new,
     /// or a new version of it). The token comes from $WASMGATE_ADMIN_TOKEN.
@@ -162,7 +166,11 @@ fn main() -> ExitCode {
         }),
         Command::Check { file } => cli::component::check(&file),
         Command::New { path, name, sdk } => new::run(&path, name.as_deref(), sdk.as_deref()),
-        Command::Compile { files, config } => cli::component::compile(&files, config.as_deref()),
+        Command::Compile {
+            files,
+            config,
+            max_memory,
+        } => cli::component::compile(&files, config.as_deref(), max_memory),
         Command::Deploy {
             file,
             tenant,

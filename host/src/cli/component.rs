@@ -33,8 +33,17 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 /// Compiles `files` into the code cache of `config` (the defaults without
-/// one) and reports each in order; fails if any did not compile.
-pub fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
+/// one) and reports each in order; fails if any did not compile. With
+/// `max_memory`, this process may not grow past it (the server's bounded
+/// compile child).
+pub fn compile(
+    files: &[PathBuf],
+    config: Option<&Path>,
+    max_memory: Option<u64>,
+) -> anyhow::Result<()> {
+    if let Some(bytes) = max_memory {
+        limit_memory(bytes)?;
+    }
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -58,4 +67,33 @@ pub fn compile(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<()> {
         0 => Ok(()),
         failed => anyhow::bail!("{failed} of {} components failed to compile", files.len()),
     }
+}
+
+/// Caps this process's data segment and private writable mappings
+/// (`RLIMIT_DATA`): an allocation past it fails and the process ends, which
+/// its parent reports as the bound crossed. The engine's address-space
+/// reservations are not writable, so they do not count.
+#[cfg(target_env = "gnu")]
+fn limit_memory(bytes: u64) -> anyhow::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: setrlimit reads the struct passed by reference and touches no
+    // other memory of ours.
+    let status = unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) };
+    if status != 0 {
+        anyhow::bail!(
+            "cannot cap memory at {bytes} bytes: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// No cap where the C library offers none: the timeout still bounds it.
+#[cfg(not(target_env = "gnu"))]
+fn limit_memory(_bytes: u64) -> anyhow::Result<()> {
+    Ok(())
 }

@@ -3,9 +3,12 @@
 //! server has compile for it, so a compile never becomes part of the
 //! long-running server's memory.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::digest::sha256_hex;
 use crate::runtime::{Compiled, LoadError, Runtime};
@@ -106,6 +109,151 @@ pub struct ChildCompiler {
     config: PathBuf,
 }
 
+/// The bounds of one compile of an uploaded component.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// `admin.compile_timeout_ms`: the child is killed past it.
+    pub timeout: Duration,
+    /// `admin.compile_memory_bytes`: the child's data segment and private
+    /// writable mappings may not grow past it (`RLIMIT_DATA`).
+    pub memory_bytes: u64,
+}
+
+/// The most of a child's stderr kept for its error message.
+const STDERR_KEPT: usize = 16 << 10;
+
+/// Compiles uploaded components in a child process, bounded, at most a
+/// few at once, and outside the registry's writer, so that one tenant's
+/// compile never holds another tenant's writes.
+#[derive(Debug)]
+pub struct UploadCompiler {
+    /// `None`: compile in-process (tests and benchmarks that run no
+    /// `wasmgate` binary).
+    child: Option<ChildCompiler>,
+    /// The bounds of each compile.
+    bounds: Bounds,
+    /// Where an upload is written for the child to read; removed after.
+    staging: PathBuf,
+    /// Failed compiles by sha256.
+    failures: Failures,
+    /// Compiles running at once: one per core, so compiles never take every
+    /// core from the workers for long.
+    slots: tokio::sync::Semaphore,
+}
+
+impl UploadCompiler {
+    /// Compiles with `child` (in-process without one) within `bounds`,
+    /// staging uploads in `staging`.
+    pub fn new(child: Option<ChildCompiler>, bounds: Bounds, staging: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            child,
+            bounds,
+            staging,
+            failures: Failures::default(),
+            slots: tokio::sync::Semaphore::new(cores.div_ceil(2)),
+        }
+    }
+
+    /// Fills the code cache for each upload not in it yet, a compile slot
+    /// at a time; failures are remembered for [`UploadCompiler::compiled`]
+    /// to report. Without a child this does nothing: the writer compiles.
+    pub async fn prepare(
+        self: &std::sync::Arc<Self>,
+        runtime: &Runtime,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) {
+        if self.child.is_none() {
+            return;
+        }
+        for (sha256, bytes) in uploads {
+            let Ok(_slot) = self.slots.acquire().await else {
+                return;
+            };
+            let (this, runtime) = (std::sync::Arc::clone(self), runtime.clone());
+            let (sha256, bytes) = (sha256.clone(), bytes.clone());
+            // Compiling blocks for as long as the bound allows.
+            let _ =
+                tokio::task::spawn_blocking(move || this.compiled(&runtime, &sha256, &bytes)).await;
+        }
+    }
+
+    /// Makes sure the code cache holds the component with this sha256,
+    /// compiling `bytes` in the bounded child if it does not: `Ok` once it
+    /// is cached, or why it cannot be (remembered, so a retry is refused
+    /// at once). Without a child, `Ok`: the caller compiles in-process.
+    pub fn compiled(&self, runtime: &Runtime, sha256: &str, bytes: &[u8]) -> Result<(), String> {
+        let (Some(child), Some(cache)) = (&self.child, &runtime.cache) else {
+            return Ok(());
+        };
+        if cache.path(&runtime.engine, sha256).is_file() {
+            return Ok(());
+        }
+        if let Some(why) = self.failures.get(sha256) {
+            return Err(why);
+        }
+        let staged = Staged::write(&self.staging, sha256, bytes)?;
+        let result = child.compile_bounded(&staged.0, self.bounds);
+        if let Err(why) = &result {
+            self.failures.remember(sha256, why);
+        }
+        result
+    }
+}
+
+/// An upload written for the child to read, removed when dropped: nothing
+/// of a refused upload stays on disk.
+struct Staged(PathBuf);
+
+impl Staged {
+    fn write(dir: &Path, sha256: &str, bytes: &[u8]) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Unique per write: two uploads of the same bytes may race.
+        static WRITES: AtomicUsize = AtomicUsize::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{sha256}.{n}.wasm"));
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Components whose compile failed, remembered by sha256 so that a retry
+/// of the same bytes is refused at once instead of costing a compile again.
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<String, String>>);
+
+/// How many failures are remembered; past it the oldest are forgotten
+/// (they only cost a compile again).
+const FAILURES_KEPT: usize = 1024;
+
+impl Failures {
+    /// Why the component with this sha256 failed to compile, if it did.
+    pub fn get(&self, sha256: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sha256)
+            .cloned()
+    }
+
+    /// Remembers that `sha256` failed, and why.
+    pub fn remember(&self, sha256: &str, why: &str) {
+        let mut failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= FAILURES_KEPT {
+            // Forgetting all is simple and bounded; an attacker gains one
+            // more compile per component, each bounded.
+            failures.clear();
+        }
+        failures.insert(sha256.to_owned(), why.to_owned());
+    }
+}
+
 impl ChildCompiler {
     /// A compiler for a server of the `wasmgate` binary running the config
     /// at `config`; `None` when this program cannot find itself. Only the
@@ -121,6 +269,76 @@ impl ChildCompiler {
                 None
             }
         }
+    }
+
+    /// Compiles one uploaded component (the file at `path`) into the cache
+    /// in a child held to `bounds`: the child's error message when it
+    /// fails, or the bound it crossed. The server never compiles it
+    /// itself, whatever the child did.
+    pub fn compile_bounded(&self, path: &Path, bounds: Bounds) -> Result<(), String> {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&self.exe)
+            .arg("compile")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--max-memory")
+            .arg(bounds.memory_bytes.to_string())
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the compile process: {e}"))?;
+        // Read on a thread of its own: a child that fills the pipe must not
+        // stall, and only the start of what it says is kept.
+        let stderr = child.stderr.take().map(|pipe| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let _ = pipe.take(STDERR_KEPT as u64).read_to_end(&mut kept);
+                kept
+            })
+        });
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if started.elapsed() >= bounds.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!(
+                        "compiling took longer than admin.compile_timeout_ms ({} ms); refused",
+                        bounds.timeout.as_millis()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => break Err(format!("waiting for the compile process: {e}")),
+            }
+        };
+        let said = stderr
+            .and_then(|reader| reader.join().ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        let status = status?;
+        if status.success() {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis(),
+                "compiled by a child process"
+            );
+            return Ok(());
+        }
+        // `compile` says `error: FILE: WHY` for a component it refused.
+        let prefix = format!("error: {}: ", path.display());
+        if let Some(why) = said.lines().find_map(|line| line.strip_prefix(&prefix)) {
+            return Err(why.to_owned());
+        }
+        Err(if status.code().is_none() {
+            format!(
+                "the compile process was killed ({status}): over admin.compile_memory_bytes \
+                 ({} bytes), or it crashed",
+                bounds.memory_bytes
+            )
+        } else {
+            format!("the compile process failed ({status})")
+        })
     }
 
     /// Compiles `files` into the cache; true when all of them made it.

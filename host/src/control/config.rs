@@ -146,6 +146,13 @@ pub struct AdminConfig {
     /// get 413 (judged from `Content-Length` before reading when it is
     /// sent). Default 64 MiB.
     pub max_upload_bytes: usize,
+    /// A compile of an uploaded component that takes longer is stopped and
+    /// the upload refused (400, naming this key). Compiles run in a child
+    /// process, outside the writer. Default 60000.
+    pub compile_timeout_ms: u64,
+    /// The compile child's memory cap (its data segment and private
+    /// writable mappings); past it the upload is refused. Default 2 GiB.
+    pub compile_memory_bytes: u64,
 }
 
 impl Default for AdminConfig {
@@ -154,6 +161,8 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token_env: "WASMGATE_ADMIN_TOKEN".to_owned(),
             max_upload_bytes: 64 << 20,
+            compile_timeout_ms: 60_000,
+            compile_memory_bytes: 2 << 30,
         }
     }
 }
@@ -417,6 +426,12 @@ impl Config {
                 "server.max_buffered_bytes ({}) must be at least server.max_body_bytes ({})",
                 self.server.max_buffered_bytes, self.server.max_body_bytes
             ));
+        }
+        if self.admin.compile_timeout_ms == 0 {
+            return Err("admin.compile_timeout_ms must be at least 1".into());
+        }
+        if self.admin.compile_memory_bytes < 64 << 20 {
+            return Err("admin.compile_memory_bytes must be at least 67108864 (64 MiB)".into());
         }
         if self.runtime.keep_versions == 0 {
             return Err("runtime.keep_versions must be at least 1".into());

@@ -155,6 +155,11 @@ impl DataDir {
         }
     }
 
+    /// Uploads being compiled by the child, each removed after: `staging/`.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
     /// The compiled-code cache: `cache/`.
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::compile::ChildCompiler;
+use super::compile::{Bounds, ChildCompiler, UploadCompiler};
 use super::config::Config;
 use super::persist::{ComponentStore, DataDir, PersistError, StateFile};
 use super::state::{Component, DesiredState, StateError, TenantState, Version};
@@ -178,9 +178,9 @@ struct Writer {
     /// Where components and the state are stored; `None` keeps nothing
     /// (tests and benchmarks that need no data dir).
     storage: Option<Storage>,
-    /// Compiles new components in a child process (the `wasmgate` binary);
-    /// `None` compiles in-process.
-    child: Option<ChildCompiler>,
+    /// Compiles new components in a bounded child process (the `wasmgate`
+    /// binary), or in-process when it has none.
+    compiler: Arc<UploadCompiler>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +201,10 @@ struct LoadJob {
 pub struct Registry {
     /// What requests read; replaced whole after each committed write.
     table: Arc<RouteTable>,
+    /// Compiles uploads before a write takes the writer.
+    compiler: Arc<UploadCompiler>,
+    /// The engine uploads are compiled for.
+    runtime: Runtime,
     /// Held for the whole of a write. `None` only while a write runs on a
     /// blocking thread, or for good if that thread panicked (a bug: every
     /// later write then fails, and the routing table stays as it was).
@@ -234,6 +238,11 @@ impl Registry {
             .load()
             .map_err(ApplyError::from)?
             .unwrap_or_default();
+        let bounds = Bounds {
+            timeout: std::time::Duration::from_millis(config.admin.compile_timeout_ms),
+            memory_bytes: config.admin.compile_memory_bytes,
+        };
+        let compiler = Arc::new(UploadCompiler::new(child, bounds, data_dir.staging()));
         let mut writer = Writer {
             state: DesiredState::default(),
             keep_versions: config.runtime.keep_versions,
@@ -247,7 +256,7 @@ impl Registry {
             runtime: runtime.clone(),
             metrics: Arc::clone(metrics),
             storage: Some(storage),
-            child,
+            compiler: Arc::clone(&compiler),
         };
         let components = read_config_components(config)?;
         if let Some(storage) = &writer.storage {
@@ -291,6 +300,8 @@ impl Registry {
         })?;
         release_freed_memory();
         Ok(Self {
+            compiler,
+            runtime: runtime.clone(),
             table: Arc::new(RouteTable::new(router)),
             writer: tokio::sync::Mutex::new(Some(writer)),
         })
@@ -352,6 +363,10 @@ impl Registry {
         defaults: Option<Limits>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
+        // Compiling is the slow part of a write: done before the writer is
+        // taken, a slot at a time, so a large upload holds up no other
+        // tenant's writes. The writer then finds the code in the cache.
+        self.compiler.prepare(&self.runtime, &uploads).await;
         let mut slot = self.writer.lock().await;
         let mut writer = slot.take().ok_or(ApplyError::WriterLost)?;
         let mut next = writer.state.clone();
@@ -556,22 +571,26 @@ impl Writer {
     }
 
     /// Machine code for a component: from the code cache, filled by the
-    /// child compiler when there is one, else compiled here.
+    /// bounded child compiler when there is one, else compiled here.
     fn compile(
         &self,
         sha256: &str,
         uploads: &HashMap<String, Vec<u8>>,
     ) -> Result<Compiled, LoadError> {
-        if let (Some(child), Some(storage), Some(cache)) =
-            (&self.child, &self.storage, &self.runtime.cache)
-            && !cache.path(&self.runtime.engine, sha256).is_file()
-        {
-            // The child reads the component from the store; one that is
-            // stored but never made active is removed by the next commit.
+        // Usually cached already: `Registry::apply` compiles uploads before
+        // it takes the writer. A stored component whose code was removed
+        // from the cache is compiled here.
+        let in_cache = |runtime: &Runtime| {
+            runtime
+                .cache
+                .as_ref()
+                .is_some_and(|cache| cache.path(&runtime.engine, sha256).is_file())
+        };
+        if !in_cache(&self.runtime) {
             let bytes = self.bytes(sha256, uploads)?;
-            if storage.components.put(sha256, &bytes).is_ok() {
-                child.compile(&[&storage.components.path(sha256)]);
-            }
+            self.compiler
+                .compiled(&self.runtime, sha256, &bytes)
+                .map_err(LoadError::Child)?;
         }
         Compiled::get(&self.runtime, sha256, || self.bytes(sha256, uploads))
     }

@@ -39,6 +39,11 @@ pub enum LoadError {
     /// initial memory is above `memory_bytes`, say).
     #[error("component cannot be instantiated under the tenant's limits: {0}")]
     Instantiate(String),
+    /// The compile process refused the component (its own message), or
+    /// the compile crossed `admin.compile_timeout_ms` or
+    /// `admin.compile_memory_bytes`.
+    #[error("{0}")]
+    Child(String),
 }
 
 /// One loaded version of a handler.

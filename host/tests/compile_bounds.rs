@@ -1,0 +1,118 @@
+//! Uploads are compiled in a bounded child process, outside the writer: a
+//! compile past `admin.compile_timeout_ms` is refused naming the bound,
+//! leaves nothing on disk, is remembered so a retry costs nothing, and
+//! never holds up another write.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Served, serve_command};
+use wasmgate_handler_components as components;
+
+const ROOT: &str = "root-secret-for-compile-tests";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compile-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// `wasmgate serve` on `config` with the root token `ROOT`.
+fn serve(dir: &Path, config: &str) -> Served {
+    let path = dir.join("wasmgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut command = serve_command();
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("WASMGATE_ADMIN_TOKEN", ROOT);
+    Served::spawn(&mut command)
+}
+
+/// PUTs `bytes` as handler `name` of tenant `demo` at `/{name}`: status
+/// and body.
+async fn upload(gw: &Served, name: &str, bytes: Vec<u8>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .put(format!(
+            "{}/admin/tenants/demo/handlers/{name}?route=/{name}",
+            gw.admin
+        ))
+        .bearer_auth(ROOT)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// The files in `dir` (none if it does not exist).
+fn files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map_or_else(
+        |_| Vec::new(),
+        |entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_past_its_timeout_is_refused_remembered_and_leaves_nothing() {
+    let dir = scratch("timeout");
+    // 1 ms: no component compiles that fast, so every upload crosses it.
+    let gw = serve(
+        &dir,
+        "[admin]\ncompile_timeout_ms = 1\n\n[[tenant]]\nname = \"demo\"\n",
+    );
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    let (status, body) = upload(&gw, "hello", hello.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("admin.compile_timeout_ms (1 ms)") && body.contains("invalid_component"),
+        "{body}"
+    );
+    let data = dir.join("wasmgate-data");
+    assert_eq!(files(&data.join("components")), Vec::<String>::new());
+    assert_eq!(files(&data.join("staging")), Vec::<String>::new());
+    // The same bytes again: refused at once with the same reason, from
+    // memory (a compile would cost at least the child's start).
+    let started = Instant::now();
+    let (again, body_again) = upload(&gw, "hello", hello).await;
+    assert_eq!((again, body_again), (status, body));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The handler was never created.
+    let response = reqwest::get(format!("{}/hello", gw.url))
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_the_child_refuses_is_refused_with_its_reason() {
+    let dir = scratch("refused");
+    let gw = serve(&dir, "[[tenant]]\nname = \"demo\"\n");
+    // A valid wasm module header, but a core module, not a component.
+    let (status, body) = upload(&gw, "core", b"\0asm\x01\0\0\0".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_component"), "{body}");
+    assert!(body.contains("core"), "the child's own reason: {body}");
+    let data = dir.join("wasmgate-data");
+    assert_eq!(files(&data.join("components")), Vec::<String>::new());
+    assert_eq!(files(&data.join("staging")), Vec::<String>::new());
+    // A good upload right after is compiled, stored and served.
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    let (status, body) = upload(&gw, "hello", hello).await;
+    assert_eq!(status, 201, "{body}");
+    let response = reqwest::get(format!("{}/hello", gw.url))
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(files(&data.join("components")).len(), 1);
+}
