@@ -152,3 +152,50 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// The longest route a handler may have, in bytes: routes are stored with
+/// every version and written in log lines.
+pub const MAX_ROUTE_BYTES: usize = 1024;
+
+/// The most config a handler version may carry, keys and values together,
+/// in bytes. Every version keeps its own copy in the stored state, so this
+/// bounds what a tenant's writes can make the state file hold.
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+
+/// Checks the sizes of a handler's route and config.
+pub fn check_handler_sizes(
+    route: &str,
+    config: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    if route.len() > MAX_ROUTE_BYTES {
+        return Err(format!(
+            "route is {} bytes, more than {MAX_ROUTE_BYTES}",
+            route.len()
+        ));
+    }
+    let size: usize = config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "config is {size} bytes (keys and values), more than {MAX_CONFIG_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_configs_are_bounded_in_size() {
+        let mut config = std::collections::BTreeMap::new();
+        assert_eq!(check_handler_sizes("/a", &config), Ok(()));
+        let long = format!("/{}", "a".repeat(MAX_ROUTE_BYTES));
+        assert!(check_handler_sizes(&long, &config).is_err());
+        config.insert("k".to_owned(), "v".repeat(MAX_CONFIG_BYTES - 1));
+        assert_eq!(check_handler_sizes("/a", &config), Ok(()));
+        config.insert("k2".to_owned(), String::new());
+        let error = check_handler_sizes("/a", &config).expect_err("one byte over");
+        assert!(error.contains("more than 65536"), "{error}");
+    }
+}

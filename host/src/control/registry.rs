@@ -586,7 +586,19 @@ impl Writer {
                 .as_ref()
                 .is_some_and(|cache| cache.path(&runtime.engine, sha256).is_file())
         };
-        if !in_cache(&self.runtime) {
+        let stored = |storage: &Storage| storage.components.path(sha256).is_file();
+        if in_cache(&self.runtime) {
+            if let Some(storage) = &self.storage
+                && !uploads.contains_key(sha256)
+                && !stored(storage)
+            {
+                tracing::warn!(
+                    sha256,
+                    "component missing from the data dir: serving it from the code cache \
+                     alone; deploy it again, or the next start after the cache is cleared fails"
+                );
+            }
+        } else {
             let bytes = self.bytes(sha256, uploads)?;
             self.compiler
                 .compiled(&self.runtime, sha256, &bytes)
@@ -609,10 +621,15 @@ impl Writer {
                 "component {sha256} is not stored"
             )));
         };
-        storage
-            .components
-            .get(sha256)
-            .map_err(|e| LoadError::Compile(e.to_string()))
+        storage.components.get(sha256).map_err(|e| match e {
+            // A stored component that is gone: name the file, not a
+            // compile problem.
+            PersistError::Io { path, error } => LoadError::Read {
+                path: path.display().to_string(),
+                error,
+            },
+            other => LoadError::Compile(other.to_string()),
+        })
     }
 
     /// Drops what belongs to handlers and tenants no longer in the state.

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::control::config::Config;
-use crate::limits::{LimitOverrides, Limits, check_cpu_weight, check_limits, check_name};
+use crate::limits::{
+    LimitOverrides, Limits, check_cpu_weight, check_handler_sizes, check_limits, check_name,
+};
 
 /// Where a version or a tenant came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +342,7 @@ impl DesiredState {
             (None, Some(active)) => active.config.clone(),
             (None, None) => BTreeMap::new(),
         };
+        check_handler_sizes(route, &config).map_err(StateError::Invalid)?;
         let created = existing.is_none();
         let state = t
             .handlers
@@ -733,6 +736,18 @@ mod tests {
             1,
             "old components are unreferenced"
         );
+    }
+
+    #[test]
+    fn a_config_over_its_size_bound_is_refused_and_nothing_changes() {
+        let mut state = with_tenant();
+        let before = state.clone();
+        let config = BTreeMap::from([("k".to_owned(), "v".repeat(64 << 10))]);
+        let error = state
+            .put_handler("t", "h", &component("a"), "/h", Some(&config), Source::Api)
+            .expect_err("over the bound");
+        assert!(matches!(error, StateError::Invalid(ref m) if m.contains("config is")));
+        assert_eq!(state, before);
     }
 
     #[test]

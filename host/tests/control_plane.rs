@@ -1,7 +1,8 @@
-//! Uploads are compiled in a bounded child process, outside the writer: a
-//! compile past `admin.compile_timeout_ms` is refused naming the bound,
-//! leaves nothing on disk, is remembered so a retry costs nothing, and
-//! never holds up another write.
+//! The control plane under attack: uploads compile in a bounded child
+//! process outside the writer (a compile past `admin.compile_timeout_ms`
+//! is refused naming the bound, leaves nothing on disk, and is remembered
+//! so a retry costs nothing), and a start never depends on the code cache
+//! alone without saying so.
 
 mod common;
 
@@ -115,4 +116,65 @@ async fn a_component_the_child_refuses_is_refused_with_its_reason() {
         .expect("get");
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(files(&data.join("components")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_component_gone_from_the_data_dir_is_a_warning_then_a_clear_error() {
+    let dir = scratch("missing");
+    let config = "[[tenant]]\nname = \"demo\"\n";
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    {
+        let gw = serve(&dir, config);
+        let (status, body) = upload(&gw, "hello", hello).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let data = dir.join("wasmgate-data");
+    for file in files(&data.join("components")) {
+        std::fs::remove_file(data.join("components").join(file)).expect("remove");
+    }
+    // The code cache alone still has it: the gateway starts, serves, and
+    // says what is missing.
+    let path = dir.join("wasmgate.toml");
+    let mut command = serve_command();
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("WASMGATE_ADMIN_TOKEN", ROOT)
+        .stderr(std::process::Stdio::piped());
+    let mut gw = Served::spawn(&mut command);
+    let response = reqwest::get(format!("{}/hello", gw.url))
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 200);
+    let _ = gw.child.kill();
+    let mut output = String::new();
+    if let Some(mut stderr) = gw.child.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut output);
+    }
+    assert!(
+        output.contains("component missing from the data dir"),
+        "{output}"
+    );
+    // Without the cache too, the start fails and names the handler.
+    std::fs::remove_dir_all(data.join("cache")).expect("clear the cache");
+    let output = std::process::Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tenant \"demo\" handler \"hello\""),
+        "{stderr}"
+    );
 }
