@@ -31,7 +31,9 @@ use tracing_subscriber::Layer;
 use wasmgate::config::{Config, Limits};
 use wasmgate::error::RequestError;
 use wasmgate::metrics::Metrics;
-use wasmgate::runtime::{Executor, Flow, GuestRequest, HandlerContext, HandlerVersion, Runtime};
+use wasmgate::runtime::{
+    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, HandlerContext, HandlerVersion, Runtime,
+};
 
 /// The exit status when the gateway, not the guest, answered: the guest
 /// trapped, ran out of fuel or time, or its response was invalid.
@@ -39,15 +41,6 @@ pub const EXIT_GUEST_FAILED: u8 = 3;
 
 /// The tenant name the call's log lines and metrics carry.
 const TENANT: &str = "call";
-
-/// How long past the deadline to wait for the worker's answer. The worker
-/// stops the guest at the deadline itself; this only bounds the wait if it
-/// never answers (a gateway bug), as the request path does.
-const REPLY_GRACE: Duration = Duration::from_secs(1);
-
-/// Where the guest's `log` calls are written from (`runtime/host.rs`):
-/// the lines `--json` reports. A test fails if it moves.
-const GUEST_LOG_TARGET: &str = "wasmgate::runtime::host";
 
 /// `wasmgate call`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -289,25 +282,13 @@ fn call(args: &CallArgs) -> anyhow::Result<Called> {
             handler: 0,
         };
         let request = GuestRequest::new(head, body);
-        match executor.submit(flow, 1, Arc::new(version), request, deadline, permit) {
-            Err(e) => (Err(e), None),
-            Ok(reply) => {
-                let waiter = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .context("starting the async runtime")?;
-                let wait = waiter.block_on(async {
-                    tokio::time::timeout_at((deadline + REPLY_GRACE).into(), reply).await
-                });
-                match wait {
-                    Ok(Ok(outcome)) => (outcome.result, outcome.fuel_consumed),
-                    // The worker dropped the job unanswered: a panic,
-                    // logged there.
-                    Ok(Err(_)) => (Err(RequestError::Internal), None),
-                    Err(_) => (Err(RequestError::Expired), None),
-                }
-            }
-        }
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("starting the async runtime")?;
+        let call = executor.call(flow, 1, Arc::new(version), request, deadline, permit);
+        let outcome = waiter.block_on(call);
+        (outcome.result, outcome.fuel_consumed)
     };
     let duration = started.elapsed();
     let (response, error) = match result {

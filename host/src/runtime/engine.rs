@@ -7,16 +7,18 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::CodeCache;
-use super::host::{self, State};
+use super::linker::linker;
+use super::store::State;
 
 /// How often the epoch advances: the time slice. At every tick a running
 /// guest gives its worker back to the worker's scheduler, which runs the
-/// guest whose tenant has used the least CPU; deadlines are counted in
-/// these ticks too. A switch costs a few microseconds, so 2 ms slices cost
-/// a CPU-bound guest under 0.5% of its throughput; a newcomer does not wait
-/// for the tick (the executor ends long slices early), so the slice only
-/// sets how finely competing long guests interleave. Measured: 1 ms slices
-/// gave another tenant the same latency and throughput under a flood.
+/// guest whose tenant has used the least CPU; the tick is also when a
+/// running guest's deadline is checked against the clock. A switch costs a
+/// few microseconds, so 2 ms slices cost a CPU-bound guest under 0.5% of
+/// its throughput; a newcomer does not wait for the tick (the executor ends
+/// long slices early), so the slice only sets how finely competing long
+/// guests interleave. Measured: 1 ms slices gave another tenant the same
+/// latency and throughput under a flood.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Guests one worker keeps alive at once by default (`runtime.guests_per_
@@ -87,7 +89,7 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         let engine = Engine::new(&engine_config(instances, max_memory_bytes, consume_fuel))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         start_epoch_ticker(&engine)?;
         Ok(Self {
             engine,
@@ -130,7 +132,7 @@ impl Runtime {
         let mut config = Config::new();
         config.consume_fuel(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         Ok(Self {
             engine,
             linker: std::sync::Arc::new(linker),
@@ -196,26 +198,4 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-/// Epoch ticks that take at least `remaining` (at least one): the first
-/// check of a deadline. Ticks never come faster than [`EPOCH_TICK`], but the
-/// next one may come at any moment, so the deadline callback (`call.rs`)
-/// looks at the clock when they run out and grants more if needed.
-pub(super) fn deadline_ticks(remaining: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    let ticks = remaining.as_nanos().div_ceil(tick).max(1);
-    u64::try_from(ticks).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadline_ticks_round_up() {
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_nanos(1)), 2);
-    }
 }
