@@ -14,9 +14,9 @@ use super::bindings::wasmgate::handler::{config, log, metrics};
 use super::store::{HandlerContext, State};
 use crate::guest_log::escape;
 
-/// The log target of a guest's `log` lines, as filters (`RUST_LOG`) and
-/// `wasmgate call --json` select them. It names the module these functions
-/// lived in before it was split, so existing filters keep working.
+/// The log target of a guest's `log` lines, by which filters (`RUST_LOG`)
+/// and `wasmgate call --json` select them. Set by hand, not taken from
+/// this module's path, so that operators' filters stay valid.
 pub const GUEST_LOG_TARGET: &str = "wasmgate::runtime::host";
 
 /// Longest log message kept from a guest, in bytes, once escaped.
