@@ -1,14 +1,55 @@
 //! Request failures and the one place they become HTTP responses.
 //!
 //! The statuses and `x-wasmgate-error` codes are a fixed interface
-//! (DESIGN.md, "Error statuses"); change them here and only here.
+//! (clients and docs/operations.md rely on them); change them here and
+//! only here. Also [`TrapKind`], why a guest trapped.
 
 use http::StatusCode;
 
-use crate::metrics::TrapKind;
-
 /// The header naming the cause of a gateway-generated error response.
 pub const ERROR_HEADER: &str = "x-wasmgate-error";
+
+/// Why a guest trapped, as the `kind` label of `wasmgate_guest_traps_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrapKind {
+    /// The fuel budget ran out.
+    FuelExhausted,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// A memory access out of bounds, or a trap after the memory limit
+    /// refused to grow (Rust aborts on allocation failure).
+    Memory,
+    /// The guest's stack overflowed.
+    StackOverflow,
+    /// `unreachable` was executed: in Rust, a panic.
+    Unreachable,
+    /// Any other trap or instantiation failure.
+    Other,
+}
+
+impl TrapKind {
+    /// Every kind.
+    pub const ALL: [TrapKind; 6] = [
+        Self::FuelExhausted,
+        Self::Timeout,
+        Self::Memory,
+        Self::StackOverflow,
+        Self::Unreachable,
+        Self::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FuelExhausted => "fuel_exhausted",
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::StackOverflow => "stack_overflow",
+            Self::Unreachable => "unreachable",
+            Self::Other => "other",
+        }
+    }
+}
 
 /// Why a request did not get the guest's response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +165,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_match_the_design_table() {
+    fn statuses_and_codes_are_the_documented_ones() {
         let table = [
             (RequestError::NoRoute, 404, "no_route"),
             (

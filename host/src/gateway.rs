@@ -23,12 +23,6 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::runtime::{Executor, GuestRequest};
 
-/// How long past a request's deadline the request path waits for the
-/// worker's answer. The worker stops the guest at the deadline itself and
-/// answers within an epoch tick or two, with the trap counted by kind; this
-/// only bounds the wait when no worker got to the request at all.
-const REPLY_GRACE: Duration = Duration::from_millis(100);
-
 /// Everything the request path needs, shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
@@ -150,23 +144,17 @@ impl Gateway {
             return (Err(error), None);
         };
         let deadline = Instant::now() + Duration::from_millis(route.version.limits.timeout_ms);
-        let reply = match self.executor.submit(
-            route.flow,
-            route.tenant.cpu_weight,
-            Arc::clone(&route.version),
-            request,
-            deadline,
-            permit,
-        ) {
-            Ok(reply) => reply,
-            Err(e) => return (Err(e), None),
-        };
-        let outcome = match tokio::time::timeout_at((deadline + REPLY_GRACE).into(), reply).await {
-            Ok(Ok(outcome)) => outcome,
-            // The worker dropped the job unanswered: a panic, logged there.
-            Ok(Err(_)) => return (Err(RequestError::Internal), None),
-            Err(_) => return (Err(RequestError::Expired), None),
-        };
+        let outcome = self
+            .executor
+            .call(
+                route.flow,
+                route.tenant.cpu_weight,
+                Arc::clone(&route.version),
+                request,
+                deadline,
+                permit,
+            )
+            .await;
         drop(body_reservation);
         let fuel = outcome.fuel_consumed;
         let response = match outcome.result {

@@ -37,7 +37,6 @@ pub mod gateway;
 pub mod guest_log;
 pub mod limits;
 pub mod metrics;
-pub mod response;
 pub mod router;
 pub mod runtime;
 pub mod server;

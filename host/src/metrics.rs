@@ -1,4 +1,4 @@
-//! Prometheus metrics: the fixed families of DESIGN.md in one registry.
+//! Prometheus metrics: the gateway's fixed metric families in one registry.
 //!
 //! Per-handler label children are resolved once, when a handler is loaded
 //! ([`HandlerMetrics`]), so the request path does no label lookups for them.
@@ -15,6 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::error::TrapKind;
 use crate::guest_log::LogLimiter;
 use crate::limits::Limits;
 
@@ -28,48 +29,6 @@ pub const MAX_GUEST_METRIC_NAME_LEN: usize = 64;
 /// from overflowing to infinity, and it is above any duration in
 /// nanoseconds (11 days) or size in bytes (a petabyte) a handler measures.
 pub const MAX_GUEST_HISTOGRAM_VALUE: f64 = 1e15;
-
-/// Why a guest trapped, as the `kind` label of `wasmgate_guest_traps_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TrapKind {
-    /// The fuel budget ran out.
-    FuelExhausted,
-    /// The wall-clock deadline passed.
-    Timeout,
-    /// A memory access out of bounds, or a trap after the memory limit
-    /// refused to grow (Rust aborts on allocation failure).
-    Memory,
-    /// The guest's stack overflowed.
-    StackOverflow,
-    /// `unreachable` was executed: in Rust, a panic.
-    Unreachable,
-    /// Any other trap or instantiation failure.
-    Other,
-}
-
-impl TrapKind {
-    /// Every kind.
-    pub const ALL: [TrapKind; 6] = [
-        Self::FuelExhausted,
-        Self::Timeout,
-        Self::Memory,
-        Self::StackOverflow,
-        Self::Unreachable,
-        Self::Other,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FuelExhausted => "fuel_exhausted",
-            Self::Timeout => "timeout",
-            Self::Memory => "memory",
-            Self::StackOverflow => "stack_overflow",
-            Self::Unreachable => "unreachable",
-            Self::Other => "other",
-        }
-    }
-}
 
 /// Every metric the gateway exports.
 pub struct Metrics {

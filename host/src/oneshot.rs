@@ -32,7 +32,9 @@ use wasmgate::control::config::Config;
 use wasmgate::error::RequestError;
 use wasmgate::limits::Limits;
 use wasmgate::metrics::Metrics;
-use wasmgate::runtime::{Executor, Flow, GuestRequest, HandlerContext, HandlerVersion, Runtime};
+use wasmgate::runtime::{
+    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, HandlerContext, HandlerVersion, Runtime,
+};
 
 /// The exit status when the gateway, not the guest, answered: the guest
 /// trapped, ran out of fuel or time, or its response was invalid.
@@ -40,15 +42,6 @@ pub const EXIT_GUEST_FAILED: u8 = 3;
 
 /// The tenant name the call's log lines and metrics carry.
 const TENANT: &str = "call";
-
-/// How long past the deadline to wait for the worker's answer. The worker
-/// stops the guest at the deadline itself; this only bounds the wait if it
-/// never answers (a gateway bug), as the request path does.
-const REPLY_GRACE: Duration = Duration::from_secs(1);
-
-/// Where the guest's `log` calls are written from (`runtime/host.rs`):
-/// the lines `--json` reports. A test fails if it moves.
-const GUEST_LOG_TARGET: &str = "wasmgate::runtime::host";
 
 /// `wasmgate call`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -242,7 +235,7 @@ fn call(args: &CallArgs) -> anyhow::Result<Called> {
         timeout_ms: args.timeout_ms.unwrap_or(defaults.limits.timeout_ms),
         ..defaults.limits
     };
-    // Sized as `Runtime::from_config` sizes serve's engine for a tenant
+    // Sized as `control::runtime_for` sizes serve's engine for a tenant
     // with these limits: one guest, one slot for loading, memories up to
     // the larger of the default and the tenant's limit.
     let runtime = Runtime::new(
@@ -290,25 +283,13 @@ fn call(args: &CallArgs) -> anyhow::Result<Called> {
             handler: 0,
         };
         let request = GuestRequest::new(head, body);
-        match executor.submit(flow, 1, Arc::new(version), request, deadline, permit) {
-            Err(e) => (Err(e), None),
-            Ok(reply) => {
-                let waiter = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .context("starting the async runtime")?;
-                let wait = waiter.block_on(async {
-                    tokio::time::timeout_at((deadline + REPLY_GRACE).into(), reply).await
-                });
-                match wait {
-                    Ok(Ok(outcome)) => (outcome.result, outcome.fuel_consumed),
-                    // The worker dropped the job unanswered: a panic,
-                    // logged there.
-                    Ok(Err(_)) => (Err(RequestError::Internal), None),
-                    Err(_) => (Err(RequestError::Expired), None),
-                }
-            }
-        }
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("starting the async runtime")?;
+        let call = executor.call(flow, 1, Arc::new(version), request, deadline, permit);
+        let outcome = waiter.block_on(call);
+        (outcome.result, outcome.fuel_consumed)
     };
     let duration = started.elapsed();
     let (response, error) = match result {

@@ -1138,7 +1138,6 @@ fn handler_load_errors_are_counted() {
     use wasmgate::control::config::Config;
     use wasmgate::control::registry::Registry;
     use wasmgate::metrics::Metrics;
-    use wasmgate::runtime::Runtime;
 
     // A valid component that exports nothing: read, compiled, refused.
     let data_dir = common::data_dir();
@@ -1152,7 +1151,7 @@ fn handler_load_errors_are_counted() {
     let mut config =
         Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).expect("valid config");
     config.runtime.data_dir = data_dir;
-    let runtime = Runtime::from_config(&config).expect("runtime");
+    let runtime = wasmgate::control::runtime_for(&config).expect("runtime");
     let metrics = Arc::new(Metrics::new());
     let error = Registry::from_config(&config, &runtime, &metrics, None).expect_err("bad handler");
     assert!(error.to_string().contains("handler \"bad\""), "{error}");

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 
+use super::block_on::block_on;
 use super::engine::Runtime;
 use super::handler::HandlerVersion;
-use super::host::{GuestRequest, State};
-use crate::error::RequestError;
+use super::request::GuestRequest;
+use super::response;
+use super::store::State;
+use crate::error::{RequestError, TrapKind};
 use crate::guest_log::escape;
-use crate::metrics::{Metrics, TrapKind};
+use crate::metrics::Metrics;
 
 /// Longest guest text (stderr, trap reason) in one log line, after
 /// escaping; the guest keeps at most 4 KiB of stderr anyway.
@@ -33,8 +36,7 @@ pub struct GuestOutcome {
 }
 
 /// Runs one request in a fresh instance with the version's limits, on the
-/// calling thread, and hands the outcome to `reply`. The executor's workers
-/// call this; so do benchmarks.
+/// calling thread, and hands the outcome to `reply`. Benchmarks call this.
 ///
 /// `reply` runs before the instance is torn down: dropping the store resets
 /// the instance's memory for the next request (a page-map scan in the
@@ -73,38 +75,6 @@ pub(super) async fn call_guest_async(
     drop(store);
 }
 
-/// Runs `future` to completion on this thread. Timers (a guest's
-/// `wasi:io/poll`) use the tokio runtime the thread is in, if any, which
-/// must then be driven by other threads; outside one, WASI's own runtime.
-pub(super) fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return wasmtime_wasi::runtime::in_tokio(future);
-    };
-    let _context = handle.enter();
-    let mut future = std::pin::pin!(future);
-    let waker = Arc::new(ThreadWaker(std::thread::current())).into();
-    let mut cx = std::task::Context::from_waker(&waker);
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
-}
-
-/// Wakes a thread parked in [`block_on`].
-struct ThreadWaker(std::thread::Thread);
-
-impl std::task::Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
 /// [`call_guest`] up to the outcome; also returns the store, if one was
 /// made, so the caller decides when it is torn down.
 async fn run_guest(
@@ -123,34 +93,17 @@ async fn run_guest(
         return (outcome, None);
     }
     let limits = version.limits;
-    let mut store = Store::new(
-        &runtime.engine,
-        State::new(Arc::clone(&version.context), limits.memory_bytes, deadline),
-    );
-    store.limiter(|state| &mut state.limiter);
-    if runtime.consume_fuel
-        && let Err(e) = store.set_fuel(limits.fuel)
-    {
-        tracing::error!("setting fuel: {e:#}");
-        let outcome = GuestOutcome {
-            result: Err(RequestError::Trap(TrapKind::Other)),
-            fuel_consumed: None,
-        };
-        return (outcome, Some(store));
-    }
-    // Every tick is the end of a time slice: the guest yields to its
-    // worker's scheduler and resumes when it is picked again. Ticks only
-    // approximate time (on a loaded machine the ticker oversleeps, or
-    // ticks come early when the executor asks running guests to yield), so
-    // the real clock decides when the deadline has passed.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|store| {
-        Ok(if Instant::now() >= store.data().deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
-    });
+    let mut store = match version.new_store(runtime, deadline) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!("setting up a store: {e:#}");
+            let outcome = GuestOutcome {
+                result: Err(RequestError::Trap(TrapKind::Other)),
+                fuel_consumed: None,
+            };
+            return (outcome, None);
+        }
+    };
 
     let started = Instant::now();
     let result = match version.pre.instantiate_async(&mut store).await {
@@ -185,7 +138,7 @@ async fn run_guest(
                     tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
                 }
             }
-            crate::response::from_guest(response, limits.max_response_bytes)
+            response::from_guest(response, limits.max_response_bytes)
         }
         Err(e) => {
             let kind = classify(&e, store.data().limiter.refused);
@@ -235,7 +188,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let limits = crate::limits::Limits::default();
         let runtime = Runtime::new(2, limits.memory_bytes, true).expect("runtime");
-        let context = Arc::new(super::super::host::HandlerContext {
+        let context = Arc::new(crate::runtime::HandlerContext {
             config: Default::default(),
             metrics: metrics.handler("t", "hello"),
         });

@@ -22,7 +22,7 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
 
-use super::host::State;
+use super::store::State;
 
 /// The `wasi:io/poll` version `wasmtime-wasi` links; shadowing must name
 /// the same instance.

@@ -7,24 +7,19 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::CodeCache;
-use super::host::{self, State};
+use super::linker::linker;
+use super::store::State;
 
 /// How often the epoch advances: the time slice. At every tick a running
 /// guest gives its worker back to the worker's scheduler, which runs the
-/// guest whose tenant has used the least CPU; deadlines are counted in
-/// these ticks too. A switch costs a few microseconds, so 2 ms slices cost
-/// a CPU-bound guest under 0.5% of its throughput; a newcomer does not wait
-/// for the tick (the executor ends long slices early), so the slice only
-/// sets how finely competing long guests interleave. Measured: 1 ms slices
-/// gave another tenant the same latency and throughput under a flood.
+/// guest whose tenant has used the least CPU; the tick is also when a
+/// running guest's deadline is checked against the clock. A switch costs a
+/// few microseconds, so 2 ms slices cost a CPU-bound guest under 0.5% of
+/// its throughput; a newcomer does not wait for the tick (the executor ends
+/// long slices early), so the slice only sets how finely competing long
+/// guests interleave. Measured: 1 ms slices gave another tenant the same
+/// latency and throughput under a flood.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
-
-/// Guests one worker keeps alive at once by default (`runtime.guests_per_
-/// worker`): each holds a pool slot (its memories, at most
-/// `linear_memory_keep_resident` of them resident once used) and a fiber
-/// stack. Four lets a worker run another tenant's request beside a few
-/// long ones; one gives run-to-completion, as before time slicing.
-pub const GUESTS_PER_WORKER: usize = 4;
 
 /// The fiber stack a guest call runs on. Wasm may use `MAX_WASM_STACK` of
 /// it; the rest is for host functions. Stacks are pooled and not zeroed,
@@ -87,7 +82,7 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         let engine = Engine::new(&engine_config(instances, max_memory_bytes, consume_fuel))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         start_epoch_ticker(&engine)?;
         Ok(Self {
             engine,
@@ -95,28 +90,6 @@ impl Runtime {
             consume_fuel,
             cache: None,
         })
-    }
-
-    /// The runtime `serve` uses for `config`: sized for its workers and
-    /// largest memory limit, with the code cache in its data dir. `compile`
-    /// uses the same, so what it caches is what `serve` loads.
-    pub fn from_config(config: &crate::control::config::Config) -> Result<Self, RuntimeError> {
-        let max_memory = config
-            .tenants
-            .iter()
-            .map(|t| config.tenant_limits(t).memory_bytes)
-            .chain([config.limits.memory_bytes])
-            .max()
-            .unwrap_or(config.limits.memory_bytes);
-        // Each worker keeps up to `guests_per_worker` guests alive; one
-        // more slot is for loading, which makes one instance to prove a
-        // version works.
-        let guests = config.runtime.worker_count() * config.runtime.guests_per_worker.max(1);
-        let instances = u32::try_from(guests + 1).unwrap_or(u32::MAX);
-        Ok(
-            Self::new(instances, max_memory, config.runtime.consume_fuel)?
-                .with_code_cache(CodeCache::new(config.runtime.data_dir.join("cache"))),
-        )
     }
 
     /// Keeps compiled code in `cache` across restarts.
@@ -130,7 +103,7 @@ impl Runtime {
         let mut config = Config::new();
         config.consume_fuel(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = host::linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         Ok(Self {
             engine,
             linker: std::sync::Arc::new(linker),
@@ -196,26 +169,4 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-/// Epoch ticks that take at least `remaining` (at least one): the first
-/// check of a deadline. Ticks never come faster than [`EPOCH_TICK`], but the
-/// next one may come at any moment, so the deadline callback (`call.rs`)
-/// looks at the clock when they run out and grants more if needed.
-pub(super) fn deadline_ticks(remaining: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    let ticks = remaining.as_nanos().div_ceil(tick).max(1);
-    u64::try_from(ticks).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadline_ticks_round_up() {
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK + Duration::from_nanos(1)), 2);
-    }
 }

@@ -43,7 +43,7 @@ use super::call::{GuestOutcome, call_guest_async};
 use super::engine::{EPOCH_TICK, Runtime, RuntimeError};
 use super::fair_queue::{FairQueue, Flow, Rejected};
 use super::handler::HandlerVersion;
-use super::host::GuestRequest;
+use super::request::GuestRequest;
 use crate::error::RequestError;
 use crate::metrics::{HandlerMetrics, Metrics};
 
@@ -105,6 +105,12 @@ struct RunningSince(AtomicU64);
 /// guests waits for their end or the next tick.
 pub const PREEMPT_AFTER: Duration = Duration::from_micros(100);
 
+/// How long past a request's deadline [`Executor::call`] waits for the
+/// worker's answer. The worker stops the guest at the deadline itself and
+/// answers within an epoch tick or two, with the trap counted by kind; this
+/// only bounds the wait when no worker got to the request at all.
+const REPLY_GRACE: Duration = Duration::from_millis(100);
+
 impl Pool {
     /// Nanoseconds since `started`, plus one, so 0 can mean "none".
     fn clock(&self, at: Instant) -> u64 {
@@ -151,7 +157,7 @@ impl std::fmt::Debug for Executor {
 impl Executor {
     /// Starts `workers` threads, each keeping up to `guests_per_worker`
     /// guests alive, behind a queue of `queue_depth` requests. The runtime
-    /// must have a pool slot for every guest (`Runtime::from_config`).
+    /// must have a pool slot for every guest (`control::runtime_for`).
     pub fn start(
         runtime: &Runtime,
         workers: usize,
@@ -202,11 +208,17 @@ impl Executor {
         self.workers
     }
 
-    /// Queues a call of `version` with `request` in `flow`, to finish by
-    /// `deadline`, holding the tenant's `permit` until it is done; the
-    /// tenant's guests get CPU in proportion to `cpu_weight` against other
-    /// tenants'. Fails at once with `Overloaded` when the queue is full.
-    pub fn submit(
+    /// Runs `version` with `request` on a worker and waits for its outcome:
+    /// queued in `flow`, to finish by `deadline`, holding the tenant's
+    /// `permit` until the guest is done; the tenant's guests get CPU in
+    /// proportion to `cpu_weight` against other tenants'. The request path
+    /// and `wasmgate call` both run guests through this.
+    ///
+    /// Fails at once with `Overloaded` when the queue is full. A call not
+    /// answered by `deadline` and a short grace is `Expired`; one the
+    /// worker dropped unanswered (a panic, logged there) is `Internal`. A
+    /// failure before the guest ran has no fuel.
+    pub async fn call(
         &self,
         flow: Flow,
         cpu_weight: u32,
@@ -214,7 +226,11 @@ impl Executor {
         request: GuestRequest,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
-    ) -> Result<oneshot::Receiver<GuestOutcome>, RequestError> {
+    ) -> GuestOutcome {
+        let failed = |error| GuestOutcome {
+            result: Err(error),
+            fuel_consumed: None,
+        };
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             flow,
@@ -225,11 +241,23 @@ impl Executor {
             reply,
             _permit: permit,
         };
+        if let Err(e) = self.push(job) {
+            return failed(e);
+        }
+        match tokio::time::timeout_at((deadline + REPLY_GRACE).into(), receiver).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => failed(RequestError::Internal),
+            Err(_) => failed(RequestError::Expired),
+        }
+    }
+
+    /// Queues `job`, or says why it cannot be.
+    fn push(&self, job: Job) -> Result<(), RequestError> {
         let metrics = &self.pool.metrics;
         // Counted before the push, so a worker's decrement never comes
         // first and the gauge never shows a stale or negative depth.
         metrics.queue_depth.inc();
-        match self.pool.queue.push(flow, job) {
+        match self.pool.queue.push(job.flow, job) {
             Ok(()) => {
                 // No worker is idle: end the long running slices now, so
                 // the workers see this request within microseconds rather
@@ -238,7 +266,7 @@ impl Executor {
                 if !self.pool.queue.has_idle_consumer() {
                     self.pool.end_long_slices();
                 }
-                Ok(receiver)
+                Ok(())
             }
             Err(rejected) => {
                 metrics.queue_depth.dec();
@@ -744,34 +772,34 @@ mod tests {
             HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
         );
         let slots = Arc::new(Semaphore::new(100));
-        let submit = |path: &str| {
+        let call = |path: &str| {
             let (head, ()) = http::Request::get(path)
                 .body(())
                 .expect("valid")
                 .into_parts();
-            executor
-                .submit(
-                    Flow {
-                        tenant: 0,
-                        handler: 0,
-                    },
-                    1,
-                    Arc::clone(&version),
-                    GuestRequest::new(head, Bytes::new()),
-                    Instant::now() + Duration::from_secs(60),
-                    Arc::clone(&slots).try_acquire_owned().expect("slot"),
-                )
-                .expect("queued")
+            executor.call(
+                Flow {
+                    tenant: 0,
+                    handler: 0,
+                },
+                1,
+                Arc::clone(&version),
+                GuestRequest::new(head, Bytes::new()),
+                Instant::now() + Duration::from_secs(60),
+                Arc::clone(&slots).try_acquire_owned().expect("slot"),
+            )
         };
         // More panics than workers: each costs its request only.
         for _ in 0..5 {
+            let outcome = call("/panic").await;
             assert!(
-                submit("/panic").await.is_err(),
-                "a panicked job is unanswered"
+                matches!(outcome.result, Err(RequestError::Internal)),
+                "a panicked job is unanswered: {:?}",
+                outcome.result
             );
         }
         for _ in 0..5 {
-            let outcome = submit("/ok").await.expect("answered");
+            let outcome = call("/ok").await;
             assert!(outcome.result.is_ok());
         }
         // A worker replies before it finishes the job: wait for it to let

@@ -4,16 +4,22 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentExtern, ComponentItem};
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::HandlerPre;
+use super::block_on::block_on;
 use super::engine::Runtime;
-use super::host::{HandlerContext, State};
+use super::store::{HandlerContext, State};
+use crate::digest::sha256_hex;
 use crate::limits::Limits;
+
+/// How long the instance made at load time to prove that the version can
+/// be instantiated may take.
+const INSTANTIATE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +103,7 @@ impl HandlerVersion {
         limits: Limits,
         context: Arc<HandlerContext>,
     ) -> Result<Self, LoadError> {
-        let sha256 = hex_sha256(bytes);
+        let sha256 = sha256_hex(bytes);
         let compiled = Compiled::get(runtime, &sha256, || Ok(bytes.to_vec()))?;
         Self::link(runtime, &compiled, limits, context)
     }
@@ -125,9 +131,15 @@ impl HandlerVersion {
         Ok(version)
     }
 
-    fn try_instantiate(&self, runtime: &Runtime) -> Result<(), LoadError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut store = wasmtime::Store::new(
+    /// A fresh store for one instance of this version, due by `deadline`:
+    /// its memory limiter, its fuel, and its time slices. Every instance is
+    /// made in one: a request's, and the one a load makes as a check.
+    pub(super) fn new_store(
+        &self,
+        runtime: &Runtime,
+        deadline: Instant,
+    ) -> wasmtime::Result<Store<State>> {
+        let mut store = Store::new(
             &runtime.engine,
             State::new(
                 Arc::clone(&self.context),
@@ -136,14 +148,31 @@ impl HandlerVersion {
             ),
         );
         store.limiter(|state| &mut state.limiter);
-        let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
         if runtime.consume_fuel {
-            store.set_fuel(self.limits.fuel).map_err(failed)?;
+            store.set_fuel(self.limits.fuel)?;
         }
-        store.set_epoch_deadline(super::engine::deadline_ticks(
-            std::time::Duration::from_secs(10),
-        ));
-        super::call::block_on(self.pre.instantiate_async(&mut store)).map_err(failed)?;
+        // Every tick is the end of a time slice: the guest yields to its
+        // worker's scheduler and resumes when it is picked again. Ticks only
+        // approximate time (on a loaded machine the ticker oversleeps, or
+        // ticks come early when the executor asks running guests to yield),
+        // so the real clock decides when the deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        Ok(store)
+    }
+
+    /// Makes one instance, as a request would, to prove that it can be.
+    fn try_instantiate(&self, runtime: &Runtime) -> Result<(), LoadError> {
+        let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+        let deadline = Instant::now() + INSTANTIATE_CHECK_TIMEOUT;
+        let mut store = self.new_store(runtime, deadline).map_err(failed)?;
+        block_on(self.pre.instantiate_async(&mut store)).map_err(failed)?;
         Ok(())
     }
 }
@@ -235,13 +264,6 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// What `wasmgate check` reports about a component.
 #[derive(Debug)]
 pub struct ComponentInfo {
@@ -272,7 +294,7 @@ impl ComponentInfo {
             format!("{name} ({kind})")
         };
         let info = Self {
-            sha256: hex_sha256(bytes),
+            sha256: sha256_hex(bytes),
             imports: ty.imports(&runtime.engine).map(describe).collect(),
             exports: ty.exports(&runtime.engine).map(describe).collect(),
         };
@@ -322,13 +344,5 @@ mod tests {
         assert!(matches!(err, LoadError::Instantiate(_)), "{err}");
         HandlerVersion::load_file(&runtime, path.as_ref(), Limits::default(), context)
             .expect("the default limits fit");
-    }
-
-    #[test]
-    fn sha256_is_hex() {
-        assert_eq!(
-            hex_sha256(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 }

@@ -4,7 +4,15 @@
 //! Guest code runs only on the executor's worker threads, never on tokio's
 //! async workers: a CPU-heavy handler can slow its own tenant, never the
 //! accept loop or the admin listener.
+//!
+//! Layers, bottom up: `bindings` (generated from `wit/`), `store` (one
+//! request's store data), `request` and `response` (what a guest is shown
+//! and the check of what it answers), `host_fns` and `deadline` (the
+//! imports), `linker`, `engine`, `handler` (a loaded version and its store
+//! set-up), `call` (one guest call), `executor` (the worker pool).
 
+mod bindings;
+mod block_on;
 mod cache;
 mod call;
 mod deadline;
@@ -12,29 +20,19 @@ mod engine;
 mod executor;
 mod fair_queue;
 mod handler;
-mod host;
+mod host_fns;
+mod linker;
+mod request;
+mod response;
+mod store;
 
 pub use cache::CodeCache;
 pub use call::{GuestOutcome, call_guest};
-pub use engine::{EPOCH_TICK, GUESTS_PER_WORKER, Runtime, RuntimeError};
+pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
 pub use executor::Executor;
 pub use fair_queue::Flow;
 pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
-pub use host::{GuestRequest, HandlerContext};
-
-/// A guest's response as the world defines it, before validation.
-pub(crate) use bindings::wasmgate::handler::types::Response as GuestResponse;
-
-/// Host bindings generated from `wit/` (the one source of truth).
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "handler",
-        ownership: Borrowing {
-            duplicate_if_necessary: true
-        },
-        // Guest calls run on fibers, so a running guest can give its
-        // worker back at every epoch tick (`executor.rs`).
-        exports: { default: async },
-    });
-}
+pub use host_fns::GUEST_LOG_TARGET;
+pub use request::GuestRequest;
+pub use response::{MAX_HEAD_BYTES, MAX_HEADERS};
+pub use store::HandlerContext;

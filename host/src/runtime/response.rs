@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::bindings::GuestResponse;
 use crate::error::{ERROR_HEADER, RequestError};
-use crate::runtime::GuestResponse;
 
 /// Largest response head a guest may send: status line and header fields,
 /// counted as they would be written (`name: value\r\n`). Proxies commonly
@@ -45,7 +45,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Validates a guest response against `max_bytes` (head and body) and
 /// turns it into an HTTP response.
-pub(crate) fn from_guest(
+pub(super) fn from_guest(
     response: GuestResponse,
     max_bytes: u64,
 ) -> Result<http::Response<Bytes>, RequestError> {

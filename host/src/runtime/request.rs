@@ -1,0 +1,121 @@
+//! The request as a guest sees it: hyper's head and the collected body,
+//! lowered into guest memory without a copy on the request path.
+
+use super::bindings::Request;
+
+/// A request on its way to a guest: hyper's parsed head and the collected
+/// body, moved from the connection task to a worker as they are. The
+/// worker lowers them into guest memory straight from these buffers, so the
+/// request path copies nothing and allocates nothing for the guest.
+#[derive(Debug)]
+pub struct GuestRequest {
+    head: http::request::Parts,
+    body: bytes::Bytes,
+}
+
+impl GuestRequest {
+    /// The request with head `head` and the whole body `body`.
+    pub fn new(head: http::request::Parts, body: bytes::Bytes) -> Self {
+        Self { head, body }
+    }
+
+    /// The request's path, without the query.
+    pub fn path(&self) -> &str {
+        self.head.uri.path()
+    }
+
+    /// Calls `f` with the guest's view of the request, borrowed from
+    /// `self`: method, path and query (`/` when the URI has none), headers
+    /// (a repeated name's values together, as the WIT says), and body.
+    #[cfg(test)]
+    pub(super) fn with_view<R>(&self, f: impl FnOnce(Request<'_>) -> R) -> R {
+        let headers = self.header_view();
+        f(self.view(&headers))
+    }
+
+    /// The headers as the guest sees them, for [`GuestRequest::view`].
+    pub(super) fn header_view(&self) -> Vec<(&str, &[u8])> {
+        self.head
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect()
+    }
+
+    /// The guest's view of the request with `headers` from
+    /// [`GuestRequest::header_view`]; split from it so an async call can
+    /// keep both alive across its awaits.
+    pub(super) fn view<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> Request<'a> {
+        Request {
+            method: self.head.method.as_str(),
+            uri: self
+                .head
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str),
+            headers,
+            body: &self.body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An owned copy of what the guest is shown.
+    struct Seen {
+        method: String,
+        uri: String,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
+    fn guest_view(request: http::Request<&'static str>) -> Seen {
+        let (head, body) = request.into_parts();
+        GuestRequest::new(head, bytes::Bytes::from_static(body.as_bytes())).with_view(|view| Seen {
+            method: view.method.to_owned(),
+            uri: view.uri.to_owned(),
+            headers: view
+                .headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                .collect(),
+            body: view.body.to_vec(),
+        })
+    }
+
+    #[test]
+    fn the_guest_sees_method_path_and_query_headers_in_order_and_body() {
+        let request = http::Request::post("/items?id=7")
+            .header("x-a", "1")
+            .header("Host", "example.com")
+            .header("x-a", "2")
+            .body("payload")
+            .expect("valid request");
+        let seen = guest_view(request);
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.uri, "/items?id=7");
+        let headers: Vec<(&str, &[u8])> = seen
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        // `HeaderMap` keeps a repeated name's values together, in order.
+        assert_eq!(
+            headers,
+            [("x-a", &b"1"[..]), ("x-a", b"2"), ("host", b"example.com")]
+        );
+        assert_eq!(seen.body, b"payload");
+    }
+
+    #[test]
+    fn an_absolute_uri_without_a_path_is_seen_as_slash() {
+        let request = http::Request::get("http://example.com")
+            .body("")
+            .expect("valid request");
+        let seen = guest_view(request);
+        assert_eq!(seen.uri, "/");
+        assert!(seen.body.is_empty());
+    }
+}
