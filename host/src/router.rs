@@ -69,10 +69,9 @@ impl HostPattern {
 }
 
 /// Checks a route prefix of the config file or the admin API (every state
-/// write goes through it): a
-/// path of the characters a request path carries unencoded, which
-/// [`Router::route`] can therefore match (see the module doc). The error
-/// shows the route escaped to ASCII, so it is safe to log.
+/// write goes through it): a path of the characters a request path carries
+/// unencoded, which [`Router::route`] can therefore match (see the module
+/// doc). The error shows the route escaped to ASCII, so it is safe to log.
 pub fn check_route(route: &str) -> Result<(), String> {
     let shown = format!("\"{}\"", route.escape_default());
     if !route.starts_with('/') {
