@@ -110,7 +110,7 @@ impl Tokens {
         let Some(root) = &self.root else {
             return Err(Denied::Disabled(self.root_env.clone()));
         };
-        let Some(presented) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+        let Some(presented) = authorization.and_then(bearer_token) else {
             return Err(Denied::NoCredentials);
         };
         // Every token is compared, so the time taken does not say which
@@ -141,6 +141,18 @@ impl Tokens {
             (Caller::Tenant(_), _) => Err(Denied::Forbidden),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 11.4).
+fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
+    let space = authorization.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = authorization.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    Some(&rest[start..])
 }
 
 #[cfg(test)]
@@ -186,6 +198,36 @@ mod tests {
             tokens.authorize(None, Some("a")),
             Err(Denied::NoCredentials)
         );
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for (header, token) in [
+            ("Bearer t", Some("t")),
+            ("bearer t", Some("t")),
+            ("BEARER t", Some("t")),
+            ("bEaReR  t", Some("t")),
+            ("Bearer ", Some("")),
+            ("Bearer", None),
+            ("Bearert", None),
+            ("Basic t", None),
+            ("Bearer: t", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                bearer_token(header.as_bytes()),
+                token.map(str::as_bytes),
+                "{header:?}"
+            );
+        }
+        let tokens = tokens(Some("root-secret"), &[]);
+        for header in ["bearer root-secret", "BEARER root-secret"] {
+            assert_eq!(
+                tokens.authorize(Some(header.as_bytes()), None),
+                Ok(Caller::Root),
+                "{header}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! longest `*.suffix`, then `*`); within it the longest matching route
 //! prefix wins. A prefix matches whole path segments: `/hello` matches
 //! `/hello` and `/hello/x`, never `/helloworld`.
+//!
+//! Paths are matched as the client sent them, percent-encoded, never
+//! decoded. So a route may hold only what a client sends unencoded in a
+//! path (RFC 3986 `pchar` and `/`) and no `%`: [`check_route`] refuses any
+//! other route, which no request could match (or only one of the spellings
+//! a client may choose for it), and which would carry control characters
+//! into logs.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -61,17 +68,48 @@ impl HostPattern {
     }
 }
 
-/// Checks a route prefix from the config or the admin API.
+/// Checks a route prefix of the config file or the admin API (every state
+/// write goes through it): a path of the characters a request path carries
+/// unencoded, which [`Router::route`] can therefore match (see the module
+/// doc). The error shows the route escaped to ASCII, so it is safe to log.
 pub fn check_route(route: &str) -> Result<(), String> {
+    let shown = format!("\"{}\"", route.escape_default());
     if !route.starts_with('/') {
-        return Err(format!("{route:?} must start with '/'"));
+        return Err(format!("{shown} must start with '/'"));
     }
-    if route.contains(['?', '#']) || route.chars().any(char::is_whitespace) {
+    if let Some(c) = route.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(format!(
-            "{route:?} must be a plain path (no query, no spaces)"
+            "{shown} must be printable ASCII, without spaces or control characters (found '{}')",
+            c.escape_default()
+        ));
+    }
+    if route.contains('%') {
+        return Err(format!(
+            "{shown} may not contain '%': request paths are matched as sent, not decoded, \
+             so a percent-encoded route would match only one way of spelling it"
+        ));
+    }
+    if let Some(c) = route.chars().find(|&c| !routable(c)) {
+        return Err(format!(
+            "{shown} may not contain '{}': a route is letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /",
+            c.escape_default()
+        ));
+    }
+    if route
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "{shown} may not have a '.' or '..' segment: clients remove them before sending"
         ));
     }
     Ok(())
+}
+
+/// Whether `c` may appear in a route: what RFC 3986 lets a path carry
+/// unencoded (`pchar` and `/`), but `%`.
+fn routable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c)
 }
 
 /// Whether `route` covers `path`, on segment boundaries.
@@ -317,10 +355,62 @@ mod tests {
 
     #[test]
     fn checks_routes() {
-        assert!(check_route("/").is_ok());
-        assert!(check_route("/hello").is_ok());
-        for bad in ["", "hello", "/a?b", "/a b"] {
-            assert!(check_route(bad).is_err(), "{bad:?} should be rejected");
+        for good in [
+            "/",
+            "/hello",
+            "/a/b/",
+            "/v1.2/x_y~z",
+            "/a:b@c!$&'()*+,;=",
+            "/..a/b.",
+        ] {
+            assert_eq!(check_route(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "hello",
+            "/a?b",
+            "/a#b",
+            "/a b",
+            "/a\tb",
+            "/e\u{1b}[31mRED",
+            "/a\u{7f}",
+            "/caf\u{e9}",
+            "/caf%C3%A9",
+            "/a%20b",
+            "/100%",
+            "/a<b>",
+            "/a\"b",
+            "/a{b}",
+            "/a|b",
+            "/a\\b",
+            "/a^b",
+            "/a`b",
+            "/a[b]",
+            "/a/../b",
+            "/a/.",
+            "/./a",
+        ] {
+            let error = check_route(bad).expect_err(bad);
+            // The message escapes what it quotes: nothing raw reaches a log.
+            assert!(
+                error.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_accepted_route_matches_itself_and_below_as_requested() {
+        for route in ["/", "/hello", "/a/", "/a:b@c!$&'()*+,;=~"] {
+            check_route(route).expect(route);
+            // A request for exactly that path parses and is routed there.
+            let uri: http::Uri = route.parse().expect(route);
+            let mut tenant = TenantRoutes::new("t", vec![HostPattern::Any]);
+            tenant.add(route, ());
+            let router = Router::new(vec![tenant]);
+            assert!(router.route("h", uri.path()).is_some(), "{route}");
+            let below = format!("{}/x", route.trim_end_matches('/'));
+            assert!(router.route("h", &below).is_some(), "{below}");
         }
     }
 }

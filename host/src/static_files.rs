@@ -116,25 +116,53 @@ fn servable(root: &Path, path: &Path) -> bool {
 
 /// Opens `relative` under `root` (a directory's `index.html` for a
 /// directory), with links followed, if it is a regular file that lies
-/// inside `root` with no hidden name on its way. Blocking.
+/// inside `root` with no hidden name on its way. Blocking, but never for
+/// long: see [`open_nonblocking`].
 fn open_within(root: &Path, relative: &Path) -> Option<Opened> {
-    let mut path = std::fs::canonicalize(root.join(relative)).ok()?;
+    let path = std::fs::canonicalize(root.join(relative)).ok()?;
     if !servable(root, &path) {
         return None;
     }
-    let directory = path.is_dir();
-    if directory {
-        path = std::fs::canonicalize(path.join("index.html")).ok()?;
-        if !servable(root, &path) {
+    let (file, meta) = open_nonblocking(&path)?;
+    if meta.is_dir() {
+        let index = std::fs::canonicalize(path.join("index.html")).ok()?;
+        if !servable(root, &index) {
             return None;
         }
+        let (file, meta) = open_nonblocking(&index)?;
+        return regular(file, &meta, index, true);
     }
-    let file = std::fs::File::open(&path).ok()?;
+    regular(file, &meta, path, false)
+}
+
+/// Opens `path` read-only with `O_NONBLOCK`, with its metadata as of the
+/// open handle.
+///
+/// A FIFO's `open` waits for a writer, forever if none comes, holding a
+/// blocking thread all along; a device's may wait too. `O_NONBLOCK` makes
+/// `open` return at once, and the type is taken from the handle (no window
+/// between check and open), so the caller refuses what is not a regular
+/// file. The flag stays set: reads of a regular file ignore it.
+fn open_nonblocking(path: &Path) -> Option<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    Some(Opened {
+    Some((file, meta))
+}
+
+/// `file` as [`Opened`] if it is a regular file: never a FIFO, socket or
+/// device.
+fn regular(
+    file: std::fs::File,
+    meta: &std::fs::Metadata,
+    path: PathBuf,
+    directory: bool,
+) -> Option<Opened> {
+    meta.is_file().then(|| Opened {
         file,
         path,
         size: meta.len(),
@@ -452,6 +480,47 @@ mod tests {
             let got = relative_path("/assets", path);
             assert_eq!(got.as_deref(), want.map(Path::new), "{path}");
         }
+    }
+
+    /// Runs `open_within` on a thread of its own, so a test that would
+    /// block in `open` fails instead of hanging.
+    fn open_soon(root: &Path, relative: &str) -> Option<Option<PathBuf>> {
+        let (root, relative) = (root.to_owned(), PathBuf::from(relative));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(open_within(&root, &relative).map(|o| o.path));
+        });
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .ok()
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_nothing_waits() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-static-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fifo-dir")).expect("create dir");
+        let root = std::fs::canonicalize(&dir).expect("canonical");
+        std::fs::write(root.join("file.txt"), "x").expect("write");
+        let made = std::process::Command::new("mkfifo")
+            .arg(root.join("pipe"))
+            .arg(root.join("fifo-dir/index.html"))
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo failed");
+        let _socket =
+            std::os::unix::net::UnixListener::bind(root.join("socket")).expect("bind a socket");
+
+        assert_eq!(
+            open_soon(&root, "file.txt"),
+            Some(Some(root.join("file.txt")))
+        );
+        for relative in ["pipe", "fifo-dir", "socket"] {
+            assert_eq!(open_soon(&root, relative), Some(None), "{relative}");
+        }
+        // A device: /dev/null lies inside /dev.
+        assert_eq!(open_soon(Path::new("/dev"), "null"), Some(None));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
