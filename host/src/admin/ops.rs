@@ -35,6 +35,7 @@ pub(super) struct Call<'a> {
     pub(super) handler: Option<String>,
 }
 
+/// What an operation answers: a response, or a rejection to send.
 type HttpResult = Result<Response<ResponseBody>, Rejection>;
 
 impl Call<'_> {
