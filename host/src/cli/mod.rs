@@ -1,6 +1,6 @@
 //! The command line's library half: the admin API client of `deploy`,
 //! `rollback` and `list` ([`client`]), and what they print for a person
-//! ([`print`]).
+//! ([`print`](mod@print)).
 
 pub mod client;
 pub mod print;
