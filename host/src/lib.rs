@@ -23,13 +23,13 @@
 //! memory budget), [`server`] (listeners, connections, shutdown),
 //! [`static_files`] (directories served without a guest),
 //! [`watch`] (`serve --watch`: reload when a component file changes), and
-//! [`client`] (the admin API client of `deploy`, `rollback` and `list`).
+//! [`cli`] (the command line's library half: the admin API client of
+//! `deploy`, `rollback` and `list`, and what they print).
 
 pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cli;
-pub mod client;
 pub mod control;
 pub mod digest;
 pub mod error;

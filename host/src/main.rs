@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wasmgate::cli::{self, say};
-use wasmgate::client::{self, Client};
+use wasmgate::cli::client::{self, Client};
+use wasmgate::cli::{self, print, say};
 
 mod new;
 mod oneshot;
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             let deployed = client
                 .deploy_file(&file, &tenant, &name, route.as_deref())
                 .await?;
-            Ok((deployed.summary(), deployed.handler.json))
+            Ok((print::deploy_summary(&deployed), deployed.handler.json))
         }),
         Command::Rollback {
             tenant,
@@ -190,12 +190,12 @@ fn main() -> ExitCode {
             admin,
         } => call_admin(&admin, async |client| {
             let handler = client.rollback(&tenant, &name, version).await?;
-            let summary = client::rollback_summary(&tenant, &handler.value);
+            let summary = print::rollback_summary(&tenant, &handler.value);
             Ok((summary, handler.json))
         }),
         Command::List { tenant, admin } => call_admin(&admin, async |client| {
             let list = client.list(&tenant).await?;
-            Ok((list.value.table(), list.json))
+            Ok((print::handler_table(&list.value), list.json))
         }),
         // Its own exit statuses: a guest that failed is not a usage error.
         Command::Call(args) => return oneshot::main(&args, capture.as_ref()),

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use common::{BIN, Served, serve_command};
 use serde_json::Value;
-use wasmgate::client::format_size;
+use wasmgate::cli::print::format_size;
 use wasmgate::digest::sha256_hex;
 use wasmgate_handler_components as components;
 

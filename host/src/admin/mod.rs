@@ -1,10 +1,15 @@
 //! The admin listener: health, readiness, Prometheus metrics, and the
-//! write API under `/admin/` (`api.rs`).
+//! write API under `/admin/`: its routing (`routes.rs`), operations
+//! (`ops.rs`), HTTP in and out (`wire.rs`) and JSON ([`views`], shared
+//! with the command line's client).
 //!
 //! Served on its own listener and its own tasks, so a flood of public
 //! traffic or CPU-heavy guests never makes `/metrics` unreachable.
 
-mod api;
+mod ops;
+mod routes;
+pub mod views;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +75,7 @@ impl Admin {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let path = request.uri().path();
         if path.starts_with("/admin/") {
-            return api::handle(self, request).await;
+            return routes::handle(self, request).await;
         }
         match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),

@@ -1,8 +1,13 @@
 //! The command line's library half: what each `wasmgate` command does.
 //! `main.rs` only parses the arguments and calls in here; this is the
 //! binary's edge, so errors are `anyhow` with context for a person.
+//! [`serve`] runs the gateway, [`component`] checks and compiles component
+//! files, [`client`] is the admin API client of `deploy`, `rollback` and
+//! `list`, and [`print`](mod@print) what they print for a person.
 
+pub mod client;
 pub mod component;
+pub mod print;
 pub mod serve;
 
 use anyhow::Context;

@@ -1,6 +1,6 @@
 //! A client of the admin API, for the `deploy`, `rollback` and `list`
-//! commands: typed calls and answers, and the lines and table the commands
-//! print.
+//! commands: typed calls, and answers read as the API's own views
+//! ([`crate::admin::views`]).
 //!
 //! Plain HTTP/1.1 over one TCP connection per call: the admin listener
 //! belongs on localhost or a private network (reach a remote one through
@@ -8,7 +8,6 @@
 //! most. The token comes from the environment, never from the command
 //! line, where `ps` would show it to every user of the machine.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,9 +17,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
+
+use crate::admin::views::{ErrorBody, HandlerList, HandlerView, WriteResult};
 
 /// The environment variable holding the token the commands send.
 pub const TOKEN_ENV: &str = "WASMGATE_ADMIN_TOKEN";
@@ -38,9 +39,29 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// The largest answer read: a long handler list is kilobytes; anything
 /// near this is not the admin API.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
-/// How many hex digits of a sha256 the lines and the table show: enough
-/// to tell versions apart at a glance.
-const SHA_PREFIX: usize = 12;
+/// What a path segment (a tenant's or a handler's name) sends as is: the
+/// unreserved characters of RFC 3986.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// What a route sends as is in a query value: also `/`, `:`, `@` and
+/// the sub-delims but `&`.
+const ROUTE: &AsciiSet = &SEGMENT
+    .remove(b'/')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=');
 
 /// Why a call failed. Each message is one line saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -131,87 +152,13 @@ pub enum ClientError {
     },
 }
 
-/// A handler as the admin API describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Handler {
-    /// Its name within the tenant.
-    pub name: String,
-    /// The path prefix it serves.
-    pub route: String,
-    /// Hex sha256 of the active component.
-    pub sha256: String,
-    /// The component's size in bytes.
-    pub size: u64,
-    /// The active version's number.
-    pub version: u64,
-    /// When the active version was created, in seconds since the epoch.
-    pub loaded_at: u64,
-    /// `config` or `api`: who made the active version.
-    pub source: String,
-    /// The strings its guest reads with `config::get`.
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    /// The kept versions, oldest first (single-handler answers only).
-    #[serde(default)]
-    pub versions: Vec<HandlerVersion>,
-}
-
-/// One kept version of a handler.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HandlerVersion {
-    /// Its number.
-    pub version: u64,
-    /// Hex sha256 of its component.
-    pub sha256: String,
-    /// The component's size in bytes.
-    pub size: u64,
-    /// Its route.
-    pub route: String,
-    /// Who made it.
-    pub source: String,
-    /// When it was created, in seconds since the epoch.
-    pub loaded_at: u64,
-    /// Whether it is the one serving.
-    pub active: bool,
-}
-
-/// A tenant's handlers.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HandlerList {
-    /// The tenant.
-    pub tenant: String,
-    /// Its handlers, by name.
-    pub handlers: Vec<Handler>,
-}
-
 /// An answer: its meaning and the JSON it came as, for `--json`.
 #[derive(Debug, Clone)]
-pub struct Answer<T> {
+pub struct Reply<T> {
     /// The parsed answer.
     pub value: T,
     /// The body as the gateway sent it.
     pub json: String,
-}
-
-/// What a deploy did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The handler is new.
-    Created,
-    /// A new version is serving.
-    Replaced,
-    /// The same component, route and config were serving already.
-    Unchanged,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Replaced => "replaced",
-            Self::Unchanged => "unchanged",
-        }
-    }
 }
 
 /// The answer to a deploy.
@@ -220,143 +167,9 @@ pub struct Deployed {
     /// The tenant deployed to.
     pub tenant: String,
     /// What changed.
-    pub outcome: Outcome,
+    pub outcome: WriteResult,
     /// The handler as it serves now.
-    pub handler: Answer<Handler>,
-}
-
-impl Deployed {
-    /// One line for a person: `deployed demo/greet version 3 (sha256
-    /// 0123456789ab, 113.2 KiB) at /greet: created`.
-    pub fn summary(&self) -> String {
-        let h = &self.handler.value;
-        format!(
-            "deployed {}/{} version {} (sha256 {}, {}) at {}: {}",
-            self.tenant,
-            h.name,
-            h.version,
-            sha_prefix(&h.sha256),
-            format_size(h.size),
-            h.route,
-            self.outcome.as_str()
-        )
-    }
-}
-
-/// One line for a person after a rollback.
-pub fn rollback_summary(tenant: &str, handler: &Handler) -> String {
-    format!(
-        "rolled back {tenant}/{}: version {} (sha256 {}, {}) serves at {}",
-        handler.name,
-        handler.version,
-        sha_prefix(&handler.sha256),
-        format_size(handler.size),
-        handler.route
-    )
-}
-
-impl HandlerList {
-    /// A table for a person: one row per handler, columns aligned.
-    pub fn table(&self) -> String {
-        if self.handlers.is_empty() {
-            return format!("tenant {} has no handlers", self.tenant);
-        }
-        let header = [
-            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED",
-        ];
-        let rows: Vec<[String; 7]> = self
-            .handlers
-            .iter()
-            .map(|h| {
-                [
-                    h.name.clone(),
-                    h.route.clone(),
-                    h.version.to_string(),
-                    sha_prefix(&h.sha256).to_owned(),
-                    format_size(h.size),
-                    h.source.clone(),
-                    format_unix_time(h.loaded_at),
-                ]
-            })
-            .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut table = String::new();
-        let mut line = |cells: &[&str]| {
-            let mut text = String::new();
-            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-                if i + 1 == cells.len() {
-                    text.push_str(cell);
-                } else {
-                    let _ = write!(text, "{cell:<width$}  ");
-                }
-            }
-            table.push_str(text.trim_end());
-            table.push('\n');
-        };
-        line(&header);
-        for row in &rows {
-            line(&row.each_ref().map(String::as_str));
-        }
-        table.pop();
-        table
-    }
-}
-
-/// A size for a person: bytes below 1 KiB, then KiB and MiB with one
-/// decimal.
-pub fn format_size(bytes: u64) -> String {
-    const KIB: u64 = 1024;
-    match bytes {
-        0..KIB => format!("{bytes} B"),
-        KIB..0x10_0000 => format!("{:.1} KiB", bytes as f64 / KIB as f64),
-        _ => format!("{:.1} MiB", bytes as f64 / (KIB * KIB) as f64),
-    }
-}
-
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_unix_time(seconds: u64) -> String {
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    // Days to a civil date in the proleptic Gregorian calendar (Howard
-    // Hinnant's `civil_from_days`), counted from 0000-03-01 so that leap
-    // days fall at the end of a year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-fn sha_prefix(sha256: &str) -> &str {
-    sha256.get(..SHA_PREFIX).unwrap_or(sha256)
-}
-
-/// The body of a rejection.
-#[derive(Deserialize)]
-struct ErrorBody {
-    /// The stable code scripts can match on.
-    error: String,
-    /// What a person should know.
-    message: String,
+    pub handler: Reply<HandlerView>,
 }
 
 /// A connection to one gateway's admin API, with a token.
@@ -483,7 +296,7 @@ impl Client {
         let mut path = self.handler_path(tenant, name);
         if let Some(route) = route {
             path.push_str("?route=");
-            path.push_str(&encode(route, b"/:@!$'()*+,;="));
+            path.extend(utf8_percent_encode(route, ROUTE));
         }
         let request = self
             .request(Method::PUT, &path)
@@ -491,7 +304,7 @@ impl Client {
             .header("content-digest", digest)
             .body(Full::new(Bytes::from(component)));
         let (status, body) = self.exchange(request).await?;
-        let handler: Answer<Handler> = match self.answer(status, &body) {
+        let handler: Reply<HandlerView> = match self.answer(status, &body) {
             // The API's own words ("?route=/path") are for curl users.
             Err(ClientError::Rejected {
                 status: 400, code, ..
@@ -504,11 +317,11 @@ impl Client {
             answer => answer?,
         };
         let outcome = if status == StatusCode::CREATED {
-            Outcome::Created
+            WriteResult::Created
         } else if before == Some(handler.value.version) {
-            Outcome::Unchanged
+            WriteResult::Unchanged
         } else {
-            Outcome::Replaced
+            WriteResult::Replaced
         };
         Ok(Deployed {
             tenant: tenant.to_owned(),
@@ -518,7 +331,11 @@ impl Client {
     }
 
     /// One handler with its kept versions.
-    pub async fn handler(&self, tenant: &str, name: &str) -> Result<Answer<Handler>, ClientError> {
+    pub async fn handler(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Reply<HandlerView>, ClientError> {
         let request = self
             .request(Method::GET, &self.handler_path(tenant, name))
             .body(Full::default());
@@ -533,7 +350,7 @@ impl Client {
         tenant: &str,
         name: &str,
         version: Option<u64>,
-    ) -> Result<Answer<Handler>, ClientError> {
+    ) -> Result<Reply<HandlerView>, ClientError> {
         let mut path = format!("{}/rollback", self.handler_path(tenant, name));
         if let Some(version) = version {
             let _ = write!(path, "?version={version}");
@@ -544,8 +361,11 @@ impl Client {
     }
 
     /// A tenant's handlers.
-    pub async fn list(&self, tenant: &str) -> Result<Answer<HandlerList>, ClientError> {
-        let path = format!("/admin/tenants/{}/handlers", encode(tenant, b""));
+    pub async fn list(&self, tenant: &str) -> Result<Reply<HandlerList>, ClientError> {
+        let path = format!(
+            "/admin/tenants/{}/handlers",
+            utf8_percent_encode(tenant, SEGMENT)
+        );
         let request = self.request(Method::GET, &path).body(Full::default());
         let (status, body) = self.exchange(request).await?;
         self.answer(status, &body)
@@ -554,8 +374,8 @@ impl Client {
     fn handler_path(&self, tenant: &str, name: &str) -> String {
         format!(
             "/admin/tenants/{}/handlers/{}",
-            encode(tenant, b""),
-            encode(name, b"")
+            utf8_percent_encode(tenant, SEGMENT),
+            utf8_percent_encode(name, SEGMENT)
         )
     }
 
@@ -631,18 +451,18 @@ impl Client {
         &self,
         status: StatusCode,
         body: &[u8],
-    ) -> Result<Answer<T>, ClientError> {
-        parse_answer(&self.url, status.as_u16(), body)
+    ) -> Result<Reply<T>, ClientError> {
+        parse_reply(&self.url, status.as_u16(), body)
     }
 }
 
 /// Reads an answer: the value of a success, the code and message of a
 /// rejection, or an error saying it is not the admin API at all.
-fn parse_answer<T: DeserializeOwned>(
+fn parse_reply<T: DeserializeOwned>(
     url: &str,
     status: u16,
     body: &[u8],
-) -> Result<Answer<T>, ClientError> {
+) -> Result<Reply<T>, ClientError> {
     let not_admin_api = || {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
@@ -662,7 +482,7 @@ fn parse_answer<T: DeserializeOwned>(
     if (200..300).contains(&status) {
         let value = serde_json::from_slice(body).map_err(|_| not_admin_api())?;
         let json = String::from_utf8_lossy(body).trim_end().to_owned();
-        Ok(Answer { value, json })
+        Ok(Reply { value, json })
     } else {
         let rejection: ErrorBody = serde_json::from_slice(body).map_err(|_| not_admin_api())?;
         Err(ClientError::Rejected {
@@ -671,20 +491,6 @@ fn parse_answer<T: DeserializeOwned>(
             message: rejection.message,
         })
     }
-}
-
-/// Percent-encodes every byte of `text` but the unreserved ones and
-/// `keep`.
-fn encode(text: &str, keep: &[u8]) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {
-            encoded.push(char::from(byte));
-        } else {
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
 }
 
 /// An error and its causes on one line: hyper's own messages ("error
@@ -702,22 +508,9 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::state::Source;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    fn handler(name: &str, route: &str, version: u64, size: u64, loaded_at: u64) -> Handler {
-        Handler {
-            name: name.to_owned(),
-            route: route.to_owned(),
-            sha256: SHA.to_owned(),
-            size,
-            version,
-            loaded_at,
-            source: "api".to_owned(),
-            config: BTreeMap::new(),
-            versions: Vec::new(),
-        }
-    }
 
     #[test]
     fn a_handler_answer_is_parsed_with_its_versions_and_kept_as_sent() {
@@ -725,7 +518,7 @@ mod tests {
             r#"{{
   "name": "greet", "route": "/greet", "sha256": "{SHA}", "size": 115900,
   "version": 3, "loaded_at": 1700000000, "source": "api",
-  "config": {{"greeting": "hi"}},
+  "config": {{"greeting": "hi"}}, "result": "created",
   "versions": [
     {{"version": 2, "sha256": "{SHA}", "size": 1, "route": "/g", "config": {{}},
       "source": "config", "loaded_at": 1, "active": false}},
@@ -736,21 +529,22 @@ mod tests {
 }}
 "#
         );
-        let answer: Answer<Handler> =
-            parse_answer("http://x", 201, body.as_bytes()).expect("parses");
+        let answer: Reply<HandlerView> =
+            parse_reply("http://x", 201, body.as_bytes()).expect("parses");
         assert_eq!(answer.value.name, "greet");
         assert_eq!(answer.value.version, 3);
         assert_eq!(answer.value.config["greeting"], "hi");
         assert_eq!(answer.value.versions.len(), 2);
         assert!(answer.value.versions[1].active);
-        assert_eq!(answer.value.versions[0].source, "config");
+        assert_eq!(answer.value.versions[0].source, Source::Config);
+        assert_eq!(answer.value.result, Some(WriteResult::Created));
         assert_eq!(answer.json, body.trim_end(), "--json prints what was sent");
     }
 
     #[test]
     fn a_rejection_becomes_status_code_and_message() {
         let body = br#"{"error": "route_taken", "message": "route \"/a\" is already used"}"#;
-        let error = parse_answer::<Handler>("http://x", 409, body).expect_err("rejected");
+        let error = parse_reply::<HandlerView>("http://x", 409, body).expect_err("rejected");
         assert!(
             matches!(&error, ClientError::Rejected { status: 409, code, .. } if code == "route_taken"),
             "{error:?}"
@@ -769,7 +563,7 @@ mod tests {
             (502, String::new()),
             (200, format!("{{\"x\": \"{}\"}}", "y".repeat(500))),
         ] {
-            let error = parse_answer::<HandlerList>("http://h:1", status, body.as_bytes())
+            let error = parse_reply::<HandlerList>("http://h:1", status, body.as_bytes())
                 .expect_err("not the API");
             let text = error.to_string();
             assert!(
@@ -782,67 +576,6 @@ mod tests {
             assert!(text.len() < 400, "the excerpt is bounded: {text}");
             assert!(!text.contains('\n'), "one line: {text}");
         }
-    }
-
-    #[test]
-    fn the_deploy_line_names_tenant_handler_version_digest_size_route_and_outcome() {
-        let deployed = Deployed {
-            tenant: "demo".to_owned(),
-            outcome: Outcome::Created,
-            handler: Answer {
-                value: handler("greet", "/greet", 3, 115_900, 0),
-                json: String::new(),
-            },
-        };
-        assert_eq!(
-            deployed.summary(),
-            "deployed demo/greet version 3 (sha256 0123456789ab, 113.2 KiB) at /greet: created"
-        );
-        let deployed = Deployed {
-            outcome: Outcome::Unchanged,
-            ..deployed
-        };
-        assert!(deployed.summary().ends_with(": unchanged"));
-        assert_eq!(
-            rollback_summary("demo", &handler("greet", "/g", 1, 12, 0)),
-            "rolled back demo/greet: version 1 (sha256 0123456789ab, 12 B) serves at /g"
-        );
-    }
-
-    #[test]
-    fn the_table_aligns_its_columns() {
-        let list = HandlerList {
-            tenant: "demo".to_owned(),
-            handlers: vec![
-                handler("greet", "/greet", 12, 115_900, 1_700_000_000),
-                handler("a", "/a/longer/route", 1, 3 << 20, 0),
-            ],
-        };
-        let expected = "\
-NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  LOADED
-greet  /greet           12       0123456789ab  113.2 KiB  api     2023-11-14 22:13:20 UTC
-a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:00:00 UTC";
-        assert_eq!(list.table(), expected);
-        let empty = HandlerList {
-            tenant: "demo".to_owned(),
-            handlers: Vec::new(),
-        };
-        assert_eq!(empty.table(), "tenant demo has no handlers");
-    }
-
-    #[test]
-    fn sizes_and_times_read_as_people_write_them() {
-        assert_eq!(format_size(0), "0 B");
-        assert_eq!(format_size(1023), "1023 B");
-        assert_eq!(format_size(1024), "1.0 KiB");
-        assert_eq!(format_size((1 << 20) - 1), "1024.0 KiB");
-        assert_eq!(format_size(1 << 20), "1.0 MiB");
-        assert_eq!(format_unix_time(0), "1970-01-01 00:00:00 UTC");
-        // A leap day, the last second of a year, and a century leap year.
-        assert_eq!(format_unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_unix_time(1_704_067_199), "2023-12-31 23:59:59 UTC");
-        assert_eq!(format_unix_time(1_709_164_800), "2024-02-29 00:00:00 UTC");
-        assert_eq!(format_unix_time(4_107_542_400), "2100-03-01 00:00:00 UTC");
     }
 
     #[test]
@@ -880,8 +613,10 @@ a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:
 
     #[test]
     fn names_and_routes_are_percent_encoded() {
-        assert_eq!(encode("demo-1_x.y~", b""), "demo-1_x.y~");
-        assert_eq!(encode("a/b c", b""), "a%2Fb%20c");
-        assert_eq!(encode("/a/b&c=d#é", b"/="), "/a/b%26c=d%23%C3%A9");
+        let encode = |text, set| utf8_percent_encode(text, set).to_string();
+        assert_eq!(encode("demo-1_x.y~", SEGMENT), "demo-1_x.y~");
+        assert_eq!(encode("a/b c", SEGMENT), "a%2Fb%20c");
+        assert_eq!(encode("/a/b&c=d#é", ROUTE), "/a/b%26c=d%23%C3%A9");
+        assert_eq!(encode("/a?b c", ROUTE), "/a%3Fb%20c");
     }
 }

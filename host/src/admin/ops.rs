@@ -1,0 +1,327 @@
+//! What each admin API operation does, once routed and authorised.
+//!
+//! Every write goes through [`Call::write`]: the registry's one writer
+//! checks, compiles, stores and swaps it in whole, or changes nothing, and
+//! the write is logged with tenant, handler, sha256, caller and result
+//! (tokens never are).
+
+use std::collections::HashMap;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::routes::Operation;
+use super::views::{
+    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, TenantList, TenantPut, TenantView,
+};
+use super::wire::{
+    Rejection, etag_of, if_match, json, no_content, query_param, read_component, read_json,
+    read_json_or_empty, tagged,
+};
+use super::{Admin, ReloadError};
+use crate::auth::Caller;
+use crate::body::ResponseBody;
+use crate::control::registry::ApplyConfigError;
+use crate::control::state::{Component, DesiredState, Source, StateError, Written};
+use crate::digest::sha256_hex;
+use crate::limits::Limits;
+
+/// One authorised admin request.
+pub(super) struct Call<'a> {
+    pub(super) admin: &'a Admin,
+    pub(super) caller: Caller,
+    pub(super) operation: Operation,
+    pub(super) tenant: Option<String>,
+    pub(super) handler: Option<String>,
+}
+
+/// What an operation answers: a response, or a rejection to send.
+type HttpResult = Result<Response<ResponseBody>, Rejection>;
+
+impl Call<'_> {
+    fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or_default()
+    }
+
+    fn handler(&self) -> &str {
+        self.handler.as_deref().unwrap_or_default()
+    }
+
+    pub(super) async fn list_tenants(&self) -> HttpResult {
+        let state = self.admin.registry.state().await;
+        let tenants = state
+            .tenants
+            .iter()
+            .map(|(name, t)| TenantView::new(name, t))
+            .collect();
+        Ok(tagged(StatusCode::OK, &TenantList { tenants }))
+    }
+
+    pub(super) async fn put_tenant(&self, request: Request<Incoming>) -> HttpResult {
+        let body: TenantPut = read_json(request).await?;
+        let tenant = self.tenant().to_owned();
+        let written = self
+            .write(None, HashMap::new(), move |state, defaults| {
+                state.put_tenant(
+                    &tenant,
+                    body.hosts,
+                    body.limits,
+                    body.cpu_weight,
+                    defaults,
+                    Source::Api,
+                )
+            })
+            .await?;
+        let state = self.admin.registry.state().await;
+        let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
+        Ok(tagged(status_of(written), &view))
+    }
+
+    pub(super) async fn delete_tenant(&self) -> HttpResult {
+        let tenant = self.tenant().to_owned();
+        self.write(None, HashMap::new(), move |state, _| {
+            state.delete_tenant(&tenant)
+        })
+        .await?;
+        Ok(no_content())
+    }
+
+    pub(super) async fn list_handlers(&self) -> HttpResult {
+        let state = self.admin.registry.state().await;
+        let handlers = state
+            .tenant(self.tenant())?
+            .handlers
+            .iter()
+            .filter_map(|(name, h)| HandlerView::new(name, h, false))
+            .collect();
+        let list = HandlerList {
+            tenant: self.tenant().to_owned(),
+            handlers,
+        };
+        Ok(tagged(StatusCode::OK, &list))
+    }
+
+    pub(super) async fn get_handler(&self) -> HttpResult {
+        let view = self.handler_view().await?;
+        Ok(tagged(StatusCode::OK, &view))
+    }
+
+    /// `PUT .../handlers/{name}?route=/path`, body = the component.
+    pub(super) async fn put_handler(&self, request: Request<Incoming>) -> HttpResult {
+        let route = query_param(request.uri().query(), "route");
+        let if_match = if_match(request.headers());
+        let upload = read_component(self.admin.max_upload_bytes, request).await?;
+        let sha256 = sha256_hex(&upload.bytes);
+        if let Some(digest) = upload.digest
+            && digest != sha256
+        {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "digest_mismatch",
+                format!("Content-Digest says sha-256 {digest}, the body's is {sha256}"),
+            ));
+        }
+        let component = Component {
+            sha256: sha256.clone(),
+            size: upload.bytes.len() as u64,
+        };
+        let uploads = HashMap::from([(sha256.clone(), upload.bytes)]);
+        let edit =
+            move |state: &mut DesiredState, defaults: &Limits, tenant: &str, handler: &str| {
+                state.check_room_for(tenant, handler, defaults)?;
+                let route = match (route, state.handler(tenant, handler)) {
+                    (Some(route), _) => route,
+                    (None, Ok(existing)) => existing
+                        .active_version()
+                        .map(|v| v.route.clone())
+                        .unwrap_or_default(),
+                    (None, Err(_)) => {
+                        return Err(StateError::Invalid(
+                            "a new handler needs ?route=/path".to_owned(),
+                        ));
+                    }
+                };
+                state.put_handler(tenant, handler, &component, &route, None, Source::Api)
+            };
+        let written = self
+            .write_handler(if_match, Some(&sha256), uploads, edit)
+            .await?;
+        self.handler_response(written).await
+    }
+
+    /// `PATCH .../handlers/{name}` with `{"route": ..., "config": {...}}`.
+    pub(super) async fn patch_handler(&self, request: Request<Incoming>) -> HttpResult {
+        let if_match = if_match(request.headers());
+        let patch: HandlerPatch = read_json(request).await?;
+        if patch.route.is_none() && patch.config.is_none() {
+            return Err(Rejection::bad_request("send \"route\", \"config\" or both"));
+        }
+        let written = self
+            .write_handler(if_match, None, HashMap::new(), move |state, _, t, h| {
+                state.patch_handler(t, h, patch.route.as_deref(), patch.config.as_ref())
+            })
+            .await?;
+        self.handler_response(written).await
+    }
+
+    /// `POST .../handlers/{name}/rollback`, the version in the query or
+    /// the body.
+    pub(super) async fn rollback(&self, request: Request<Incoming>) -> HttpResult {
+        let if_match = if_match(request.headers());
+        let query_version = query_param(request.uri().query(), "version");
+        let mut to: RollbackTo = read_json_or_empty(request).await?;
+        if let Some(version) = query_version {
+            to.version = Some(
+                version
+                    .parse()
+                    .map_err(|_| Rejection::bad_request("version must be a number"))?,
+            );
+        }
+        self.write_handler(if_match, None, HashMap::new(), move |state, _, t, h| {
+            state.rollback(t, h, to.version)
+        })
+        .await?;
+        self.handler_response(Written::Replaced).await
+    }
+
+    pub(super) async fn delete_handler(&self, request: Request<Incoming>) -> HttpResult {
+        let if_match = if_match(request.headers());
+        self.write_handler(if_match, None, HashMap::new(), |state, _, t, h| {
+            state.delete_handler(t, h)
+        })
+        .await?;
+        Ok(no_content())
+    }
+
+    pub(super) async fn reload(&self) -> HttpResult {
+        let reloaded = self.admin.reload().await;
+        self.log_write(None, &reloaded);
+        reloaded.map_err(|e| match e {
+            ReloadError::NoConfigFile => Rejection::new(
+                StatusCode::CONFLICT,
+                "no_config_file",
+                "the gateway was started without --config: there is no file to reload",
+            ),
+            ReloadError::Config(message) => {
+                Rejection::new(StatusCode::BAD_REQUEST, "invalid_config", message)
+            }
+            ReloadError::Apply(ApplyConfigError::Apply(e)) => e.into(),
+            ReloadError::Apply(e) => {
+                Rejection::new(StatusCode::BAD_REQUEST, "invalid_config", e.to_string())
+            }
+        })?;
+        Ok(json(StatusCode::OK, &Reloaded { reloaded: true }, None))
+    }
+
+    /// Applies `edit` through the registry's one writer, with `uploads`
+    /// (component bytes by sha256) for it to load, and logs the write.
+    async fn write<T: Send + 'static>(
+        &self,
+        sha256: Option<&str>,
+        uploads: HashMap<String, Vec<u8>>,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, Rejection> {
+        let written = self.admin.registry.apply(uploads, edit).await;
+        self.log_write(sha256, &written);
+        Ok(written?)
+    }
+
+    /// [`Call::write`] of an edit of the request's handler (given as
+    /// tenant and handler name), after checking `If-Match`.
+    async fn write_handler<T: Send + 'static>(
+        &self,
+        if_match: Option<String>,
+        sha256: Option<&str>,
+        uploads: HashMap<String, Vec<u8>>,
+        edit: impl FnOnce(&mut DesiredState, &Limits, &str, &str) -> Result<T, StateError>
+        + Send
+        + 'static,
+    ) -> Result<T, Rejection> {
+        let (tenant, handler) = (self.tenant().to_owned(), self.handler().to_owned());
+        self.write(sha256, uploads, move |state, defaults| {
+            check_if_match(state, &tenant, &handler, if_match.as_deref())?;
+            edit(state, defaults, &tenant, &handler)
+        })
+        .await
+    }
+
+    /// The request's handler with its versions.
+    async fn handler_view(&self) -> Result<HandlerView, Rejection> {
+        let state = self.admin.registry.state().await;
+        let handler = state.handler(self.tenant(), self.handler())?;
+        HandlerView::new(self.handler(), handler, true).ok_or_else(|| {
+            Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("handler {:?} has no active version", self.handler()),
+            )
+        })
+    }
+
+    /// The handler as it is now, after a write that did `written`: its
+    /// status, and `result` in the body (`created`, `replaced` or
+    /// `unchanged`), since 200 means either of the last two.
+    async fn handler_response(&self, written: Written) -> HttpResult {
+        let mut view = self.handler_view().await?;
+        // The ETag is the handler's own, without the write's result.
+        let etag = etag_of(&view);
+        view.result = Some(written.into());
+        Ok(json(status_of(written), &view, Some(etag)))
+    }
+
+    fn log_write<T, E: std::fmt::Display>(&self, sha256: Option<&str>, result: &Result<T, E>) {
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("rejected: {e}"),
+        };
+        tracing::info!(
+            operation = self.operation.as_str(),
+            tenant = self.tenant(),
+            handler = self.handler(),
+            sha256 = sha256.unwrap_or("-"),
+            caller = %self.caller.describe(),
+            result = %outcome,
+            "admin write"
+        );
+    }
+}
+
+fn status_of(written: Written) -> StatusCode {
+    match written {
+        Written::Created => StatusCode::CREATED,
+        Written::Replaced | Written::Unchanged => StatusCode::OK,
+    }
+}
+
+/// Fails with 412 unless `if_match` (when sent) matches the handler's
+/// current ETag; `*` matches any existing handler.
+fn check_if_match(
+    state: &DesiredState,
+    tenant: &str,
+    handler: &str,
+    if_match: Option<&str>,
+) -> Result<(), StateError> {
+    let Some(if_match) = if_match else {
+        return Ok(());
+    };
+    let current = state
+        .handler(tenant, handler)
+        .ok()
+        .and_then(|h| HandlerView::new(handler, h, true))
+        .map(|view| etag_of(&view));
+    let matches = match &current {
+        None => false,
+        Some(etag) => if_match
+            .split(',')
+            .map(str::trim)
+            .any(|candidate| candidate == "*" || candidate == etag),
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(StateError::Precondition(format!(
+            "If-Match {if_match} does not match the handler's current ETag {}",
+            current.as_deref().unwrap_or("(none: it does not exist)")
+        )))
+    }
+}

@@ -1,0 +1,157 @@
+//! The admin write API's routing: which method and path is which
+//! operation, who may call it, and its metric.
+//!
+//! Every request names its caller with a bearer token (`auth.rs`). Tenants
+//! as a whole and reloads are the root's; a tenant's handlers are also
+//! the tenant's own.
+
+use http::{Method, Request, Response, header};
+use hyper::body::Incoming;
+
+use super::Admin;
+use super::ops::Call;
+use super::wire::{Rejection, drain};
+use crate::body::ResponseBody;
+
+/// What a request does, for the admin metric and the log.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Operation {
+    ListTenants,
+    PutTenant,
+    DeleteTenant,
+    ListHandlers,
+    GetHandler,
+    PutHandler,
+    PatchHandler,
+    Rollback,
+    DeleteHandler,
+    Reload,
+}
+
+impl Operation {
+    /// Its name in the metric and the log.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::ListTenants => "list_tenants",
+            Self::PutTenant => "put_tenant",
+            Self::DeleteTenant => "delete_tenant",
+            Self::ListHandlers => "list_handlers",
+            Self::GetHandler => "get_handler",
+            Self::PutHandler => "put_handler",
+            Self::PatchHandler => "patch_handler",
+            Self::Rollback => "rollback",
+            Self::DeleteHandler => "delete_handler",
+            Self::Reload => "reload",
+        }
+    }
+
+    fn writes(self) -> bool {
+        !matches!(
+            self,
+            Self::ListTenants | Self::ListHandlers | Self::GetHandler
+        )
+    }
+
+    /// Whether a tenant's own token may call it (on that tenant).
+    fn tenant_may(self) -> bool {
+        !matches!(
+            self,
+            Self::ListTenants | Self::PutTenant | Self::DeleteTenant | Self::Reload
+        )
+    }
+}
+
+/// An operation and the tenant and handler its path names.
+type Route<'a> = (Operation, Option<&'a str>, Option<&'a str>);
+
+/// The operation `method` on `path` (after `/admin/`) asks for.
+fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let route = match (method, segments.as_slice()) {
+        (&Method::GET, ["tenants"]) => (Operation::ListTenants, None, None),
+        (&Method::PUT, ["tenants", t]) => (Operation::PutTenant, Some(*t), None),
+        (&Method::DELETE, ["tenants", t]) => (Operation::DeleteTenant, Some(*t), None),
+        (&Method::GET, ["tenants", t, "handlers"]) => (Operation::ListHandlers, Some(*t), None),
+        (&Method::GET, ["tenants", t, "handlers", h]) => {
+            (Operation::GetHandler, Some(*t), Some(*h))
+        }
+        (&Method::PUT, ["tenants", t, "handlers", h]) => {
+            (Operation::PutHandler, Some(*t), Some(*h))
+        }
+        (&Method::PATCH, ["tenants", t, "handlers", h]) => {
+            (Operation::PatchHandler, Some(*t), Some(*h))
+        }
+        (&Method::POST, ["tenants", t, "handlers", h, "rollback"]) => {
+            (Operation::Rollback, Some(*t), Some(*h))
+        }
+        (&Method::DELETE, ["tenants", t, "handlers", h]) => {
+            (Operation::DeleteHandler, Some(*t), Some(*h))
+        }
+        (&Method::POST, ["reload"]) => (Operation::Reload, None, None),
+        _ => return None,
+    };
+    Some(route)
+}
+
+/// Answers a request under `/admin/`.
+pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<ResponseBody> {
+    let path = request.uri().path().to_owned();
+    let Some((operation, tenant, handler)) =
+        route(request.method(), path.trim_start_matches("/admin/"))
+    else {
+        drain(request.into_body()).await;
+        return Rejection::not_found().into_response();
+    };
+    let (tenant, handler) = (tenant.map(str::to_owned), handler.map(str::to_owned));
+    let scope = if operation.tenant_may() {
+        tenant.as_deref()
+    } else {
+        None
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let caller = admin.tokens().authorize(authorization.as_deref(), scope);
+    let result = match caller {
+        Err(denied) => {
+            drain(request.into_body()).await;
+            if operation.writes() {
+                tracing::info!(
+                    operation = operation.as_str(),
+                    tenant = tenant.as_deref().unwrap_or("-"),
+                    handler = handler.as_deref().unwrap_or("-"),
+                    result = %format!("denied: {denied}"),
+                    "admin write"
+                );
+            }
+            Err(Rejection::from(denied))
+        }
+        Ok(caller) => {
+            let call = Call {
+                admin,
+                caller,
+                operation,
+                tenant,
+                handler,
+            };
+            match operation {
+                Operation::ListTenants => call.list_tenants().await,
+                Operation::PutTenant => call.put_tenant(request).await,
+                Operation::DeleteTenant => call.delete_tenant().await,
+                Operation::ListHandlers => call.list_handlers().await,
+                Operation::GetHandler => call.get_handler().await,
+                Operation::PutHandler => call.put_handler(request).await,
+                Operation::PatchHandler => call.patch_handler(request).await,
+                Operation::Rollback => call.rollback(request).await,
+                Operation::DeleteHandler => call.delete_handler(request).await,
+                Operation::Reload => call.reload().await,
+            }
+        }
+    };
+    let response = result.unwrap_or_else(Rejection::into_response);
+    admin
+        .metrics
+        .admin_request(operation.as_str(), response.status());
+    response
+}

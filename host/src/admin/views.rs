@@ -1,0 +1,235 @@
+//! The admin API's JSON: every answer and request body as a serde type,
+//! the one definition the API writes and its client
+//! ([`crate::cli::client`]) reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::state::{HandlerState, Source, TenantState, Version, Written};
+use crate::limits::LimitOverrides;
+
+/// A tenant: an item of [`TenantList`], and the answer to
+/// `PUT /admin/tenants/{t}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantView {
+    /// Its name.
+    pub name: String,
+    /// Host patterns, as in the config file.
+    pub hosts: Vec<String>,
+    /// Its overrides of the config file's `[limits]`.
+    pub limits: LimitOverrides,
+    /// Its share of the guest CPU when tenants compete.
+    pub cpu_weight: u32,
+    /// Who defined its hosts and limits last.
+    pub source: Source,
+    /// Its handlers' names.
+    pub handlers: Vec<String>,
+}
+
+impl TenantView {
+    /// The view of `tenant`, named `name`.
+    pub fn new(name: &str, tenant: &TenantState) -> Self {
+        Self {
+            name: name.to_owned(),
+            hosts: tenant.hosts.clone(),
+            limits: tenant.limits,
+            cpu_weight: tenant.cpu_weight,
+            source: tenant.source,
+            handlers: tenant.handlers.keys().cloned().collect(),
+        }
+    }
+}
+
+/// `GET /admin/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantList {
+    /// Every tenant, by name.
+    pub tenants: Vec<TenantView>,
+}
+
+/// A handler as it serves: an item of [`HandlerList`], the answer to
+/// `GET .../handlers/{name}` (with its versions) and to every handler
+/// write (with `result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerView {
+    /// Its name within the tenant.
+    pub name: String,
+    /// The path prefix it serves.
+    pub route: String,
+    /// Hex sha256 of the active component.
+    pub sha256: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// The active version's number.
+    pub version: u64,
+    /// When the active version was created, in seconds since the epoch.
+    pub loaded_at: u64,
+    /// Who made the active version.
+    pub source: Source,
+    /// The strings its guest reads with `config::get`.
+    pub config: BTreeMap<String, String>,
+    /// The kept versions, oldest first (single-handler answers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionView>,
+    /// What the write answered did (write answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<WriteResult>,
+}
+
+impl HandlerView {
+    /// The view of `handler`, named `name`, with its kept versions when
+    /// `history`; `None` without an active version, which the state's
+    /// invariant rules out.
+    pub fn new(name: &str, handler: &HandlerState, history: bool) -> Option<Self> {
+        let active = handler.active_version()?;
+        let versions = if history {
+            let view = |v: &Version| VersionView {
+                version: v.number,
+                sha256: v.sha256.clone(),
+                size: v.size,
+                route: v.route.clone(),
+                config: v.config.clone(),
+                source: v.source,
+                loaded_at: v.created_at,
+                active: v.number == handler.active,
+            };
+            handler.versions.iter().map(view).collect()
+        } else {
+            Vec::new()
+        };
+        Some(Self {
+            name: name.to_owned(),
+            route: active.route.clone(),
+            sha256: active.sha256.clone(),
+            size: active.size,
+            version: active.number,
+            loaded_at: active.created_at,
+            source: active.source,
+            config: active.config.clone(),
+            versions,
+            result: None,
+        })
+    }
+}
+
+/// One kept version of a handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Its number.
+    pub version: u64,
+    /// Hex sha256 of its component.
+    pub sha256: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// Its route.
+    pub route: String,
+    /// Its config strings.
+    pub config: BTreeMap<String, String>,
+    /// Who made it.
+    pub source: Source,
+    /// When it was created, in seconds since the epoch.
+    pub loaded_at: u64,
+    /// Whether it is the one serving.
+    pub active: bool,
+}
+
+/// `GET /admin/tenants/{t}/handlers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerList {
+    /// The tenant.
+    pub tenant: String,
+    /// Its handlers, by name.
+    pub handlers: Vec<HandlerView>,
+}
+
+/// What a handler write did; the status alone cannot tell the last two
+/// apart (both 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteResult {
+    /// The handler is new (201).
+    Created,
+    /// A new version or new settings serve.
+    Replaced,
+    /// The same component, route and config were serving already.
+    Unchanged,
+}
+
+impl WriteResult {
+    /// The word the API sends.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Replaced => "replaced",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl From<Written> for WriteResult {
+    fn from(written: Written) -> Self {
+        match written {
+            Written::Created => Self::Created,
+            Written::Replaced => Self::Replaced,
+            Written::Unchanged => Self::Unchanged,
+        }
+    }
+}
+
+/// The answer to `POST /admin/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Always true: a failed reload is a rejection.
+    pub reloaded: bool,
+}
+
+/// Every rejection's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The stable code scripts can match on (`route_taken`, ...).
+    pub error: String,
+    /// What a person should know.
+    pub message: String,
+}
+
+/// The body of `PUT /admin/tenants/{t}`; absent fields take their
+/// defaults (any host, no overrides, weight 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantPut {
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Overrides of the config file's `[limits]`.
+    pub limits: LimitOverrides,
+    /// Its share of the guest CPU.
+    pub cpu_weight: u32,
+}
+
+impl Default for TenantPut {
+    fn default() -> Self {
+        Self {
+            hosts: crate::limits::default_hosts(),
+            limits: LimitOverrides::default(),
+            cpu_weight: crate::limits::default_cpu_weight(),
+        }
+    }
+}
+
+/// The body of `PATCH .../handlers/{name}`: either or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerPatch {
+    /// A new route.
+    pub route: Option<String>,
+    /// New config strings, replacing the old ones.
+    pub config: Option<BTreeMap<String, String>>,
+}
+
+/// The body of a rollback: the version to go back to; none: the previous.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackTo {
+    /// The version to serve again.
+    pub version: Option<u64>,
+}

@@ -1,0 +1,228 @@
+//! What `deploy`, `rollback` and `list` print for a person: one line per
+//! write, a table of handlers, sizes and times as people write them.
+
+use std::fmt::Write as _;
+
+use super::client::Deployed;
+use crate::admin::views::{HandlerList, HandlerView};
+use crate::control::state::Source;
+
+/// How many hex digits of a sha256 the lines and the table show: enough
+/// to tell versions apart at a glance.
+const SHA_PREFIX: usize = 12;
+
+/// One line after a deploy: `deployed demo/greet version 3 (sha256
+/// 0123456789ab, 113.2 KiB) at /greet: created`.
+pub fn deploy_summary(deployed: &Deployed) -> String {
+    let h = &deployed.handler.value;
+    format!(
+        "deployed {}/{} version {} (sha256 {}, {}) at {}: {}",
+        deployed.tenant,
+        h.name,
+        h.version,
+        sha_prefix(&h.sha256),
+        format_size(h.size),
+        h.route,
+        deployed.outcome.as_str()
+    )
+}
+
+/// One line after a rollback.
+pub fn rollback_summary(tenant: &str, handler: &HandlerView) -> String {
+    format!(
+        "rolled back {tenant}/{}: version {} (sha256 {}, {}) serves at {}",
+        handler.name,
+        handler.version,
+        sha_prefix(&handler.sha256),
+        format_size(handler.size),
+        handler.route
+    )
+}
+
+/// A tenant's handlers as a table: one row per handler, columns aligned.
+pub fn handler_table(list: &HandlerList) -> String {
+    if list.handlers.is_empty() {
+        return format!("tenant {} has no handlers", list.tenant);
+    }
+    let header = [
+        "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED",
+    ];
+    let rows: Vec<[String; 7]> = list
+        .handlers
+        .iter()
+        .map(|h| {
+            [
+                h.name.clone(),
+                h.route.clone(),
+                h.version.to_string(),
+                sha_prefix(&h.sha256).to_owned(),
+                format_size(h.size),
+                source_name(h.source).to_owned(),
+                format_unix_time(h.loaded_at),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        table.push_str(text.trim_end());
+        table.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    table.pop();
+    table
+}
+
+/// A size for a person: bytes below 1 KiB, then KiB and MiB with one
+/// decimal.
+pub fn format_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    match bytes {
+        0..KIB => format!("{bytes} B"),
+        KIB..0x10_0000 => format!("{:.1} KiB", bytes as f64 / KIB as f64),
+        _ => format!("{:.1} MiB", bytes as f64 / (KIB * KIB) as f64),
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_unix_time(seconds: u64) -> String {
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Days to a civil date in the proleptic Gregorian calendar (Howard
+    // Hinnant's `civil_from_days`), counted from 0000-03-01 so that leap
+    // days fall at the end of a year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+fn sha_prefix(sha256: &str) -> &str {
+    sha256.get(..SHA_PREFIX).unwrap_or(sha256)
+}
+
+/// The word the API uses for `source`.
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Config => "config",
+        Source::Api => "api",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::admin::views::WriteResult;
+    use crate::cli::client::Reply;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn handler(name: &str, route: &str, version: u64, size: u64, loaded_at: u64) -> HandlerView {
+        HandlerView {
+            name: name.to_owned(),
+            route: route.to_owned(),
+            sha256: SHA.to_owned(),
+            size,
+            version,
+            loaded_at,
+            source: Source::Api,
+            config: BTreeMap::new(),
+            versions: Vec::new(),
+            result: None,
+        }
+    }
+
+    #[test]
+    fn the_deploy_line_names_tenant_handler_version_digest_size_route_and_outcome() {
+        let deployed = Deployed {
+            tenant: "demo".to_owned(),
+            outcome: WriteResult::Created,
+            handler: Reply {
+                value: handler("greet", "/greet", 3, 115_900, 0),
+                json: String::new(),
+            },
+        };
+        assert_eq!(
+            deploy_summary(&deployed),
+            "deployed demo/greet version 3 (sha256 0123456789ab, 113.2 KiB) at /greet: created"
+        );
+        let deployed = Deployed {
+            outcome: WriteResult::Unchanged,
+            ..deployed
+        };
+        assert!(deploy_summary(&deployed).ends_with(": unchanged"));
+        assert_eq!(
+            rollback_summary("demo", &handler("greet", "/g", 1, 12, 0)),
+            "rolled back demo/greet: version 1 (sha256 0123456789ab, 12 B) serves at /g"
+        );
+    }
+
+    #[test]
+    fn the_table_aligns_its_columns() {
+        let list = HandlerList {
+            tenant: "demo".to_owned(),
+            handlers: vec![
+                handler("greet", "/greet", 12, 115_900, 1_700_000_000),
+                handler("a", "/a/longer/route", 1, 3 << 20, 0),
+            ],
+        };
+        let expected = "\
+NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  LOADED
+greet  /greet           12       0123456789ab  113.2 KiB  api     2023-11-14 22:13:20 UTC
+a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:00:00 UTC";
+        assert_eq!(handler_table(&list), expected);
+        let empty = HandlerList {
+            tenant: "demo".to_owned(),
+            handlers: Vec::new(),
+        };
+        assert_eq!(handler_table(&empty), "tenant demo has no handlers");
+    }
+
+    #[test]
+    fn sizes_and_times_read_as_people_write_them() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1024), "1.0 KiB");
+        assert_eq!(format_size((1 << 20) - 1), "1024.0 KiB");
+        assert_eq!(format_size(1 << 20), "1.0 MiB");
+        assert_eq!(format_unix_time(0), "1970-01-01 00:00:00 UTC");
+        // A leap day, the last second of a year, and a century leap year.
+        assert_eq!(format_unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_unix_time(1_704_067_199), "2023-12-31 23:59:59 UTC");
+        assert_eq!(format_unix_time(1_709_164_800), "2024-02-29 00:00:00 UTC");
+        assert_eq!(format_unix_time(4_107_542_400), "2100-03-01 00:00:00 UTC");
+    }
+}
