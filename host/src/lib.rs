@@ -27,17 +27,14 @@
 //! `deploy`, `rollback` and `list`, and what they print).
 
 pub mod admin;
-pub mod auth;
-pub mod body;
 pub mod cli;
 pub mod control;
 pub mod digest;
 pub mod error;
-pub mod gateway;
 pub mod guest_log;
 pub mod limits;
 pub mod metrics;
+pub mod request;
 pub mod router;
 pub mod runtime;
 pub mod server;
-pub mod static_files;

@@ -9,9 +9,6 @@ use clap::{Parser, Subcommand};
 use wasmgate::cli::client::{self, Client};
 use wasmgate::cli::{self, print, say};
 
-mod new;
-mod oneshot;
-
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
 #[derive(Parser)]
 #[command(version, about)]
@@ -123,7 +120,7 @@ enum Command {
     /// (same limits, statuses and errors) and print the response. Exits 0
     /// when the guest answered, 3 when the gateway answered for it (trap,
     /// fuel, timeout, invalid response), 1 when the component cannot run.
-    Call(oneshot::CallArgs),
+    Call(cli::call::CallArgs),
 }
 
 /// `serve --log-format`.
@@ -165,7 +162,7 @@ fn main() -> ExitCode {
             watch,
         }),
         Command::Check { file } => cli::component::check(&file),
-        Command::New { path, name, sdk } => new::run(&path, name.as_deref(), sdk.as_deref()),
+        Command::New { path, name, sdk } => cli::new::run(&path, name.as_deref(), sdk.as_deref()),
         Command::Compile {
             files,
             config,
@@ -198,7 +195,7 @@ fn main() -> ExitCode {
             Ok((print::handler_table(&list.value), list.json))
         }),
         // Its own exit statuses: a guest that failed is not a usage error.
-        Command::Call(args) => return oneshot::main(&args, capture.as_ref()),
+        Command::Call(args) => return cli::call::main(&args, capture.as_ref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,7 +208,7 @@ fn main() -> ExitCode {
 
 /// Starts logging for `command`. For `call --json`, also keeps the
 /// guest's log lines at every level for the output, and returns where.
-fn init_logging(command: &Command) -> Option<oneshot::Capture> {
+fn init_logging(command: &Command) -> Option<cli::call::Capture> {
     let json = matches!(
         command,
         Command::Serve {
@@ -220,10 +217,10 @@ fn init_logging(command: &Command) -> Option<oneshot::Capture> {
         }
     );
     let capture = match command {
-        Command::Call(args) if args.json() => Some(oneshot::Capture::default()),
+        Command::Call(args) if args.json() => Some(cli::call::Capture::default()),
         _ => None,
     };
-    cli::init_logging(json, capture.as_ref().map(oneshot::Capture::layer));
+    cli::init_logging(json, capture.as_ref().map(cli::call::Capture::layer));
     capture
 }
 

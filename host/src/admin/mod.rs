@@ -6,6 +6,7 @@
 //! Served on its own listener and its own tasks, so a flood of public
 //! traffic or CPU-heavy guests never makes `/metrics` unreachable.
 
+pub mod auth;
 mod ops;
 mod routes;
 pub mod views;
@@ -18,13 +19,13 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::auth::Tokens;
-use crate::body::ResponseBody;
+use crate::admin::auth::Tokens;
 pub use crate::control::ReloadError;
 use crate::control::config::Config;
 use crate::control::registry::Registry;
 use crate::control::{ControlPlane, Trigger};
 use crate::metrics::Metrics;
+use crate::request::body::ResponseBody;
 
 /// The admin API.
 #[derive(Debug)]

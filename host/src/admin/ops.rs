@@ -19,12 +19,12 @@ use super::wire::{
     read_json_or_empty, tagged,
 };
 use super::{Admin, ReloadError};
-use crate::auth::Caller;
-use crate::body::ResponseBody;
+use crate::admin::auth::Caller;
 use crate::control::registry::ApplyConfigError;
 use crate::control::state::{Component, DesiredState, Source, StateError, Written};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
+use crate::request::body::ResponseBody;
 
 /// One authorised admin request.
 pub(super) struct Call<'a> {

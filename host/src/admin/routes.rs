@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::Admin;
 use super::ops::Call;
 use super::wire::{Rejection, drain};
-use crate::body::ResponseBody;
+use crate::request::body::ResponseBody;
 
 /// What a request does, for the admin metric and the log.
 #[derive(Debug, Clone, Copy)]

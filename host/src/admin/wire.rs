@@ -14,11 +14,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::views::ErrorBody;
-use crate::auth::Denied;
-use crate::body::ResponseBody;
+use crate::admin::auth::Denied;
 use crate::control::registry::ApplyError;
 use crate::control::state::StateError;
 use crate::digest::sha256_hex;
+use crate::request::body::ResponseBody;
 
 /// How long an upload's body may take to arrive: a 64 MiB component over
 /// a slow link, but not forever.

@@ -5,8 +5,10 @@
 //! files, [`client`] is the admin API client of `deploy`, `rollback` and
 //! `list`, and [`print`](mod@print) what they print for a person.
 
+pub mod call;
 pub mod client;
 pub mod component;
+pub mod new;
 pub mod print;
 pub mod serve;
 

@@ -229,7 +229,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::body::ResponseBody;
+    use crate::request::body::ResponseBody;
 
     #[tokio::test]
     async fn a_body_is_in_flight_until_dropped_and_waiting_until_it_ends() {

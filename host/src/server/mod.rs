@@ -38,12 +38,12 @@ use tokio::sync::{Semaphore, watch};
 use self::connection::{ConnState, CutReason, Ending, Phase, Timeouts};
 use self::io::{TrackedBody, WatchedIo};
 use crate::admin::Admin;
-use crate::body::{ByteBudget, ResponseBody};
 use crate::control::config::{Config, ServerConfig};
 use crate::control::{ControlPlane, StartError};
 use crate::error::RequestError;
-use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::request::body::{ByteBudget, ResponseBody};
+use crate::request::gateway::Gateway;
 use crate::runtime::Executor;
 
 /// Connections the admin listener serves at once. Far more than the

@@ -22,19 +22,19 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::control::config::Config;
+use crate::error::RequestError;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::runtime::{
+    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, HandlerContext, HandlerVersion, Runtime,
+};
 use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method};
 use tracing_subscriber::Layer;
-use wasmgate::control::config::Config;
-use wasmgate::error::RequestError;
-use wasmgate::limits::Limits;
-use wasmgate::metrics::Metrics;
-use wasmgate::runtime::{
-    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, HandlerContext, HandlerVersion, Runtime,
-};
 
 /// The exit status when the gateway, not the guest, answered: the guest
 /// trapped, ran out of fuel or time, or its response was invalid.
@@ -328,7 +328,7 @@ fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {
 fn handler_name(file: &Path) -> String {
     file.file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
-        .filter(|stem| wasmgate::limits::check_name(stem).is_ok())
+        .filter(|stem| crate::limits::check_name(stem).is_ok())
         .unwrap_or_else(|| "handler".to_owned())
 }
 

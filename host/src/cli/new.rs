@@ -342,7 +342,7 @@ mod tests {
     /// code builds and passes its tests.
     #[test]
     fn the_readme_handler_is_what_new_writes() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let section = readme
             .split_once("## A handler in 20 lines")
             .map(|(_, rest)| rest)

@@ -1,6 +1,6 @@
 //! The public request path: route, read the body, admit, run the guest on
 //! the executor, count it. A route to a static mount is answered by
-//! [`crate::static_files`] instead, counted the same way with the handler
+//! [`crate::request::static_files`] instead, counted the same way with the handler
 //! label `static:ROUTE`.
 //!
 //! Runs on tokio's async workers and never runs guest code itself: the
@@ -17,10 +17,10 @@ use http::{HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 
-use crate::body::{ByteBudget, Reservation, ResponseBody};
 use crate::control::table::{Route, RouteTable, Target};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+use crate::request::body::{ByteBudget, Reservation, ResponseBody};
 use crate::runtime::{Executor, GuestRequest};
 
 /// Everything the request path needs, shared by all connections.

@@ -34,8 +34,8 @@ use http::{Method, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
-use crate::body::ResponseBody;
 use crate::control::table::StaticMount;
+use crate::request::body::ResponseBody;
 
 /// The most of a file read and handed to hyper at once.
 pub const CHUNK: usize = 64 << 10;
