@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::routes::Operation;
 use super::views::{
     HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, TenantList, TenantPut, TenantView,
 };
@@ -25,6 +24,54 @@ use crate::control::state::{Component, DesiredState, Source, StateError, Written
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::request::body::ResponseBody;
+
+/// What a request does, for the admin metric and the log.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Operation {
+    ListTenants,
+    PutTenant,
+    DeleteTenant,
+    ListHandlers,
+    GetHandler,
+    PutHandler,
+    PatchHandler,
+    Rollback,
+    DeleteHandler,
+    Reload,
+}
+
+impl Operation {
+    /// Its name in the metric and the log.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::ListTenants => "list_tenants",
+            Self::PutTenant => "put_tenant",
+            Self::DeleteTenant => "delete_tenant",
+            Self::ListHandlers => "list_handlers",
+            Self::GetHandler => "get_handler",
+            Self::PutHandler => "put_handler",
+            Self::PatchHandler => "patch_handler",
+            Self::Rollback => "rollback",
+            Self::DeleteHandler => "delete_handler",
+            Self::Reload => "reload",
+        }
+    }
+
+    pub(super) fn writes(self) -> bool {
+        !matches!(
+            self,
+            Self::ListTenants | Self::ListHandlers | Self::GetHandler
+        )
+    }
+
+    /// Whether a tenant's own token may call it (on that tenant).
+    pub(super) fn tenant_may(self) -> bool {
+        !matches!(
+            self,
+            Self::ListTenants | Self::PutTenant | Self::DeleteTenant | Self::Reload
+        )
+    }
+}
 
 /// One authorised admin request.
 pub(super) struct Call<'a> {

@@ -9,57 +9,9 @@ use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::Admin;
-use super::ops::Call;
+use super::ops::{Call, Operation};
 use super::wire::{Rejection, drain};
 use crate::request::body::ResponseBody;
-
-/// What a request does, for the admin metric and the log.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Operation {
-    ListTenants,
-    PutTenant,
-    DeleteTenant,
-    ListHandlers,
-    GetHandler,
-    PutHandler,
-    PatchHandler,
-    Rollback,
-    DeleteHandler,
-    Reload,
-}
-
-impl Operation {
-    /// Its name in the metric and the log.
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Self::ListTenants => "list_tenants",
-            Self::PutTenant => "put_tenant",
-            Self::DeleteTenant => "delete_tenant",
-            Self::ListHandlers => "list_handlers",
-            Self::GetHandler => "get_handler",
-            Self::PutHandler => "put_handler",
-            Self::PatchHandler => "patch_handler",
-            Self::Rollback => "rollback",
-            Self::DeleteHandler => "delete_handler",
-            Self::Reload => "reload",
-        }
-    }
-
-    fn writes(self) -> bool {
-        !matches!(
-            self,
-            Self::ListTenants | Self::ListHandlers | Self::GetHandler
-        )
-    }
-
-    /// Whether a tenant's own token may call it (on that tenant).
-    fn tenant_may(self) -> bool {
-        !matches!(
-            self,
-            Self::ListTenants | Self::PutTenant | Self::DeleteTenant | Self::Reload
-        )
-    }
-}
 
 /// An operation and the tenant and handler its path names.
 type Route<'a> = (Operation, Option<&'a str>, Option<&'a str>);
