@@ -1,8 +1,8 @@
 //! wasmgate: a multi-tenant HTTP gateway that answers every request from a
 //! fresh, sandboxed instance of a WebAssembly component.
 //!
-//! The binary (`main.rs`) only parses the command line; everything else is
-//! here so tests can start a real gateway on `127.0.0.1:0`:
+//! Everything is here, so tests can start a real gateway on
+//! `127.0.0.1:0`:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,17 +14,22 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, one per concept: [`config`] (the TOML file), [`router`] (host
-//! and path to handler, pure), [`registry`] (handler versions by route),
-//! [`runtime`] (engine, host functions, worker pool), [`gateway`] (the
-//! public request path), [`admin`] (health and metrics), [`metrics`],
-//! [`guest_log`] (guest text in the log: rate limit and escaping),
-//! [`error`] (failures to statuses), [`body`] (buffered bodies and their
-//! memory budget), [`server`] (listeners, connections, shutdown),
-//! [`static_files`] (directories served without a guest),
-//! [`watch`] (`serve --watch`: reload when a component file changes), and
-//! [`cli`] (the command line's library half: the admin API client of
-//! `deploy`, `rollback` and `list`, and what they print).
+//! The modules, from the bottom layer up (a module imports only those
+//! below it):
+//! - [`limits`] (limits, names and weights, and their rules), [`digest`]
+//!   (sha256 names), [`error`] (request failures to statuses),
+//!   [`guest_log`] (guest text in the log: rate limit and escaping),
+//!   [`router`] (host and path to a target, pure), [`metrics`];
+//! - [`runtime`]: where guest code runs (engine, handler versions, host
+//!   functions, deadlines, the worker pool);
+//! - [`control`]: the control plane (config file, desired state, data dir,
+//!   the one writer and the routing table it publishes, bounded compiles,
+//!   `--watch`, the one reload entry point);
+//! - [`request`]: the public request path (gateway, static files, bodies);
+//! - [`admin`]: health, readiness, metrics and the write API;
+//! - [`server`]: listeners, connections, shutdown;
+//! - [`cli`]: what each `wasmgate` command does (`main.rs` only parses the
+//!   command line and calls it).
 
 pub mod admin;
 pub mod cli;
