@@ -68,7 +68,7 @@ impl Admin {
 
     /// Reads the config file again and applies the difference
     /// (`POST /admin/reload`); see [`ControlPlane::reload`].
-    pub async fn reload(&self) -> Result<(), ReloadError> {
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
         self.control.reload(Trigger::Api).await
     }
 

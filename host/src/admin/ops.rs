@@ -38,6 +38,7 @@ pub(super) enum Operation {
     Rollback,
     DeleteHandler,
     Reload,
+    FollowConfig,
 }
 
 impl Operation {
@@ -54,6 +55,7 @@ impl Operation {
             Self::Rollback => "rollback",
             Self::DeleteHandler => "delete_handler",
             Self::Reload => "reload",
+            Self::FollowConfig => "follow_config",
         }
     }
 
@@ -68,7 +70,11 @@ impl Operation {
     pub(super) fn tenant_may(self) -> bool {
         !matches!(
             self,
-            Self::ListTenants | Self::PutTenant | Self::DeleteTenant | Self::Reload
+            Self::ListTenants
+                | Self::PutTenant
+                | Self::DeleteTenant
+                | Self::Reload
+                | Self::FollowConfig
         )
     }
 }
@@ -117,6 +123,19 @@ impl Call<'_> {
                     defaults,
                     Source::Api,
                 )
+            })
+            .await?;
+        let state = self.admin.registry.state().await;
+        let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
+        Ok(tagged(status_of(written), &view))
+    }
+
+    pub(super) async fn follow_config(&self) -> HttpResult {
+        let tenant = self.tenant().to_owned();
+        let config = self.admin.control.config();
+        let written = self
+            .write(None, HashMap::new(), move |state, _| {
+                state.follow_config(&tenant, &config)
             })
             .await?;
         let state = self.admin.registry.state().await;
@@ -243,7 +262,7 @@ impl Call<'_> {
     pub(super) async fn reload(&self) -> HttpResult {
         let reloaded = self.admin.reload().await;
         self.log_write(None, &reloaded);
-        reloaded.map_err(|e| match e {
+        let not_applied = reloaded.map_err(|e| match e {
             ReloadError::NoConfigFile => Rejection::new(
                 StatusCode::CONFLICT,
                 "no_config_file",
@@ -257,7 +276,14 @@ impl Call<'_> {
                 Rejection::new(StatusCode::BAD_REQUEST, "invalid_config", e.to_string())
             }
         })?;
-        Ok(json(StatusCode::OK, &Reloaded { reloaded: true }, None))
+        Ok(json(
+            StatusCode::OK,
+            &Reloaded {
+                reloaded: true,
+                not_applied,
+            },
+            None,
+        ))
     }
 
     /// Applies `edit` through the registry's one writer, with `uploads`

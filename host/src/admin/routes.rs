@@ -40,6 +40,9 @@ fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
             (Operation::DeleteHandler, Some(*t), Some(*h))
         }
         (&Method::POST, ["reload"]) => (Operation::Reload, None, None),
+        (&Method::POST, ["tenants", t, "follow-config"]) => {
+            (Operation::FollowConfig, Some(*t), None)
+        }
         _ => return None,
     };
     Some(route)
@@ -98,6 +101,7 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
                 Operation::Rollback => call.rollback(request).await,
                 Operation::DeleteHandler => call.delete_handler(request).await,
                 Operation::Reload => call.reload().await,
+                Operation::FollowConfig => call.follow_config().await,
             }
         }
     };

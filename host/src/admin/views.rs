@@ -182,6 +182,10 @@ impl From<Written> for WriteResult {
 pub struct Reloaded {
     /// Always true: a failed reload is a rejection.
     pub reloaded: bool,
+    /// What the file says that was not applied because the admin API set
+    /// it last, one sentence each (and how to hand it back to the file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
 }
 
 /// Every rejection's body.

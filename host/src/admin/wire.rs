@@ -88,6 +88,7 @@ impl From<StateError> for Rejection {
             StateError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             StateError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             StateError::TooManyHandlers { .. } => (StatusCode::CONFLICT, "too_many_handlers"),
+            StateError::NotInConfig(_) => (StatusCode::CONFLICT, "not_in_config"),
         };
         Self::new(status, code, error.to_string())
     }

@@ -129,18 +129,29 @@ impl ControlPlane {
     /// Reads the config file again and applies the difference: tenants,
     /// routes, limits, handlers, tokens. An invalid file changes nothing
     /// and is reported as `serve` would report it, naming a missing
-    /// component with its config line. Logs one line saying what happened,
-    /// except for the API, whose answer says it.
-    pub async fn reload(&self, trigger: Trigger) -> Result<(), ReloadError> {
+    /// component with its config line. Returns what the file says that was
+    /// not applied because the admin API set it last (one sentence each),
+    /// and logs one line saying what happened (for the API, only when
+    /// something was not applied: its answer says the rest).
+    pub async fn reload(&self, trigger: Trigger) -> Result<Vec<String>, ReloadError> {
         let result = self.apply_file().await;
+        let kept = match &result {
+            Ok(not_applied) if !not_applied.is_empty() => {
+                format!("; not applied: {}", not_applied.join("; "))
+            }
+            _ => String::new(),
+        };
         match (&trigger, &result) {
+            (Trigger::Api, Ok(_)) if !kept.is_empty() => {
+                tracing::info!("POST /admin/reload: config file applied{kept}");
+            }
             (Trigger::Api, _) => {}
-            (Trigger::Sighup, Ok(())) => tracing::info!("SIGHUP: config file applied"),
+            (Trigger::Sighup, Ok(_)) => tracing::info!("SIGHUP: config file applied{kept}"),
             (Trigger::Sighup, Err(e)) => {
                 tracing::error!("SIGHUP: config file rejected, nothing changed: {e}");
             }
-            (Trigger::Watch(files), Ok(())) => {
-                tracing::info!("changed: {files}; config file applied");
+            (Trigger::Watch(files), Ok(_)) => {
+                tracing::info!("changed: {files}; config file applied{kept}");
             }
             (Trigger::Watch(files), Err(e)) => tracing::error!(
                 "changed: {files}; not applied, the versions serving stay: {}",
@@ -150,7 +161,7 @@ impl ControlPlane {
         result
     }
 
-    async fn apply_file(&self) -> Result<(), ReloadError> {
+    async fn apply_file(&self) -> Result<Vec<String>, ReloadError> {
         let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
         let config = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path)?;
@@ -159,12 +170,13 @@ impl ControlPlane {
         .await
         .map_err(|e| ReloadError::Config(e.to_string()))?
         .map_err(|e| ReloadError::Config(e.to_string()))?;
-        self.registry
+        let not_applied = self
+            .registry
             .apply_config(config.clone())
             .await
             .map_err(ReloadError::Apply)?;
         *self.applied.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
-        Ok(())
+        Ok(not_applied)
     }
 }
 

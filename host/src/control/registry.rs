@@ -268,9 +268,12 @@ impl Registry {
             }
         }
         let found = found_components(&components);
-        state
+        let not_applied = state
             .apply_config(config, &found)
             .map_err(ApplyError::from)?;
+        for note in not_applied {
+            tracing::warn!("config file: not applied: {note}");
+        }
         state.keep_last_versions(writer.keep_versions);
         let uploads: HashMap<String, Vec<u8>> = components.into_values().collect();
         let router = writer.commit(state, &uploads).map_err(|e| match e {
@@ -340,7 +343,9 @@ impl Registry {
     /// as they are (see `state.rs`). Handlers whose version and limits did
     /// not change are not loaded again. Settings of the process (listeners,
     /// workers, data dir) need a restart.
-    pub async fn apply_config(&self, config: Config) -> Result<(), ApplyConfigError> {
+    /// Returns what the file says that was not applied because the API
+    /// set it last.
+    pub async fn apply_config(&self, config: Config) -> Result<Vec<String>, ApplyConfigError> {
         let read = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || read_config_components(&config))
@@ -350,11 +355,12 @@ impl Registry {
         let found = found_components(&read);
         let uploads: HashMap<String, Vec<u8>> = read.into_values().collect();
         let defaults = config.limits;
-        self.apply_with_defaults(uploads, Some(defaults), move |state, _| {
-            state.apply_config(&config, &found)
-        })
-        .await?;
-        Ok(())
+        let not_applied = self
+            .apply_with_defaults(uploads, Some(defaults), move |state, _| {
+                state.apply_config(&config, &found)
+            })
+            .await?;
+        Ok(not_applied)
     }
 
     async fn apply_with_defaults<T: Send + 'static>(

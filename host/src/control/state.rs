@@ -167,6 +167,10 @@ pub enum StateError {
     /// The writer's `If-Match` does not match what is there now.
     #[error("{0}")]
     Precondition(String),
+    /// The config file does not name the tenant, so it has nothing to
+    /// follow.
+    #[error("the config file names no tenant {0:?}: there is nothing to follow")]
+    NotInConfig(String),
     /// A new handler would take the tenant past `limits.max_handlers`.
     #[error(
         "tenant {tenant:?} is at its limits.max_handlers ({max}): delete a handler first, or raise the limit"
@@ -487,15 +491,19 @@ impl DesiredState {
     }
 
     /// Applies the config file: its tenants' hosts, limits and token, and
-    /// its handlers, except handlers whose active version came from the
-    /// API; tenants and handlers that came from an earlier config file and
-    /// are no longer in it are removed. `components` gives the sha256 and
-    /// size of each configured component file (read by the caller).
+    /// its handlers, except the settings of tenants and the versions of
+    /// handlers that the API set last; tenants and handlers that came from
+    /// an earlier config file and are no longer in it are removed.
+    /// `components` gives the sha256 and size of each configured component
+    /// file (read by the caller). Returns what the file says that was not
+    /// applied for that reason, one sentence each, for the reload's answer
+    /// and log line.
     pub fn apply_config(
         &mut self,
         config: &Config,
         components: &BTreeMap<std::path::PathBuf, Component>,
-    ) -> Result<(), StateError> {
+    ) -> Result<Vec<String>, StateError> {
+        let mut not_applied = Vec::new();
         let mut next = self.clone();
         for t in next.tenants.values_mut() {
             t.statics.clear();
@@ -521,7 +529,19 @@ impl DesiredState {
                 .tenants
                 .get(&tenant.name)
                 .is_some_and(|t| t.source == Source::Api);
-            if !existing_api {
+            if existing_api {
+                if let Some(t) = next.tenants.get(&tenant.name)
+                    && (t.hosts != tenant.hosts
+                        || t.limits != tenant.limits
+                        || t.cpu_weight != tenant.cpu_weight)
+                {
+                    not_applied.push(format!(
+                        "tenant {:?}: hosts, limits and cpu_weight were set through the admin API \
+                         and are kept; POST /admin/tenants/{}/follow-config hands them back to the file",
+                        tenant.name, tenant.name
+                    ));
+                }
+            } else {
                 next.put_tenant(
                     &tenant.name,
                     tenant.hosts.clone(),
@@ -546,15 +566,31 @@ impl DesiredState {
                 let owned_by_api = next
                     .handler(&tenant.name, &handler.name)
                     .is_ok_and(api_owned);
-                if owned_by_api {
-                    continue;
-                }
                 let component = components.get(&handler.component).ok_or_else(|| {
                     StateError::Invalid(format!(
                         "no component read for {}",
                         handler.component.display()
                     ))
                 })?;
+                if owned_by_api {
+                    let active = next
+                        .handler(&tenant.name, &handler.name)
+                        .ok()
+                        .and_then(HandlerState::active_version);
+                    if let Some(active) = active
+                        && (active.sha256 != component.sha256
+                            || active.route != handler.route
+                            || active.config != handler.config)
+                    {
+                        not_applied.push(format!(
+                            "tenant {:?} handler {:?}: version {} was deployed through the admin API \
+                             and keeps serving; delete the handler through the API to hand it back to \
+                             the file",
+                            tenant.name, handler.name, active.number
+                        ));
+                    }
+                    continue;
+                }
                 next.put_handler(
                     &tenant.name,
                     &handler.name,
@@ -572,7 +608,31 @@ impl DesiredState {
             }
         }
         *self = next;
-        Ok(())
+        Ok(not_applied)
+    }
+
+    /// Hands a tenant's hosts, limits and cpu_weight back to the config
+    /// file: they become the file's now and follow it on every reload. Its
+    /// handlers stay as they are.
+    pub fn follow_config(&mut self, tenant: &str, config: &Config) -> Result<Written, StateError> {
+        self.tenant(tenant)?;
+        let Some(file) = config.tenants.iter().find(|t| t.name == tenant) else {
+            return Err(StateError::NotInConfig(tenant.to_owned()));
+        };
+        let written = self.put_tenant(
+            tenant,
+            file.hosts.clone(),
+            file.limits,
+            file.cpu_weight,
+            &config.limits,
+            Source::Config,
+        )?;
+        let t = self.tenant_mut(tenant)?;
+        if t.source == Source::Config {
+            return Ok(written);
+        }
+        t.source = Source::Config;
+        Ok(Written::Replaced)
     }
 }
 
@@ -843,6 +903,54 @@ name = "b"
 route = "/b"
 component = "b.wasm"
 "#;
+
+    #[test]
+    fn a_tenant_set_through_the_api_is_reported_and_can_follow_the_file_again() {
+        let file = config("[[tenant]]\nname = \"t\"\nlimits = { fuel = 2000 }\n");
+        let mut state = DesiredState::default();
+        assert_eq!(state.apply_config(&file, &read(&[])), Ok(vec![]));
+        state
+            .put_handler("t", "h", &component("a"), "/h", None, Source::Api)
+            .expect("valid");
+        let api = LimitOverrides {
+            fuel: Some(5),
+            ..LimitOverrides::default()
+        };
+        let hosts = vec!["*".to_owned()];
+        state
+            .put_tenant("t", hosts, api, 1, &Limits::default(), Source::Api)
+            .expect("valid");
+        // The file's fuel is not applied, and the reload says so.
+        let not_applied = state.apply_config(&file, &read(&[])).expect("applies");
+        assert_eq!(not_applied.len(), 1, "{not_applied:?}");
+        assert!(
+            not_applied[0].contains("POST /admin/tenants/t/follow-config"),
+            "{not_applied:?}"
+        );
+        assert_eq!(state.tenant("t").expect("t").limits.fuel, Some(5));
+        // Handed back: the file's settings now, its handler kept.
+        assert_eq!(state.follow_config("t", &file), Ok(Written::Replaced));
+        let t = state.tenant("t").expect("t");
+        assert_eq!((t.limits.fuel, t.source), (Some(2000), Source::Config));
+        assert!(t.handlers.contains_key("h"));
+        assert_eq!(state.apply_config(&file, &read(&[])), Ok(vec![]));
+        assert_eq!(state.follow_config("t", &file), Ok(Written::Unchanged));
+        // Nothing to follow for a tenant the file does not name.
+        state
+            .put_tenant(
+                "u",
+                vec!["*".into()],
+                api,
+                1,
+                &Limits::default(),
+                Source::Api,
+            )
+            .expect("valid");
+        assert_eq!(
+            state.follow_config("u", &file),
+            Err(StateError::NotInConfig("u".into()))
+        );
+    }
 
     #[test]
     fn the_config_file_yields_to_the_api_for_handlers_the_api_wrote() {
