@@ -9,7 +9,7 @@
 //! the component is compiled in memory, with no data dir and no code cache.
 //!
 //! Output: the response on stdout (status line, headers, blank line, body),
-//! or with `--json` one JSON object (see [`report`]). The guest's log lines
+//! or with `--json` one JSON object (see `report`). The guest's log lines
 //! and the gateway's lines about it (a trap) go to stderr as `serve` writes
 //! them. Exit status: 0 when the guest answered, whatever status it chose;
 //! [`EXIT_GUEST_FAILED`] when the gateway answered for it (a trap, fuel or
