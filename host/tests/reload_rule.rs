@@ -36,7 +36,7 @@ async fn admin(gw: &Served, method: &str, path: &str, body: Option<Value>) -> (u
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn dev<'a>(list: &'a Value) -> &'a Value {
+fn dev(list: &Value) -> &Value {
     list["tenants"]
         .as_array()
         .and_then(|tenants| tenants.iter().find(|t| t["name"] == "dev"))

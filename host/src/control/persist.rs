@@ -7,8 +7,9 @@
 //! acknowledged state. Leftovers of an interrupted write (temporary files,
 //! components no state names) are removed at start.
 //!
-//! Layout of `data_dir`: `components/<sha256>.wasm`, `state.json`, and the
-//! code cache `cache/` (see `runtime/cache.rs`).
+//! Layout of `data_dir` ([`DataDir`] names it once): `components/<sha256>.wasm`,
+//! the state in `state/` (an index and a file per tenant), uploads being
+//! compiled in `staging/`, and the code cache `cache/`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -148,10 +149,12 @@ impl DataDir {
         ComponentStore::new(self.root.join("components"))
     }
 
-    /// The desired state: `state.json`.
+    /// The desired state: `state/` (and `state.json`, the layout of
+    /// older gateways, read once and replaced).
     pub fn state_file(&self) -> StateFile {
         StateFile {
-            path: self.root.join("state.json"),
+            dir: self.root.join("state"),
+            legacy: self.root.join("state.json"),
         }
     }
 
@@ -166,36 +169,136 @@ impl DataDir {
     }
 }
 
-/// The desired state's file (`data_dir/state.json`).
+/// The desired state on disk (`data_dir/state/`): an index (the tenants'
+/// names and the next rank) and a file per tenant, so a write rewrites the
+/// tenants it changed and no other: one tenant's large state never makes
+/// another's writes slow. Each file is replaced atomically; the index
+/// names only tenant files already on disk, and a tenant file is removed
+/// only once the index no longer names it, so a crash at any moment leaves
+/// a state that was acknowledged (or, for a reload that changed several
+/// tenants, part of it: the next start applies the file again).
 #[derive(Debug, Clone)]
 pub struct StateFile {
-    path: PathBuf,
+    /// `data_dir/state`.
+    dir: PathBuf,
+    /// `data_dir/state.json`: the whole state in one file, as gateways
+    /// before the per-tenant layout wrote it; read if there is no index,
+    /// removed at the next write.
+    legacy: PathBuf,
+}
+
+/// `state/index.json`.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Index {
+    /// The rank the next tenant the API creates gets.
+    next_rank: u64,
+    /// The tenants, each in `tenant.NAME.json`.
+    tenants: Vec<String>,
 }
 
 impl StateFile {
-    /// The stored state, or `None` on a first start.
-    pub fn load(&self) -> Result<Option<DesiredState>, PersistError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&self.path)(e)),
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| PersistError::Corrupt {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })
+    fn index(&self) -> PathBuf {
+        self.dir.join("index.json")
     }
 
-    /// Replaces the stored state with `state`, durably.
-    pub fn save(&self, state: &DesiredState) -> Result<(), PersistError> {
-        let text = serde_json::to_vec_pretty(state).map_err(|e| PersistError::Corrupt {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomically(&self.path, &text)
+    fn tenant(&self, name: &str) -> PathBuf {
+        // Names are 1-64 of [A-Za-z0-9._-] (`limits::check_name`): with the
+        // prefix and suffix, never a path of its own.
+        self.dir.join(format!("tenant.{name}.json"))
     }
+
+    /// The stored state, or `None` on a first start.
+    pub fn load(&self) -> Result<Option<DesiredState>, PersistError> {
+        let Some(index) = read_json::<Index>(&self.index())? else {
+            return read_json(&self.legacy);
+        };
+        let mut state = DesiredState {
+            next_rank: index.next_rank,
+            ..DesiredState::default()
+        };
+        for name in index.tenants {
+            let path = self.tenant(&name);
+            let tenant = read_json(&path)?.ok_or_else(|| PersistError::Corrupt {
+                path: path.clone(),
+                message: "the index names this tenant, but its file is missing".into(),
+            })?;
+            state.tenants.insert(name, tenant);
+        }
+        Ok(Some(state))
+    }
+
+    /// Makes the stored state `next`, durably, writing only what differs
+    /// from `stored` (what is on disk now; `None`: unknown, write all).
+    pub fn save(
+        &self,
+        stored: Option<&DesiredState>,
+        next: &DesiredState,
+    ) -> Result<(), PersistError> {
+        for (name, tenant) in &next.tenants {
+            if stored.and_then(|s| s.tenants.get(name)) != Some(tenant) {
+                write_json(&self.tenant(name), tenant)?;
+            }
+        }
+        let index = Index {
+            next_rank: next.next_rank,
+            tenants: next.tenants.keys().cloned().collect(),
+        };
+        let same_index = stored.is_some_and(|s| {
+            s.next_rank == next.next_rank && s.tenants.keys().eq(next.tenants.keys())
+        });
+        if !same_index {
+            write_json(&self.index(), &index)?;
+            self.remove_unnamed(&index);
+        }
+        Ok(())
+    }
+
+    /// Removes tenant files the index does not name, leftovers of
+    /// interrupted writes and the single-file state of older gateways.
+    /// Failures are logged: garbage is no reason to fail a write.
+    fn remove_unnamed(&self, index: &Index) {
+        let keep: std::collections::BTreeSet<PathBuf> = index
+            .tenants
+            .iter()
+            .map(|name| self.tenant(name))
+            .chain([self.index()])
+            .collect();
+        let entries = std::fs::read_dir(&self.dir).into_iter().flatten();
+        let stale = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| !keep.contains(path))
+            .chain(self.legacy.is_file().then(|| self.legacy.clone()));
+        for path in stale {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), "cannot remove: {e}");
+            }
+        }
+    }
+}
+
+/// The value in the JSON file at `path`, or `None` if there is none.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, PersistError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| PersistError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes `value` as JSON to `path`, durably.
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), PersistError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| PersistError::Corrupt {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_atomically(path, &text)
 }
 
 #[cfg(test)]
@@ -211,15 +314,10 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn the_state_round_trips_and_a_first_start_has_none() {
-        let dir = scratch("state");
-        let file = DataDir::new(&dir).state_file();
-        assert_eq!(file.load().expect("readable"), None);
-        let mut state = DesiredState::default();
+    fn tenant_with_handler(state: &mut DesiredState, tenant: &str) {
         state
             .put_tenant(
-                "t",
+                tenant,
                 vec!["*".into()],
                 LimitOverrides::default(),
                 1,
@@ -232,18 +330,77 @@ mod tests {
             size: 2,
         };
         state
-            .put_handler("t", "h", &component, "/h", None, Source::Api)
+            .put_handler(tenant, "h", &component, "/h", None, Source::Api)
             .expect("valid");
-        file.save(&state).expect("saved");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_state_round_trips_and_a_first_start_has_none() {
+        let dir = scratch("state");
+        let file = DataDir::new(&dir).state_file();
+        assert_eq!(file.load().expect("readable"), None);
+        let mut state = DesiredState::default();
+        tenant_with_handler(&mut state, "t");
+        file.save(None, &state).expect("saved");
         assert_eq!(file.load().expect("readable"), Some(state));
         // Nothing but the state itself is left in the folder.
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(names, ["state.json"]);
-        std::fs::write(dir.join("state.json"), "{ torn").expect("write");
+        assert_eq!(names(&dir), ["state"]);
+        assert_eq!(names(&dir.join("state")), ["index.json", "tenant.t.json"]);
+        std::fs::write(dir.join("state/tenant.t.json"), "{ torn").expect("write");
         assert!(matches!(file.load(), Err(PersistError::Corrupt { .. })));
+        std::fs::remove_file(dir.join("state/tenant.t.json")).expect("remove");
+        assert!(matches!(file.load(), Err(PersistError::Corrupt { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_write_rewrites_only_the_tenants_it_changed() {
+        let dir = scratch("per-tenant");
+        let file = DataDir::new(&dir).state_file();
+        let mut state = DesiredState::default();
+        tenant_with_handler(&mut state, "a");
+        tenant_with_handler(&mut state, "b");
+        file.save(None, &state).expect("saved");
+        // Mark a's file: a write that changes b alone must leave it be.
+        let a = dir.join("state/tenant.a.json");
+        let marked = format!("{}\n", std::fs::read_to_string(&a).expect("read"));
+        std::fs::write(&a, &marked).expect("mark");
+        let mut next = state.clone();
+        next.delete_handler("b", "h").expect("exists");
+        file.save(Some(&state), &next).expect("saved");
+        assert_eq!(std::fs::read_to_string(&a).expect("read"), marked);
+        assert_eq!(file.load().expect("readable"), Some(next.clone()));
+        // A deleted tenant's file goes with it.
+        let mut last = next.clone();
+        last.delete_tenant("b").expect("exists");
+        file.save(Some(&next), &last).expect("saved");
+        assert_eq!(names(&dir.join("state")), ["index.json", "tenant.a.json"]);
+        assert_eq!(file.load().expect("readable"), Some(last));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_single_file_state_of_older_gateways_is_read_then_replaced() {
+        let dir = scratch("legacy");
+        let file = DataDir::new(&dir).state_file();
+        let mut state = DesiredState::default();
+        tenant_with_handler(&mut state, "t");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let legacy = serde_json::to_vec(&state).expect("json");
+        std::fs::write(dir.join("state.json"), legacy).expect("write");
+        assert_eq!(file.load().expect("readable"), Some(state.clone()));
+        file.save(None, &state).expect("saved");
+        assert_eq!(names(&dir), ["state"]);
+        assert_eq!(file.load().expect("readable"), Some(state));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

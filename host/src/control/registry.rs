@@ -173,6 +173,9 @@ struct Writer {
     defaults: Limits,
     /// `runtime.keep_versions`: versions each handler keeps.
     keep_versions: usize,
+    /// Whether the state file holds `state` (false until the first commit
+    /// has written it).
+    state_saved: bool,
     runtime: Runtime,
     metrics: Arc<Metrics>,
     /// Where components and the state are stored; `None` keeps nothing
@@ -246,6 +249,7 @@ impl Registry {
         let mut writer = Writer {
             state: DesiredState::default(),
             keep_versions: config.runtime.keep_versions,
+            state_saved: false,
             loaded: HashMap::new(),
             compiled: HashMap::new(),
             tenants: HashMap::new(),
@@ -483,8 +487,14 @@ impl Writer {
                     storage.components.put(sha256, bytes)?;
                 }
             }
-            if next != self.state {
-                storage.state.save(&next)?;
+            if next != self.state || !self.state_saved {
+                // What is on disk is `state` once a commit wrote it; before
+                // that (at start) it is unknown, so everything is written.
+                let stored = self.state_saved.then_some(&self.state);
+                // A write that fails half-way leaves the disk unknown.
+                self.state_saved = false;
+                storage.state.save(stored, &next)?;
+                self.state_saved = true;
             }
             storage.components.retain(&next.components());
             if let Some(cache) = &self.runtime.cache {
