@@ -1,12 +1,12 @@
 //! The `wasmgate` command: parses the command line and calls the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmgate::cli::client::{self, Client};
+use wasmgate::cli::serve::LogFormat;
 use wasmgate::cli::{self, print, say};
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
@@ -20,25 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the tenants and handlers of a config file.
-    Serve {
-        /// The config file (TOML). Without it: no tenants, every request 404.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Override `server.listen` (port 0 picks a free port).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Override `admin.listen` (port 0 picks a free port).
-        #[arg(long)]
-        admin_listen: Option<SocketAddr>,
-        /// Apply the config file again whenever it or one of its component
-        /// files changes (after `cargo build`, say).
-        #[arg(long, requires = "config")]
-        watch: bool,
-        /// How log lines are written to stderr: `text` for people, `json`
-        /// (one object per line) for log collectors.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-    },
+    Serve(cli::serve::ServeArgs),
     /// Check a component against the wasmgate:handler world and list its
     /// imports and exports. Exits 1 when it does not fit.
     Check {
@@ -123,16 +105,6 @@ enum Command {
     Call(cli::call::CallArgs),
 }
 
-/// `serve --log-format`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// One line per event, `key=value` fields, colours at a terminal.
-    Text,
-    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
-    /// and the event's fields (`tenant`, `handler`, ...) beside them.
-    Json,
-}
-
 /// Where the admin API is, and how to print its answers.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -149,18 +121,7 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     let capture = init_logging(&command);
     let result = match command {
-        Command::Serve {
-            config,
-            listen,
-            admin_listen,
-            watch,
-            log_format: _,
-        } => cli::serve::serve(&cli::serve::ServeArgs {
-            config: config.as_deref(),
-            listen,
-            admin_listen,
-            watch,
-        }),
+        Command::Serve(args) => cli::serve::serve(&args),
         Command::Check { file } => cli::component::check(&file),
         Command::New { path, name, sdk } => cli::new::run(&path, name.as_deref(), sdk.as_deref()),
         Command::Compile {
@@ -209,13 +170,7 @@ fn main() -> ExitCode {
 /// Starts logging for `command`. For `call --json`, also keeps the
 /// guest's log lines at every level for the output, and returns where.
 fn init_logging(command: &Command) -> Option<cli::call::Capture> {
-    let json = matches!(
-        command,
-        Command::Serve {
-            log_format: LogFormat::Json,
-            ..
-        }
-    );
+    let json = matches!(command, Command::Serve(args) if args.log_format == LogFormat::Json);
     let capture = match command {
         Command::Call(args) if args.json() => Some(cli::call::Capture::default()),
         _ => None,

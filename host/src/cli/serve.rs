@@ -2,33 +2,57 @@
 //! serve until SIGINT or SIGTERM; SIGHUP reloads the config file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use super::say;
 use crate::control::config::Config;
+use crate::control::persist::DataDir;
 use crate::control::{ControlPlane, Trigger};
 use crate::server::Server;
 
 /// What `serve` was asked for on the command line.
-#[derive(Debug, Default)]
-pub struct ServeArgs<'a> {
-    /// `--config`: without it, no tenants and every request 404.
-    pub config: Option<&'a Path>,
-    /// `--listen`: overrides `server.listen`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The config file (TOML). Without it: no tenants, every request 404.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override `server.listen` (port 0 picks a free port).
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// `--admin-listen`: overrides `admin.listen`.
+    /// Override `admin.listen` (port 0 picks a free port).
+    #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
-    /// `--watch`: apply the config file again whenever it or a component
-    /// changes.
+    /// Apply the config file again whenever it or one of its component
+    /// files changes (after `cargo build`, say).
+    #[arg(long, requires = "config")]
     pub watch: bool,
+    /// Forget what the admin API deployed (the data dir's state and
+    /// components; the code cache stays) and serve the config file alone.
+    /// The gateway must not be running on that data dir.
+    #[arg(long)]
+    pub fresh: bool,
+    /// How log lines are written to stderr: `text` for people, `json`
+    /// (one object per line) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, `key=value` fields, colours at a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields (`tenant`, `handler`, ...) beside them.
+    Json,
 }
 
 /// Runs the gateway until SIGINT or SIGTERM, then drains it.
-pub fn serve(args: &ServeArgs<'_>) -> anyhow::Result<()> {
-    let path = args.config;
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let path = args.config.as_deref();
     let mut config = match path {
         Some(path) => {
             let config = Config::load(path)?;
@@ -45,6 +69,16 @@ pub fn serve(args: &ServeArgs<'_>) -> anyhow::Result<()> {
     }
     if let Some(listen) = args.admin_listen {
         config.admin.listen = listen;
+    }
+    if args.fresh {
+        let data_dir = &config.runtime.data_dir;
+        DataDir::new(data_dir)
+            .forget_deployed()
+            .with_context(|| format!("--fresh: {}", data_dir.display()))?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            "--fresh: forgot what the admin API deployed; serving the config file alone"
+        );
     }
     let name = path.map_or_else(|| "<built-in>".to_owned(), |p| p.display().to_string());
     let server = Server::with_config_file(&config, path).with_context(|| name.clone())?;

@@ -163,6 +163,28 @@ impl DataDir {
         self.root.join("staging")
     }
 
+    /// Forgets everything deployed: the state and the components (and any
+    /// staged upload), so the next start serves the config file alone. The
+    /// code cache stays: it only saves compiling again. Only for a gateway
+    /// that is not running on this data dir.
+    pub fn forget_deployed(&self) -> Result<(), PersistError> {
+        for dir in [
+            self.root.join("state"),
+            self.root.join("components"),
+            self.staging(),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir)(e)),
+                _ => {}
+            }
+        }
+        let legacy = self.root.join("state.json");
+        match std::fs::remove_file(&legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&legacy)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// The compiled-code cache: `cache/`.
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
@@ -385,6 +407,24 @@ mod tests {
         file.save(Some(&next), &last).expect("saved");
         assert_eq!(names(&dir.join("state")), ["index.json", "tenant.a.json"]);
         assert_eq!(file.load().expect("readable"), Some(last));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn forgetting_what_was_deployed_keeps_the_code_cache() {
+        let dir = scratch("forget");
+        let data = DataDir::new(&dir);
+        let mut state = DesiredState::default();
+        tenant_with_handler(&mut state, "t");
+        data.state_file().save(None, &state).expect("saved");
+        data.components().put("ab", b"ab").expect("stored");
+        std::fs::create_dir_all(data.cache()).expect("cache");
+        std::fs::write(dir.join("state.json"), "{}").expect("legacy");
+        data.forget_deployed().expect("forgotten");
+        assert_eq!(names(&dir), ["cache"]);
+        assert_eq!(data.state_file().load().expect("readable"), None);
+        data.forget_deployed()
+            .expect("nothing left to forget is no error");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
