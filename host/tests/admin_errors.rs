@@ -320,30 +320,22 @@ async fn rollback_says_rolled_back_and_writes_log_the_sha256_that_serves() {
         (status, patched["result"].as_str()),
         (200, Some("replaced"))
     );
-    let (status, rolled) = gw
-        .admin(
+    let rollback_to_1 = || {
+        gw.admin(
             reqwest::Method::POST,
-            &format!("{path}/rollback?version=1"),
+            "/admin/tenants/demo/handlers/greet/rollback?version=1",
             Some(DEMO),
             None,
         )
-        .await;
-    assert_eq!(
-        (
-            status,
-            rolled["result"].as_str(),
-            rolled["version"].as_u64()
-        ),
-        (200, Some("rolled_back"), Some(1))
+    };
+    let (status, rolled) = rollback_to_1().await;
+    let answered = (
+        status,
+        rolled["result"].as_str(),
+        rolled["version"].as_u64(),
     );
-    let (status, again) = gw
-        .admin(
-            reqwest::Method::POST,
-            &format!("{path}/rollback?version=1"),
-            Some(DEMO),
-            None,
-        )
-        .await;
+    assert_eq!(answered, (200, Some("rolled_back"), Some(1)));
+    let (status, again) = rollback_to_1().await;
     assert_eq!((status, again["result"].as_str()), (200, Some("unchanged")));
 
     let writes = gw.wait_logged("admin write", 5).await;

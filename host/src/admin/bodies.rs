@@ -297,6 +297,14 @@ mod tests {
                 declared,
             }
         }
+
+        /// Frames of these sizes, without a declared length.
+        fn undeclared(frames: &[usize]) -> Self {
+            Self {
+                stalls: false,
+                ..Self::stalled(None, frames)
+            }
+        }
     }
 
     impl Body for Chunks {
@@ -401,11 +409,7 @@ mod tests {
         let a = start_reading(&bodies, Chunks::stalled(Some(900), &[])).await;
         let b = start_reading(&bodies, Chunks::stalled(Some(900), &[])).await;
         // 150 fits (1950 of 2000); growing to 300 does not.
-        let chunked = Chunks {
-            frames: [150, 150].map(|n| Bytes::from(vec![0; n])).into(),
-            stalls: false,
-            declared: None,
-        };
+        let chunked = Chunks::undeclared(&[150, 150]);
         let refused = bodies.component(upload(chunked)).await.expect_err("busy");
         assert_eq!(answer(refused).await.1, "busy");
         assert_eq!(bodies.held(), 1800, "the refused body gave its share back");
@@ -413,20 +417,12 @@ mod tests {
         b.abort();
         let _ = (a.await, b.await);
 
-        let whole = Chunks {
-            frames: [300, 300, 300].map(|n| Bytes::from(vec![0; n])).into(),
-            stalls: false,
-            declared: None,
-        };
+        let whole = Chunks::undeclared(&[300, 300, 300]);
         let read = bodies.component(upload(whole)).await.expect("fits");
         assert_eq!(read.bytes.len(), 900);
         assert!(read.held.bytes() >= 900 && read.held.bytes() <= 1000);
         drop(read);
-        let over = Chunks {
-            frames: [600, 600].map(|n| Bytes::from(vec![0; n])).into(),
-            stalls: false,
-            declared: None,
-        };
+        let over = Chunks::undeclared(&[600, 600]);
         let refused = bodies.component(upload(over)).await.expect_err("413");
         assert_eq!(answer(refused).await.1, "too_large");
         assert_eq!(bodies.held(), 0);
