@@ -62,21 +62,37 @@ impl Caller {
     }
 }
 
-/// Why a request may not do what it asks.
+/// Why a request may not do what it asks. Each says which of the
+/// caller's mistakes it is, never a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// No `Authorization: Bearer` header (401).
     #[error("send Authorization: Bearer <token>")]
     NoCredentials,
-    /// No root token is configured, so nothing may write (403).
+    /// No root token is configured, so nothing may write (403). The
+    /// variable is read from the gateway's own environment, which no other
+    /// shell can change: only a restart with it set turns the API on.
     #[error(
-        "the admin API is disabled: set the environment variable {0} to a token and restart (or send SIGHUP)"
+        "the admin API is disabled: the environment variable {0} is not set; export \
+         {0}=<token> in the shell that starts `wasmgate serve`, then start it again \
+         (SIGHUP cannot pick up a variable exported in another shell)"
     )]
     Disabled(String),
-    /// The token is wrong, or a tenant's token is used beyond its tenant
-    /// (403).
-    #[error("this token may not do that")]
-    Forbidden,
+    /// The token is neither the root token nor any tenant's (403).
+    #[error("not a known token: it is neither the root token (from ${0}) nor a tenant's token")]
+    UnknownToken(String),
+    /// A tenant's token used on another tenant (403).
+    #[error("this token belongs to tenant {own:?}, not {asked:?}")]
+    OtherTenant {
+        /// The tenant the token is for.
+        own: String,
+        /// The tenant the request names.
+        asked: String,
+    },
+    /// A tenant's token used on what only the root token may do: tenants
+    /// as a whole, reloads (403).
+    #[error("this token belongs to tenant {0:?}; only the root token may do that")]
+    RootOnly(String),
 }
 
 /// The tokens in force.
@@ -105,6 +121,14 @@ impl Tokens {
         }
     }
 
+    /// [`Denied::Disabled`] when no root token is set: nothing may write,
+    /// and the message says how to turn the API on.
+    pub fn disabled(&self) -> Option<Denied> {
+        self.root
+            .is_none()
+            .then(|| Denied::Disabled(self.root_env.clone()))
+    }
+
     /// Who the `Authorization` header value authenticates, if anyone.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, Denied> {
         let Some(root) = &self.root else {
@@ -124,7 +148,7 @@ impl Tokens {
                 caller = Some(Caller::Tenant(tenant.clone()));
             }
         }
-        caller.ok_or(Denied::Forbidden)
+        caller.ok_or_else(|| Denied::UnknownToken(self.root_env.clone()))
     }
 
     /// Checks that the caller may act on `tenant` (`None`: on the gateway
@@ -138,7 +162,11 @@ impl Tokens {
         match (&caller, tenant) {
             (Caller::Root, _) => Ok(caller),
             (Caller::Tenant(own), Some(tenant)) if own == tenant => Ok(caller),
-            (Caller::Tenant(_), _) => Err(Denied::Forbidden),
+            (Caller::Tenant(own), Some(tenant)) => Err(Denied::OtherTenant {
+                own: own.clone(),
+                asked: tenant.to_owned(),
+            }),
+            (Caller::Tenant(own), None) => Err(Denied::RootOnly(own.clone())),
         }
     }
 }
@@ -180,8 +208,17 @@ mod tests {
             auth("Bearer a-secret", Some("a")),
             Ok(Caller::Tenant("a".into()))
         );
-        assert_eq!(auth("Bearer a-secret", Some("b")), Err(Denied::Forbidden));
-        assert_eq!(auth("Bearer a-secret", None), Err(Denied::Forbidden));
+        assert_eq!(
+            auth("Bearer a-secret", Some("b")),
+            Err(Denied::OtherTenant {
+                own: "a".into(),
+                asked: "b".into()
+            })
+        );
+        assert_eq!(
+            auth("Bearer a-secret", None),
+            Err(Denied::RootOnly("a".into()))
+        );
         for wrong in [
             "Bearer root-secreT",
             "Bearer root",
@@ -190,7 +227,7 @@ mod tests {
         ] {
             let denied = auth(wrong, Some("a")).expect_err(wrong);
             assert!(
-                matches!(denied, Denied::Forbidden | Denied::NoCredentials),
+                matches!(denied, Denied::UnknownToken(_) | Denied::NoCredentials),
                 "{wrong}: {denied:?}"
             );
         }
@@ -231,12 +268,45 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_says_whether_the_token_is_unknown_or_another_tenants() {
+        let tokens = tokens(Some("root-secret"), &[("a", "a-secret")]);
+        let said = |header: &str, tenant| {
+            tokens
+                .authorize(Some(header.as_bytes()), tenant)
+                .expect_err(header)
+                .to_string()
+        };
+        assert_eq!(
+            said("Bearer nope", Some("a")),
+            "not a known token: it is neither the root token (from $ROOT_ENV) nor a tenant's token"
+        );
+        assert_eq!(
+            said("Bearer a-secret", Some("b")),
+            r#"this token belongs to tenant "a", not "b""#
+        );
+        assert_eq!(
+            said("Bearer a-secret", None),
+            r#"this token belongs to tenant "a"; only the root token may do that"#
+        );
+        for message in [
+            said("Bearer nope", Some("a")),
+            said("Bearer a-secret", None),
+        ] {
+            assert!(!message.contains("secret"), "{message}");
+        }
+    }
+
+    #[test]
     fn without_a_root_token_everything_is_disabled_and_says_how_to_enable_it() {
         let tokens = tokens(None, &[("a", "a-secret")]);
         let denied = tokens
             .authorize(Some(b"Bearer a-secret"), Some("a"))
             .expect_err("disabled");
-        assert!(denied.to_string().contains("ROOT_ENV"), "{denied}");
+        let message = denied.to_string();
+        assert!(message.contains("export ROOT_ENV=<token>"), "{message}");
+        assert!(message.contains("SIGHUP cannot"), "{message}");
+        assert_eq!(tokens.disabled(), Some(denied));
+        assert_eq!(self::tokens(Some("r"), &[]).disabled(), None);
     }
 
     #[test]

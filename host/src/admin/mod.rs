@@ -1,12 +1,13 @@
 //! The admin listener: health, readiness, Prometheus metrics, and the
 //! write API under `/admin/`: its routing (`routes.rs`), operations
-//! (`ops.rs`), HTTP in and out (`wire.rs`) and JSON ([`views`], shared
-//! with the command line's client).
+//! (`ops.rs`), request bodies (`bodies.rs`), HTTP out (`wire.rs`) and JSON
+//! ([`views`], shared with the command line's client).
 //!
 //! Served on its own listener and its own tasks, so a flood of public
 //! traffic or CPU-heavy guests never makes `/metrics` unreachable.
 
 pub mod auth;
+mod bodies;
 mod ops;
 mod routes;
 pub mod views;
@@ -37,8 +38,8 @@ pub struct Admin {
     control: Arc<ControlPlane>,
     /// The control plane's registry: the one writer every write goes to.
     registry: Arc<Registry>,
-    /// `admin.max_upload_bytes`.
-    max_upload_bytes: usize,
+    /// Request bodies: their limits, and the budget they share.
+    bodies: bodies::Bodies,
     /// Set at shutdown: `/readyz` then says 503 so load balancers stop
     /// sending traffic while in-flight requests drain.
     pub(crate) draining: AtomicBool,
@@ -47,15 +48,21 @@ pub struct Admin {
 impl Admin {
     /// The admin API of a gateway with `workers` worker threads, editing
     /// what `control` serves. Handlers are loaded before the admin listener
-    /// starts, so it is ready from the start.
+    /// starts, so it is ready from the start. Without a root token it
+    /// says so once, as a warning: otherwise nothing would until a write
+    /// failed.
     pub fn new(metrics: Arc<Metrics>, workers: usize, control: Arc<ControlPlane>) -> Self {
-        let max_upload_bytes = control.config().admin.max_upload_bytes;
+        let config = control.config();
+        if let Some(disabled) = tokens_of(&config).disabled() {
+            tracing::warn!("{disabled}");
+        }
+        let bodies = bodies::Bodies::new(config.admin.max_upload_bytes);
         Self {
             metrics,
             workers,
             registry: Arc::clone(control.registry()),
             control,
-            max_upload_bytes,
+            bodies,
             draining: AtomicBool::new(false),
         }
     }

@@ -10,20 +10,25 @@ use std::collections::HashMap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::bodies::Upload;
 use super::views::{
-    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, TenantList, TenantPut, TenantView,
+    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, TenantList, TenantPut,
+    TenantView, WriteResult,
 };
-use super::wire::{
-    Rejection, etag_of, if_match, json, no_content, query_param, read_component, read_json,
-    read_json_or_empty, tagged,
-};
+use super::wire::{Rejection, etag_of, if_match, json, no_content, query_param, tagged};
 use super::{Admin, ReloadError};
 use crate::admin::auth::Caller;
-use crate::control::registry::ApplyConfigError;
-use crate::control::state::{Component, DesiredState, Source, StateError, Written};
+use crate::control::registry::{ApplyConfigError, ApplyError};
+use crate::control::state::{Component, DesiredState, HandlerState, Source, StateError};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::request::body::ResponseBody;
+use crate::runtime::LoadError;
+
+/// What an empty upload is told: `curl --data-binary @FILE` sends nothing,
+/// with only a warning, when it cannot read FILE.
+const EMPTY_UPLOAD: &str = "empty body (0 bytes): send the component's bytes; with curl, \
+     check the path after --data-binary @ (curl sends an empty body when it cannot read the file)";
 
 /// What a request does, for the admin metric and the log.
 #[derive(Debug, Clone, Copy)]
@@ -111,23 +116,24 @@ impl Call<'_> {
     }
 
     pub(super) async fn put_tenant(&self, request: Request<Incoming>) -> HttpResult {
-        let body: TenantPut = read_json(request).await?;
+        let body: TenantPut = self.admin.bodies.json(request).await?;
         let tenant = self.tenant().to_owned();
         let written = self
             .write(None, HashMap::new(), move |state, defaults| {
-                state.put_tenant(
+                let written = state.put_tenant(
                     &tenant,
                     body.hosts,
                     body.limits,
                     body.cpu_weight,
                     defaults,
                     Source::Api,
-                )
+                )?;
+                Ok((written, None))
             })
             .await?;
         let state = self.admin.registry.state().await;
         let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
-        Ok(tagged(status_of(written), &view))
+        Ok(tagged(status_of(written.into()), &view))
     }
 
     pub(super) async fn follow_config(&self) -> HttpResult {
@@ -146,7 +152,7 @@ impl Call<'_> {
     pub(super) async fn delete_tenant(&self) -> HttpResult {
         let tenant = self.tenant().to_owned();
         self.write(None, HashMap::new(), move |state, _| {
-            state.delete_tenant(&tenant)
+            state.delete_tenant(&tenant).map(|()| ((), None))
         })
         .await?;
         Ok(no_content())
@@ -176,9 +182,21 @@ impl Call<'_> {
     pub(super) async fn put_handler(&self, request: Request<Incoming>) -> HttpResult {
         let route = query_param(request.uri().query(), "route");
         let if_match = if_match(request.headers());
-        let upload = read_component(self.admin.max_upload_bytes, request).await?;
-        let sha256 = sha256_hex(&upload.bytes);
-        if let Some(digest) = upload.digest
+        let Upload {
+            bytes,
+            digest,
+            held,
+        } = self.admin.bodies.component(request).await?;
+        let sha256 = sha256_hex(&bytes);
+        if bytes.is_empty() {
+            self.log_write(Some(&sha256), &Err::<(), _>(EMPTY_UPLOAD));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_component",
+                EMPTY_UPLOAD,
+            ));
+        }
+        if let Some(digest) = digest
             && digest != sha256
         {
             return Err(Rejection::new(
@@ -187,11 +205,12 @@ impl Call<'_> {
                 format!("Content-Digest says sha-256 {digest}, the body's is {sha256}"),
             ));
         }
+        self.refuse_unless_wasm(&sha256, &bytes)?;
         let component = Component {
             sha256: sha256.clone(),
-            size: upload.bytes.len() as u64,
+            size: bytes.len() as u64,
         };
-        let uploads = HashMap::from([(sha256.clone(), upload.bytes)]);
+        let uploads = HashMap::from([(sha256.clone(), bytes)]);
         let edit =
             move |state: &mut DesiredState, defaults: &Limits, tenant: &str, handler: &str| {
                 state.check_room_for(tenant, handler, defaults)?;
@@ -212,13 +231,15 @@ impl Call<'_> {
         let written = self
             .write_handler(if_match, Some(&sha256), uploads, edit)
             .await?;
-        self.handler_response(written).await
+        // The bytes are gone with the write: give their share back.
+        drop(held);
+        self.handler_response(written.into()).await
     }
 
     /// `PATCH .../handlers/{name}` with `{"route": ..., "config": {...}}`.
     pub(super) async fn patch_handler(&self, request: Request<Incoming>) -> HttpResult {
         let if_match = if_match(request.headers());
-        let patch: HandlerPatch = read_json(request).await?;
+        let patch: HandlerPatch = self.admin.bodies.json(request).await?;
         if patch.route.is_none() && patch.config.is_none() {
             return Err(Rejection::bad_request("send \"route\", \"config\" or both"));
         }
@@ -227,7 +248,7 @@ impl Call<'_> {
                 state.patch_handler(t, h, patch.route.as_deref(), patch.config.as_ref())
             })
             .await?;
-        self.handler_response(written).await
+        self.handler_response(written.into()).await
     }
 
     /// `POST .../handlers/{name}/rollback`, the version in the query or
@@ -235,7 +256,7 @@ impl Call<'_> {
     pub(super) async fn rollback(&self, request: Request<Incoming>) -> HttpResult {
         let if_match = if_match(request.headers());
         let query_version = query_param(request.uri().query(), "version");
-        let mut to: RollbackTo = read_json_or_empty(request).await?;
+        let mut to: RollbackTo = self.admin.bodies.json_or_empty(request).await?;
         if let Some(version) = query_version {
             to.version = Some(
                 version
@@ -243,11 +264,18 @@ impl Call<'_> {
                     .map_err(|_| Rejection::bad_request("version must be a number"))?,
             );
         }
-        self.write_handler(if_match, None, HashMap::new(), move |state, _, t, h| {
-            state.rollback(t, h, to.version)
-        })
-        .await?;
-        self.handler_response(Written::Replaced).await
+        let result = self
+            .write_handler(if_match, None, HashMap::new(), move |state, _, t, h| {
+                let before = state.handler(t, h)?.active;
+                let now = state.rollback(t, h, to.version)?;
+                Ok(if now == before {
+                    WriteResult::Unchanged
+                } else {
+                    WriteResult::RolledBack
+                })
+            })
+            .await?;
+        self.handler_response(result).await
     }
 
     pub(super) async fn delete_handler(&self, request: Request<Incoming>) -> HttpResult {
@@ -287,33 +315,48 @@ impl Call<'_> {
     }
 
     /// Applies `edit` through the registry's one writer, with `uploads`
-    /// (component bytes by sha256) for it to load, and logs the write.
+    /// (component bytes by sha256) for it to load, and logs the write with
+    /// the sha256 the edit names (the component it made active), or
+    /// `attempted` when it fails.
     async fn write<T: Send + 'static>(
         &self,
-        sha256: Option<&str>,
+        attempted: Option<&str>,
         uploads: HashMap<String, Vec<u8>>,
-        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<(T, Option<String>), StateError>
+        + Send
+        + 'static,
     ) -> Result<T, Rejection> {
         let written = self.admin.registry.apply(uploads, edit).await;
+        let sha256 = match &written {
+            Ok((_, active)) => active.as_deref(),
+            Err(_) => attempted,
+        };
         self.log_write(sha256, &written);
-        Ok(written?)
+        Ok(written?.0)
     }
 
     /// [`Call::write`] of an edit of the request's handler (given as
-    /// tenant and handler name), after checking `If-Match`.
+    /// tenant and handler name), after checking `If-Match`; logged with
+    /// the sha256 of the version active after it.
     async fn write_handler<T: Send + 'static>(
         &self,
         if_match: Option<String>,
-        sha256: Option<&str>,
+        attempted: Option<&str>,
         uploads: HashMap<String, Vec<u8>>,
         edit: impl FnOnce(&mut DesiredState, &Limits, &str, &str) -> Result<T, StateError>
         + Send
         + 'static,
     ) -> Result<T, Rejection> {
         let (tenant, handler) = (self.tenant().to_owned(), self.handler().to_owned());
-        self.write(sha256, uploads, move |state, defaults| {
+        self.write(attempted, uploads, move |state, defaults| {
             check_if_match(state, &tenant, &handler, if_match.as_deref())?;
-            edit(state, defaults, &tenant, &handler)
+            let value = edit(state, defaults, &tenant, &handler)?;
+            let active = state
+                .handler(&tenant, &handler)
+                .ok()
+                .and_then(HandlerState::active_version)
+                .map(|version| version.sha256.clone());
+            Ok((value, active))
         })
         .await
     }
@@ -331,15 +374,33 @@ impl Call<'_> {
         })
     }
 
-    /// The handler as it is now, after a write that did `written`: its
-    /// status, and `result` in the body (`created`, `replaced` or
-    /// `unchanged`), since 200 means either of the last two.
-    async fn handler_response(&self, written: Written) -> HttpResult {
+    /// The handler as it is now, after a write that did `result`: its
+    /// status, and `result` in the body, since 200 means any but
+    /// `created`.
+    async fn handler_response(&self, result: WriteResult) -> HttpResult {
         let mut view = self.handler_view().await?;
         // The ETag is the handler's own, without the write's result.
         let etag = etag_of(&view);
-        view.result = Some(written.into());
-        Ok(json(status_of(written), &view, Some(etag)))
+        view.result = Some(result);
+        Ok(json(status_of(result), &view, Some(etag)))
+    }
+
+    /// Refuses, before anything is stored or compiled, bytes that cannot
+    /// be a component, in the words a load would use.
+    fn refuse_unless_wasm(&self, sha256: &str, bytes: &[u8]) -> Result<(), Rejection> {
+        if bytes.starts_with(b"\0asm") {
+            return Ok(());
+        }
+        let start = bytes[..bytes.len().min(8)].escape_ascii();
+        let refused = Err::<(), _>(ApplyError::Load {
+            tenant: self.tenant().to_owned(),
+            handler: self.handler().to_owned(),
+            error: LoadError::Compile(format!(
+                "not a WebAssembly file (it starts with \"{start}\", not \"\\0asm\")"
+            )),
+        });
+        self.log_write(Some(sha256), &refused);
+        refused.map_err(Rejection::from)
     }
 
     fn log_write<T, E: std::fmt::Display>(&self, sha256: Option<&str>, result: &Result<T, E>) {
@@ -359,10 +420,10 @@ impl Call<'_> {
     }
 }
 
-fn status_of(written: Written) -> StatusCode {
-    match written {
-        Written::Created => StatusCode::CREATED,
-        Written::Replaced | Written::Unchanged => StatusCode::OK,
+fn status_of(result: WriteResult) -> StatusCode {
+    match result {
+        WriteResult::Created => StatusCode::CREATED,
+        WriteResult::Replaced | WriteResult::Unchanged | WriteResult::RolledBack => StatusCode::OK,
     }
 }
 

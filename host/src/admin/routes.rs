@@ -9,8 +9,9 @@ use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::Admin;
+use super::bodies::drain;
 use super::ops::{Call, Operation};
-use super::wire::{Rejection, drain};
+use super::wire::Rejection;
 use crate::request::body::ResponseBody;
 
 /// An operation and the tenant and handler its path names.

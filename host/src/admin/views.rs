@@ -143,17 +143,20 @@ pub struct HandlerList {
     pub handlers: Vec<HandlerView>,
 }
 
-/// What a handler write did; the status alone cannot tell the last two
-/// apart (both 200).
+/// What a handler write did; the status alone cannot tell the last three
+/// apart (all 200).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum WriteResult {
     /// The handler is new (201).
     Created,
     /// A new version or new settings serve.
     Replaced,
-    /// The same component, route and config were serving already.
+    /// The same component, route and config were serving already (or a
+    /// rollback named the version that serves).
     Unchanged,
+    /// A rollback: an earlier version serves again.
+    RolledBack,
 }
 
 impl WriteResult {
@@ -163,6 +166,7 @@ impl WriteResult {
             Self::Created => "created",
             Self::Replaced => "replaced",
             Self::Unchanged => "unchanged",
+            Self::RolledBack => "rolled_back",
         }
     }
 }

@@ -1,16 +1,10 @@
-//! The admin API's HTTP in and out: bodies read within their limits,
-//! query parameters and headers, JSON answers with their ETags, and
-//! rejections with their status and stable code.
+//! The admin API's HTTP out, and the headers and query it reads: JSON
+//! answers with their ETags, and rejections with their status and stable
+//! code. Bodies in are `bodies.rs`'s.
 
-use std::time::{Duration, Instant};
-
-use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use http::{HeaderMap, Response, StatusCode, header};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::views::ErrorBody;
@@ -20,24 +14,14 @@ use crate::control::state::StateError;
 use crate::digest::sha256_hex;
 use crate::request::body::ResponseBody;
 
-/// How long an upload's body may take to arrive: a 64 MiB component over
-/// a slow link, but not forever.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest JSON body (tenant settings, route and config changes).
-const MAX_JSON_BYTES: usize = 1 << 20;
-/// What is read and thrown away of a body the answer does not need (a
-/// rejection before the body was read), so that the client finishes
-/// sending and reads the answer instead of a reset connection. Beyond it
-/// the connection is closed after the answer.
-const DRAIN_BYTES: usize = 4 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
 /// A rejection: status, a stable code, and what to do about it.
 #[derive(Debug)]
 pub(super) struct Rejection {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, when trying again later may succeed.
+    retry_after: Option<u32>,
 }
 
 impl Rejection {
@@ -46,6 +30,15 @@ impl Rejection {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same, telling the client to try again in `seconds`.
+    pub(super) fn retry_after(self, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 
@@ -63,7 +56,13 @@ impl Rejection {
             error: self.code.to_owned(),
             message: self.message,
         };
-        json(self.status, &body, None)
+        let mut response = json(self.status, &body, None);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -72,7 +71,9 @@ impl From<Denied> for Rejection {
         let (status, code) = match denied {
             Denied::NoCredentials => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Denied::Disabled(_) => (StatusCode::FORBIDDEN, "admin_disabled"),
-            Denied::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Denied::UnknownToken(_) | Denied::OtherTenant { .. } | Denied::RootOnly(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
         };
         Self::new(status, code, denied.to_string())
     }
@@ -183,149 +184,9 @@ pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|decoded| decoded.into_owned())
 }
 
-/// An uploaded component and the digest its client sent, if any.
-pub(super) struct Upload {
-    pub(super) bytes: Vec<u8>,
-    /// Hex sha256 from a `Content-Digest: sha-256=:...:` header.
-    pub(super) digest: Option<String>,
-}
-
-/// The component a `PUT` uploads: `application/wasm`, at most `limit`
-/// bytes.
-pub(super) async fn read_component(
-    limit: usize,
-    request: Request<Incoming>,
-) -> Result<Upload, Rejection> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some("application/wasm") {
-        let content_type = content_type.to_owned();
-        drain(request.into_body()).await;
-        return Err(Rejection::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "send the component with Content-Type: application/wasm (got {content_type:?})"
-            ),
-        ));
-    }
-    let digest =
-        match request.headers().get("content-digest") {
-            None => None,
-            Some(value) => Some(parse_sha256_digest(value.as_bytes()).ok_or_else(|| {
-                Rejection::bad_request("Content-Digest must be sha-256=:<base64>:")
-            })?),
-        };
-    let body = read_limited(request, limit, UPLOAD_TIMEOUT).await?;
-    Ok(Upload {
-        bytes: body.to_vec(),
-        digest,
-    })
-}
-
-/// `sha-256=:BASE64:` (RFC 9530) as hex.
-fn parse_sha256_digest(value: &[u8]) -> Option<String> {
-    let value = std::str::from_utf8(value).ok()?;
-    let encoded = value
-        .split(',')
-        .map(str::trim)
-        .find_map(|item| item.strip_prefix("sha-256="))?
-        .strip_prefix(':')?
-        .strip_suffix(':')?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    (raw.len() == 32).then(|| raw.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Reads a body of at most `limit` bytes within `timeout`: 413 when the
-/// declared or actual length is over (judged from `Content-Length` before
-/// reading), 408 when it is too slow.
-async fn read_limited(
-    request: Request<Incoming>,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, Rejection> {
-    let too_large = || {
-        Rejection::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body is larger than {limit} bytes (admin.max_upload_bytes)"),
-        )
-    };
-    if request.body().size_hint().lower() > limit as u64 {
-        drain(request.into_body()).await;
-        return Err(too_large());
-    }
-    let deadline = Instant::now() + timeout;
-    let limited = http_body_util::Limited::new(request.into_body(), limit);
-    match tokio::time::timeout_at(deadline.into(), limited.collect()).await {
-        Err(_) => Err(Rejection::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the body did not arrive in time",
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(Rejection::bad_request(format!("reading the body: {e}"))),
-    }
-}
-
-/// Reads and discards up to [`DRAIN_BYTES`] of `body` within
-/// [`DRAIN_TIME`].
-pub(super) async fn drain(body: Incoming) {
-    let limited = http_body_util::Limited::new(body, DRAIN_BYTES);
-    let _ = tokio::time::timeout(DRAIN_TIME, limited.collect()).await;
-}
-
-/// A JSON body.
-pub(super) async fn read_json<T: DeserializeOwned>(
-    request: Request<Incoming>,
-) -> Result<T, Rejection> {
-    let body = read_limited(request, MAX_JSON_BYTES, UPLOAD_TIMEOUT).await?;
-    parse_json(&body)
-}
-
-/// A JSON body, or `T`'s default when the body is empty.
-pub(super) async fn read_json_or_empty<T: DeserializeOwned + Default>(
-    request: Request<Incoming>,
-) -> Result<T, Rejection> {
-    let body = read_limited(request, MAX_JSON_BYTES, UPLOAD_TIMEOUT).await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    parse_json(&body)
-}
-
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(body).map_err(|e| Rejection::bad_request(format!("invalid JSON: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_digest_is_parsed_as_rfc_9530_says() {
-        let sha = sha256_hex(b"abc");
-        let raw: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&sha[2 * i..2 * i + 2], 16).expect("hex"))
-            .collect();
-        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-        let header = format!("sha-512=:AAAA:, sha-256=:{encoded}:");
-        assert_eq!(parse_sha256_digest(header.as_bytes()), Some(sha));
-        for bad in [
-            "sha-256=abc",
-            "sha-256=:!!:",
-            "md5=:AAAA:",
-            "sha-256=:AAAA:",
-        ] {
-            assert_eq!(parse_sha256_digest(bad.as_bytes()), None, "{bad}");
-        }
-    }
 
     #[test]
     fn query_parameters_are_found_by_name() {
