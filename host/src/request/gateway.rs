@@ -380,7 +380,7 @@ mod tests {
         set_route_header(&mut headers, "/api");
         let values: Vec<_> = headers.get_all(ROUTE_HEADER).iter().collect();
         assert_eq!(values, ["/api"]);
-        set_route_header(&mut headers, "/caf\u{e9}");
+        set_route_header(&mut headers, "/a\nb");
         assert!(headers.get(ROUTE_HEADER).is_none());
     }
 
