@@ -25,12 +25,12 @@ fn serve(name: &str) -> Served {
     let config = dir.join("wasmgate.toml");
     let text = "[runtime]\nworkers = 1\n\n[[tenant]]\nname = \"demo\"\nhosts = [\"*\"]\n";
     std::fs::write(&config, text).expect("write config");
-    let mut command = serve_command();
-    command
-        .arg("--config")
-        .arg(&config)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT);
-    Served::spawn(&mut command)
+    Served::spawn(
+        serve_command()
+            .arg("--config")
+            .arg(&config)
+            .env("WASMGATE_ADMIN_TOKEN", ROOT),
+    )
 }
 
 /// `wasmgate deploy` of the `router` example as `demo/NAME` at `route`.

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestGateway;
+use common::{DEMO, TestGateway};
 
 /// The tenant's `max_concurrency`, and the number of connections.
 const SLOTS: usize = 4;
@@ -21,22 +21,7 @@ const FOR: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_with_max_concurrency_connections_is_never_refused() {
-    let gw = TestGateway::start(&format!(
-        r#"
-[limits]
-max_concurrency = {SLOTS}
-
-[[tenant]]
-name = "demo"
-hosts = ["*"]
-
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{{hello}}"
-"#
-    ))
-    .await;
+    let gw = TestGateway::start(&format!("[limits]\nmax_concurrency = {SLOTS}\n{DEMO}")).await;
     let url = format!("{}/hello", gw.url);
     let clients: Vec<_> = (0..SLOTS)
         .map(|_| {
