@@ -43,9 +43,12 @@
 //! # Requests
 //!
 //! [`RequestExt`] adds `req.query("name")` (form-decoded query parameters),
-//! `req.param("id")` (path parameters captured by a [`Router`]) and, with the
-//! `serde` feature, `req.json::<T>()` (a JSON body; a bad one is a 400 with
-//! the reason). [`Router`] dispatches on method and path inside a handler.
+//! `req.param("id")` (path parameters captured by a [`Router`]),
+//! `req.route()` and `req.relative_path()` (the route the gateway routed the
+//! request by, and the path below it) and, with the `serde` feature,
+//! `req.json::<T>()` (a JSON body; a bad one is a 400 with the reason).
+//! [`Router`] dispatches on method and on the path below the route inside a
+//! handler.
 //!
 //! # Host services
 //!
@@ -68,7 +71,7 @@ pub mod testing;
 
 #[cfg(feature = "serde")]
 pub use request::JsonError;
-pub use request::RequestExt;
+pub use request::{ROUTE_HEADER, RequestExt};
 #[cfg(feature = "serde")]
 pub use response::Json;
 pub use response::{IntoResponse, RawResponse};

@@ -1,8 +1,15 @@
 //! Reading what handlers usually need from a request: query parameters, path
-//! parameters captured by a [`Router`](crate::Router), and (with the `serde`
-//! feature) a JSON body.
+//! parameters captured by a [`Router`](crate::Router), the route the gateway
+//! routed it by and the path below it, and (with the `serde` feature) a JSON
+//! body.
 
 use crate::Request;
+
+/// The request header in which the gateway tells a handler the route prefix
+/// it was routed by (`/api` for a handler deployed at `--route /api`). The
+/// gateway sets it on every request and drops any a client sent, so it can
+/// be trusted; [`RequestExt::route`] reads it.
+pub const ROUTE_HEADER: &str = "x-wasmgate-route";
 
 /// The path parameters a [`Router`](crate::Router) route captured, kept in
 /// the request's extensions for [`RequestExt::param`].
@@ -31,6 +38,28 @@ pub trait RequestExt: private::Sealed {
     /// route that matched (`{id}` in `/users/{id}`), percent-decoded; `None`
     /// if the route has no such parameter or no router handled the request.
     fn param(&self, name: &str) -> Option<&str>;
+
+    /// The route prefix the gateway routed this request by (the handler's
+    /// `route`, such as `/api`), from [`ROUTE_HEADER`]; `None` when the
+    /// request did not come through the gateway's router (a native test
+    /// without [`testing::routed`](crate::testing::routed), `wasmgate
+    /// call`).
+    fn route(&self) -> Option<&str>;
+
+    /// The request's path below its [`route`](RequestExt::route): for a
+    /// handler at `/api`, `/users` for `/api/users` and `/` for `/api`.
+    /// Without a route, or when the path is not under it, the whole path.
+    /// The query is not part of it; `req.uri().path()` is the whole path.
+    ///
+    /// ```
+    /// use wasmgate_sdk::{RequestExt, testing};
+    ///
+    /// let req = testing::routed("/api", testing::get("/api/users?page=2"));
+    /// assert_eq!(req.route(), Some("/api"));
+    /// assert_eq!(req.relative_path(), "/users");
+    /// assert_eq!(req.uri().path(), "/api/users");
+    /// ```
+    fn relative_path(&self) -> &str;
 
     /// The body parsed as JSON into `T`. The error becomes a 400 response
     /// naming what is wrong, so a handler can use `?`:
@@ -69,9 +98,33 @@ impl RequestExt for Request {
             .map(|(_, value)| value.as_str())
     }
 
+    fn route(&self) -> Option<&str> {
+        let route = self.headers().get(ROUTE_HEADER)?.to_str().ok()?;
+        route.starts_with('/').then_some(route)
+    }
+
+    fn relative_path(&self) -> &str {
+        let path = self.uri().path();
+        match self.route() {
+            Some(route) => strip_route(path, route),
+            None => path,
+        }
+    }
+
     #[cfg(feature = "serde")]
     fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, JsonError> {
         Ok(serde_json::from_slice(self.body())?)
+    }
+}
+
+/// `path` below `route`, as the gateway matches routes: on whole segments,
+/// a trailing `/` of the route ignored, `/` when nothing is left. `path`
+/// itself when it is not under `route`.
+fn strip_route<'a>(path: &'a str, route: &str) -> &'a str {
+    match path.strip_prefix(route.trim_end_matches('/')) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
     }
 }
 
@@ -129,6 +182,45 @@ mod tests {
         assert_eq!(get("/h?").query("name"), None);
         // The name is decoded too.
         assert_eq!(get("/h?my%20key=v").query("my key").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn the_relative_path_is_the_path_below_the_route() {
+        for (route, path, relative) in [
+            ("/api", "/api/users", "/users"),
+            ("/api", "/api/users/7/", "/users/7/"),
+            ("/api", "/api", "/"),
+            ("/api", "/api/", "/"),
+            ("/a/b", "/a/b/c", "/c"),
+            // A route with a trailing `/` covers the paths below it.
+            ("/dir/", "/dir/x", "/x"),
+            ("/dir/", "/dir/", "/"),
+            // The root route leaves the path as it is.
+            ("/", "/users", "/users"),
+            ("/", "/", "/"),
+            // Not under the route (on segment boundaries): the whole path.
+            ("/api", "/apiary", "/apiary"),
+            ("/api", "/other", "/other"),
+        ] {
+            assert_eq!(strip_route(path, route), relative, "{route} {path}");
+        }
+    }
+
+    #[test]
+    fn the_route_comes_from_the_gateways_header() {
+        let req = crate::testing::routed("/api", get("/api/users?x=1"));
+        assert_eq!(req.route(), Some("/api"));
+        assert_eq!(req.relative_path(), "/users");
+        // Without the header, nothing is stripped.
+        let req = get("/api/users");
+        assert_eq!(req.route(), None);
+        assert_eq!(req.relative_path(), "/api/users");
+        // A value that is no route is ignored.
+        let mut req = get("/api/users");
+        req.headers_mut()
+            .insert(ROUTE_HEADER, http::HeaderValue::from_static("api"));
+        assert_eq!(req.route(), None);
+        assert_eq!(req.relative_path(), "/api/users");
     }
 
     #[test]

@@ -1,21 +1,24 @@
 //! Method dispatch and path parameters inside one handler.
 //!
 //! The gateway routes a request to a handler by path prefix; a handler
-//! mounted at `/users` that serves several resources under it dispatches
+//! deployed at `/api` that serves several resources under it dispatches
 //! again on the method and the rest of the path. [`Router`] does that with
-//! patterns like `/users/{id}`, matched against the whole request path (the
-//! handler sees the path as the client sent it, prefix included).
+//! patterns like `/users/{id}`, matched against the path below the route
+//! the gateway routed the request by ([`RequestExt::relative_path`]), so
+//! the same handler works at any route.
 
 use http::header::{ALLOW, HeaderValue};
 use http::{Method, StatusCode};
 
 use crate::request::PathParams;
-use crate::{IntoResponse, Request, Response};
+use crate::{IntoResponse, Request, RequestExt, Response};
 
 /// A function of a request, boxed so routes of different types share a list.
 type BoxedHandler = Box<dyn Fn(Request) -> Response>;
 
-/// Dispatches a request to one of several functions by method and path.
+/// Dispatches a request to one of several functions by method and by its
+/// path below the handler's route: deployed at `/api`, the handler below
+/// answers `GET /api/users` with `list` (at `/`, `GET /users`).
 ///
 /// ```
 /// use wasmgate_sdk::{Request, RequestExt, Response, Router};
@@ -45,11 +48,16 @@ type BoxedHandler = Box<dyn Fn(Request) -> Response>;
 ///
 /// Patterns are `/`-separated segments, each literal text or a `{name}`
 /// that matches any one non-empty segment, available to the route's function
-/// as `req.param("name")` (percent-decoded). The query is not part of the
-/// match. Routes are tried in the order they were added; the first whose
-/// pattern and method match handles the request. When the path matches but
-/// the method does not, the answer is 405 with an `Allow` header; when no
-/// pattern matches, 404.
+/// as `req.param("name")` (percent-decoded). They are matched against
+/// [`RequestExt::relative_path`]: the path with the route the gateway
+/// routed the request by taken off (`/` for the route itself), or the
+/// whole path when the request carries no route (a native test without
+/// [`testing::routed`](crate::testing::routed)). The query is not part of
+/// the match. Routes are tried in the order they were added; the first
+/// whose pattern and method match handles the request, which still sees
+/// the whole path in `req.uri()`. When the path matches but the method
+/// does not, the answer is 405 with an `Allow` header; when no pattern
+/// matches, 404 naming the path no pattern matched.
 #[derive(Default)]
 pub struct Router {
     /// In the order added: the first match wins.
@@ -159,10 +167,11 @@ impl Router {
         self.route(Method::DELETE, pattern, handler)
     }
 
-    /// Calls the first route matching the request's method and path, or
-    /// answers 404 or 405.
+    /// Calls the first route matching the request's method and path below
+    /// its route, or answers 404 or 405.
     pub fn handle(&self, mut req: Request) -> Response {
-        let path: Vec<&str> = req.uri().path().split('/').skip(1).collect();
+        let relative = req.relative_path();
+        let path: Vec<&str> = relative.split('/').skip(1).collect();
         let mut allowed: Vec<&Method> = Vec::new();
         for route in &self.routes {
             let Some(params) = match_path(&route.segments, &path) else {
@@ -178,7 +187,7 @@ impl Router {
             return (route.handler)(req);
         }
         if allowed.is_empty() {
-            return (StatusCode::NOT_FOUND, "not found\n").into_response();
+            return (StatusCode::NOT_FOUND, not_found(&req)).into_response();
         }
         let allow = allowed
             .iter()
@@ -191,6 +200,20 @@ impl Router {
             resp.headers_mut().insert(ALLOW, value);
         }
         resp
+    }
+}
+
+/// The body of a 404: the path no pattern matched and, when a route was
+/// taken off it, the whole path and the route, so a handler deployed at an
+/// unexpected route says so.
+fn not_found(req: &Request) -> String {
+    let (path, relative) = (req.uri().path(), req.relative_path());
+    match req.route() {
+        Some(route) if relative != path => format!(
+            "not found: no route of this handler matches {relative:?} \
+             (the path {path:?} below the route {route:?})\n"
+        ),
+        _ => format!("not found: no route of this handler matches {path:?}\n"),
     }
 }
 
@@ -247,7 +270,7 @@ fn match_path(segments: &[Segment], path: &[&str]) -> Option<Vec<(String, String
 mod tests {
     use super::*;
     use crate::RequestExt;
-    use crate::testing::{get, post, request};
+    use crate::testing::{get, post, request, routed};
 
     fn show(req: Request) -> String {
         format!("show {}", req.param("id").unwrap_or("-"))
@@ -307,6 +330,54 @@ mod tests {
             assert_eq!(resp.status(), 404, "{path}");
         }
         assert_eq!(Router::new().handle(get("/")).status(), 404);
+    }
+
+    #[test]
+    fn patterns_match_the_path_below_the_route() {
+        let r = router();
+        let at_api = |path: &str| r.handle(routed_at("/api", path));
+        assert_eq!(text(&at_api("/api/users")), "list");
+        assert_eq!(text(&at_api("/api/users/42?x=1")), "show 42");
+        assert_eq!(text(&at_api("/api/users/3/posts/9")), "3/9");
+        assert_eq!(at_api("/api").status(), 404);
+        // The route is taken off once: `/api/api/users` is `/api/users`.
+        assert_eq!(at_api("/api/api/users").status(), 404);
+        // A trailing `/` of the route does not matter; the root route
+        // takes nothing off.
+        assert_eq!(text(&r.handle(routed_at("/api/", "/api/users"))), "list");
+        assert_eq!(text(&r.handle(routed_at("/", "/users"))), "list");
+    }
+
+    #[test]
+    fn a_route_function_still_sees_the_whole_path() {
+        let r = Router::new().get("/where", |req: Request| {
+            format!("{} {}", req.uri().path(), req.relative_path())
+        });
+        let resp = r.handle(routed_at("/api", "/api/where"));
+        assert_eq!(text(&resp), "/api/where /where");
+    }
+
+    #[test]
+    fn the_404_names_the_path_no_pattern_matched() {
+        let r = router();
+        let resp = r.handle(get("/nope?x=1"));
+        assert_eq!(resp.status(), 404);
+        assert_eq!(
+            text(&resp),
+            "not found: no route of this handler matches \"/nope\"\n"
+        );
+        let resp = r.handle(routed_at("/api", "/api/nope"));
+        assert_eq!(resp.status(), 404);
+        assert_eq!(
+            text(&resp),
+            "not found: no route of this handler matches \"/nope\" \
+             (the path \"/api/nope\" below the route \"/api\")\n"
+        );
+    }
+
+    /// `GET path` as the gateway passes it to a handler at `route`.
+    fn routed_at(route: &str, path: &str) -> Request {
+        routed(route, get(path))
     }
 
     #[test]

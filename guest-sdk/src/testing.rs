@@ -195,6 +195,27 @@ pub fn request(method: http::Method, uri: &str, body: Vec<u8>) -> Request {
     req
 }
 
+/// `req` as the gateway passes it to a handler deployed at `route`: with
+/// the [`ROUTE_HEADER`](crate::ROUTE_HEADER) that [`Router`](crate::Router)
+/// and [`RequestExt::relative_path`](crate::RequestExt::relative_path) read.
+///
+/// ```
+/// use wasmgate_sdk::{RequestExt, testing};
+///
+/// let req = testing::routed("/api", testing::get("/api/users"));
+/// assert_eq!(req.relative_path(), "/users");
+/// ```
+///
+/// # Panics
+///
+/// If `route` is not a valid header value: this is for tests.
+pub fn routed(route: &str, mut req: Request) -> Request {
+    let value = http::HeaderValue::from_str(route)
+        .unwrap_or_else(|e| panic!("testing: {route:?} is not a valid route: {e}"));
+    req.headers_mut().insert(crate::ROUTE_HEADER, value);
+    req
+}
+
 /// The native host services, on the current thread's context.
 pub(crate) mod host {
     use super::{CURRENT, Log, State};

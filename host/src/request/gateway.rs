@@ -23,6 +23,13 @@ use crate::metrics::Metrics;
 use crate::request::body::{ByteBudget, Reservation, ResponseBody};
 use crate::runtime::{Executor, GuestRequest};
 
+/// The request header that tells a guest the route prefix it was routed
+/// by (`/api` for a handler at `--route /api`), so it can match paths
+/// relative to it, as the SDK's router does. The gateway sets it on every
+/// request it passes to a guest and removes any a client sent, so a client
+/// cannot change what the guest believes its route is.
+pub const ROUTE_HEADER: &str = "x-wasmgate-route";
+
 /// Everything the request path needs, shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
@@ -124,7 +131,7 @@ impl Gateway {
         Option<u64>,
         Option<Incoming>,
     ) {
-        let (request, body_reservation) = match self.read_request(head, &mut body).await {
+        let (request, body_reservation) = match self.read_request(route, head, &mut body).await {
             Ok(read) => read,
             Err(e) => return (Err(e), None, Some(body)),
         };
@@ -171,9 +178,11 @@ impl Gateway {
     }
 
     /// Reads the body within `max_body_bytes`, `body_read_timeout` and the
-    /// memory budget, and builds the guest's view of the request.
+    /// memory budget, and builds the guest's view of the request to
+    /// `route`.
     async fn read_request(
         &self,
+        route: &Route,
         mut head: http::request::Parts,
         body: &mut Incoming,
     ) -> Result<(GuestRequest, Reservation), RequestError> {
@@ -195,6 +204,7 @@ impl Gateway {
         {
             head.headers.insert(http::header::HOST, host);
         }
+        set_route_header(&mut head.headers, &route.route);
         let mut reservation = self.budget.reserve_none();
         if body.is_end_stream() {
             return Ok((GuestRequest::new(head, Bytes::new()), reservation));
@@ -259,6 +269,20 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.requests_in_flight.dec();
+    }
+}
+
+/// Replaces whatever [`ROUTE_HEADER`] the client sent by `route`. Routes
+/// are printable ASCII (`router::check_route`), always a valid value; one
+/// that were not would leave the header out, never the client's.
+fn set_route_header(headers: &mut http::HeaderMap, route: &str) {
+    match HeaderValue::from_str(route) {
+        Ok(value) => {
+            headers.insert(ROUTE_HEADER, value);
+        }
+        Err(_) => {
+            headers.remove(ROUTE_HEADER);
+        }
     }
 }
 
@@ -346,6 +370,18 @@ mod tests {
                 (got, want) => panic!("{version:?} {uri} {hosts:?}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_route_header_is_the_gateways_whatever_the_client_sent() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(ROUTE_HEADER, HeaderValue::from_static("/"));
+        headers.append(ROUTE_HEADER, HeaderValue::from_static("/api/users"));
+        set_route_header(&mut headers, "/api");
+        let values: Vec<_> = headers.get_all(ROUTE_HEADER).iter().collect();
+        assert_eq!(values, ["/api"]);
+        set_route_header(&mut headers, "/a\nb");
+        assert!(headers.get(ROUTE_HEADER).is_none());
     }
 
     #[test]

@@ -58,9 +58,10 @@ struct Job {
     /// Dropped unanswered when serving the job panics; the request path
     /// then answers 500.
     reply: oneshot::Sender<GuestOutcome>,
-    /// The tenant's concurrency slot, held until the guest is done even if
-    /// the client leaves earlier.
-    _permit: OwnedSemaphorePermit,
+    /// The tenant's concurrency slot, held until the guest's outcome is
+    /// ready even if the client leaves earlier, and let go before the
+    /// outcome is sent (see [`run_job`]).
+    permit: OwnedSemaphorePermit,
 }
 
 /// A guest call in progress on a worker.
@@ -210,7 +211,8 @@ impl Executor {
 
     /// Runs `version` with `request` on a worker and waits for its outcome:
     /// queued in `flow`, to finish by `deadline`, holding the tenant's
-    /// `permit` until the guest is done; the tenant's guests get CPU in
+    /// `permit` until the guest's outcome is ready (and no longer: it is
+    /// free before this returns); the tenant's guests get CPU in
     /// proportion to `cpu_weight` against other tenants'. The request path
     /// and `wasmgate call` both run guests through this.
     ///
@@ -239,7 +241,7 @@ impl Executor {
             request,
             deadline,
             reply,
-            _permit: permit,
+            permit,
         };
         if let Err(e) = self.push(job) {
             return failed(e);
@@ -339,6 +341,13 @@ fn work(pool: &Arc<Pool>, index: usize) {
 }
 
 /// Serves one job: the guest call, its outcome sent to the request path.
+///
+/// The tenant's slot is let go before the outcome is sent, so it is free
+/// before the client can see the response: a client that sends its next
+/// request as soon as it has the answer, on as many connections as the
+/// tenant has slots, is never refused for want of one. The instance's
+/// teardown after the reply is not the tenant's to wait for; the worker's
+/// guest slots bound it (the guest stays one of them until it is done).
 fn run_job(pool: Arc<Pool>, job: Job) -> GuestFuture {
     Box::pin(async move {
         let Job {
@@ -346,7 +355,7 @@ fn run_job(pool: Arc<Pool>, job: Job) -> GuestFuture {
             request,
             deadline,
             reply,
-            _permit,
+            permit,
             ..
         } = job;
         let metrics = &pool.metrics;
@@ -357,6 +366,7 @@ fn run_job(pool: Arc<Pool>, job: Job) -> GuestFuture {
             deadline,
             metrics,
             |outcome| {
+                drop(permit);
                 // The client may have gone away meanwhile; nothing to do then.
                 let _ = reply.send(outcome);
             },
@@ -755,6 +765,58 @@ mod tests {
         })
     }
 
+    /// The `hello` component, loaded with the default limits.
+    fn hello(runtime: &Runtime, metrics: &Arc<Metrics>) -> Arc<HandlerVersion> {
+        let context = Arc::new(HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "h"),
+        });
+        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
+        let limits = crate::limits::Limits::default();
+        Arc::new(HandlerVersion::load_file(runtime, path.as_ref(), limits, context).expect("load"))
+    }
+
+    /// Calls `version` with `GET path`, holding a slot of `slots`.
+    fn call_with_slot<'a>(
+        executor: &'a Executor,
+        version: &Arc<HandlerVersion>,
+        slots: &Arc<Semaphore>,
+        path: &str,
+    ) -> impl Future<Output = GuestOutcome> + use<'a> {
+        let (head, ()) = http::Request::get(path)
+            .body(())
+            .expect("valid")
+            .into_parts();
+        executor.call(
+            Flow {
+                tenant: 0,
+                handler: 0,
+            },
+            1,
+            Arc::clone(version),
+            GuestRequest::new(head, Bytes::new()),
+            Instant::now() + Duration::from_secs(60),
+            Arc::clone(slots).try_acquire_owned().expect("slot"),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tenants_slot_is_free_when_the_outcome_arrives() {
+        let metrics = Arc::new(Metrics::new());
+        let limits = crate::limits::Limits::default();
+        let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
+        let executor = Executor::start(&runtime, 1, 1, 16, Arc::clone(&metrics)).expect("start");
+        let version = hello(&runtime, &metrics);
+        let slots = Arc::new(Semaphore::new(1));
+        // The instance is torn down after the reply; the slot must not
+        // wait for that, or the next request could find it taken.
+        for _ in 0..200 {
+            let outcome = call_with_slot(&executor, &version, &slots, "/hello").await;
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            assert_eq!(slots.available_permits(), 1, "the slot is still held");
+        }
+    }
+
     #[tokio::test]
     async fn a_panic_serving_a_request_fails_that_request_and_no_worker() {
         let metrics = Arc::new(Metrics::new());
@@ -763,32 +825,9 @@ mod tests {
         let executor =
             Executor::start_with(&runtime, 2, 2, 16, Arc::clone(&metrics), panicky_runner)
                 .expect("start");
-        let context = Arc::new(HandlerContext {
-            config: Default::default(),
-            metrics: metrics.handler("t", "h"),
-        });
-        let path = wasmgate_handler_components::require(wasmgate_handler_components::HELLO);
-        let version = Arc::new(
-            HandlerVersion::load_file(&runtime, path.as_ref(), limits, context).expect("load"),
-        );
+        let version = hello(&runtime, &metrics);
         let slots = Arc::new(Semaphore::new(100));
-        let call = |path: &str| {
-            let (head, ()) = http::Request::get(path)
-                .body(())
-                .expect("valid")
-                .into_parts();
-            executor.call(
-                Flow {
-                    tenant: 0,
-                    handler: 0,
-                },
-                1,
-                Arc::clone(&version),
-                GuestRequest::new(head, Bytes::new()),
-                Instant::now() + Duration::from_secs(60),
-                Arc::clone(&slots).try_acquire_owned().expect("slot"),
-            )
-        };
+        let call = |path: &str| call_with_slot(&executor, &version, &slots, path);
         // More panics than workers: each costs its request only.
         for _ in 0..5 {
             let outcome = call("/panic").await;
