@@ -10,6 +10,7 @@
 pub mod call;
 pub mod client;
 pub mod component;
+pub mod lockfile;
 pub mod manage;
 pub mod new;
 pub mod print;
