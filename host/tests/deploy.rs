@@ -346,7 +346,7 @@ fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
 }
 
 #[tokio::test]
-async fn delete_tenant_and_reload_do_what_the_admin_api_does() {
+async fn patch_delete_tenant_and_reload_do_what_the_admin_api_does() {
     let dir = scratch("admin-commands");
     let gw = Gateway::start(&dir);
     let hello = components::require(components::HELLO);
@@ -428,6 +428,39 @@ async fn delete_tenant_and_reload_do_what_the_admin_api_does() {
         ],
     ));
     assert_eq!(gw.get("/greet").await.0, 200);
+
+    // `patch` sets and removes config strings, keeping the others, and
+    // moves the route.
+    let patch = |args: &[&str]| {
+        let mut all = vec!["patch", "--tenant", "demo", "--name", "greet"];
+        all.extend(args);
+        gw.cli(Some(ROOT), &all)
+    };
+    assert_eq!(
+        succeeded(&patch(&["--config", "greeting=hey", "--config", "x=1"])),
+        "patched demo/greet version 2 at /greet, config greeting=hey,x=1: replaced\n"
+    );
+    assert_eq!(
+        gw.get("/greet").await,
+        (200, "hey from wasmgate: hello\n".to_owned())
+    );
+    assert_eq!(
+        succeeded(&patch(&["--unset", "x", "--route", "/greet2"])),
+        "patched demo/greet version 3 at /greet2, config greeting=hey: replaced\n"
+    );
+    assert_eq!(gw.get("/greet2").await.0, 200);
+    let line = failed(&patch(&[]));
+    assert_eq!(
+        line,
+        "error: nothing to change: give --route, --config KEY=VALUE or --unset KEY"
+    );
+    let output = patch(&["--route", "/greet", "--json"]);
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["route"], "/greet");
+    assert_eq!(json["config"]["greeting"], "hey");
+
     let delete = ["delete", "--tenant", "demo", "--name", "greet"];
     assert_eq!(
         succeeded(&gw.cli(Some(ROOT), &delete)),

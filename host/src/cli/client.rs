@@ -22,7 +22,8 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 use crate::admin::views::{
-    ErrorBody, HandlerList, HandlerView, Reloaded, TenantList, TenantPut, TenantView, WriteResult,
+    ErrorBody, HandlerList, HandlerPatch, HandlerView, Reloaded, TenantList, TenantPut, TenantView,
+    WriteResult,
 };
 
 /// The environment variable holding the token the commands send.
@@ -375,6 +376,24 @@ impl Client {
     pub async fn list(&self, tenant: &str) -> Result<Reply<HandlerList>, ClientError> {
         let path = format!("{}/handlers", self.tenant_path(tenant));
         let request = self.request(Method::GET, &path).body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
+    /// Gives a handler a new route or config strings (or both): a new
+    /// version with the same component.
+    pub async fn patch_handler(
+        &self,
+        tenant: &str,
+        name: &str,
+        patch: &HandlerPatch,
+    ) -> Result<Reply<HandlerView>, ClientError> {
+        // Serialising plain strings cannot fail.
+        let body = serde_json::to_vec(patch).unwrap_or_default();
+        let request = self
+            .request(Method::PATCH, &self.handler_path(tenant, name))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
         let (status, body) = self.exchange(request).await?;
         self.answer(status, &body)
     }

@@ -1,5 +1,5 @@
 //! The commands that drive a running gateway through its admin API
-//! (`deploy`, `delete`, `rollback`, `list`, `tenant`, `reload`): their
+//! (`deploy`, `patch`, `delete`, `rollback`, `list`, `tenant`, `reload`): their
 //! arguments, the call each makes ([`super::client`]) and what each prints
 //! ([`super::print`]). Everything the admin API does, a command does.
 
@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::client::{self, Client};
 use super::{print, say};
-use crate::admin::views::TenantPut;
+use crate::admin::views::{HandlerPatch, TenantPut};
 use crate::limits::LimitOverrides;
 
 /// Where the admin API is, and how to print its answers.
@@ -47,6 +47,10 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Give a handler a new route or change its config strings: a new
+    /// version with the same component. The token comes from
+    /// $WASMGATE_ADMIN_TOKEN.
+    Patch(PatchArgs),
     /// Remove a tenant's handler with all its versions. The token comes
     /// from $WASMGATE_ADMIN_TOKEN.
     Delete {
@@ -100,6 +104,29 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// `wasmgate patch`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct PatchArgs {
+    /// The tenant.
+    #[arg(long)]
+    tenant: String,
+    /// The handler's name.
+    #[arg(long)]
+    name: String,
+    /// The path prefix to serve it at.
+    #[arg(long)]
+    route: Option<String>,
+    /// A config string to set (repeatable); the others are kept.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::call::parse_config)]
+    set: Vec<(String, String)>,
+    /// A config string to remove (repeatable).
+    #[arg(long = "unset", value_name = "KEY")]
+    unset: Vec<String>,
+    /// Where the gateway is.
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 /// `wasmgate tenant ...`.
@@ -211,6 +238,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             Ok((print::deploy_summary(&deployed), deployed.handler.json))
         }),
+        Command::Patch(args) => patch(&args),
         Command::Delete {
             tenant,
             name,
@@ -262,6 +290,37 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(("reloaded the config file".to_owned(), reloaded.json))
         }),
     }
+}
+
+/// `patch`: the config strings are the handler's current ones (the API's
+/// PATCH replaces them all) with those given set or removed.
+fn patch(args: &PatchArgs) -> anyhow::Result<()> {
+    if args.route.is_none() && args.set.is_empty() && args.unset.is_empty() {
+        anyhow::bail!("nothing to change: give --route, --config KEY=VALUE or --unset KEY");
+    }
+    call(&args.admin, async |client| {
+        let config = if args.set.is_empty() && args.unset.is_empty() {
+            None
+        } else {
+            let mut config = client.handler(&args.tenant, &args.name).await?.value.config;
+            for key in &args.unset {
+                config.remove(key);
+            }
+            config.extend(args.set.iter().cloned());
+            Some(config)
+        };
+        let patch = HandlerPatch {
+            route: args.route.clone(),
+            config,
+        };
+        let handler = client
+            .patch_handler(&args.tenant, &args.name, &patch)
+            .await?;
+        Ok((
+            print::patch_summary(&args.tenant, &handler.value),
+            handler.json,
+        ))
+    })
 }
 
 /// `tenant put`: the tenant's current settings (the API's PUT replaces

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::client::{Deployed, TenantWritten};
-use crate::admin::views::{HandlerList, HandlerView, TenantList, TenantView};
+use crate::admin::views::{HandlerList, HandlerView, TenantList, TenantView, WriteResult};
 use crate::control::state::Source;
 
 /// How many hex digits of a sha256 the lines and the table show: enough
@@ -37,6 +37,28 @@ pub fn rollback_summary(tenant: &str, handler: &HandlerView) -> String {
         sha_prefix(&handler.sha256),
         format_size(handler.size),
         handler.route
+    )
+}
+
+/// One line after a patch: `patched demo/greet version 3 at /greet, config
+/// greeting=hey: replaced`.
+pub fn patch_summary(tenant: &str, handler: &HandlerView) -> String {
+    let config: Vec<String> = handler
+        .config
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!(
+        "patched {tenant}/{} version {} at {}, config {}: {}",
+        handler.name,
+        handler.version,
+        handler.route,
+        if config.is_empty() {
+            "-".to_owned()
+        } else {
+            config.join(",")
+        },
+        handler.result.map_or("replaced", WriteResult::as_str)
     )
 }
 
@@ -222,7 +244,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::views::WriteResult;
     use crate::cli::client::Reply;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -264,6 +285,24 @@ mod tests {
         assert_eq!(
             rollback_summary("demo", &handler("greet", "/g", 1, 12, 0)),
             "rolled back demo/greet: version 1 (sha256 0123456789ab, 12 B) serves at /g"
+        );
+    }
+
+    #[test]
+    fn the_patch_line_names_version_route_config_and_outcome() {
+        let mut patched = handler("greet", "/g", 4, 1, 0);
+        assert_eq!(
+            patch_summary("demo", &patched),
+            "patched demo/greet version 4 at /g, config -: replaced"
+        );
+        patched.config = BTreeMap::from([
+            ("b".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "x y".to_owned()),
+        ]);
+        patched.result = Some(WriteResult::Unchanged);
+        assert_eq!(
+            patch_summary("demo", &patched),
+            "patched demo/greet version 4 at /g, config a=x y,b=2: unchanged"
         );
     }
 
