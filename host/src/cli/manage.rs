@@ -33,12 +33,9 @@ pub enum Command {
     Deploy {
         /// The component file.
         file: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The handler's name.
-        #[arg(long)]
-        name: String,
+        /// The handler.
+        #[command(flatten)]
+        handler: HandlerId,
         /// The path prefix to serve it at: needed for a new handler; without
         /// it an existing handler keeps its route.
         #[arg(long)]
@@ -54,12 +51,9 @@ pub enum Command {
     /// Remove a tenant's handler with all its versions. The token comes
     /// from $WASMGATE_ADMIN_TOKEN.
     Delete {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The handler's name.
-        #[arg(long)]
-        name: String,
+        /// The handler.
+        #[command(flatten)]
+        handler: HandlerId,
         /// Where the gateway is.
         #[command(flatten)]
         admin: AdminArgs,
@@ -67,12 +61,9 @@ pub enum Command {
     /// Make an earlier version of a handler serve again. The token comes
     /// from $WASMGATE_ADMIN_TOKEN.
     Rollback {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The handler's name.
-        #[arg(long)]
-        name: String,
+        /// The handler.
+        #[command(flatten)]
+        handler: HandlerId,
         /// The version to serve; default: the one before the serving one.
         #[arg(long)]
         version: Option<u64>,
@@ -106,15 +97,23 @@ pub enum Command {
     },
 }
 
-/// `wasmgate patch`'s arguments.
+/// The handler a command is about.
 #[derive(Debug, clap::Args)]
-pub struct PatchArgs {
+pub struct HandlerId {
     /// The tenant.
     #[arg(long)]
     tenant: String,
     /// The handler's name.
     #[arg(long)]
     name: String,
+}
+
+/// `wasmgate patch`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct PatchArgs {
+    /// The handler.
+    #[command(flatten)]
+    handler: HandlerId,
     /// The path prefix to serve it at.
     #[arg(long)]
     route: Option<String>,
@@ -228,8 +227,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Deploy {
             file,
-            tenant,
-            name,
+            handler: HandlerId { tenant, name },
             route,
             admin,
         } => call(&admin, async |client| {
@@ -240,8 +238,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }),
         Command::Patch(args) => patch(&args),
         Command::Delete {
-            tenant,
-            name,
+            handler: HandlerId { tenant, name },
             admin,
         } => call(&admin, async |client| {
             client.delete_handler(&tenant, &name).await?;
@@ -249,8 +246,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok((format!("deleted {tenant}/{name}"), json.to_string()))
         }),
         Command::Rollback {
-            tenant,
-            name,
+            handler: HandlerId { tenant, name },
             version,
             admin,
         } => call(&admin, async |client| {
@@ -298,11 +294,12 @@ fn patch(args: &PatchArgs) -> anyhow::Result<()> {
     if args.route.is_none() && args.set.is_empty() && args.unset.is_empty() {
         anyhow::bail!("nothing to change: give --route, --config KEY=VALUE or --unset KEY");
     }
+    let HandlerId { tenant, name } = &args.handler;
     call(&args.admin, async |client| {
         let config = if args.set.is_empty() && args.unset.is_empty() {
             None
         } else {
-            let mut config = client.handler(&args.tenant, &args.name).await?.value.config;
+            let mut config = client.handler(tenant, name).await?.value.config;
             for key in &args.unset {
                 config.remove(key);
             }
@@ -313,13 +310,8 @@ fn patch(args: &PatchArgs) -> anyhow::Result<()> {
             route: args.route.clone(),
             config,
         };
-        let handler = client
-            .patch_handler(&args.tenant, &args.name, &patch)
-            .await?;
-        Ok((
-            print::patch_summary(&args.tenant, &handler.value),
-            handler.json,
-        ))
+        let handler = client.patch_handler(tenant, name, &patch).await?;
+        Ok((print::patch_summary(tenant, &handler.value), handler.json))
     })
 }
 
