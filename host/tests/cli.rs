@@ -1280,3 +1280,54 @@ async fn serve_logs_json_lines_with_guest_fields() {
     // The shutdown line is JSON too.
     about_faults("shutting down");
 }
+
+/// A port in use stops `serve` with one error that names the option and
+/// the config key that pick another; both ports in use are one error.
+#[test]
+fn a_port_in_use_suggests_listen_and_admin_listen() {
+    let dir = scratch("port-in-use");
+    let config = write_config(&dir, "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let taken_2 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port_2 = taken_2.local_addr().expect("addr").port();
+    let serve = |listen: &str, admin: &str| {
+        let output = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--admin-listen", admin])
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run wasmgate");
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("an error line: {stderr}"))
+            .to_owned()
+    };
+    let public = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{port_2}");
+    let line = serve(&public, "127.0.0.1:0");
+    assert!(
+        line.starts_with(&format!(
+            "error: binding server.listen {public}: the port is in use"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("pick a free one with --listen 127.0.0.1:PORT, or change server.listen"),
+        "{line}"
+    );
+    let line = serve("127.0.0.1:0", &admin);
+    assert!(
+        line.contains(&format!("binding admin.listen {admin}: the port is in use"))
+            && line.contains("--admin-listen 127.0.0.1:PORT"),
+        "{line}"
+    );
+    let line = serve(&public, &admin);
+    assert!(
+        line.contains("--listen 127.0.0.1:PORT") && line.contains("--admin-listen 127.0.0.1:PORT"),
+        "{line}"
+    );
+}

@@ -336,3 +336,178 @@ async fn every_mistake_is_one_line_and_exit_code_1_and_changes_nothing() {
         (200, "hello from wasmgate\n".to_owned())
     );
 }
+
+/// Columns of each line of a table.
+fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
+    stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn patch_delete_tenant_and_reload_do_what_the_admin_api_does() {
+    let dir = scratch("admin-commands");
+    let gw = Gateway::start(&dir);
+    let hello = components::require(components::HELLO);
+
+    // `list` without --tenant lists the tenants.
+    let stdout = succeeded(&gw.cli(Some(ROOT), &["list"]));
+    assert_eq!(
+        table_rows(&stdout),
+        [
+            vec![
+                "NAME",
+                "HOSTS",
+                "SOURCE",
+                "HANDLERS",
+                "CPU_WEIGHT",
+                "LIMITS"
+            ],
+            vec!["demo", "*", "config", "1", "1", "-"],
+        ]
+    );
+
+    let put = |args: &[&str]| {
+        let mut all = vec!["tenant", "put", "shop"];
+        all.extend(args);
+        gw.cli(Some(ROOT), &all)
+    };
+    assert_eq!(
+        succeeded(&put(&["--host", "shop.test", "--fuel", "5000"])),
+        "created tenant shop: hosts shop.test, cpu_weight 1, limits fuel=5000\n"
+    );
+    // What is not given keeps its value.
+    assert_eq!(
+        succeeded(&put(&["--cpu-weight", "2", "--timeout-ms", "700"])),
+        "updated tenant shop: hosts shop.test, cpu_weight 2, limits fuel=5000,timeout_ms=700\n"
+    );
+    let output = put(&["--limits", "{}", "--json"]);
+    assert!(output.status.success());
+    let (stdout, stderr) = texts(&output);
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["name"], "shop");
+    assert_eq!(json["cpu_weight"], 2);
+    assert_eq!(json["limits"]["fuel"], Value::Null, "{json}");
+    assert_eq!(
+        stderr,
+        "updated tenant shop: hosts shop.test, cpu_weight 2, limits -\n"
+    );
+    let line = failed(&put(&["--limits", "{\"fuell\": 1}"]));
+    assert!(
+        line.starts_with("error: --limits {\"fuell\": 1}: "),
+        "{line}"
+    );
+    assert!(line.contains("unknown field `fuell`"), "{line}");
+    let line = failed(&put(&["--memory-bytes", "1"]));
+    assert!(line.starts_with("error: 400 "), "{line}");
+
+    let stdout = succeeded(&gw.cli(Some(ROOT), &["tenant", "list"]));
+    assert_eq!(
+        table_rows(&stdout)[1..],
+        [
+            vec!["demo", "*", "config", "1", "1", "-"],
+            vec!["shop", "shop.test", "api", "0", "2", "-"],
+        ]
+    );
+    let list = gw.cli(Some(ROOT), &["list", "--json"]);
+    let json: Value = serde_json::from_slice(&list.stdout).expect("JSON on stdout");
+    let names: Vec<&str> = json["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["demo", "shop"]);
+
+    // `delete` removes a handler; deleting it again is a one-line 404.
+    succeeded(&gw.cli(
+        Some(ROOT),
+        &[
+            "deploy", hello, "--tenant", "demo", "--name", "greet", "--route", "/greet",
+        ],
+    ));
+    assert_eq!(gw.get("/greet").await.0, 200);
+
+    // `patch` sets and removes config strings, keeping the others, and
+    // moves the route.
+    let patch = |args: &[&str]| {
+        let mut all = vec!["patch", "--tenant", "demo", "--name", "greet"];
+        all.extend(args);
+        gw.cli(Some(ROOT), &all)
+    };
+    assert_eq!(
+        succeeded(&patch(&["--config", "greeting=hey", "--config", "x=1"])),
+        "patched demo/greet version 2 at /greet, config greeting=hey,x=1: replaced\n"
+    );
+    assert_eq!(
+        gw.get("/greet").await,
+        (200, "hey from wasmgate: hello\n".to_owned())
+    );
+    assert_eq!(
+        succeeded(&patch(&["--unset", "x", "--route", "/greet2"])),
+        "patched demo/greet version 3 at /greet2, config greeting=hey: replaced\n"
+    );
+    assert_eq!(gw.get("/greet2").await.0, 200);
+    let line = failed(&patch(&[]));
+    assert_eq!(
+        line,
+        "error: nothing to change: give --route, --config KEY=VALUE or --unset KEY"
+    );
+    let output = patch(&["--route", "/greet", "--json"]);
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["route"], "/greet");
+    assert_eq!(json["config"]["greeting"], "hey");
+
+    let delete = ["delete", "--tenant", "demo", "--name", "greet"];
+    assert_eq!(
+        succeeded(&gw.cli(Some(ROOT), &delete)),
+        "deleted demo/greet\n"
+    );
+    assert_eq!(gw.get("/greet").await.0, 404);
+    let line = failed(&gw.cli(Some(ROOT), &delete));
+    assert!(line.starts_with("error: 404 not_found: "), "{line}");
+    succeeded(&gw.cli(
+        Some(ROOT),
+        &[
+            "deploy", hello, "--tenant", "shop", "--name", "h", "--route", "/h",
+        ],
+    ));
+    let output = gw.cli(
+        Some(ROOT),
+        &["delete", "--tenant", "shop", "--name", "h", "--json"],
+    );
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(
+        json,
+        serde_json::json!({"deleted": true, "tenant": "shop", "handler": "h"})
+    );
+    assert_eq!(stderr, "deleted shop/h\n");
+
+    // Tenants are the root's: a tenant token may not delete one.
+    let line = failed(&gw.cli(Some("not-a-token"), &["tenant", "delete", "shop"]));
+    assert!(line.starts_with("error: 403 forbidden: "), "{line}");
+    assert_eq!(
+        succeeded(&gw.cli(Some(ROOT), &["tenant", "delete", "shop"])),
+        "deleted tenant shop\n"
+    );
+    let stdout = succeeded(&gw.cli(Some(ROOT), &["list"]));
+    assert_eq!(table_rows(&stdout).len(), 2, "{stdout}");
+    let line = failed(&gw.cli(Some(ROOT), &["tenant", "delete", "shop"]));
+    assert!(line.starts_with("error: 404 not_found: "), "{line}");
+
+    assert_eq!(
+        succeeded(&gw.cli(Some(ROOT), &["reload"])),
+        "reloaded the config file\n"
+    );
+    let output = gw.cli(Some(ROOT), &["reload", "--json"]);
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["reloaded"], true, "{json}");
+    assert_eq!(gw.get("/hello").await.0, 200);
+}

@@ -336,3 +336,78 @@ fn the_sdk_wit_is_the_host_wit() {
         "guest-sdk/wit/handler.wit differs from wit/handler.wit: copy wit/handler.wit over it"
     );
 }
+
+/// The packages of a lock file, by name, with their versions.
+fn locked_versions(lock: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let lock: toml::Table = toml::from_str(lock).expect("a lock file");
+    let mut versions = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for package in lock["package"].as_array().expect("packages") {
+        versions
+            .entry(package["name"].as_str().expect("name").to_owned())
+            .or_default()
+            .push(package["version"].as_str().expect("version").to_owned());
+    }
+    versions
+}
+
+/// Item 7 of the second hour: the crate builds the SDK's dependencies at
+/// the versions the SDK is tested with, resolving none afresh; and it runs
+/// beside the repository's example (8080/9090) with an admin listener.
+#[test]
+fn a_new_crate_pins_the_sdks_dependencies_and_serves_beside_the_example() {
+    let root = scratch("pinned");
+    succeeded("wasmgate new", &wasmgate(&["new", "pinned"], &root));
+    let dir = root.join("pinned");
+    let workspace_lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    let workspace =
+        locked_versions(&std::fs::read_to_string(workspace_lock).expect("the workspace lock"));
+    // The SDK's wit-bindgen is pinned exactly (`=0.61.1`) by the workspace.
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .expect("the workspace manifest"),
+    )
+    .expect("TOML");
+    let sdk_wit_bindgen = manifest["workspace"]["dependencies"]["wit-bindgen"]["version"]
+        .as_str()
+        .expect("a version")
+        .trim_start_matches('=')
+        .to_owned();
+    let check = |what: &str| {
+        let lock = std::fs::read_to_string(dir.join("Cargo.lock")).expect("a Cargo.lock");
+        let pinned = locked_versions(&lock);
+        for name in [
+            "wit-bindgen",
+            "wasmgate-sdk",
+            "wasmgate-sdk-macro",
+            "http",
+            "syn",
+        ] {
+            assert!(pinned.contains_key(name), "{what}: {name} missing:\n{lock}");
+        }
+        for (name, versions) in &pinned {
+            if name == "pinned" {
+                continue;
+            }
+            for version in versions {
+                assert!(
+                    workspace.get(name).is_some_and(|v| v.contains(version)),
+                    "{what}: {name} {version} is not the workspace's {:?}",
+                    workspace.get(name)
+                );
+            }
+        }
+        assert_eq!(pinned["wit-bindgen"], [sdk_wit_bindgen.as_str()], "{what}");
+    };
+    check("as written");
+    // Cargo takes it as it is: resolving the crate keeps every version.
+    let out = cargo(&["metadata", "--offline", "--format-version", "1"], &dir);
+    succeeded("cargo metadata", &out);
+    check("after cargo resolved the crate");
+
+    let config = Config::load(&dir.join("wasmgate.toml")).expect("generated config loads");
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9091");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+    assert!(!readme.contains("example.invalid"), "{readme}");
+    assert!(readme.contains("http://127.0.0.1:8081/"), "{readme}");
+}

@@ -141,12 +141,14 @@ impl Call<'_> {
         let config = self.admin.control.config();
         let written = self
             .write(None, HashMap::new(), move |state, _| {
-                state.follow_config(&tenant, &config)
+                state
+                    .follow_config(&tenant, &config)
+                    .map(|written| (written, None))
             })
             .await?;
         let state = self.admin.registry.state().await;
         let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
-        Ok(tagged(status_of(written), &view))
+        Ok(tagged(status_of(written.into()), &view))
     }
 
     pub(super) async fn delete_tenant(&self) -> HttpResult {

@@ -117,7 +117,8 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-fn parse_config(text: &str) -> Result<(String, String), String> {
+/// A `--config KEY=VALUE` (here and in `wasmgate patch`).
+pub(super) fn parse_config(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("{text:?} is not KEY=VALUE (e.g. greeting=hi)")),

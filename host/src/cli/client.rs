@@ -1,6 +1,6 @@
-//! A client of the admin API, for the `deploy`, `rollback` and `list`
-//! commands: typed calls, and answers read as the API's own views
-//! ([`crate::admin::views`]).
+//! A client of the admin API, for the commands that drive a running
+//! gateway ([`super::manage`]): typed calls, and answers read as the API's
+//! own views ([`crate::admin::views`]).
 //!
 //! Plain HTTP/1.1 over one TCP connection per call: the admin listener
 //! belongs on localhost or a private network (reach a remote one through
@@ -21,7 +21,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
-use crate::admin::views::{ErrorBody, HandlerList, HandlerView, WriteResult};
+use crate::admin::views::{
+    ErrorBody, HandlerList, HandlerPatch, HandlerView, Reloaded, TenantList, TenantPut, TenantView,
+    WriteResult,
+};
 
 /// The environment variable holding the token the commands send.
 pub const TOKEN_ENV: &str = "WASMGATE_ADMIN_TOKEN";
@@ -170,6 +173,15 @@ pub struct Deployed {
     pub outcome: WriteResult,
     /// The handler as it serves now.
     pub handler: Reply<HandlerView>,
+}
+
+/// The answer to a tenant's PUT.
+#[derive(Debug, Clone)]
+pub struct TenantWritten {
+    /// Whether the tenant is new (201), not changed settings (200).
+    pub created: bool,
+    /// The tenant as it is now.
+    pub tenant: Reply<TenantView>,
 }
 
 /// A connection to one gateway's admin API, with a token.
@@ -362,19 +374,94 @@ impl Client {
 
     /// A tenant's handlers.
     pub async fn list(&self, tenant: &str) -> Result<Reply<HandlerList>, ClientError> {
-        let path = format!(
-            "/admin/tenants/{}/handlers",
-            utf8_percent_encode(tenant, SEGMENT)
-        );
+        let path = format!("{}/handlers", self.tenant_path(tenant));
         let request = self.request(Method::GET, &path).body(Full::default());
         let (status, body) = self.exchange(request).await?;
         self.answer(status, &body)
     }
 
+    /// Gives a handler a new route or config strings (or both): a new
+    /// version with the same component.
+    pub async fn patch_handler(
+        &self,
+        tenant: &str,
+        name: &str,
+        patch: &HandlerPatch,
+    ) -> Result<Reply<HandlerView>, ClientError> {
+        // Serialising plain strings cannot fail.
+        let body = serde_json::to_vec(patch).unwrap_or_default();
+        let request = self
+            .request(Method::PATCH, &self.handler_path(tenant, name))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
+    /// Removes a handler with all its versions.
+    pub async fn delete_handler(&self, tenant: &str, name: &str) -> Result<(), ClientError> {
+        let request = self
+            .request(Method::DELETE, &self.handler_path(tenant, name))
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.no_content(status, &body)
+    }
+
+    /// Every tenant.
+    pub async fn tenants(&self) -> Result<Reply<TenantList>, ClientError> {
+        let request = self
+            .request(Method::GET, "/admin/tenants")
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
+    /// Creates `tenant` or replaces its settings with `settings`.
+    pub async fn put_tenant(
+        &self,
+        tenant: &str,
+        settings: &TenantPut,
+    ) -> Result<TenantWritten, ClientError> {
+        // Serialising plain strings and numbers cannot fail.
+        let body = serde_json::to_vec(settings).unwrap_or_default();
+        let request = self
+            .request(Method::PUT, &self.tenant_path(tenant))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let (status, body) = self.exchange(request).await?;
+        let tenant = self.answer(status, &body)?;
+        Ok(TenantWritten {
+            created: status == StatusCode::CREATED,
+            tenant,
+        })
+    }
+
+    /// Removes a tenant with all its handlers.
+    pub async fn delete_tenant(&self, tenant: &str) -> Result<(), ClientError> {
+        let request = self
+            .request(Method::DELETE, &self.tenant_path(tenant))
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.no_content(status, &body)
+    }
+
+    /// Applies the gateway's config file again.
+    pub async fn reload(&self) -> Result<Reply<Reloaded>, ClientError> {
+        let request = self
+            .request(Method::POST, "/admin/reload")
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
+    fn tenant_path(&self, tenant: &str) -> String {
+        format!("/admin/tenants/{}", utf8_percent_encode(tenant, SEGMENT))
+    }
+
     fn handler_path(&self, tenant: &str, name: &str) -> String {
         format!(
-            "/admin/tenants/{}/handlers/{}",
-            utf8_percent_encode(tenant, SEGMENT),
+            "{}/handlers/{}",
+            self.tenant_path(tenant),
             utf8_percent_encode(name, SEGMENT)
         )
     }
@@ -453,6 +540,15 @@ impl Client {
         body: &[u8],
     ) -> Result<Reply<T>, ClientError> {
         parse_reply(&self.url, status.as_u16(), body)
+    }
+
+    /// Reads the answer to a delete: no body on success.
+    fn no_content(&self, status: StatusCode, body: &[u8]) -> Result<(), ClientError> {
+        if status.is_success() {
+            return Ok(());
+        }
+        self.answer::<serde::de::IgnoredAny>(status, body)
+            .map(|_| ())
     }
 }
 

@@ -2,12 +2,16 @@
 //! `main.rs` only parses the arguments and calls in here; this is the
 //! binary's edge, so errors are `anyhow` with context for a person.
 //! [`serve`] runs the gateway, [`component`] checks and compiles component
-//! files, [`client`] is the admin API client of `deploy`, `rollback` and
-//! `list`, and [`print`](mod@print) what they print for a person.
+//! files, [`manage`] holds the commands that drive a running gateway
+//! (`deploy`, `delete`, `rollback`, `list`, `tenant`, `reload`),
+//! [`client`] is their admin API client and [`print`](mod@print) what they
+//! print for a person.
 
 pub mod call;
 pub mod client;
 pub mod component;
+pub mod lockfile;
+pub mod manage;
 pub mod new;
 pub mod print;
 pub mod serve;

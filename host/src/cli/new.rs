@@ -1,6 +1,7 @@
 //! `wasmgate new PATH`: creates a handler crate that builds from wherever it
 //! is, with a unit test, a README of the commands that build and run it,
-//! and a config that serves it.
+//! a config that serves it beside the repository's example, and a lock
+//! file of the versions the SDK is tested with ([`super::lockfile`]).
 //!
 //! The SDK is not on crates.io, so the crate depends on this repository's
 //! `guest-sdk` by absolute path: the folder this binary was built from, or
@@ -9,6 +10,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+use super::lockfile;
+
+/// The generated config's listeners: beside the example config's
+/// (`cargo xtask serve`: 8080 and 9090), so both can run at once.
+const LISTEN: &str = "127.0.0.1:8081";
+/// See [`LISTEN`].
+const ADMIN_LISTEN: &str = "127.0.0.1:9091";
 
 /// Where the SDK was when this binary was built.
 const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
@@ -76,6 +85,12 @@ const RESERVED: &[&str] = &[
 pub fn run(dir: &Path, name: Option<&str>, sdk: Option<&Path>) -> anyhow::Result<()> {
     let created = create(dir, name, sdk)?;
     let shown = dir.display();
+    if created.lock.is_none() {
+        eprintln!(
+            "note: no Cargo.lock found above the SDK: the crate's first build picks the newest \
+             versions of its dependencies"
+        );
+    }
     println!(
         "created handler crate `{}` in {shown}\n\n\
          next:\n  \
@@ -83,7 +98,7 @@ pub fn run(dir: &Path, name: Option<&str>, sdk: Option<&Path>) -> anyhow::Result
          cargo test\n  \
          cargo build --release --target wasm32-wasip2\n  \
          wasmgate call {} --path '/?name=you'\n  \
-         wasmgate serve --config wasmgate.toml --watch",
+         wasmgate serve --config wasmgate.toml --watch   # http://{LISTEN}/",
         created.name,
         created.component.display(),
     );
@@ -98,6 +113,9 @@ pub struct Created {
     /// The component `cargo build --release --target wasm32-wasip2` makes,
     /// relative to the crate's folder.
     pub component: PathBuf,
+    /// The repository lock file the crate's `Cargo.lock` was made from;
+    /// none (and no `Cargo.lock`) for an SDK outside a repository.
+    pub lock: Option<PathBuf>,
 }
 
 /// Writes the crate's files into `dir`, which must not exist or be empty.
@@ -125,22 +143,42 @@ pub fn create(dir: &Path, name: Option<&str>, sdk: Option<&Path>) -> anyhow::Res
         anyhow::anyhow!("{name:?} is not a valid crate name: {reason}; pass --name NAME")
     })?;
     let sdk = sdk_path(sdk)?;
+    let lock = lockfile::repository_lock(&sdk);
+    let lock_text = match &lock {
+        Some(path) => {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let text =
+                lockfile::for_new_crate(&name, &read(path)?, &read(&sdk.join("Cargo.toml"))?)
+                    .with_context(|| {
+                        format!("pinning the SDK's dependencies from {}", path.display())
+                    })?;
+            Some(text)
+        }
+        None => None,
+    };
     let lib = name.replace('-', "_");
     let component = Path::new("target/wasm32-wasip2/release").join(format!("{lib}.wasm"));
 
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {shown}"))?;
-    let files = [
+    let mut files = vec![
         ("Cargo.toml", cargo_toml(&name, &sdk)),
         ("src/lib.rs", LIB_RS.replace("@NAME@", &name)),
         ("README.md", readme(&name, &component)),
         ("wasmgate.toml", config_toml(&name, &component)),
         (".gitignore", "/target\n".to_owned()),
     ];
+    files.extend(lock_text.map(|text| ("Cargo.lock", text)));
     for (file, text) in files {
         let path = dir.join(file);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(Created { name, component })
+    Ok(Created {
+        name,
+        component,
+        lock,
+    })
 }
 
 /// The folder's own name (of its absolute form, so `.` works).
@@ -243,7 +281,7 @@ fn readme(name: &str, component: &Path) -> String {
     format!(
         r#"# {name}
 
-A [wasmgate](https://example.invalid/wasmgate) handler: `src/lib.rs` answers
+A wasmgate handler: `src/lib.rs` answers
 `GET /?name=you` with `hello, you!` (the greeting comes from the handler's
 config) and counts greetings in the guest counter `greetings`.
 
@@ -253,8 +291,9 @@ cargo build --release --target wasm32-wasip2    # the component
 wasmgate check {component}
 ```
 
-Run one request through it, or serve it (at http://127.0.0.1:8080/, reloaded
-after every build):
+Run one request through it, or serve it (at http://{LISTEN}/, reloaded
+after every build; the admin API, for `wasmgate deploy --admin
+http://{ADMIN_LISTEN}`, is on when `WASMGATE_ADMIN_TOKEN` is set):
 
 ```sh
 wasmgate call {component} --path '/?name=you' --config greeting=hi
@@ -262,6 +301,8 @@ wasmgate serve --config wasmgate.toml --watch
 ```
 
 The `wasm32-wasip2` target comes with `rustup target add wasm32-wasip2`.
+The SDK's documentation, with every function and an example each:
+`cargo doc --open -p wasmgate-sdk`.
 "#
     )
 }
@@ -270,11 +311,18 @@ fn config_toml(name: &str, component: &Path) -> String {
     let component = toml_string(&component.to_string_lossy());
     format!(
         r#"# `wasmgate serve --config wasmgate.toml --watch` serves the handler at
-# http://127.0.0.1:8080/ and picks up every new build. Paths are relative to
+# http://{LISTEN}/ and picks up every new build. Paths are relative to
 # this file's folder.
 
+# Ports 8081 and 9091, so that it runs beside the wasmgate repository's
+# example (`cargo xtask serve`, on 8080 and 9090).
 [server]
-listen = "127.0.0.1:8080"
+listen = "{LISTEN}"
+
+# The admin API (`wasmgate deploy`, `list`, ...: `--admin http://{ADMIN_LISTEN}`)
+# is on when WASMGATE_ADMIN_TOKEN is set. Keep it off public interfaces.
+[admin]
+listen = "{ADMIN_LISTEN}"
 
 [runtime]
 data_dir = "target/wasmgate-data"

@@ -1,10 +1,11 @@
-//! What `deploy`, `rollback` and `list` print for a person: one line per
-//! write, a table of handlers, sizes and times as people write them.
+//! What the commands that drive a gateway print for a person: one line per
+//! write, tables of handlers and tenants, sizes and times as people write
+//! them.
 
 use std::fmt::Write as _;
 
-use super::client::Deployed;
-use crate::admin::views::{HandlerList, HandlerView};
+use super::client::{Deployed, TenantWritten};
+use crate::admin::views::{HandlerList, HandlerView, TenantList, TenantView, WriteResult};
 use crate::control::state::Source;
 
 /// How many hex digits of a sha256 the lines and the table show: enough
@@ -39,14 +40,33 @@ pub fn rollback_summary(tenant: &str, handler: &HandlerView) -> String {
     )
 }
 
+/// One line after a patch: `patched demo/greet version 3 at /greet, config
+/// greeting=hey: replaced`.
+pub fn patch_summary(tenant: &str, handler: &HandlerView) -> String {
+    let config: Vec<String> = handler
+        .config
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!(
+        "patched {tenant}/{} version {} at {}, config {}: {}",
+        handler.name,
+        handler.version,
+        handler.route,
+        if config.is_empty() {
+            "-".to_owned()
+        } else {
+            config.join(",")
+        },
+        handler.result.map_or("replaced", WriteResult::as_str)
+    )
+}
+
 /// A tenant's handlers as a table: one row per handler, columns aligned.
 pub fn handler_table(list: &HandlerList) -> String {
     if list.handlers.is_empty() {
         return format!("tenant {} has no handlers", list.tenant);
     }
-    let header = [
-        "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED",
-    ];
     let rows: Vec<[String; 7]> = list
         .handlers
         .iter()
@@ -62,8 +82,87 @@ pub fn handler_table(list: &HandlerList) -> String {
             ]
         })
         .collect();
+    table(
+        [
+            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED",
+        ],
+        &rows,
+    )
+}
+
+/// The tenants as a table: one row per tenant, its limit overrides last.
+pub fn tenant_table(list: &TenantList) -> String {
+    if list.tenants.is_empty() {
+        return "no tenants".to_owned();
+    }
+    let rows: Vec<[String; 6]> = list
+        .tenants
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.hosts.join(","),
+                source_name(t.source).to_owned(),
+                t.handlers.len().to_string(),
+                t.cpu_weight.to_string(),
+                limits_text(t),
+            ]
+        })
+        .collect();
+    table(
+        [
+            "NAME",
+            "HOSTS",
+            "SOURCE",
+            "HANDLERS",
+            "CPU_WEIGHT",
+            "LIMITS",
+        ],
+        &rows,
+    )
+}
+
+/// One line after a tenant's PUT: `created tenant dev: hosts *, cpu_weight
+/// 1, limits fuel=5000`.
+pub fn tenant_summary(written: &TenantWritten) -> String {
+    let t = &written.tenant.value;
+    format!(
+        "{} tenant {}: hosts {}, cpu_weight {}, limits {}",
+        if written.created {
+            "created"
+        } else {
+            "updated"
+        },
+        t.name,
+        t.hosts.join(","),
+        t.cpu_weight,
+        limits_text(t)
+    )
+}
+
+/// A tenant's limit overrides as `key=value` pairs, `-` for none. Read
+/// through JSON, so a limit added to the API shows without a change here.
+fn limits_text(tenant: &TenantView) -> String {
+    let overrides = match serde_json::to_value(tenant.limits) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let pairs: Vec<String> = overrides
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if pairs.is_empty() {
+        "-".to_owned()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// `rows` under `header`, columns aligned, the last one unpadded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -82,7 +181,7 @@ pub fn handler_table(list: &HandlerList) -> String {
         table.push('\n');
     };
     line(&header);
-    for row in &rows {
+    for row in rows {
         line(&row.each_ref().map(String::as_str));
     }
     table.pop();
@@ -145,7 +244,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::views::WriteResult;
     use crate::cli::client::Reply;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -191,6 +289,24 @@ mod tests {
     }
 
     #[test]
+    fn the_patch_line_names_version_route_config_and_outcome() {
+        let mut patched = handler("greet", "/g", 4, 1, 0);
+        assert_eq!(
+            patch_summary("demo", &patched),
+            "patched demo/greet version 4 at /g, config -: replaced"
+        );
+        patched.config = BTreeMap::from([
+            ("b".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "x y".to_owned()),
+        ]);
+        patched.result = Some(WriteResult::Unchanged);
+        assert_eq!(
+            patch_summary("demo", &patched),
+            "patched demo/greet version 4 at /g, config a=x y,b=2: unchanged"
+        );
+    }
+
+    #[test]
     fn the_table_aligns_its_columns() {
         let list = HandlerList {
             tenant: "demo".to_owned(),
@@ -209,6 +325,57 @@ a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:
             handlers: Vec::new(),
         };
         assert_eq!(handler_table(&empty), "tenant demo has no handlers");
+    }
+
+    /// A tenant as the API sends it (through JSON, as the client reads it).
+    fn tenant(
+        name: &str,
+        hosts: &[&str],
+        limits: serde_json::Value,
+        handlers: &[&str],
+    ) -> TenantView {
+        let json = serde_json::json!({
+            "name": name, "hosts": hosts, "limits": limits, "cpu_weight": 2,
+            "source": "api", "handlers": handlers,
+        });
+        serde_json::from_value(json).expect("a tenant view")
+    }
+
+    #[test]
+    fn the_tenant_table_shows_hosts_source_handlers_weight_and_overrides() {
+        let list = TenantList {
+            tenants: vec![
+                tenant("dev", &["*"], serde_json::json!({}), &["a", "b"]),
+                tenant(
+                    "shop",
+                    &["shop.test", "*.shop.test"],
+                    serde_json::json!({"timeout_ms": 700, "fuel": 5000}),
+                    &[],
+                ),
+            ],
+        };
+        let expected = "\
+NAME  HOSTS                  SOURCE  HANDLERS  CPU_WEIGHT  LIMITS
+dev   *                      api     2         2           -
+shop  shop.test,*.shop.test  api     0         2           fuel=5000,timeout_ms=700";
+        assert_eq!(tenant_table(&list), expected);
+        assert_eq!(
+            tenant_table(&TenantList {
+                tenants: Vec::new()
+            }),
+            "no tenants"
+        );
+        let written = TenantWritten {
+            created: false,
+            tenant: Reply {
+                value: list.tenants[1].clone(),
+                json: String::new(),
+            },
+        };
+        assert_eq!(
+            tenant_summary(&written),
+            "updated tenant shop: hosts shop.test,*.shop.test, cpu_weight 2, limits fuel=5000,timeout_ms=700"
+        );
     }
 
     #[test]

@@ -88,12 +88,15 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let public = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
-        let admin = tokio::net::TcpListener::bind(config.admin.listen)
-            .await
-            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        // Both are tried before failing, so two ports in use (a second
+        // gateway on the defaults) are one error, not two in turn.
+        let public = bind(config.server.listen, "server.listen", "--listen").await;
+        let admin = bind(config.admin.listen, "admin.listen", "--admin-listen").await;
+        let (public, admin) = match (public, admin) {
+            (Ok(public), Ok(admin)) => (public, admin),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+            (Err(public), Err(admin)) => anyhow::bail!("{public:#}; {admin:#}"),
+        };
         // Watching before the startup lines: whoever waits for them may
         // change a file at once, and that change must count.
         let watching = match path {
@@ -117,6 +120,27 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Workers may still be finishing abandoned guests; they are bounded by
     // their deadlines, and exiting the process ends them.
     Ok(())
+}
+
+/// Binds the listener `key` of the config at `addr`; an address in use
+/// says how to pick another (`option` on the command line, or `key`).
+async fn bind(
+    addr: SocketAddr,
+    key: &str,
+    option: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let host = match addr {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "binding {key} {addr}: the port is in use (another `wasmgate serve`?): \
+             pick a free one with {option} {host}:PORT, or change {key} in the config"
+        )),
+        Err(e) => Err(e).with_context(|| format!("binding {key} {addr}")),
+    }
 }
 
 /// Applies the config file again on every SIGHUP; a file that does not
