@@ -436,6 +436,15 @@ impl Client {
         })
     }
 
+    /// Hands a tenant's hosts, limits and cpu_weight back to the config
+    /// file (its handlers stay).
+    pub async fn follow_config(&self, tenant: &str) -> Result<Reply<TenantView>, ClientError> {
+        let path = format!("{}/follow-config", self.tenant_path(tenant));
+        let request = self.request(Method::POST, &path).body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
     /// Removes a tenant with all its handlers.
     pub async fn delete_tenant(&self, tenant: &str) -> Result<(), ClientError> {
         let request = self

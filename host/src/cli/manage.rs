@@ -143,6 +143,15 @@ pub enum TenantCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Make a tenant's hosts, limits and cpu weight the config file's
+    /// again, after the API set them (its handlers stay).
+    FollowConfig {
+        /// The tenant.
+        name: String,
+        /// Where the gateway is.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List the tenants: hosts, source, handlers, cpu weight, limit
     /// overrides.
     List {
@@ -281,9 +290,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let json = serde_json::json!({"deleted": true, "tenant": name});
             Ok((format!("deleted tenant {name}"), json.to_string()))
         }),
+        Command::Tenant {
+            command: TenantCommand::FollowConfig { name, admin },
+        } => call(&admin, async |client| {
+            let tenant = client.follow_config(&name).await?;
+            let summary = format!("tenant {name} follows the config file again");
+            Ok((summary, tenant.json))
+        }),
         Command::Reload { admin } => call(&admin, async |client| {
             let reloaded = client.reload().await?;
-            Ok(("reloaded the config file".to_owned(), reloaded.json))
+            Ok((print::reload_summary(&reloaded.value), reloaded.json))
         }),
     }
 }

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use super::client::{Deployed, TenantWritten};
-use crate::admin::views::{HandlerList, HandlerView, TenantList, TenantView, WriteResult};
+use crate::admin::views::{
+    HandlerList, HandlerView, Reloaded, TenantList, TenantView, WriteResult,
+};
 use crate::control::state::Source;
 
 /// How many hex digits of a sha256 the lines and the table show: enough
@@ -239,6 +241,16 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
+/// What `reload` prints: that it reloaded, and each thing the file says
+/// that was not applied because the admin API set it last.
+pub fn reload_summary(reloaded: &Reloaded) -> String {
+    let mut text = "reloaded the config file".to_owned();
+    for note in &reloaded.not_applied {
+        text.push_str(&format!("\nnot applied: {note}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -391,5 +403,22 @@ shop  shop.test,*.shop.test  api     0         2           fuel=5000,timeout_ms=
         assert_eq!(format_unix_time(1_704_067_199), "2023-12-31 23:59:59 UTC");
         assert_eq!(format_unix_time(1_709_164_800), "2024-02-29 00:00:00 UTC");
         assert_eq!(format_unix_time(4_107_542_400), "2100-03-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn a_reload_names_what_it_did_not_apply() {
+        let quiet = Reloaded {
+            reloaded: true,
+            not_applied: vec![],
+        };
+        assert_eq!(reload_summary(&quiet), "reloaded the config file");
+        let kept = Reloaded {
+            reloaded: true,
+            not_applied: vec!["tenant \"dev\": kept".into()],
+        };
+        assert_eq!(
+            reload_summary(&kept),
+            "reloaded the config file\nnot applied: tenant \"dev\": kept"
+        );
     }
 }
