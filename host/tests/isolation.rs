@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{TestGateway, require_metric};
+use common::{TestGateway, require_metric, tenant};
 
 /// Requests of the good tenant, one after another.
 const GOOD_REQUESTS: usize = 20;
@@ -18,30 +18,15 @@ const GOOD_REQUESTS: usize = 20;
 /// (half of the default four guest slots).
 const LOOPS: usize = 2;
 
+/// Limits under which a loop runs until its 60 s deadline.
+const LOOPING: &str = "limits = { fuel = 1000000000000000000, timeout_ms = 60000 }";
+
 fn config() -> String {
-    r#"
-[runtime]
-workers = 1
-
-[[tenant]]
-name = "evil"
-hosts = ["evil.test"]
-limits = { fuel = 1000000000000000000, timeout_ms = 60000 }
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{faults}"
-
-[[tenant]]
-name = "good"
-hosts = ["*"]
-limits = { timeout_ms = 10000 }
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{hello}"
-"#
-    .to_owned()
+    format!(
+        "[runtime]\nworkers = 1\n{}{}",
+        tenant("evil", "evil.test", LOOPING, &["faults"]),
+        tenant("good", "*", "limits = { timeout_ms = 10000 }", &["hello"]),
+    )
 }
 
 #[tokio::test]
@@ -115,25 +100,14 @@ fn faults_cpu(text: &str, tenant: &str) -> f64 {
 
 #[tokio::test]
 async fn cpu_weight_sets_the_share_of_competing_tenants() {
-    let tenant = |name: &str, weight: u32| {
-        format!(
-            r#"
-[[tenant]]
-name = "{name}"
-hosts = ["{name}.test"]
-cpu_weight = {weight}
-limits = {{ fuel = 1000000000000000000, timeout_ms = 60000 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-"#
-        )
+    let weighted = |name: &str, weight: u32| {
+        let keys = format!("cpu_weight = {weight}\n{LOOPING}");
+        tenant(name, &format!("{name}.test"), &keys, &["faults"])
     };
     let config = format!(
         "[runtime]\nworkers = 1\n{}{}",
-        tenant("heavy", 3),
-        tenant("light", 1)
+        weighted("heavy", 3),
+        weighted("light", 1)
     );
     let gw = TestGateway::start(&config).await;
     let loops: Vec<_> = ["heavy.test", "light.test"]
