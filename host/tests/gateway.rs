@@ -1110,10 +1110,15 @@ async fn cpu_heavy_guests_cannot_starve_the_accept_loop_or_metrics() {
 }
 
 /// README: WASI is linked with no files, no environment and no network.
+/// The guest dials a listener this test opened, so a sandbox that let it
+/// out would be seen to connect.
 #[tokio::test]
 async fn guests_get_no_files_environment_or_network() {
     let gw = TestGateway::start(&demo("")).await;
-    let response = gw.get("/faults/wasi").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let address = listener.local_addr().expect("address");
+    let response = gw.get(&format!("/faults/wasi?tcp={address}")).await;
     assert_eq!(response.status(), 200);
     let seen = report(&response.text().await.expect("body"));
     for (key, want) in [
@@ -1131,6 +1136,12 @@ async fn guests_get_no_files_environment_or_network() {
             Some(want),
             "{key}: {seen:?}"
         );
+    }
+    // A connection the guest made would wait in the accept queue by the
+    // time its answer came back.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the guest reached the test's listener: {other:?}"),
     }
     gw.shutdown().await;
 }
