@@ -7,10 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{TestGateway, assert_metrics, handler, raw_text, require_metric, tenant};
 use reqwest::header::HeaderValue;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A fresh site folder under target/, with `secret.txt` next to it (the
 /// file every escape attempt aims at).
@@ -291,20 +293,37 @@ async fn static_requests_are_counted_under_their_mount() {
 #[tokio::test]
 async fn a_large_file_is_streamed_whole() {
     let (gw, site) = serve_site().await;
-    let size = 8 << 20;
+    // Far more than the kernel buffers between the gateway and a client
+    // that does not read can hold.
+    let size = 32 << 20;
     let data: Vec<u8> = (0..size).map(|i: usize| (i * 7 % 256) as u8).collect();
     std::fs::write(site.join("big.bin"), &data).expect("write");
-    let response = gw.get("/assets/big.bin").await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/octet-stream"
-    );
-    let body = response.bytes().await.expect("body");
-    assert_eq!(body.len(), size);
-    assert_eq!(Sha256::digest(&body), Sha256::digest(&data));
-    // Streamed: none of it was held in the buffered-bytes budget.
+    let mut stream = common::connect_small_window(gw.address(), 4096).await;
+    let request = "GET /assets/big.bin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // The head and the first bytes of the body, then the client stalls.
+    let mut answer = vec![0; 64 << 10];
+    stream.read_exact(&mut answer).await.expect("the start");
+    // Streamed: while most of the file is still unsent, none of it is held
+    // in the buffered-bytes budget.
     assert_metrics(&gw.metrics().await, &[("wasmgate_buffered_bytes", 0.0)]);
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("the rest within a generous bound")
+        .expect("read");
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/octet-stream\r\n"),
+        "{head}"
+    );
+    let body = &answer[end + 4..];
+    assert_eq!(body.len(), size, "the whole file came after the stall");
+    assert_eq!(Sha256::digest(body), Sha256::digest(&data));
     gw.shutdown().await;
 }
 
