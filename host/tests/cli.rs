@@ -154,24 +154,27 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
 /// told otherwise, and prints the real ports.
 #[test]
 fn serve_listens_where_the_config_says() {
+    // Two ports that are free now and are not the defaults (8080, 9090),
+    // so only the config can have put the listeners there.
+    let (public, admin) = {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (public, admin) = (free(), free());
+        let port = |listener: std::net::TcpListener| listener.local_addr().expect("addr").port();
+        (port(public), port(admin))
+    };
+    assert!(![8080, 9090].contains(&public) && ![8080, 9090].contains(&admin));
     let dir = scratch("listen");
     let config = write_config(
         &dir,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{public}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        ),
     );
     let mut command = Command::new(BIN);
     command.arg("serve").arg("--config").arg(&config);
     let process = spawn(command.stderr(Stdio::null()));
-    assert!(
-        process.url.starts_with("http://127.0.0.1:"),
-        "{}",
-        process.url
-    );
-    assert!(
-        process.admin.starts_with("http://127.0.0.1:"),
-        "{}",
-        process.admin
-    );
+    assert_eq!(process.url, format!("http://127.0.0.1:{public}"));
+    assert_eq!(process.admin, format!("http://127.0.0.1:{admin}"));
 }
 
 /// README: names are `[A-Za-z0-9._-]{1,64}`: 64 characters are fine.
