@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{TestGateway, require_metric, tenant};
 
 /// Requests of the good tenant, one after another.
@@ -120,26 +122,40 @@ async fn cpu_weight_sets_the_share_of_competing_tenants() {
         .collect();
     gw.wait_for_metric("wasmgate_guests_alive", |v| v == 2.0)
         .await;
-    // Measure from the moment both run, over about a second of CPU, so
-    // several hundred slices (ticks) are shared out.
-    let before = gw.metrics().await;
-    let (heavy0, light0) = (faults_cpu(&before, "heavy"), faults_cpu(&before, "light"));
-    let (heavy, light) = loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let now = gw.metrics().await;
-        let heavy = faults_cpu(&now, "heavy") - heavy0;
-        let light = faults_cpu(&now, "light") - light0;
-        if heavy + light >= 1.0 {
-            break (heavy, light);
+    // From the moment both run: the ratio in each window of a quarter
+    // second of guest CPU (over a hundred 2 ms slices), over a dozen
+    // windows. A loaded machine gives the worker less CPU, so windows take
+    // longer, within a generous bound; a window a stall distorted is one
+    // outlier among twelve.
+    let shares = |text: &str| (faults_cpu(text, "heavy"), faults_cpu(text, "light"));
+    let first = shares(&gw.metrics().await);
+    let mut last = first;
+    let mut ratios = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ratios.len() < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} windows of guest CPU in 120 s: {ratios:?}",
+            ratios.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = shares(&gw.metrics().await);
+        let (heavy, light) = (now.0 - last.0, now.1 - last.1);
+        if heavy + light >= 0.25 {
+            ratios.push(heavy / light);
+            last = now;
         }
-    };
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let (heavy, light) = (last.0 - first.0, last.1 - first.1);
     // The scheduler's decisions give exactly 3:1 (unit tests); here time
     // slices are measured on a shared machine, so allow for noise. Without
     // weights the ratio is 1.
-    let ratio = heavy / light;
     assert!(
-        (2.0..=4.5).contains(&ratio),
-        "heavy got {heavy:.3} s, light {light:.3} s: ratio {ratio:.2}, expected about 3"
+        (2.0..=4.5).contains(&median),
+        "heavy got {heavy:.3} s, light {light:.3} s; window ratios {ratios:.2?}, \
+         median {median:.2}, expected about 3"
     );
     for l in loops {
         l.abort();
