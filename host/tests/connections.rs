@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestGateway, assert_metrics, connect_small_window, demo, require_metric};
+use common::{
+    Hold, TestGateway, assert_metrics, connect_small_window, demo, require_metric, tenant,
+    with_hold,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -309,12 +312,12 @@ fn capture_log() -> (Log, impl Drop) {
     (log, Stop)
 }
 
-/// A gateway whose shutdown grace is `grace_ms`, with `runtime` (a
-/// `[runtime]` section, or "") and limits under which a guest may sleep far
-/// longer than any grace here.
-async fn start_with_grace(grace_ms: u64, runtime: &str) -> TestGateway {
+/// A gateway whose shutdown grace is `grace_ms`, with `extra` (a
+/// `[runtime]` section, a tenant, or "") and limits under which a guest
+/// may sleep far longer than any grace here.
+async fn start_with_grace(grace_ms: u64, extra: &str) -> TestGateway {
     let limits = "[limits]\nfuel = 1000000000000000\ntimeout_ms = 60000";
-    let server = format!("[server]\nshutdown_grace_ms = {grace_ms}\n{runtime}{limits}");
+    let server = format!("[server]\nshutdown_grace_ms = {grace_ms}\n{extra}\n{limits}");
     TestGateway::start(&demo(&server)).await
 }
 
@@ -397,4 +400,56 @@ async fn a_request_that_finishes_within_the_grace_gets_its_response() {
     for field in ["requests_completed=1", "requests_cut=0"] {
         assert!(summary.contains(field), "{field} in {summary}");
     }
+}
+
+/// Polls `check` until it holds (true) or `hold` is over (false).
+async fn while_holding<F, Fut>(hold: &Hold, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while hold.holding() {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// README: once shutdown begins, `/readyz` says 503 and the public
+/// listener takes no new connections, while a request in flight drains.
+#[tokio::test]
+async fn a_draining_gateway_is_not_ready_and_refuses_new_connections() {
+    let (gw, hold) = with_hold(|hold| async move {
+        let limits = "limits = { timeout_ms = 600000 }";
+        let mut gw =
+            start_with_grace(600_000, &tenant("hold", "hold.test", limits, &["faults"])).await;
+        assert_eq!(gw.readyz().await, 200);
+        let address = gw.address().to_owned();
+        let hold = Hold::start(&gw, "hold.test", hold);
+        let busy =
+            || gw.wait_for_metric_while("wasmgate_workers_busy", |v| v >= 1.0, || hold.holding());
+        if !busy().await {
+            return None;
+        }
+        gw.begin_shutdown();
+        let refused = || async {
+            let connected = TcpStream::connect(&address).await;
+            connected.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        };
+        // Both seen while the request was still being drained.
+        let ready = while_holding(&hold, || async { gw.readyz().await == 503 }).await;
+        let refused = ready && while_holding(&hold, refused).await;
+        if !refused {
+            eprintln!(
+                "while draining: /readyz said 503: {ready}; a connection was refused: {refused}"
+            );
+            return None;
+        }
+        Some((gw, hold))
+    })
+    .await;
+    assert_eq!(hold.status().await, 200, "the drained request completes");
+    gw.shutdown().await;
 }
