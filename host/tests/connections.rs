@@ -295,7 +295,9 @@ impl std::io::Write for ThreadSink {
 fn capture_log() -> (Log, impl Drop) {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
+        // The gateway's debug lines too: they say why a connection was cut.
         let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,wasmgate=debug"))
             .with_writer(|| ThreadSink)
             .with_ansi(false)
             .finish();
@@ -452,4 +454,35 @@ async fn a_draining_gateway_is_not_ready_and_refuses_new_connections() {
     .await;
     assert_eq!(hold.status().await, 200, "the drained request completes");
     gw.shutdown().await;
+}
+
+/// README: a connection still open after the grace and the 1 s to write
+/// the 503s is cut with reason `shutdown` (counted by
+/// `wasmgate_connections_cut_total{reason="shutdown"}`, which no scrape can
+/// see: the admin listener closes right after, so the log says it).
+#[tokio::test]
+async fn a_connection_still_open_after_the_grace_is_cut_at_shutdown() {
+    let (log, _guard) = capture_log();
+    let server = format!("[server]\nshutdown_grace_ms = 300\n{BIG_RESPONSES}");
+    let gw = TestGateway::start(&demo(&server)).await;
+    // A response under way to a client that stops reading: it has its
+    // answer, so the grace cannot end it, and it never finishes.
+    let mut stream = connect_small_window(gw.address(), 4096).await;
+    let request = format!("GET {BIG} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .await
+        .expect("the response begins");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    gw.shutdown().await;
+    let text = log.text();
+    assert!(text.contains("connection cut: shutdown"), "{text}");
+    let summary = shutdown_summary(&log);
+    for field in ["requests_cut=0", "connections_dropped=1"] {
+        assert!(summary.contains(field), "{field} in {summary}");
+    }
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.len() < 32 << 20, "cut before the whole body");
 }
