@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{Served, get_text, handler, scratch, serve_command, tenant, wait_until};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-tests";
@@ -64,15 +65,23 @@ impl Gateway {
     /// Starts `wasmgate serve` on `config` with the root token set when
     /// `root` is true, and waits until it says it is ready.
     async fn start(config: &Path, root: bool) -> Self {
+        let root: &[(&str, &str)] = if root {
+            &[("WASMGATE_ADMIN_TOKEN", ROOT)]
+        } else {
+            &[]
+        };
+        Self::start_with(config, root).await
+    }
+
+    /// [`Gateway::start`] with the environment variables `env` set.
+    async fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = serve_command();
         command
             .arg("--config")
             .arg(config)
             .env("DEMO_TOKEN_FOR_TESTS", DEMO_TOKEN)
-            .env_remove("WASMGATE_ADMIN_TOKEN");
-        if root {
-            command.env("WASMGATE_ADMIN_TOKEN", ROOT);
-        }
+            .env_remove("WASMGATE_ADMIN_TOKEN")
+            .envs(env.iter().copied());
         let served = tokio::task::spawn_blocking(move || Served::spawn(&mut command))
             .await
             .expect("startup lines");
@@ -125,6 +134,41 @@ impl Gateway {
     async fn deploy(&self, tenant: &str, name: &str, route: &str, wasm: Vec<u8>) -> (u16, Value) {
         let path = format!("/admin/tenants/{tenant}/handlers/{name}?route={route}");
         send(self.upload(&path, Some(ROOT), WASM, wasm)).await
+    }
+
+    /// A PUT of `size` zero bytes to `path` with the root token, on a raw
+    /// connection that sends the body while it reads the answer, which may
+    /// come first (then the connection closes under the upload): all that
+    /// came back.
+    async fn upload_racing(&self, path: &str, size: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = common::host_port(&self.admin);
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (mut reading, mut writing) = stream.into_split();
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ROOT}\r\n\
+             content-type: {WASM}\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+        );
+        let upload = tokio::spawn(async move {
+            let _ = writing.write_all(head.as_bytes()).await;
+            let _ = writing.write_all(&vec![0; size]).await;
+            writing
+        });
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = async {
+            // A reset after the answer ends it too.
+            while let Ok(n @ 1..) = reading.read(&mut buf).await {
+                answer.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("the admin API answers");
+        upload.abort();
+        String::from_utf8_lossy(&answer).into_owned()
     }
 
     /// `GET path` with the root token: the ETag and the JSON.
@@ -652,4 +696,101 @@ async fn deploys_and_deletes_do_not_grow_the_gateway() {
     assert_eq!(compiled.count(), 1, "and only its compiled code");
     let state = std::fs::metadata(data.join("state.json")).expect("state");
     assert!(state.len() < 4096, "the state is {} bytes", state.len());
+}
+
+/// README: `admin.token_env` names the variable that holds the root
+/// token; `WASMGATE_ADMIN_TOKEN` then holds nothing the API accepts.
+#[tokio::test]
+async fn the_root_token_comes_from_admin_token_env() {
+    let config = write_config(
+        "token-env",
+        "[admin]\ntoken_env = \"CUSTOM_ROOT_FOR_TESTS\"",
+    );
+    let env = [
+        ("CUSTOM_ROOT_FOR_TESTS", "custom-root"),
+        ("WASMGATE_ADMIN_TOKEN", ROOT),
+    ];
+    let gw = Gateway::start_with(&config, &env).await;
+    let list = |token| send(gw.admin(Method::GET, "/admin/tenants", Some(token)));
+    assert_eq!(list("custom-root").await.0, 200);
+    assert_rejected(&list(ROOT).await, 403, "forbidden");
+}
+
+/// README: `admin.max_upload_bytes` is 64 MiB and `runtime.keep_versions`
+/// 5 unless configured: a component one byte over 64 MiB gets 413, and a
+/// handler's sixth version drops its first.
+#[tokio::test]
+async fn uploads_and_version_history_have_their_documented_defaults() {
+    let gw = Gateway::start(&write_config("defaults", ""), true).await;
+    let big = "/admin/tenants/demo/handlers/big?route=/big";
+    let answer = gw.upload_racing(big, (64 << 20) + 1).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("too_large") && answer.contains("67108864"),
+        "{answer}"
+    );
+    // Not refused for its size: the limit is not lower.
+    let answer = gw.deploy("demo", "big", "/big", vec![0; 64 << 20]).await;
+    assert_rejected(&answer, 400, "invalid_component");
+
+    let (status, _) = gw
+        .deploy("demo", "greet", "/greet", component(components::HELLO))
+        .await;
+    assert_eq!(status, 201);
+    for greeting in ["a", "b", "c", "d", "e"] {
+        let change = json!({"config": {"greeting": greeting}});
+        assert_eq!(
+            send(gw.root(Method::PATCH, GREET).json(&change)).await.0,
+            200
+        );
+    }
+    let (_, body) = gw.read(GREET).await;
+    let versions: Vec<u64> = body["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["version"].as_u64().expect("number"))
+        .collect();
+    assert_eq!(versions, [2, 3, 4, 5, 6], "{body}");
+    let gone = send(gw.root(Method::POST, &format!("{GREET}/rollback?version=1"))).await;
+    assert_rejected(&gone, 404, "not_found");
+}
+
+/// README: `wasmgate_handler_version_info` is 1 for the version serving
+/// each handler, labelled with its number and sha256, and only for it.
+#[tokio::test]
+async fn handler_version_info_names_the_serving_version() {
+    let gw = Gateway::start(&write_config("version-info", ""), true).await;
+    let (hello, echo) = (component(components::HELLO), component(components::ECHO));
+    let series = |version: u64, wasm: &[u8]| {
+        let sha256: String = Sha256::digest(wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "wasmgate_handler_version_info{{handler=\"greet\",sha256=\"{sha256}\",\
+             tenant=\"demo\",version=\"{version}\"}} 1\n"
+        )
+    };
+    assert_eq!(
+        gw.deploy("demo", "greet", "/greet", hello.clone()).await.0,
+        201
+    );
+    let text = gw.metrics().await;
+    assert!(text.contains(&series(1, &hello)), "{text}");
+    assert_eq!(
+        gw.deploy("demo", "greet", "/greet", echo.clone()).await.0,
+        200
+    );
+    let text = gw.metrics().await;
+    assert!(text.contains(&series(2, &echo)), "{text}");
+    assert!(
+        !text.contains(&series(1, &hello)),
+        "the old version is gone: {text}"
+    );
+    let greet_lines = text
+        .lines()
+        .filter(|l| l.starts_with("wasmgate_handler_version_info{handler=\"greet\""))
+        .count();
+    assert_eq!(greet_lines, 1, "{text}");
 }
