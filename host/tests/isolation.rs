@@ -1,4 +1,6 @@
-//! Tenant isolation: a tenant whose guests loop cannot starve another.
+//! Tenant isolation: a tenant whose guests loop cannot starve another,
+//! `cpu_weight` sets competing tenants' shares, and a tenant holds at most
+//! half of a worker's guest slots.
 //!
 //! Workers time-slice their guests, so another tenant's requests run
 //! beside the loops and complete while the loops are still running. A
@@ -12,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, require_metric, tenant};
+use common::{Hold, TestGateway, assert_metrics, require_metric, tenant, with_hold};
 
 /// Requests of the good tenant, one after another.
 const GOOD_REQUESTS: usize = 20;
@@ -159,6 +161,53 @@ async fn cpu_weight_sets_the_share_of_competing_tenants() {
     );
     for l in loops {
         l.abort();
+    }
+    gw.shutdown().await;
+}
+
+/// README: `runtime.guests_per_worker` is 4 unless configured, and a
+/// tenant holds at most half of them: on the only worker, a tenant's third
+/// request waits while two of the four slots are free, and another
+/// tenant's two run beside its first two.
+#[tokio::test]
+async fn a_worker_keeps_four_guests_by_default_and_a_tenant_at_most_half() {
+    let holds = with_hold(|hold| async move {
+        let sleepy = "limits = { timeout_ms = 600000 }";
+        let gw = TestGateway::start(&format!(
+            "[runtime]\nworkers = 1\n{}{}",
+            tenant("a", "a.test", sleepy, &["faults"]),
+            tenant("b", "b.test", sleepy, &["faults"]),
+        ))
+        .await;
+        let mut holds: Vec<Hold> = (0..3).map(|_| Hold::start(&gw, "a.test", hold)).collect();
+        let holding = || holds[0].holding();
+        let (alive, queued) = ("wasmgate_guests_alive", "wasmgate_queue_depth");
+        if !gw.wait_for_metric_while(alive, |v| v >= 2.0, holding).await
+            || !gw
+                .wait_for_metric_while(queued, |v| v >= 1.0, holding)
+                .await
+        {
+            return None;
+        }
+        let first = gw.metrics().await;
+        holds.extend((0..2).map(|_| Hold::start(&gw, "b.test", hold)));
+        let holding = || holds[0].holding();
+        if !gw.wait_for_metric_while(alive, |v| v >= 4.0, holding).await {
+            return None;
+        }
+        let second = gw.metrics().await;
+        // Both scrapes came while every guest was still holding its slot.
+        if !holding() {
+            return None;
+        }
+        assert_metrics(&first, &[(alive, 2.0), (queued, 1.0)]);
+        assert_metrics(&second, &[(alive, 4.0), (queued, 1.0)]);
+        Some((gw, holds))
+    })
+    .await;
+    let (gw, holds) = holds;
+    for hold in holds {
+        assert_eq!(hold.status().await, 200);
     }
     gw.shutdown().await;
 }
