@@ -6,48 +6,46 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Served, serve_command};
-use serde_json::Value;
+use common::{Served, get_text, handler, scratch, serve_command, tenant, wait_until};
+use reqwest::{Method, RequestBuilder};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-tests";
 const DEMO_TOKEN: &str = "demo-secret-for-tests";
+const WASM: &str = "application/wasm";
+/// The handler the lifecycle test deploys.
+const GREET: &str = "/admin/tenants/demo/handlers/greet";
 
 /// `demo` on every host with hello at /hello and its own token; `tiny` on
 /// `tiny.test`, whose memory limit no Rust component fits.
 fn config_text(extra: &str) -> String {
-    format!(
-        r#"
-[runtime]
-workers = 2
-{extra}
-[[tenant]]
-name = "demo"
-hosts = ["*"]
-token_env = "DEMO_TOKEN_FOR_TESTS"
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{hello}"
-config = {{ greeting = "howdy" }}
-
-[[tenant]]
-name = "tiny"
-hosts = ["tiny.test"]
-limits = {{ memory_bytes = 65536 }}
-"#,
-        hello = components::require(components::HELLO)
-    )
+    common::config_text(&format!(
+        "[runtime]\nworkers = 2\n{extra}\n{}config = {{ greeting = \"howdy\" }}\n{}",
+        tenant(
+            "demo",
+            "*",
+            "token_env = \"DEMO_TOKEN_FOR_TESTS\"",
+            &["hello"]
+        ),
+        tenant(
+            "tiny",
+            "tiny.test",
+            "limits = { memory_bytes = 65536 }",
+            &[]
+        ),
+    ))
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("admin-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// A fresh folder `admin-NAME` with a `wasmgate.toml` of
+/// [`config_text`]`(extra)`; the config's path.
+fn write_config(name: &str, extra: &str) -> PathBuf {
+    let config = scratch(&format!("admin-{name}")).join("wasmgate.toml");
+    std::fs::write(&config, config_text(extra)).expect("write config");
+    config
 }
 
 fn component(path: &str) -> Vec<u8> {
@@ -67,15 +65,23 @@ impl Gateway {
     /// Starts `wasmgate serve` on `config` with the root token set when
     /// `root` is true, and waits until it says it is ready.
     async fn start(config: &Path, root: bool) -> Self {
+        let root: &[(&str, &str)] = if root {
+            &[("WASMGATE_ADMIN_TOKEN", ROOT)]
+        } else {
+            &[]
+        };
+        Self::start_with(config, root).await
+    }
+
+    /// [`Gateway::start`] with the environment variables `env` set.
+    async fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = serve_command();
         command
             .arg("--config")
             .arg(config)
             .env("DEMO_TOKEN_FOR_TESTS", DEMO_TOKEN)
-            .env_remove("WASMGATE_ADMIN_TOKEN");
-        if root {
-            command.env("WASMGATE_ADMIN_TOKEN", ROOT);
-        }
+            .env_remove("WASMGATE_ADMIN_TOKEN")
+            .envs(env.iter().copied());
         let served = tokio::task::spawn_blocking(move || Served::spawn(&mut command))
             .await
             .expect("startup lines");
@@ -89,33 +95,17 @@ impl Gateway {
                 .expect("client"),
             config: config.to_owned(),
         };
-        let readyz = gateway
-            .client
-            .get(format!("{}/readyz", gateway.admin))
-            .send()
-            .await;
-        assert_eq!(readyz.expect("readyz").status(), 200);
+        let readyz = get_text(&gateway.client, &format!("{}/readyz", gateway.admin)).await;
+        assert_eq!(readyz.0, 200);
         gateway
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        (status, response.text().await.expect("body"))
+        get_text(&self.client, &format!("{}{path}", self.url)).await
     }
 
     /// An admin request with `token` (none: no Authorization header).
-    fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-    ) -> reqwest::RequestBuilder {
+    fn admin(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let request = self.client.request(method, format!("{}{path}", self.admin));
         match token {
             Some(token) => request.bearer_auth(token),
@@ -123,111 +113,159 @@ impl Gateway {
         }
     }
 
+    /// An admin request with the root token.
+    fn root(&self, method: Method, path: &str) -> RequestBuilder {
+        self.admin(method, path, Some(ROOT))
+    }
+
+    /// A PUT of `body` as `content_type` to `path` with `token`.
+    fn upload(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> RequestBuilder {
+        self.admin(Method::PUT, path, token)
+            .header("content-type", content_type)
+            .body(body)
+    }
+
     async fn deploy(&self, tenant: &str, name: &str, route: &str, wasm: Vec<u8>) -> (u16, Value) {
-        let response = self
-            .admin(
-                reqwest::Method::PUT,
-                &format!("/admin/tenants/{tenant}/handlers/{name}?route={route}"),
-                Some(ROOT),
-            )
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()
+        let path = format!("/admin/tenants/{tenant}/handlers/{name}?route={route}");
+        send(self.upload(&path, Some(ROOT), WASM, wasm)).await
+    }
+
+    /// A PUT of `size` zero bytes to `path` with the root token, on a raw
+    /// connection that sends the body while it reads the answer, which may
+    /// come first (then the connection closes under the upload): all that
+    /// came back.
+    async fn upload_racing(&self, path: &str, size: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = common::host_port(&self.admin);
+        let stream = tokio::net::TcpStream::connect(address)
             .await
-            .expect("PUT handler");
-        json_of(response).await
+            .expect("connect");
+        let (mut reading, mut writing) = stream.into_split();
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ROOT}\r\n\
+             content-type: {WASM}\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+        );
+        let upload = tokio::spawn(async move {
+            let _ = writing.write_all(head.as_bytes()).await;
+            let _ = writing.write_all(&vec![0; size]).await;
+            writing
+        });
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = async {
+            // A reset after the answer ends it too.
+            while let Ok(n @ 1..) = reading.read(&mut buf).await {
+                answer.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("the admin API answers");
+        upload.abort();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// `GET path` with the root token: the ETag and the JSON.
+    async fn read(&self, path: &str) -> (String, Value) {
+        let response = self.root(Method::GET, path).send().await.expect("GET");
+        let etag = response.headers()["etag"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        (etag, send_response(response).await.1)
+    }
+
+    /// `DELETE path` with `token`: the status.
+    async fn delete(&self, path: &str, token: &str) -> u16 {
+        send(self.admin(Method::DELETE, path, Some(token))).await.0
     }
 
     async fn metrics(&self) -> String {
-        let response = self
-            .client
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await;
-        response.expect("metrics").text().await.expect("body")
+        get_text(&self.client, &format!("{}/metrics", self.admin))
+            .await
+            .1
     }
 }
 
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
+/// Sends an admin request: its status and JSON body (a string if the body
+/// is not JSON).
+async fn send(request: RequestBuilder) -> (u16, Value) {
+    send_response(request.send().await.expect("an admin answer")).await
+}
+
+async fn send_response(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
 }
 
+/// Asserts an admin answer's status and error code.
+fn assert_rejected(answer: &(u16, Value), status: u16, code: &str) {
+    let (got, body) = answer;
+    assert_eq!(
+        (*got, body["error"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+}
+
+/// Asserts an admin answer's status and the handler version it reports.
+fn assert_version(answer: &(u16, Value), status: u16, version: u64) {
+    let (got, body) = answer;
+    assert_eq!(
+        (*got, &body["version"]),
+        (status, &Value::from(version)),
+        "{body}"
+    );
+}
+
+/// Asserts that an admin answer's message contains `part`.
+fn assert_message(body: &Value, part: &str) {
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(part), "{part:?} not in {body}");
+}
+
 #[tokio::test]
 async fn writes_need_the_right_token() {
-    let dir = scratch("auth");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("")).expect("write config");
+    let config = write_config("auth", "");
     let hello = component(components::HELLO);
 
     // No root token configured: everything under /admin/ is off, and the
     // answer says how to turn it on.
     let gw = Gateway::start(&config, false).await;
-    let (status, body) = json_of(
-        gw.admin(reqwest::Method::GET, "/admin/tenants", Some(ROOT))
-            .send()
-            .await
-            .expect("GET"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert_eq!(body["error"], "admin_disabled");
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("WASMGATE_ADMIN_TOKEN")),
-        "{body}"
-    );
+    let answer = send(gw.root(Method::GET, "/admin/tenants")).await;
+    assert_rejected(&answer, 403, "admin_disabled");
+    assert_message(&answer.1, "WASMGATE_ADMIN_TOKEN");
     drop(gw);
 
     let gw = Gateway::start(&config, true).await;
-    let put = |token: Option<&'static str>, tenant: &'static str| {
-        let request = gw
-            .admin(
-                reqwest::Method::PUT,
-                &format!("/admin/tenants/{tenant}/handlers/greet?route=/greet"),
-                token,
-            )
-            .header("content-type", "application/wasm")
-            .body(hello.clone());
-        async move { json_of(request.send().await.expect("PUT")).await }
+    let put = |token: Option<&str>, tenant: &str| {
+        let path = format!("/admin/tenants/{tenant}/handlers/greet?route=/greet");
+        send(gw.upload(&path, token, WASM, hello.clone()))
     };
-    let (status, body) = put(None, "demo").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("unauthorized"))
-    );
-    let (status, body) = put(Some("not-the-token"), "demo").await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    assert_rejected(&put(None, "demo").await, 401, "unauthorized");
+    assert_rejected(&put(Some("not-the-token"), "demo").await, 403, "forbidden");
     let (status, _) = put(Some(DEMO_TOKEN), "tiny").await;
     assert_eq!(status, 403, "a tenant token writes its own tenant only");
-    let (status, _) = put(Some(DEMO_TOKEN), "demo").await;
-    assert_eq!(status, 201);
+    assert_eq!(put(Some(DEMO_TOKEN), "demo").await.0, 201);
     // Reads need a token too; tenants as a whole are the root's.
-    let list = gw
-        .admin(reqwest::Method::GET, "/admin/tenants", None)
-        .send()
-        .await;
-    assert_eq!(list.expect("GET").status(), 401);
-    let list = gw
-        .admin(reqwest::Method::GET, "/admin/tenants", Some(DEMO_TOKEN))
-        .send()
-        .await;
-    assert_eq!(list.expect("GET").status(), 403);
-    let list = gw
-        .admin(
-            reqwest::Method::GET,
-            "/admin/tenants/demo/handlers",
-            Some(DEMO_TOKEN),
-        )
-        .send()
-        .await;
-    assert_eq!(list.expect("GET").status(), 200);
+    for (path, token, status) in [
+        ("/admin/tenants", None, 401),
+        ("/admin/tenants", Some(DEMO_TOKEN), 403),
+        ("/admin/tenants/demo/handlers", Some(DEMO_TOKEN), 200),
+    ] {
+        let (got, body) = send(gw.admin(Method::GET, path, token)).await;
+        assert_eq!(got, status, "{path} with {token:?}: {body}");
+    }
     // The health endpoints need none.
-    let (status, _) = gw.get("/hello").await;
-    assert_eq!(status, 200);
+    assert_eq!(gw.get("/hello").await.0, 200);
     let metrics = gw.metrics().await;
     assert!(
         metrics
@@ -238,10 +276,7 @@ async fn writes_need_the_right_token() {
 
 #[tokio::test]
 async fn a_handler_is_deployed_patched_replaced_rolled_back_and_deleted_at_runtime() {
-    let dir = scratch("lifecycle");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("")).expect("write config");
-    let gw = Gateway::start(&config, true).await;
+    let gw = Gateway::start(&write_config("lifecycle", ""), true).await;
     let (hello, echo) = (component(components::HELLO), component(components::ECHO));
 
     assert_eq!(gw.get("/greet").await.0, 404);
@@ -252,69 +287,43 @@ async fn a_handler_is_deployed_patched_replaced_rolled_back_and_deleted_at_runti
     assert_eq!(body["source"], "api");
     assert_eq!(body["route"], "/greet");
     assert_eq!(body["size"], hello.len());
-    assert_eq!(
-        gw.get("/greet").await,
-        (200, "hello from wasmgate\n".to_owned())
-    );
+    let hello_text = (200, "hello from wasmgate\n".to_owned());
+    assert_eq!(gw.get("/greet").await, hello_text);
 
     // The same bytes, route and config: nothing changes.
-    let (status, body) = gw.deploy("demo", "greet", "/greet", hello.clone()).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(1)));
-    assert_eq!(body["result"], "unchanged");
+    let answer = gw.deploy("demo", "greet", "/greet", hello.clone()).await;
+    assert_version(&answer, 200, 1);
+    assert_eq!(answer.1["result"], "unchanged");
 
     // New config without new bytes.
-    let patch = gw
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .json(&serde_json::json!({"config": {"greeting": "hey"}}))
-        .send()
-        .await
-        .expect("PATCH");
-    let (status, body) = json_of(patch).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(2)), "{body}");
+    let patch = |if_match: &str, change: Value| {
+        let request = gw.root(Method::PATCH, GREET).json(&change);
+        match if_match {
+            "" => send(request),
+            tag => send(request.header("if-match", tag)),
+        }
+    };
+    assert_version(
+        &patch("", json!({"config": {"greeting": "hey"}})).await,
+        200,
+        2,
+    );
     assert_eq!(gw.get("/greet").await.1, "hey from wasmgate: hello\n");
 
     // New bytes keep the config.
-    let (status, body) = gw.deploy("demo", "greet", "/greet", echo).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(3)), "{body}");
-    assert_eq!(
-        gw.get("/greet").await.0,
-        204,
-        "echo answers an empty GET with 204"
-    );
+    assert_version(&gw.deploy("demo", "greet", "/greet", echo).await, 200, 3);
+    let (status, _) = gw.get("/greet").await;
+    assert_eq!(status, 204, "echo answers an empty GET with 204");
 
-    let rollback = |query: &'static str| {
-        gw.admin(
-            reqwest::Method::POST,
-            &format!("/admin/tenants/demo/handlers/greet/rollback{query}"),
-            Some(ROOT),
-        )
-        .send()
-    };
-    let (status, body) = json_of(rollback("").await.expect("rollback")).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(2)), "{body}");
+    let rollback = |query: &str| send(gw.root(Method::POST, &format!("{GREET}/rollback{query}")));
+    assert_version(&rollback("").await, 200, 2);
     assert_eq!(gw.get("/greet").await.1, "hey from wasmgate: hello\n");
-    let (status, body) = json_of(rollback("?version=1").await.expect("rollback")).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(1)), "{body}");
-    assert_eq!(gw.get("/greet").await.1, "hello from wasmgate\n");
-    let (status, body) = json_of(rollback("?version=9").await.expect("rollback")).await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    assert_version(&rollback("?version=1").await, 200, 1);
+    assert_eq!(gw.get("/greet").await, hello_text);
+    assert_rejected(&rollback("?version=9").await, 404, "not_found");
 
     // The history, and optimistic concurrency on it.
-    let detail = gw
-        .admin(
-            reqwest::Method::GET,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .send()
-        .await
-        .expect("GET");
-    let etag = detail.headers()["etag"].to_str().expect("ascii").to_owned();
-    let (_, body) = json_of(detail).await;
+    let (etag, body) = gw.read(GREET).await;
     let versions: Vec<(u64, bool)> = body["versions"]
         .as_array()
         .expect("versions")
@@ -322,215 +331,100 @@ async fn a_handler_is_deployed_patched_replaced_rolled_back_and_deleted_at_runti
         .map(|v| (v["version"].as_u64().expect("number"), v["active"] == true))
         .collect();
     assert_eq!(versions, [(1, true), (2, false), (3, false)]);
-    let stale = gw
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .header("if-match", "\"0000000000000000\"")
-        .json(&serde_json::json!({"config": {"greeting": "lost"}}))
-        .send()
-        .await
-        .expect("PATCH");
-    let (status, body) = json_of(stale).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (412, Some("precondition_failed"))
-    );
-    let current = gw
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .header("if-match", &etag)
-        .json(&serde_json::json!({"config": {"greeting": "won"}}))
-        .send()
-        .await
-        .expect("PATCH");
-    assert_eq!(current.status(), 200);
+    let stale = patch(
+        "\"0000000000000000\"",
+        json!({"config": {"greeting": "lost"}}),
+    )
+    .await;
+    assert_rejected(&stale, 412, "precondition_failed");
+    let current = patch(&etag, json!({"config": {"greeting": "won"}})).await;
+    assert_eq!(current.0, 200, "{}", current.1);
     assert_eq!(gw.get("/greet").await.1, "won from wasmgate: hello\n");
 
     // A route another handler has.
-    let taken = gw
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .json(&serde_json::json!({"route": "/hello"}))
-        .send()
-        .await
-        .expect("PATCH");
-    let (status, body) = json_of(taken).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (409, Some("route_taken")),
-        "{body}"
+    assert_rejected(
+        &patch("", json!({"route": "/hello"})).await,
+        409,
+        "route_taken",
     );
 
-    let deleted = gw
-        .admin(
-            reqwest::Method::DELETE,
-            "/admin/tenants/demo/handlers/greet",
-            Some(ROOT),
-        )
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
-    let (status, _) = gw.get("/greet").await;
-    assert_eq!(status, 404);
-    assert_eq!(
-        gw.get("/hello").await.0,
-        200,
-        "the config's handler is untouched"
-    );
+    assert_eq!(gw.delete(GREET, ROOT).await, 204);
+    assert_eq!(gw.get("/greet").await.0, 404);
+    let (status, _) = gw.get("/hello").await;
+    assert_eq!(status, 200, "the config's handler is untouched");
 }
 
 #[tokio::test]
 async fn rejected_writes_say_why_and_change_nothing() {
-    let dir = scratch("rejections");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("[admin]\nmax_upload_bytes = 1000000")).expect("write");
+    let config = write_config("rejections", "[admin]\nmax_upload_bytes = 1000000");
     let gw = Gateway::start(&config, true).await;
-    let before = gw
-        .admin(
-            reqwest::Method::GET,
-            "/admin/tenants/demo/handlers",
-            Some(ROOT),
-        )
-        .send()
-        .await
-        .expect("GET");
-    let etag = before.headers()["etag"].clone();
+    let (etag, _) = gw.read("/admin/tenants/demo/handlers").await;
 
-    let upload = |tenant: &'static str, content_type: &'static str, body: Vec<u8>| {
-        gw.admin(
-            reqwest::Method::PUT,
-            &format!("/admin/tenants/{tenant}/handlers/bad?route=/bad"),
-            Some(ROOT),
-        )
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-    };
     let small = component(components::HELLO);
-    /// Tenant, content type, body; status, error code, part of the message.
-    type Case = (
-        &'static str,
-        &'static str,
-        Vec<u8>,
-        u16,
-        &'static str,
-        &'static str,
-    );
-    let cases: Vec<Case> = vec![
+    let (junk, core) = (b"not wasm".to_vec(), b"\0asm\x01\0\0\0".to_vec());
+    let big = vec![0; 2_000_000];
+    // Tenant, content type, body; status, error code, part of the message.
+    let cases = [
         (
             "demo",
             "text/plain",
-            small.clone(),
+            &small,
             415,
             "unsupported_media_type",
-            "application/wasm",
+            WASM,
         ),
+        ("demo", WASM, &big, 413, "too_large", "1000000"),
         (
             "demo",
-            "application/wasm",
-            vec![0; 2_000_000],
-            413,
-            "too_large",
-            "1000000",
-        ),
-        (
-            "demo",
-            "application/wasm",
-            b"not wasm".to_vec(),
+            WASM,
+            &junk,
             400,
             "invalid_component",
             "not a valid WebAssembly component",
         ),
         (
             "demo",
-            "application/wasm",
-            b"\0asm\x01\0\0\0".to_vec(),
+            WASM,
+            &core,
             400,
             "invalid_component",
             "core wasm module",
         ),
         (
             "tiny",
-            "application/wasm",
-            small.clone(),
+            WASM,
+            &small,
             400,
             "invalid_component",
             "cannot be instantiated",
         ),
-        (
-            "nobody",
-            "application/wasm",
-            small.clone(),
-            404,
-            "not_found",
-            "nobody",
-        ),
+        ("nobody", WASM, &small, 404, "not_found", "nobody"),
     ];
-    for (tenant, content_type, body, status, code, needle) in cases {
-        let (got, body) = json_of(upload(tenant, content_type, body).await.expect("PUT")).await;
-        assert_eq!(
-            (got, body["error"].as_str()),
-            (status, Some(code)),
-            "{body}"
-        );
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.contains(needle), "{code}: {message}");
+    for (tenant, content_type, body, status, code, part) in cases {
+        let path = format!("/admin/tenants/{tenant}/handlers/bad?route=/bad");
+        let answer = send(gw.upload(&path, Some(ROOT), content_type, body.clone())).await;
+        assert_rejected(&answer, status, code);
+        assert_message(&answer.1, part);
     }
     // A digest that does not match the bytes.
     let mismatch = gw
-        .admin(
-            reqwest::Method::PUT,
+        .upload(
             "/admin/tenants/demo/handlers/bad?route=/bad",
             Some(ROOT),
+            WASM,
+            small.clone(),
         )
-        .header("content-type", "application/wasm")
         .header(
             "content-digest",
             "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
-        )
-        .body(small.clone())
-        .send()
-        .await
-        .expect("PUT");
-    let (status, body) = json_of(mismatch).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("digest_mismatch"))
-    );
+        );
+    assert_rejected(&send(mismatch).await, 400, "digest_mismatch");
     // A new handler without a route.
-    let no_route = gw
-        .admin(
-            reqwest::Method::PUT,
-            "/admin/tenants/demo/handlers/bad",
-            Some(ROOT),
-        )
-        .header("content-type", "application/wasm")
-        .body(small)
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(no_route.status(), 400);
+    let no_route = gw.upload("/admin/tenants/demo/handlers/bad", Some(ROOT), WASM, small);
+    assert_eq!(send(no_route).await.0, 400);
 
-    let after = gw
-        .admin(
-            reqwest::Method::GET,
-            "/admin/tenants/demo/handlers",
-            Some(ROOT),
-        )
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(after.headers()["etag"], etag, "nothing changed");
+    let (after, _) = gw.read("/admin/tenants/demo/handlers").await;
+    assert_eq!(after, etag, "nothing changed");
     assert_eq!(gw.get("/bad").await.0, 404);
     assert_eq!(gw.get("/hello").await.0, 200);
 }
@@ -540,133 +434,73 @@ async fn rejected_writes_say_why_and_change_nothing() {
 /// tenant has still gets new versions, and a delete makes room.
 #[tokio::test]
 async fn a_tenant_token_cannot_create_handlers_past_max_handlers() {
-    let dir = scratch("max-handlers");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("[limits]\nmax_handlers = 2")).expect("write");
+    let config = write_config("max-handlers", "[limits]\nmax_handlers = 2");
     let gw = Gateway::start(&config, true).await;
-    let put = |name: &'static str| {
-        gw.admin(
-            reqwest::Method::PUT,
-            &format!("/admin/tenants/demo/handlers/{name}?route=/{name}"),
-            Some(DEMO_TOKEN),
-        )
-        .header("content-type", "application/wasm")
-        .body(component(components::HELLO))
-        .send()
+    let put = |name: &str| {
+        let path = format!("/admin/tenants/demo/handlers/{name}?route=/{name}");
+        send(gw.upload(&path, Some(DEMO_TOKEN), WASM, component(components::HELLO)))
     };
     // The config file's hello is the first of two.
-    assert_eq!(put("a").await.expect("PUT").status(), 201);
-    let (status, body) = json_of(put("b").await.expect("PUT")).await;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["error"], "too_many_handlers", "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("limits.max_handlers")),
-        "{body}"
-    );
+    assert_eq!(put("a").await.0, 201);
+    let refused = put("b").await;
+    assert_rejected(&refused, 409, "too_many_handlers");
+    assert_message(&refused.1, "limits.max_handlers");
     assert_eq!(gw.get("/b").await.0, 404, "a refused write changes nothing");
-    assert_eq!(put("a").await.expect("PUT").status(), 200, "a new version");
-    let deleted = gw
-        .admin(
-            reqwest::Method::DELETE,
-            "/admin/tenants/demo/handlers/a",
-            Some(DEMO_TOKEN),
-        )
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
-    assert_eq!(put("b").await.expect("PUT").status(), 201);
+    assert_eq!(put("a").await.0, 200, "a new version");
+    assert_eq!(
+        gw.delete("/admin/tenants/demo/handlers/a", DEMO_TOKEN)
+            .await,
+        204
+    );
+    assert_eq!(put("b").await.0, 201);
     assert_eq!(gw.get("/b").await.0, 200);
 }
 
 #[tokio::test]
 async fn tenants_come_and_go_at_runtime() {
-    let dir = scratch("tenants");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("")).expect("write config");
-    let gw = Gateway::start(&config, true).await;
-    let put = gw
-        .admin(reqwest::Method::PUT, "/admin/tenants/shop", Some(ROOT))
-        .json(&serde_json::json!({"hosts": ["shop.test"], "limits": {"fuel": 5000000}, "cpu_weight": 4}))
-        .send()
-        .await
-        .expect("PUT tenant");
-    let (status, body) = json_of(put).await;
+    let gw = Gateway::start(&write_config("tenants", ""), true).await;
+    let put = |name: &str, tenant: Value| {
+        send(
+            gw.root(Method::PUT, &format!("/admin/tenants/{name}"))
+                .json(&tenant),
+        )
+    };
+    let shop = json!({"hosts": ["shop.test"], "limits": {"fuel": 5000000}, "cpu_weight": 4});
+    let (status, body) = put("shop", shop).await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["hosts"], serde_json::json!(["shop.test"]));
+    assert_eq!(body["hosts"], json!(["shop.test"]));
     assert_eq!(body["cpu_weight"], 4);
-    let heavy = gw
-        .admin(reqwest::Method::PUT, "/admin/tenants/heavy", Some(ROOT))
-        .json(&serde_json::json!({"cpu_weight": 0}))
-        .send()
-        .await
-        .expect("PUT tenant");
-    let (status, body) = json_of(heavy).await;
-    assert_eq!(status, 400);
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("cpu_weight must be between 1 and 1000")),
-        "{body}"
-    );
-    let bad = gw
-        .admin(reqwest::Method::PUT, "/admin/tenants/bad", Some(ROOT))
-        .json(&serde_json::json!({"hosts": ["a.*.com"]}))
-        .send()
-        .await
-        .expect("PUT tenant");
-    let (status, body) = json_of(bad).await;
-    assert_eq!(status, 400);
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("hosts")),
-        "{body}"
-    );
+    let heavy = put("heavy", json!({"cpu_weight": 0})).await;
+    assert_eq!(heavy.0, 400);
+    assert_message(&heavy.1, "cpu_weight must be between 1 and 1000");
+    let bad = put("bad", json!({"hosts": ["a.*.com"]})).await;
+    assert_eq!(bad.0, 400);
+    assert_message(&bad.1, "hosts");
 
     let (status, _) = gw
         .deploy("shop", "cart", "/cart", component(components::HELLO))
         .await;
     assert_eq!(status, 201);
-    let served = gw
-        .client
-        .get(format!("{}/cart", gw.url))
-        .header("host", "shop.test")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(served.status(), 200);
+    let cart = || {
+        let request = gw.client.get(format!("{}/cart", gw.url));
+        request.header("host", "shop.test").send()
+    };
+    assert_eq!(cart().await.expect("GET").status(), 200);
 
-    let deleted = gw
-        .admin(reqwest::Method::DELETE, "/admin/tenants/shop", Some(ROOT))
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(deleted.status(), 204);
-    let gone = gw
-        .client
-        .get(format!("{}/cart", gw.url))
-        .header("host", "shop.test")
-        .send()
-        .await
-        .expect("GET");
+    assert_eq!(gw.delete("/admin/tenants/shop", ROOT).await, 204);
+    let gone = cart().await.expect("GET");
     assert_eq!(gone.status(), 404, "the * tenant has no /cart");
 }
 
 #[tokio::test]
 async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_to_the_api() {
-    let dir = scratch("restart");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("")).expect("write config");
+    let config = write_config("restart", "");
     let echo = component(components::ECHO);
     let gw = Gateway::start(&config, true).await;
     let (status, _) = gw.deploy("demo", "greet", "/greet", echo.clone()).await;
     assert_eq!(status, 201);
     // The API writes to a handler the config file names: the API wins.
-    let (status, body) = gw.deploy("demo", "hello", "/hello", echo).await;
-    assert_eq!((status, &body["version"]), (200, &Value::from(2)), "{body}");
+    assert_version(&gw.deploy("demo", "hello", "/hello", echo).await, 200, 2);
     let mut gw = gw;
     gw.served.child.kill().expect("kill -9");
     gw.served.child.wait().expect("reaped");
@@ -674,29 +508,18 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
 
     let gw = Gateway::start(&config, true).await;
     assert_eq!(gw.get("/greet").await.0, 204, "echo, as deployed");
-    assert_eq!(
-        gw.get("/hello").await.0,
-        204,
-        "the API's version, not the file's"
-    );
-    let detail = gw
-        .admin(
-            reqwest::Method::GET,
-            "/admin/tenants/demo/handlers/hello",
-            Some(ROOT),
-        )
-        .send()
-        .await
-        .expect("GET");
-    let (_, body) = json_of(detail).await;
+    let (status, _) = gw.get("/hello").await;
+    assert_eq!(status, 204, "the API's version, not the file's");
+    let (_, body) = gw.read("/admin/tenants/demo/handlers/hello").await;
     assert_eq!(body["version"], 2);
     assert_eq!(body["source"], "api");
 
     // SIGHUP applies a changed file: a new handler appears, the API's stay.
     let mut text = config_text("");
-    text.push_str(&format!(
-        "\n[[tenant.handler]]\nname = \"hi\"\nroute = \"/hi\"\ncomponent = \"{}\"\n",
-        components::require(components::HELLO)
+    text.push_str(&handler(
+        "hi",
+        "/hi",
+        components::require(components::HELLO),
     ));
     // The new handler belongs to the last tenant in the file: tiny.
     std::fs::write(
@@ -704,7 +527,7 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
         text.replace("memory_bytes = 65536", "memory_bytes = 67108864"),
     )
     .expect("write config");
-    signal_hangup(&gw.served.child);
+    gw.served.signal("HUP");
     wait_until("the reloaded route is served", || async {
         let response = gw
             .client
@@ -719,40 +542,20 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
 
     // A broken file changes nothing, and the API says why.
     std::fs::write(&gw.config, "[server]\nbogus = 1\n").expect("write config");
-    let reload = gw
-        .admin(reqwest::Method::POST, "/admin/reload", Some(ROOT))
-        .send()
-        .await
-        .expect("POST reload");
-    let (status, body) = json_of(reload).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_config")),
-        "{body}"
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("bogus")),
-        "{body}"
-    );
+    let reload = || send(gw.root(Method::POST, "/admin/reload"));
+    let broken = reload().await;
+    assert_rejected(&broken, 400, "invalid_config");
+    assert_message(&broken.1, "bogus");
     // A component that is not there is named once, with its config line,
     // as at start.
-    let missing = format!(
-        "{text}\n[[tenant.handler]]\nname = \"gone\"\nroute = \"/gone\"\ncomponent = \"gone.wasm\"\n"
-    );
+    let missing = format!("{text}\n{}", handler("gone", "/gone", "gone.wasm"));
     let line = missing
         .lines()
         .position(|l| l == "component = \"gone.wasm\"")
         .expect("the line")
         + 1;
     std::fs::write(&gw.config, &missing).expect("write config");
-    let reload = gw
-        .admin(reqwest::Method::POST, "/admin/reload", Some(ROOT))
-        .send()
-        .await
-        .expect("POST reload");
-    let (status, body) = json_of(reload).await;
+    let (status, body) = reload().await;
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
     let at = format!("{}:{line}: ", gw.config.display());
@@ -765,35 +568,12 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
     assert_eq!(gw.get("/greet").await.0, 204);
 }
 
-fn signal_hangup(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-/// Polls `check` until it holds; fails after a generous bound.
-async fn wait_until<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// 64 connections keep requesting a handler while it is swapped 20 times
 /// between two versions: no request fails, and every answer is one of the
 /// two versions'.
 #[tokio::test]
 async fn swaps_under_load_fail_no_request() {
-    let dir = scratch("swaps");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("[limits]\nmax_concurrency = 1000")).expect("write");
+    let config = write_config("swaps", "[limits]\nmax_concurrency = 1000");
     let gw = Gateway::start(&config, true).await;
     let (hello, echo) = (component(components::HELLO), component(components::ECHO));
     assert_eq!(
@@ -856,9 +636,7 @@ async fn swaps_under_load_fail_no_request() {
 /// 10,000 deploys is this loop, longer.)
 #[tokio::test]
 async fn deploys_and_deletes_do_not_grow_the_gateway() {
-    let dir = scratch("growth");
-    let config = dir.join("wasmgate.toml");
-    std::fs::write(&config, config_text("")).expect("write config");
+    let config = write_config("growth", "");
     let gw = Gateway::start(&config, true).await;
     let (hello, echo) = (component(components::HELLO), component(components::ECHO));
     let cycle = |i: usize| {
@@ -874,16 +652,8 @@ async fn deploys_and_deletes_do_not_grow_the_gateway() {
             assert_eq!(status, 201, "{body}");
             let (status, _) = gw.get(&format!("/{name}")).await;
             assert!(status == 200 || status == 204, "{status}");
-            let deleted = gw
-                .admin(
-                    reqwest::Method::DELETE,
-                    &format!("/admin/tenants/demo/handlers/{name}"),
-                    Some(ROOT),
-                )
-                .send()
-                .await
-                .expect("DELETE");
-            assert_eq!(deleted.status(), 204);
+            let path = format!("/admin/tenants/demo/handlers/{name}");
+            assert_eq!(gw.delete(&path, ROOT).await, 204);
         }
     };
     let rss = |text: &str| {
@@ -919,7 +689,7 @@ async fn deploys_and_deletes_do_not_grow_the_gateway() {
         grown < 16.0 * 1024.0 * 1024.0,
         "200 deploys grew the process by {grown} bytes"
     );
-    let data = dir.join("wasmgate-data");
+    let data = config.with_file_name("wasmgate-data");
     let components = std::fs::read_dir(data.join("components")).expect("components");
     assert_eq!(components.count(), 1, "only the config's hello is kept");
     let compiled = std::fs::read_dir(data.join("cache")).expect("cache");
@@ -929,4 +699,101 @@ async fn deploys_and_deletes_do_not_grow_the_gateway() {
         .map(|e| e.expect("entry").metadata().expect("metadata").len())
         .sum();
     assert!(state < 4096, "the state is {state} bytes");
+}
+
+/// README: `admin.token_env` names the variable that holds the root
+/// token; `WASMGATE_ADMIN_TOKEN` then holds nothing the API accepts.
+#[tokio::test]
+async fn the_root_token_comes_from_admin_token_env() {
+    let config = write_config(
+        "token-env",
+        "[admin]\ntoken_env = \"CUSTOM_ROOT_FOR_TESTS\"",
+    );
+    let env = [
+        ("CUSTOM_ROOT_FOR_TESTS", "custom-root"),
+        ("WASMGATE_ADMIN_TOKEN", ROOT),
+    ];
+    let gw = Gateway::start_with(&config, &env).await;
+    let list = |token| send(gw.admin(Method::GET, "/admin/tenants", Some(token)));
+    assert_eq!(list("custom-root").await.0, 200);
+    assert_rejected(&list(ROOT).await, 403, "forbidden");
+}
+
+/// README: `admin.max_upload_bytes` is 64 MiB and `runtime.keep_versions`
+/// 5 unless configured: a component one byte over 64 MiB gets 413, and a
+/// handler's sixth version drops its first.
+#[tokio::test]
+async fn uploads_and_version_history_have_their_documented_defaults() {
+    let gw = Gateway::start(&write_config("defaults", ""), true).await;
+    let big = "/admin/tenants/demo/handlers/big?route=/big";
+    let answer = gw.upload_racing(big, (64 << 20) + 1).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("too_large") && answer.contains("67108864"),
+        "{answer}"
+    );
+    // Not refused for its size: the limit is not lower.
+    let answer = gw.deploy("demo", "big", "/big", vec![0; 64 << 20]).await;
+    assert_rejected(&answer, 400, "invalid_component");
+
+    let (status, _) = gw
+        .deploy("demo", "greet", "/greet", component(components::HELLO))
+        .await;
+    assert_eq!(status, 201);
+    for greeting in ["a", "b", "c", "d", "e"] {
+        let change = json!({"config": {"greeting": greeting}});
+        assert_eq!(
+            send(gw.root(Method::PATCH, GREET).json(&change)).await.0,
+            200
+        );
+    }
+    let (_, body) = gw.read(GREET).await;
+    let versions: Vec<u64> = body["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["version"].as_u64().expect("number"))
+        .collect();
+    assert_eq!(versions, [2, 3, 4, 5, 6], "{body}");
+    let gone = send(gw.root(Method::POST, &format!("{GREET}/rollback?version=1"))).await;
+    assert_rejected(&gone, 404, "not_found");
+}
+
+/// README: `wasmgate_handler_version_info` is 1 for the version serving
+/// each handler, labelled with its number and sha256, and only for it.
+#[tokio::test]
+async fn handler_version_info_names_the_serving_version() {
+    let gw = Gateway::start(&write_config("version-info", ""), true).await;
+    let (hello, echo) = (component(components::HELLO), component(components::ECHO));
+    let series = |version: u64, wasm: &[u8]| {
+        let sha256: String = Sha256::digest(wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!(
+            "wasmgate_handler_version_info{{handler=\"greet\",sha256=\"{sha256}\",\
+             tenant=\"demo\",version=\"{version}\"}} 1\n"
+        )
+    };
+    assert_eq!(
+        gw.deploy("demo", "greet", "/greet", hello.clone()).await.0,
+        201
+    );
+    let text = gw.metrics().await;
+    assert!(text.contains(&series(1, &hello)), "{text}");
+    assert_eq!(
+        gw.deploy("demo", "greet", "/greet", echo.clone()).await.0,
+        200
+    );
+    let text = gw.metrics().await;
+    assert!(text.contains(&series(2, &echo)), "{text}");
+    assert!(
+        !text.contains(&series(1, &hello)),
+        "the old version is gone: {text}"
+    );
+    let greet_lines = text
+        .lines()
+        .filter(|l| l.starts_with("wasmgate_handler_version_info{handler=\"greet\""))
+        .count();
+    assert_eq!(greet_lines, 1, "{text}");
 }

@@ -11,27 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{DEMO, Hold, Served as Process, config_text, with_hold};
+use common::{
+    BIN, Hold, Served as Process, client, config_text, demo, get_text, handler, post, scratch,
+    tenant, with_hold,
+};
 use wasmgate::control::config::Config;
 use wasmgate_handler_components as components;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
-
-/// An HTTP client that gives up after 30 s, so a gateway that never
-/// answers fails a test instead of hanging it.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-/// A fresh folder under the target dir for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// A fresh folder `name` with a `wasmgate.toml` of `template` (see
+/// [`config_text`]): the folder and the config's path.
+fn gateway_files(name: &str, template: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let config = write_config(&dir, &config_text(template));
+    (dir, config)
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -40,27 +32,20 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// `wasmgate serve` with `config`, on ephemeral ports.
+/// `wasmgate serve` with `config`, on ephemeral ports, at the documented
+/// default log level whatever the caller's environment.
 fn serve_command(config: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--config")
-        .arg(config)
-        // The documented default level, whatever the caller's environment.
-        .env_remove("RUST_LOG");
+    let mut command = common::serve_command();
+    command.arg("--config").arg(config);
     command
 }
 
 /// Runs `wasmgate serve` expecting it to refuse to start.
 fn serve_fails(config: &Path) -> String {
-    let output = serve_command(config).output().expect("run wasmgate");
+    let output = serve_command(config)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run wasmgate");
     assert!(
         !output.status.success(),
         "serve should fail for {}",
@@ -70,11 +55,8 @@ fn serve_fails(config: &Path) -> String {
 }
 
 /// A config with one tenant and one handler, for the refusal cases.
-fn one_handler(tenant: &str, handler: &str, route: &str, component: &str) -> String {
-    format!(
-        "[[tenant]]\nname = \"{tenant}\"\n[[tenant.handler]]\nname = \"{handler}\"\n\
-         route = \"{route}\"\ncomponent = \"{component}\"\n"
-    )
+fn one_handler(name: &str, handler_name: &str, route: &str, component: &str) -> String {
+    tenant(name, "", "", &[]) + &handler(handler_name, route, component)
 }
 
 #[test]
@@ -122,17 +104,11 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
             vec!["tenant \"t\" is defined twice".into()],
         ),
         (
-            format!(
-                "{}[[tenant.handler]]\nname = \"h\"\nroute = \"/b\"\ncomponent = \"{hello}\"\n",
-                one_handler("t", "h", "/a", hello)
-            ),
+            one_handler("t", "h", "/a", hello) + &handler("h", "/b", hello),
             vec!["tenant \"t\": handler \"h\" is defined twice".into()],
         ),
         (
-            format!(
-                "{}[[tenant.handler]]\nname = \"other\"\nroute = \"/a\"\ncomponent = \"{hello}\"\n",
-                one_handler("t", "h", "/a", hello)
-            ),
+            one_handler("t", "h", "/a", hello) + &handler("other", "/a", hello),
             vec![
                 "tenant \"t\" handler \"other\"".into(),
                 "route \"/a\" is already used".into(),
@@ -178,24 +154,27 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
 /// told otherwise, and prints the real ports.
 #[test]
 fn serve_listens_where_the_config_says() {
+    // Two ports that are free now and are not the defaults (8080, 9090),
+    // so only the config can have put the listeners there.
+    let (public, admin) = {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (public, admin) = (free(), free());
+        let port = |listener: std::net::TcpListener| listener.local_addr().expect("addr").port();
+        (port(public), port(admin))
+    };
+    assert!(![8080, 9090].contains(&public) && ![8080, 9090].contains(&admin));
     let dir = scratch("listen");
     let config = write_config(
         &dir,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{public}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        ),
     );
     let mut command = Command::new(BIN);
     command.arg("serve").arg("--config").arg(&config);
     let process = spawn(command.stderr(Stdio::null()));
-    assert!(
-        process.url.starts_with("http://127.0.0.1:"),
-        "{}",
-        process.url
-    );
-    assert!(
-        process.admin.starts_with("http://127.0.0.1:"),
-        "{}",
-        process.admin
-    );
+    assert_eq!(process.url, format!("http://127.0.0.1:{public}"));
+    assert_eq!(process.admin, format!("http://127.0.0.1:{admin}"));
 }
 
 /// README: names are `[A-Za-z0-9._-]{1,64}`: 64 characters are fine.
@@ -241,10 +220,12 @@ fn an_empty_config_has_every_documented_default() {
     // A tenant's hosts default to every host, its limits to the global
     // ones, a handler's config to nothing; paths are relative to the
     // config file's folder.
-    let text = "[limits]\nfuel = 7\n[[tenant]]\nname = \"t\"\n[[tenant.handler]]\n\
-                name = \"h\"\nroute = \"/h\"\ncomponent = \"h.wasm\"\n";
+    let text = format!(
+        "[limits]\nfuel = 7\n{}",
+        one_handler("t", "h", "/h", "h.wasm")
+    );
     let dir = scratch("defaults");
-    let config = Config::load(&write_config(&dir, text)).expect("valid");
+    let config = Config::load(&write_config(&dir, &text)).expect("valid");
     let tenant = &config.tenants[0];
     assert_eq!(tenant.hosts, ["*"]);
     assert_eq!(config.tenant_limits(tenant), config.limits);
@@ -292,12 +273,7 @@ async fn the_example_config_parses_and_serves_what_the_readme_shows() {
         hello.text().await.expect("body"),
         "hi from wasmgate: hello\n"
     );
-    let echo = client
-        .post(format!("{}/echo", process.url))
-        .body("some body")
-        .send()
-        .await
-        .expect("echo");
+    let echo = post(&client, &format!("{}/echo", process.url), "some body").await;
     assert_eq!(echo.status(), 200);
     assert!(echo.text().await.expect("body").ends_with("\n\nsome body"));
     let cpu = get("/cpu?iters=1000000").await.expect("cpu");
@@ -305,12 +281,8 @@ async fn the_example_config_parses_and_serves_what_the_readme_shows() {
         cpu.text().await.expect("body"),
         format!("{}\n", cpu_work::spin(1_000_000))
     );
-    let metrics = client
-        .get(format!("{}/metrics", process.admin))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(metrics.status(), 200);
+    let (status, _) = get_text(&client, &format!("{}/metrics", process.admin)).await;
+    assert_eq!(status, 200);
 }
 
 #[test]
@@ -350,49 +322,22 @@ fn check_lists_imports_and_exports_or_fails() {
     );
 }
 
-impl Process {
-    /// Sends `signal` (e.g. `TERM`) to the process.
-    fn signal(&self, signal: &str) {
-        let killed = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-    }
-
-    /// Waits (at most 20 s) for the process to exit by itself.
-    async fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(exit) = self.child.try_wait().expect("wait") {
-                return exit.code();
-            }
-            assert!(Instant::now() < deadline, "wasmgate did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `/metrics` of the admin listener.
-    async fn metrics(&self) -> String {
-        client()
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
-    }
-}
-
 fn spawn_serve(config: &Path) -> Process {
-    spawn_serve_logging(config, Stdio::null())
+    spawn(serve_command(config).stderr(Stdio::null()))
 }
 
-/// `wasmgate serve` with its log (stderr) going to `log`.
-fn spawn_serve_logging(config: &Path, log: Stdio) -> Process {
-    spawn(serve_command(config).stderr(log))
+/// `wasmgate serve` with its log (stderr) going to a new file `log`.
+fn spawn_serve_logging(config: &Path, log: &Path) -> Process {
+    spawn(serve_command(config).stderr(log_file(log)))
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::File::create(path).expect("create log")
+}
+
+/// `GET url`: the status.
+async fn status_of(url: String) -> u16 {
+    get_text(&client(), &url).await.0
 }
 
 /// Starts a `wasmgate serve` command and reads its two startup lines.
@@ -432,25 +377,19 @@ async fn sigterm_and_sigint_let_the_request_in_flight_finish_then_exit_0() {
     for signal in ["TERM", "INT"] {
         with_hold(|hold| async move {
             let dir = scratch(&format!("signal-{signal}"));
-            let config = write_config(
-                &dir,
-                &config_text(&format!(
-                    "[server]\nshutdown_grace_ms = 600000\n\
-                     [[tenant]]\nname = \"hold\"\nhosts = [\"hold.test\"]\n\
-                     limits = {{ timeout_ms = 600000 }}\n\
-                     [[tenant.handler]]\nname = \"faults\"\nroute = \"/faults\"\n\
-                     component = \"{{faults}}\"\n{DEMO}"
-                )),
+            let hold_tenant = tenant(
+                "hold",
+                "hold.test",
+                "limits = { timeout_ms = 600000 }",
+                &["faults"],
             );
+            let server = format!("[server]\nshutdown_grace_ms = 600000\n{hold_tenant}");
+            let config = write_config(&dir, &config_text(&demo(&server)));
             let mut process = spawn_serve(&config);
             let client = client();
             for path in ["/healthz", "/readyz"] {
-                let response = client
-                    .get(format!("{}{path}", process.admin))
-                    .send()
-                    .await
-                    .expect(path);
-                assert_eq!(response.status(), 200, "{path}");
+                let (status, _) = get_text(&client, &format!("{}{path}", process.admin)).await;
+                assert_eq!(status, 200, "{path}");
             }
 
             let path = format!("/faults/sleep?n={}", hold.as_millis());
@@ -551,31 +490,31 @@ fn loads_from_cache(log: &str) -> Vec<String> {
 /// Starts `wasmgate serve`, checks that `/hello` answers 200, stops it,
 /// and returns its log.
 async fn serve_hello_once(config: &Path, log_path: &Path) -> String {
-    let log = std::fs::File::create(log_path).expect("create log");
-    let process = spawn_serve_logging(config, Stdio::from(log));
-    let hello = client()
-        .get(format!("{}/hello", process.url))
-        .send()
-        .await
-        .expect("hello");
-    assert_eq!(hello.status(), 200);
+    let process = spawn_serve_logging(config, log_path);
+    assert_eq!(status_of(format!("{}/hello", process.url)).await, 200);
     drop(process);
     read_log(log_path)
 }
 
-/// The code cache file `wasmgate compile --config CONFIG FILE` names.
-fn compiled_into(config: &Path, file: &str) -> PathBuf {
-    let output = Command::new(BIN)
-        .args(["compile", file, "--config"])
-        .arg(config)
-        .output()
-        .expect("run wasmgate compile");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// `wasmgate compile FILES... [--config CONFIG]`: its exit code, stdout
+/// and stderr.
+fn compile(files: &[&str], config: Option<&Path>) -> (Option<i32>, String, String) {
+    let mut command = Command::new(BIN);
+    command.arg("compile").args(files);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let output = command.output().expect("run wasmgate compile");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The code cache file named by the last line of `wasmgate compile`.
+fn compiled_path(stdout: &str) -> PathBuf {
     stdout
         .trim()
         .rsplit_once("compiled into ")
@@ -583,10 +522,16 @@ fn compiled_into(config: &Path, file: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no path in {stdout:?}"))
 }
 
+/// The code cache file `wasmgate compile --config CONFIG FILE` names.
+fn compiled_into(config: &Path, file: &str) -> PathBuf {
+    let (code, stdout, stderr) = compile(&[file], Some(config));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    compiled_path(&stdout)
+}
+
 #[tokio::test]
 async fn a_restart_uses_the_code_cache_and_recompiles_a_corrupt_or_foreign_one() {
-    let dir = scratch("code-cache");
-    let config = write_config(&dir, &config_text(DEMO));
+    let (dir, config) = gateway_files("code-cache", &demo(""));
     let cache = dir.join("wasmgate-data").join("cache");
 
     // The first start compiles in a child process, not in the server.
@@ -652,36 +597,18 @@ async fn a_restart_uses_the_code_cache_and_recompiles_a_corrupt_or_foreign_one()
 
 #[tokio::test]
 async fn compile_fills_the_cache_that_serve_reads() {
-    let dir = scratch("compile");
-    let config = write_config(
-        &dir,
-        &config_text(
-            "[[tenant]]\nname = \"demo\"\n[[tenant.handler]]\nname = \"hello\"\n\
-             route = \"/hello\"\ncomponent = \"{hello}\"\n",
-        ),
-    );
+    let (dir, config) = gateway_files("compile", &tenant("demo", "", "", &["hello"]));
     // A bad file among good ones: the good ones are still compiled, the
     // bad one is named, and the exit status says something failed.
-    let output = Command::new(BIN)
-        .args([
-            "compile",
-            "/nonexistent/x.wasm",
-            components::require(components::HELLO),
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("run wasmgate compile");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    let files = [
+        "/nonexistent/x.wasm",
+        components::require(components::HELLO),
+    ];
+    let (code, stdout, stderr) = compile(&files, Some(&config));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("/nonexistent/x.wasm"), "{stderr}");
     assert!(stderr.contains("1 of 2 components failed"), "{stderr}");
-    let cached = stdout
-        .trim()
-        .rsplit_once("compiled into ")
-        .map(|(_, path)| PathBuf::from(path))
-        .unwrap_or_else(|| panic!("no path in {stdout:?}"));
+    let cached = compiled_path(&stdout);
     assert!(
         cached.starts_with(dir.join("wasmgate-data").join("cache")),
         "{}",
@@ -699,27 +626,20 @@ async fn compile_fills_the_cache_that_serve_reads() {
         "serve rewrote the compiled code"
     );
 
-    let output = Command::new(BIN)
-        .args(["compile", "/nonexistent/x.wasm"])
-        .output()
-        .expect("run wasmgate compile");
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/x.wasm"));
+    let (code, _, stderr) = compile(&["/nonexistent/x.wasm"], None);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("/nonexistent/x.wasm"));
 }
 
 #[tokio::test]
 async fn a_guest_panic_message_reaches_the_log() {
-    let dir = scratch("panic-log");
-    let config = write_config(&dir, &config_text(DEMO));
+    let (dir, config) = gateway_files("panic-log", &demo(""));
     let log_path = dir.join("wasmgate.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
-    let process = spawn_serve_logging(&config, Stdio::from(log));
-    let response = client()
-        .get(format!("{}/faults/panic", process.url))
-        .send()
-        .await
-        .expect("panic");
-    assert_eq!(response.status(), 500);
+    let process = spawn_serve_logging(&config, &log_path);
+    assert_eq!(
+        status_of(format!("{}/faults/panic", process.url)).await,
+        500
+    );
     drop(process);
     let log = read_log(&log_path);
     assert!(
@@ -733,38 +653,23 @@ async fn a_guest_panic_message_reaches_the_log() {
 /// and handler; logs go to stderr at `RUST_LOG` level, `info` by default.
 #[tokio::test]
 async fn guest_output_reaches_the_log_bounded_and_stdout_is_discarded() {
-    let dir = scratch("guest-output");
-    let config = write_config(
-        &dir,
-        &config_text(&format!(
-            "{DEMO}[[tenant.handler]]\nname = \"state\"\nroute = \"/state\"\n\
-             component = \"{{state}}\"\nconfig = {{ who = \"logger\" }}\n"
-        )),
+    let (dir, config) = gateway_files(
+        "guest-output",
+        &format!(
+            "{}{}config = {{ who = \"logger\" }}\n",
+            demo(""),
+            handler("state", "/state", "{state}")
+        ),
     );
     let log_path = dir.join("default.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
-    let mut process = spawn_serve_logging(&config, Stdio::from(log));
+    let mut process = spawn_serve_logging(&config, &log_path);
     let client = client();
     // A MiB to stdout, "STDERR-START " and a MiB to stderr, then a panic.
-    let response = client
-        .get(format!("{}/faults/stderr?n=1048576", process.url))
-        .send()
-        .await
-        .expect("stderr flood");
-    assert_eq!(response.status(), 500);
-    let response = client
-        .get(format!("{}/state", process.url))
-        .send()
-        .await
-        .expect("state");
-    assert_eq!(response.status(), 200);
-    let response = client
-        .post(format!("{}/echo", process.url))
-        .body("12345")
-        .send()
-        .await
-        .expect("echo");
-    assert_eq!(response.status(), 200);
+    let flood = format!("{}/faults/stderr?n=1048576", process.url);
+    assert_eq!(status_of(flood).await, 500);
+    assert_eq!(status_of(format!("{}/state", process.url)).await, 200);
+    let echo = format!("{}/echo", process.url);
+    assert_eq!(post(&client, &echo, "12345").await.status(), 200);
     process.signal("TERM");
     assert_eq!(process.exit_code().await, Some(0));
     let mut stdout = String::new();
@@ -815,15 +720,10 @@ async fn guest_output_reaches_the_log_bounded_and_stdout_is_discarded() {
 
     // At RUST_LOG=debug it shows.
     let log_path = dir.join("debug.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
-    let process = spawn(serve_command(&config).env("RUST_LOG", "debug").stderr(log));
-    let response = client
-        .post(format!("{}/echo", process.url))
-        .body("12345")
-        .send()
-        .await
-        .expect("echo");
-    assert_eq!(response.status(), 200);
+    let mut debug = serve_command(&config);
+    let process = spawn(debug.env("RUST_LOG", "debug").stderr(log_file(&log_path)));
+    let echo = format!("{}/echo", process.url);
+    assert_eq!(post(&client, &echo, "12345").await.status(), 200);
     drop(process);
     let log = read_log(&log_path);
     let line = log
@@ -1028,35 +928,22 @@ fn call_json_reports_response_fuel_duration_logs_and_metrics() {
 fn call_exits_3_with_the_gateways_answer_when_the_guest_fails() {
     let cpu = components::require(components::CPU);
     let faults = components::require(components::FAULTS);
+    let path = |path| [faults, "--path", path];
+    let (e500, e502, e503) = (
+        "HTTP/1.1 500 Internal Server Error",
+        "HTTP/1.1 502 Bad Gateway",
+        "HTTP/1.1 503 Service Unavailable",
+    );
+    let (out_of_fuel, panicked) = ("kind=\"fuel_exhausted\"", "faults: deliberate panic");
     // Arguments, status line, error code, a part of the trap's log line.
-    let cases: [(&[&str], &str, &str, &str); 4] = [
-        (
-            &[cpu, "--fuel", "1000"],
-            "HTTP/1.1 503 Service Unavailable",
-            "fuel_exhausted",
-            "kind=\"fuel_exhausted\"",
-        ),
-        (
-            &[faults, "--path", "/faults/panic"],
-            "HTTP/1.1 500 Internal Server Error",
-            "trap",
-            "faults: deliberate panic",
-        ),
-        (
-            &[faults, "--path", "/faults/oom"],
-            "HTTP/1.1 500 Internal Server Error",
-            "trap",
-            "kind=\"memory\"",
-        ),
-        (
-            &[faults, "--path", "/faults/badstatus"],
-            "HTTP/1.1 502 Bad Gateway",
-            "bad_response",
-            "",
-        ),
+    let cases = [
+        ([cpu, "--fuel", "1000"], e503, "fuel_exhausted", out_of_fuel),
+        (path("/faults/panic"), e500, "trap", panicked),
+        (path("/faults/oom"), e500, "trap", "kind=\"memory\""),
+        (path("/faults/badstatus"), e502, "bad_response", ""),
     ];
     for (args, status, code, logged) in cases {
-        let called = call(args);
+        let called = call(&args);
         assert_eq!(called.code, Some(3), "{args:?}: {}", called.stderr);
         let stdout = called.stdout();
         assert!(
@@ -1188,14 +1075,18 @@ fn a_wrong_component_path_names_the_config_line_once() {
     let config = write_config(
         &dir,
         &format!(
-            "{}\n[[tenant.handler]]\nname = \"greet\"\nroute = \"/greet\"\n\
-             component = \"../target/./wasm32-wasip2/release/gret.wasm\"\n",
+            "{}{}",
             one_handler(
                 "demo",
                 "hello",
                 "/hello",
                 components::require(components::HELLO)
-            )
+            ),
+            handler(
+                "greet",
+                "/greet",
+                "../target/./wasm32-wasip2/release/gret.wasm"
+            ),
         ),
     );
     let stderr = serve_fails(&config);
@@ -1219,21 +1110,15 @@ fn a_wrong_component_path_names_the_config_line_once() {
 /// message, so a guest cannot forge a line or a field.
 #[tokio::test]
 async fn serve_logs_json_lines_with_guest_fields() {
-    let dir = scratch("json-log");
-    let config = write_config(&dir, &config_text(DEMO));
+    let (dir, config) = gateway_files("json-log", &demo(""));
     let log_path = dir.join("wasmgate.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
+    let mut json = serve_command(&config);
     let mut process = spawn(
-        serve_command(&config)
-            .args(["--log-format", "json"])
-            .stderr(log),
+        json.args(["--log-format", "json"])
+            .stderr(log_file(&log_path)),
     );
     for path in ["/faults/lognewline", "/faults/panic"] {
-        client()
-            .get(format!("{}{path}", process.url))
-            .send()
-            .await
-            .expect(path);
+        status_of(format!("{}{path}", process.url)).await;
     }
     process.signal("TERM");
     assert_eq!(process.exit_code().await, Some(0));

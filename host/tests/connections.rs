@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{DEMO, TestGateway, require_metric};
+use common::{
+    Hold, TestGateway, assert_metrics, connect_small_window, demo, require_metric, tenant,
+    with_hold,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const ERROR: &str = "x-wasmgate-error";
 
@@ -34,9 +37,8 @@ const BIG_RESPONSES: &str = "[limits]\nmemory_bytes = 134217728\nmax_response_by
 
 const BIG: &str = "/faults/big?n=33554432";
 
-fn host_port(url: &str) -> &str {
-    url.trim_start_matches("http://")
-}
+/// Connections cut because a client did not take a response in time.
+const WRITE_CUTS: &str = r#"wasmgate_connections_cut_total{reason="write"}"#;
 
 /// Reads until the server closes the connection (EOF, or a reset);
 /// panics if it is still open after [`BOUND`]. Returns what was read.
@@ -57,19 +59,6 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     answer
 }
 
-/// A connection whose receive buffer is small, so the gateway's writes
-/// block as soon as the kernel buffers between us are full.
-async fn connect_small_window(address: &str, receive_buffer: u32) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .set_recv_buffer_size(receive_buffer)
-        .expect("receive buffer");
-    socket
-        .connect(address.parse().expect("address"))
-        .await
-        .expect("connect")
-}
-
 /// Counts how many times `needle` occurs in `haystack`.
 fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
@@ -83,11 +72,9 @@ async fn silent_connections_are_cut_at_the_header_timeout_and_free_their_slots()
     // Idle timeout at its 60 s default: only the header clock can close
     // these within the bound.
     let slots = 4;
-    let gw = TestGateway::start(&format!(
-        "[server]\nheader_read_timeout_ms = 200\nmax_connections = {slots}\n{DEMO}"
-    ))
-    .await;
-    let address = host_port(&gw.url).to_owned();
+    let server = format!("[server]\nheader_read_timeout_ms = 200\nmax_connections = {slots}");
+    let gw = TestGateway::start(&demo(&server)).await;
+    let address = gw.address();
 
     // Every slot taken by a client that never completes a request head:
     // two say nothing at all, two start HTTP/2 and say nothing more.
@@ -98,7 +85,7 @@ async fn silent_connections_are_cut_at_the_header_timeout_and_free_their_slots()
         H2_PREFACE,
         &[H2_PREFACE, H2_EMPTY_SETTINGS].concat(),
     ] {
-        let mut stream = TcpStream::connect(&address).await.expect("connect");
+        let mut stream = TcpStream::connect(address).await.expect("connect");
         stream.write_all(opening).await.expect("write");
         silent.push(stream);
     }
@@ -134,14 +121,10 @@ async fn a_keep_alive_connection_waits_for_its_next_request_only_as_long_as_the_
     // README: for HTTP/1 the header timeout also bounds the wait for the
     // next request on a keep-alive connection; the idle timeout (60 s
     // default) is not what closes it.
-    let gw = TestGateway::start(&format!("[server]\nheader_read_timeout_ms = 200\n{DEMO}")).await;
-    let mut stream = TcpStream::connect(host_port(&gw.url))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /hello HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .expect("write");
+    let gw = TestGateway::start(&demo("[server]\nheader_read_timeout_ms = 200")).await;
+    let mut stream = TcpStream::connect(gw.address()).await.expect("connect");
+    let request = b"GET /hello HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    stream.write_all(request).await.expect("write");
     let answer = read_until_closed(&mut stream).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
@@ -154,8 +137,8 @@ async fn a_keep_alive_connection_waits_for_its_next_request_only_as_long_as_the_
 
 #[tokio::test]
 async fn silent_admin_clients_cannot_make_readyz_unreachable() {
-    let gw = TestGateway::start(DEMO).await;
-    let admin = host_port(&gw.admin).to_owned();
+    let gw = TestGateway::start(&demo("")).await;
+    let admin = common::host_port(&gw.admin).to_owned();
     // More than the admin listener has slots: the rest wait in the
     // backlog ahead of the probe below.
     let mut silent = Vec::new();
@@ -166,12 +149,11 @@ async fn silent_admin_clients_cannot_make_readyz_unreachable() {
         .timeout(BOUND)
         .build()
         .expect("client");
-    let readyz = probe
-        .get(format!("{}/readyz", gw.admin))
-        .send()
-        .await
-        .expect("/readyz answers while silent admin clients wait");
-    assert_eq!(readyz.status(), 200);
+    let (status, _) = common::get_text(&probe, &format!("{}/readyz", gw.admin)).await;
+    assert_eq!(
+        status, 200,
+        "/readyz answers while silent admin clients wait"
+    );
     // The silent ones were cut, not left open.
     read_until_closed(&mut silent[0]).await;
     gw.shutdown().await;
@@ -179,11 +161,9 @@ async fn silent_admin_clients_cannot_make_readyz_unreachable() {
 
 #[tokio::test]
 async fn an_http1_client_that_stops_reading_is_cut_at_the_write_timeout() {
-    let gw = TestGateway::start(&format!(
-        "[server]\nwrite_timeout_ms = 300\n{BIG_RESPONSES}{DEMO}"
-    ))
-    .await;
-    let mut stream = connect_small_window(host_port(&gw.url), 4096).await;
+    let server = format!("[server]\nwrite_timeout_ms = 300\n{BIG_RESPONSES}");
+    let gw = TestGateway::start(&demo(&server)).await;
+    let mut stream = connect_small_window(gw.address(), 4096).await;
     stream
         .write_all(format!("GET {BIG} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
         .await
@@ -192,12 +172,7 @@ async fn an_http1_client_that_stops_reading_is_cut_at_the_write_timeout() {
     // are full, and it cuts the connection.
     gw.wait_for_metric("wasmgate_connections_active", |v| v == 0.0)
         .await;
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(&text, r#"wasmgate_connections_cut_total{reason="write"}"#),
-        1.0,
-        "{text}"
-    );
+    assert_metrics(&gw.metrics().await, &[(WRITE_CUTS, 1.0)]);
     let answer = read_until_closed(&mut stream).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
@@ -214,10 +189,8 @@ async fn an_http1_client_that_stops_reading_is_cut_at_the_write_timeout() {
 
 #[tokio::test]
 async fn an_http2_client_that_opens_no_window_is_cut_at_the_write_timeout() {
-    let gw = TestGateway::start(&format!("[server]\nwrite_timeout_ms = 300\n{DEMO}")).await;
-    let tcp = TcpStream::connect(host_port(&gw.url))
-        .await
-        .expect("connect");
+    let gw = TestGateway::start(&demo("[server]\nwrite_timeout_ms = 300")).await;
+    let tcp = TcpStream::connect(gw.address()).await.expect("connect");
     // The gateway may send 1 KiB of the body and then has to wait for a
     // WINDOW_UPDATE that never comes; nothing is pending at the socket.
     let (client, connection) = h2::client::Builder::new()
@@ -241,10 +214,7 @@ async fn an_http2_client_that_opens_no_window_is_cut_at_the_write_timeout() {
         .expect("the gateway closed the connection")
         .expect("driver task")
         .ok();
-    gw.wait_for_metric(r#"wasmgate_connections_cut_total{reason="write"}"#, |v| {
-        v == 1.0
-    })
-    .await;
+    gw.wait_for_metric(WRITE_CUTS, |v| v == 1.0).await;
     gw.shutdown().await;
 }
 
@@ -254,11 +224,11 @@ async fn a_response_being_written_is_never_closed_as_idle() {
     // stops reading a 32 MiB response for 3 s, longer than the idle
     // timeout, with a second request pipelined behind it: the connection
     // must not be closed as idle (which would leave the second unanswered).
-    let gw = TestGateway::start(&format!(
-        "[server]\nidle_timeout_ms = 1000\nwrite_timeout_ms = 60000\n{BIG_RESPONSES}{DEMO}"
-    ))
+    let gw = TestGateway::start(&demo(&format!(
+        "[server]\nidle_timeout_ms = 1000\nwrite_timeout_ms = 60000\n{BIG_RESPONSES}"
+    )))
     .await;
-    let mut stream = connect_small_window(host_port(&gw.url), 64 << 10).await;
+    let mut stream = connect_small_window(gw.address(), 64 << 10).await;
     stream
         .write_all(
             format!(
@@ -280,11 +250,7 @@ async fn a_response_being_written_is_never_closed_as_idle() {
         tail.contains("HTTP/1.1 200") && tail.contains("hello"),
         "the pipelined request was answered too; the connection ended with: {tail}"
     );
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(&text, r#"wasmgate_connections_cut_total{reason="write"}"#),
-        0.0
-    );
+    assert_metrics(&gw.metrics().await, &[(WRITE_CUTS, 0.0)]);
     gw.shutdown().await;
 }
 
@@ -329,7 +295,9 @@ impl std::io::Write for ThreadSink {
 fn capture_log() -> (Log, impl Drop) {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
+        // The gateway's debug lines too: they say why a connection was cut.
         let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,wasmgate=debug"))
             .with_writer(|| ThreadSink)
             .with_ansi(false)
             .finish();
@@ -346,24 +314,30 @@ fn capture_log() -> (Log, impl Drop) {
     (log, Stop)
 }
 
-/// Limits under which a guest may sleep far longer than any grace here.
-const LONG_REQUESTS: &str = "[limits]\nfuel = 1000000000000000\ntimeout_ms = 60000\n";
+/// A gateway whose shutdown grace is `grace_ms`, with `extra` (a
+/// `[runtime]` section, a tenant, or "") and limits under which a guest
+/// may sleep far longer than any grace here.
+async fn start_with_grace(grace_ms: u64, extra: &str) -> TestGateway {
+    let limits = "[limits]\nfuel = 1000000000000000\ntimeout_ms = 60000";
+    let server = format!("[server]\nshutdown_grace_ms = {grace_ms}\n{extra}\n{limits}");
+    TestGateway::start(&demo(&server)).await
+}
+
+/// The `shutdown complete` line of a captured log.
+fn shutdown_summary(log: &Log) -> String {
+    let text = log.text();
+    let summary = text.lines().find(|line| line.contains("shutdown complete"));
+    let summary = summary.unwrap_or_else(|| panic!("no shutdown summary in:\n{text}"));
+    summary.to_owned()
+}
 
 #[tokio::test]
 async fn requests_still_running_when_the_grace_ends_get_503_shutting_down() {
     let (log, _guard) = capture_log();
-    let mut gw = TestGateway::start(&format!(
-        "[server]\nshutdown_grace_ms = 300\n[runtime]\nworkers = 2\n{LONG_REQUESTS}{DEMO}"
-    ))
-    .await;
+    let mut gw = start_with_grace(300, "[runtime]\nworkers = 2\n").await;
     // One over HTTP/1, one over HTTP/2. Each sleeps 50 s: it cannot finish
     // within the grace or the client's 30 s.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let in_flight: Vec<_> = [gw.client.clone(), h2]
+    let in_flight: Vec<_> = [gw.client.clone(), common::h2_client()]
         .into_iter()
         .map(|client| {
             let url = format!("{}/faults/sleep?n=50000", gw.url);
@@ -390,11 +364,7 @@ async fn requests_still_running_when_the_grace_ends_get_503_shutting_down() {
     );
     gw.shutdown().await;
 
-    let text = log.text();
-    let summary = text
-        .lines()
-        .find(|line| line.contains("shutdown complete"))
-        .unwrap_or_else(|| panic!("no shutdown summary in:\n{text}"));
+    let summary = shutdown_summary(&log);
     for field in [
         "requests_completed=0",
         "requests_cut=2",
@@ -408,10 +378,7 @@ async fn requests_still_running_when_the_grace_ends_get_503_shutting_down() {
 #[tokio::test]
 async fn a_request_that_finishes_within_the_grace_gets_its_response() {
     let (log, _guard) = capture_log();
-    let mut gw = TestGateway::start(&format!(
-        "[server]\nshutdown_grace_ms = 30000\n{LONG_REQUESTS}{DEMO}"
-    ))
-    .await;
+    let mut gw = start_with_grace(30_000, "").await;
     // Still asleep when the shutdown begins right after it is seen busy,
     // and done long before the grace ends.
     let in_flight = tokio::spawn({
@@ -429,10 +396,93 @@ async fn a_request_that_finishes_within_the_grace_gets_its_response() {
     assert_eq!(status, 200);
     assert_eq!(body, "slept\n");
     gw.shutdown().await;
+    // It was still running when the drain began, and the drain saw it
+    // through.
+    let summary = shutdown_summary(&log);
+    for field in ["requests_completed=1", "requests_cut=0"] {
+        assert!(summary.contains(field), "{field} in {summary}");
+    }
+}
+
+/// Polls `check` until it holds (true) or `hold` is over (false).
+async fn while_holding<F, Fut>(hold: &Hold, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while hold.holding() {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// README: once shutdown begins, `/readyz` says 503 and the public
+/// listener takes no new connections, while a request in flight drains.
+#[tokio::test]
+async fn a_draining_gateway_is_not_ready_and_refuses_new_connections() {
+    let (gw, hold) = with_hold(|hold| async move {
+        let limits = "limits = { timeout_ms = 600000 }";
+        let mut gw =
+            start_with_grace(600_000, &tenant("hold", "hold.test", limits, &["faults"])).await;
+        assert_eq!(gw.readyz().await, 200);
+        let address = gw.address().to_owned();
+        let hold = Hold::start(&gw, "hold.test", hold);
+        let busy =
+            || gw.wait_for_metric_while("wasmgate_workers_busy", |v| v >= 1.0, || hold.holding());
+        if !busy().await {
+            return None;
+        }
+        gw.begin_shutdown();
+        let refused = || async {
+            let connected = TcpStream::connect(&address).await;
+            connected.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        };
+        // Both seen while the request was still being drained.
+        let ready = while_holding(&hold, || async { gw.readyz().await == 503 }).await;
+        let refused = ready && while_holding(&hold, refused).await;
+        if !refused {
+            eprintln!(
+                "while draining: /readyz said 503: {ready}; a connection was refused: {refused}"
+            );
+            return None;
+        }
+        Some((gw, hold))
+    })
+    .await;
+    assert_eq!(hold.status().await, 200, "the drained request completes");
+    gw.shutdown().await;
+}
+
+/// README: a connection still open after the grace and the 1 s to write
+/// the 503s is cut with reason `shutdown` (counted by
+/// `wasmgate_connections_cut_total{reason="shutdown"}`, which no scrape can
+/// see: the admin listener closes right after, so the log says it).
+#[tokio::test]
+async fn a_connection_still_open_after_the_grace_is_cut_at_shutdown() {
+    let (log, _guard) = capture_log();
+    let server = format!("[server]\nshutdown_grace_ms = 300\n{BIG_RESPONSES}");
+    let gw = TestGateway::start(&demo(&server)).await;
+    // A response under way to a client that stops reading: it has its
+    // answer, so the grace cannot end it, and it never finishes.
+    let mut stream = connect_small_window(gw.address(), 4096).await;
+    let request = format!("GET {BIG} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .await
+        .expect("the response begins");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    gw.shutdown().await;
     let text = log.text();
-    assert!(
-        text.lines()
-            .any(|line| line.contains("shutdown complete") && line.contains("requests_cut=0")),
-        "{text}"
-    );
+    assert!(text.contains("connection cut: shutdown"), "{text}");
+    let summary = shutdown_summary(&log);
+    for field in ["requests_cut=0", "connections_dropped=1"] {
+        assert!(summary.contains(field), "{field} in {summary}");
+    }
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.len() < 32 << 20, "cut before the whole body");
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{DEMO, TestGateway};
+use common::{TestGateway, demo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,10 +18,6 @@ const BOUND: Duration = Duration::from_secs(30);
 
 /// A body limit far below the bodies sent.
 const SMALL_BODIES: &str = "[server]\nmax_body_bytes = 1024\n";
-
-fn host_port(url: &str) -> &str {
-    url.trim_start_matches("http://")
-}
 
 /// A file of `size` bytes under target/, made once per size.
 fn body_file(size: usize) -> PathBuf {
@@ -35,12 +31,14 @@ fn body_file(size: usize) -> PathBuf {
     path
 }
 
-/// Whether a `curl` binary is on PATH.
-fn have_curl() -> bool {
-    std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success())
+/// Fails unless a `curl` binary is on PATH: a test that skipped would
+/// pass without testing anything.
+fn require_curl() {
+    let version = std::process::Command::new("curl").arg("--version").output();
+    assert!(
+        version.is_ok_and(|out| out.status.success()),
+        "curl is needed on PATH (e.g. `apt-get install curl`)"
+    );
 }
 
 /// Runs curl, uploading `file`; returns its exit code, the status it
@@ -77,11 +75,8 @@ async fn curl_upload(args: &[&str], file: &Path, url: &str) -> (Option<i32>, Str
 
 #[tokio::test]
 async fn curl_sees_the_413_and_404_while_still_sending_over_http2_and_http1() {
-    if !have_curl() {
-        eprintln!("no curl on PATH: skipped");
-        return;
-    }
-    let gw = TestGateway::start(&format!("{SMALL_BODIES}{DEMO}")).await;
+    require_curl();
+    let gw = TestGateway::start(&demo(SMALL_BODIES)).await;
     // 2 MiB is read and thrown away after the response; 40 MiB is more
     // than the gateway throws away, so the stream is reset (HTTP/2) or the
     // connection closed (HTTP/1.1) while curl is still sending.
@@ -113,10 +108,8 @@ async fn curl_sees_the_413_and_404_while_still_sending_over_http2_and_http1() {
 
 #[tokio::test]
 async fn an_h2_client_gets_the_413_then_a_no_error_reset_and_keeps_its_connection() {
-    let gw = TestGateway::start(&format!("{SMALL_BODIES}{DEMO}")).await;
-    let tcp = TcpStream::connect(host_port(&gw.url))
-        .await
-        .expect("connect");
+    let gw = TestGateway::start(&demo(SMALL_BODIES)).await;
+    let tcp = TcpStream::connect(gw.address()).await.expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let driver = tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
@@ -211,10 +204,8 @@ async fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn an_http1_client_gets_the_413_sends_its_body_and_keeps_its_connection() {
-    let gw = TestGateway::start(&format!("{SMALL_BODIES}{DEMO}")).await;
-    let mut stream = TcpStream::connect(host_port(&gw.url))
-        .await
-        .expect("connect");
+    let gw = TestGateway::start(&demo(SMALL_BODIES)).await;
+    let mut stream = TcpStream::connect(gw.address()).await.expect("connect");
     let size = 2 << 20;
     let head = format!("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("send head");

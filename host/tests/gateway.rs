@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{DEMO, Hold, TestGateway, metric, report, require_metric, with_hold};
+use common::{
+    Hold, TestGateway, assert_metrics, demo, handler, metric, raw_exchange, report, requests,
+    require_metric, tenant, with_hold,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ERROR: &str = "x-wasmgate-error";
@@ -27,20 +30,23 @@ const STATE_GROW_PAGES: u64 = 64;
 
 /// A tenant on Host `hold.test` whose `/faults/sleep` requests hold a
 /// worker (see [`Hold`]); its deadline is far beyond the longest hold.
-const HOLD_TENANT: &str = r#"
-[[tenant]]
-name = "hold"
-hosts = ["hold.test"]
-limits = { timeout_ms = 600000 }
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{faults}"
-"#;
+fn hold_tenant() -> String {
+    tenant(
+        "hold",
+        "hold.test",
+        "limits = { timeout_ms = 600000 }",
+        &["faults"],
+    )
+}
+
+/// A tenant on `HOST` named `name` whose faults handler has `limits`.
+fn faults_tenant(name: &str, host: &str, limits: &str) -> String {
+    tenant(name, host, &format!("limits = {{ {limits} }}"), &["faults"])
+}
 
 #[tokio::test]
 async fn serves_hello_echo_and_404() {
-    let gw = TestGateway::start(DEMO).await;
+    let gw = TestGateway::start(&demo("")).await;
 
     let response = gw.get("/hello").await;
     assert_eq!(response.status(), 200);
@@ -64,12 +70,7 @@ async fn serves_hello_echo_and_404() {
     assert!(body.contains("\nx-test: yes\n"), "{body}");
     assert!(body.ends_with("\n\nping body"), "{body}");
 
-    let response = gw
-        .client
-        .post(format!("{}/echo", gw.url))
-        .send()
-        .await
-        .expect("POST /echo");
+    let response = gw.post("/echo", "").await;
     assert_eq!(response.status(), 204, "an empty body gives 204");
     let remaining: u64 = response.headers()["x-fuel-remaining"]
         .to_str()
@@ -113,51 +114,39 @@ async fn serves_hello_echo_and_404() {
         .await;
     let text = gw.metrics().await;
     let value = |sample: &str| require_metric(&text, sample);
-    for (sample, want) in [
-        (
-            r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="echo",status="200",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="echo",status="204",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="cpu",status="200",tenant="demo"}"#,
-            2.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="cpu",status="400",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="",status="404",tenant=""}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_request_duration_seconds_count{handler="cpu",tenant="demo"}"#,
-            3.0,
-        ),
-        (
-            r#"wasmgate_fuel_consumed_count{handler="hello",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_guest_events_total{handler="hello",name="hello_requests",tenant="demo"}"#,
-            1.0,
-        ),
-        // One fresh instance per request that reached a guest: 1 + 2 + 3.
-        ("wasmgate_instantiation_duration_seconds_count", 6.0),
-        ("wasmgate_queue_depth", 0.0),
-        ("wasmgate_handlers_loaded", 4.0),
-        (r#"wasmgate_handler_loads_total{result="ok"}"#, 4.0),
-    ] {
-        assert_eq!(value(sample), want, "{sample} in\n{text}");
+    let counts = [
+        (requests("hello", 200, "demo"), 1.0),
+        (requests("echo", 200, "demo"), 1.0),
+        (requests("echo", 204, "demo"), 1.0),
+        (requests("cpu", 200, "demo"), 2.0),
+        (requests("cpu", 400, "demo"), 1.0),
+        (requests("", 404, ""), 1.0),
+    ];
+    for (sample, want) in &counts {
+        assert_eq!(value(sample), *want, "{sample} in\n{text}");
     }
+    assert_metrics(
+        &text,
+        &[
+            (
+                r#"wasmgate_request_duration_seconds_count{handler="cpu",tenant="demo"}"#,
+                3.0,
+            ),
+            (
+                r#"wasmgate_fuel_consumed_count{handler="hello",tenant="demo"}"#,
+                1.0,
+            ),
+            (
+                r#"wasmgate_guest_events_total{handler="hello",name="hello_requests",tenant="demo"}"#,
+                1.0,
+            ),
+            // One fresh instance per request that reached a guest: 1 + 2 + 3.
+            ("wasmgate_instantiation_duration_seconds_count", 6.0),
+            ("wasmgate_queue_depth", 0.0),
+            ("wasmgate_handlers_loaded", 4.0),
+            (r#"wasmgate_handler_loads_total{result="ok"}"#, 4.0),
+        ],
+    );
     assert!(value(r#"wasmgate_request_duration_seconds_sum{handler="hello",tenant="demo"}"#) > 0.0);
     assert!(value("wasmgate_instantiation_duration_seconds_sum") > 0.0);
     // Fuel is about one unit per instruction: the loop's 1000 and 1001
@@ -179,28 +168,10 @@ async fn serves_hello_echo_and_404() {
 async fn every_fault_gets_its_status_and_hello_still_works() {
     // The deadline is far away, so only the fault itself can end a
     // request; the loop runs out of its tenant's small fuel budget.
-    let gw = TestGateway::start(&format!(
-        r#"
-[limits]
-timeout_ms = 600000
-memory_bytes = 16777216
-
-[[tenant]]
-name = "lowfuel"
-hosts = ["fuel.test"]
-limits = {{ fuel = 2000000 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-{DEMO}
-[[tenant.handler]]
-name = "state"
-route = "/state"
-component = "{{state}}"
-"#
-    ))
-    .await;
+    let limits = "[limits]\ntimeout_ms = 600000\nmemory_bytes = 16777216\n";
+    let lowfuel = faults_tenant("lowfuel", "fuel.test", "fuel = 2000000");
+    let state = handler("state", "/state", "{state}");
+    let gw = TestGateway::start(&(demo(&format!("{limits}{lowfuel}")) + &state)).await;
     let table = [
         (
             "x",
@@ -256,19 +227,10 @@ component = "{{state}}"
         }
     }
     let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_requests_total{handler="faults",status="500",tenant="demo"}"#
-        ),
-        3.0
-    );
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#
-        ),
-        6.0
+    let faults = requests("faults", 500, "demo");
+    assert_metrics(
+        &text,
+        &[(&faults, 3.0), (&requests("hello", 200, "demo"), 6.0)],
     );
     gw.shutdown().await;
 }
@@ -278,27 +240,19 @@ async fn an_endless_loop_is_stopped_by_fuel_or_by_the_deadline() {
     // Each tenant has one limit that can end the loop: a small fuel budget
     // with a deadline no machine reaches first, or a deadline with fuel no
     // machine burns through first.
-    let gw = TestGateway::start(&format!(
-        r#"
-[[tenant]]
-name = "lowfuel"
-hosts = ["fuel.test"]
-limits = {{ fuel = 2000000, timeout_ms = 600000 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-
-[[tenant]]
-name = "slow"
-hosts = ["slow.test"]
-limits = {{ fuel = 1000000000000000, timeout_ms = 300 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-{DEMO}"#
-    ))
+    let gw = TestGateway::start(&demo(&format!(
+        "{}{}",
+        faults_tenant(
+            "lowfuel",
+            "fuel.test",
+            "fuel = 2000000, timeout_ms = 600000"
+        ),
+        faults_tenant(
+            "slow",
+            "slow.test",
+            "fuel = 1000000000000000, timeout_ms = 300"
+        ),
+    )))
     .await;
 
     let response = gw.get_host("fuel.test", "/faults/loop").await;
@@ -316,34 +270,34 @@ component = "{{faults}}"
     assert_eq!(gw.get_host("slow.test", "/hello").await.status(), 404);
     assert_eq!(gw.get("/hello").await.status(), 200);
     let text = gw.metrics().await;
-    for sample in [
-        r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="slow"}"#,
-        r#"wasmgate_requests_total{handler="faults",status="504",tenant="slow"}"#,
-        r#"wasmgate_guest_traps_total{handler="faults",kind="fuel_exhausted",tenant="lowfuel"}"#,
-    ] {
-        assert_eq!(require_metric(&text, sample), 1.0, "{sample}");
-    }
+    assert_metrics(
+        &text,
+        &[
+            (
+                r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="slow"}"#,
+                1.0,
+            ),
+            (&requests("faults", 504, "slow"), 1.0),
+            (
+                r#"wasmgate_guest_traps_total{handler="faults",kind="fuel_exhausted",tenant="lowfuel"}"#,
+                1.0,
+            ),
+        ],
+    );
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let gw = TestGateway::start(&format!("[server]\nmax_body_bytes = 1024\n{DEMO}")).await;
+    let gw = TestGateway::start(&demo("[server]\nmax_body_bytes = 1024")).await;
 
     // Declared too large.
-    let response = gw
-        .client
-        .post(format!("{}/echo", gw.url))
-        .body(vec![b'x'; 2048])
-        .send()
-        .await
-        .expect("POST");
+    let response = gw.post("/echo", vec![b'x'; 2048]).await;
     assert_eq!(response.status(), 413);
     assert_eq!(response.headers()[ERROR], "body_too_large");
 
     // Chunked, so only counting the bytes can catch it.
-    let address = gw.url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address)
+    let mut stream = tokio::net::TcpStream::connect(gw.address())
         .await
         .expect("connect");
     let chunk = vec![b'y'; 2000];
@@ -360,24 +314,17 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(&head, b"HTTP/1.1 413");
 
     // Exactly at the limit is fine.
-    let response = gw
-        .client
-        .post(format!("{}/echo", gw.url))
-        .body(vec![b'z'; 1024])
-        .send()
-        .await
-        .expect("POST");
+    let response = gw.post("/echo", vec![b'z'; 1024]).await;
     assert_eq!(response.status(), 200);
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_malformed_body_gets_400_bad_request() {
-    let gw = TestGateway::start(DEMO).await;
-    let address = gw.url.trim_start_matches("http://");
+    let gw = TestGateway::start(&demo("")).await;
     // `zz` is not a chunk size.
     let answer = raw_exchange(
-        address,
+        gw.address(),
         b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     )
     .await;
@@ -409,26 +356,11 @@ struct Overload {
 #[tokio::test]
 async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
     let seen = with_hold(|hold| async move {
-        let gw = TestGateway::start(&format!(
-            r#"
-[runtime]
-workers = 1
-guests_per_worker = 1
-queue_depth = 1
-
-[limits]
-timeout_ms = 600000
-
-[[tenant]]
-name = "narrow"
-hosts = ["hold.test"]
-limits = {{ max_concurrency = 1 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-{DEMO}"#
-        ))
+        let gw = TestGateway::start(&demo(&format!(
+            "[runtime]\nworkers = 1\nguests_per_worker = 1\nqueue_depth = 1\n\
+             [limits]\ntimeout_ms = 600000\n{}",
+            faults_tenant("narrow", "hold.test", "max_concurrency = 1"),
+        )))
         .await;
         // Takes the tenant's only slot and the only worker.
         let hold = Hold::start(&gw, "hold.test", hold);
@@ -477,24 +409,19 @@ component = "{{faults}}"
         Some(reqwest::StatusCode::OK)
     );
     let text = seen.gw.metrics().await;
-    for (sample, want) in [
-        (
-            r#"wasmgate_requests_total{handler="hello",status="503",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="hello",status="200",tenant="demo"}"#,
-            1.0,
-        ),
-        (
-            r#"wasmgate_requests_total{handler="faults",status="503",tenant="narrow"}"#,
-            1.0,
-        ),
-    ] {
-        assert_eq!(require_metric(&text, sample), want, "{sample}");
-    }
+    let (shed, served) = (
+        requests("hello", 503, "demo"),
+        requests("hello", 200, "demo"),
+    );
+    let narrow = requests("faults", 503, "narrow");
+    assert_metrics(&text, &[(&shed, 1.0), (&served, 1.0), (&narrow, 1.0)]);
     seen.gw.shutdown().await;
 }
+
+/// One worker running one guest at a time, and deadlines far beyond any
+/// hold.
+const ONE_WORKER: &str =
+    "[runtime]\nworkers = 1\nguests_per_worker = 1\n[limits]\ntimeout_ms = 600000\n";
 
 /// One `state` response: where it was routed and what it reported.
 struct Served {
@@ -516,13 +443,14 @@ impl Served {
 /// worker, each after the one before is seen in the queue, so their
 /// arrival order is known; then lets the hold end and returns the answers
 /// in the order the worker served them. `None` if the hold ended before
-/// all were queued. `template` must have `workers = 1` and [`HOLD_TENANT`].
+/// all were queued. The gateway has one worker, [`hold_tenant`] and
+/// `tenants`.
 async fn serve_in_queue_order(
-    template: &str,
+    tenants: &str,
     requests: &[(&str, &str)],
     hold: Duration,
 ) -> Option<Vec<Served>> {
-    let gw = TestGateway::start(template).await;
+    let gw = TestGateway::start(&format!("{ONE_WORKER}{}{tenants}", hold_tenant())).await;
     let hold = Hold::start(&gw, "hold.test", hold);
     if !gw
         .wait_for_metric_while("wasmgate_workers_busy", |v| v >= 1.0, || hold.holding())
@@ -569,35 +497,14 @@ async fn serve_in_queue_order(
 /// which the guests ran (their wall clock, one worker), not by timing.
 #[tokio::test]
 async fn the_queue_serves_tenants_then_handlers_in_turn_each_in_arrival_order() {
-    let template = format!(
-        r#"
-[runtime]
-workers = 1
-guests_per_worker = 1
-[limits]
-timeout_ms = 600000
-{HOLD_TENANT}
-[[tenant]]
-name = "one"
-hosts = ["one.test"]
-[[tenant.handler]]
-name = "x"
-route = "/x"
-component = "{{state}}"
-[[tenant.handler]]
-name = "y"
-route = "/y"
-component = "{{state}}"
-
-[[tenant]]
-name = "two"
-hosts = ["two.test"]
-[[tenant.handler]]
-name = "z"
-route = "/z"
-component = "{{state}}"
-"#
-    );
+    let tenants = [
+        tenant("one", "one.test", "", &[]),
+        handler("x", "/x", "{state}"),
+        handler("y", "/y", "{state}"),
+        tenant("two", "two.test", "", &[]),
+        handler("z", "/z", "{state}"),
+    ]
+    .concat();
     let requests = [
         ("one.test", "/x?1"),
         ("one.test", "/x?2"),
@@ -609,7 +516,7 @@ component = "{{state}}"
         ("two.test", "/z?2"),
         ("two.test", "/z?3"),
     ];
-    let served = with_hold(|hold| serve_in_queue_order(&template, &requests, hold)).await;
+    let served = with_hold(|hold| serve_in_queue_order(&tenants, &requests, hold)).await;
     let order: Vec<&str> = served.iter().map(|s| s.label.as_str()).collect();
     // Tenants alternate while both wait (one, two, one, ...); tenant one's
     // turns alternate x and y; each handler keeps its arrival order.
@@ -633,29 +540,12 @@ component = "{{state}}"
 /// not by its whole backlog.
 #[tokio::test]
 async fn a_flooded_handler_does_not_make_others_wait_for_its_backlog() {
-    let template = format!(
-        r#"
-[runtime]
-workers = 1
-guests_per_worker = 1
-[limits]
-timeout_ms = 600000
-{HOLD_TENANT}
-[[tenant]]
-name = "demo"
-[[tenant.handler]]
-name = "bulk"
-route = "/bulk"
-component = "{{state}}"
-[[tenant.handler]]
-name = "quick"
-route = "/quick"
-component = "{{state}}"
-"#
-    );
+    let bulk = handler("bulk", "/bulk", "{state}");
+    let quick = handler("quick", "/quick", "{state}");
+    let tenants = format!("{}{bulk}{quick}", tenant("demo", "", "", &[]));
     let mut requests = vec![("x", "/bulk"); 12];
     requests.push(("x", "/quick"));
-    let served = with_hold(|hold| serve_in_queue_order(&template, &requests, hold)).await;
+    let served = with_hold(|hold| serve_in_queue_order(&tenants, &requests, hold)).await;
     let quick_at = served
         .iter()
         .position(|s| s.label == "x/quick")
@@ -666,24 +556,51 @@ component = "{{state}}"
     );
 }
 
-/// DESIGN.md: the exposition must pass `promtool check metrics` (which
-/// `cargo xtask test` installs), with every family present.
+/// The metric families of the README's metrics table.
+fn documented_families() -> Vec<String> {
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(readme).expect("read README.md");
+    let families: Vec<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `wasmgate_")?.split_once('`'))
+        .map(|(rest, _)| format!("wasmgate_{rest}"))
+        .collect();
+    assert!(
+        families.len() > 20,
+        "the README's metrics table: {families:?}"
+    );
+    families
+}
+
+/// The exposition must pass `promtool check metrics` (which
+/// `cargo xtask test` installs), with every family the README lists
+/// present.
 #[tokio::test]
 async fn metrics_pass_promtool() {
-    let gw = TestGateway::start(DEMO).await;
+    let gw = TestGateway::start(&demo("")).await;
+    // Families with labels appear once something is counted under them:
+    // a guest counter, histogram, trap, dropped metric and dropped log
+    // line, and an admin request (refused: no root token here).
     for path in [
         "/hello",
         "/echo",
         "/faults/panic",
         "/faults/metrics",
+        "/faults/logflood?n=2000",
         "/nowhere",
+        "/cpu?iters=10",
     ] {
         gw.get(path).await;
     }
-    // The guest histogram family appears once a guest observes a value.
-    gw.get("/cpu?iters=10").await;
+    common::get_text(&gw.client, &format!("{}/admin/tenants", gw.admin)).await;
     let text = gw.metrics().await;
-    assert!(text.contains("wasmgate_guest_values_bucket"), "{text}");
+    for family in documented_families() {
+        let declared = format!("# TYPE {family} ");
+        assert!(
+            text.lines().any(|line| line.starts_with(&declared)),
+            "{family} is missing:\n{text}"
+        );
+    }
     let mut promtool = match std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -713,7 +630,7 @@ async fn metrics_pass_promtool() {
 
 #[tokio::test]
 async fn a_guest_metric_flood_is_capped() {
-    let gw = TestGateway::start(DEMO).await;
+    let gw = TestGateway::start(&demo("")).await;
     for _ in 0..2 {
         let response = gw.get("/faults/metrics").await;
         assert_eq!(response.status(), 200);
@@ -729,13 +646,8 @@ async fn a_guest_metric_flood_is_capped() {
     assert_eq!(series, 64);
     // Each request: 5000 names of which 4936 are over the cap, and 3
     // invalid names.
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_guest_metrics_dropped_total{handler="faults",tenant="demo"}"#,
-        ),
-        2.0 * (4936.0 + 3.0)
-    );
+    let dropped = r#"wasmgate_guest_metrics_dropped_total{handler="faults",tenant="demo"}"#;
+    assert_metrics(&text, &[(dropped, 2.0 * (4936.0 + 3.0))]);
     assert_eq!(
         metric(
             &text,
@@ -750,17 +662,7 @@ async fn a_guest_metric_flood_is_capped() {
 /// anything else is dropped and counted.
 #[tokio::test]
 async fn guest_metric_names_follow_the_documented_rules() {
-    let gw = TestGateway::start(
-        r#"
-[[tenant]]
-name = "demo"
-[[tenant.handler]]
-name = "state"
-route = "/state"
-component = "{state}"
-"#,
-    )
-    .await;
+    let gw = TestGateway::start(&tenant("demo", "", "", &["state"])).await;
     let longest = "a".repeat(64);
     let too_long = "a".repeat(65);
     let accepted = ["_x", "a1_b2", longest.as_str()];
@@ -782,13 +684,8 @@ component = "{state}"
             "{name} is dropped"
         );
     }
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_guest_metrics_dropped_total{handler="state",tenant="demo"}"#
-        ),
-        refused.len() as f64
-    );
+    let dropped = r#"wasmgate_guest_metrics_dropped_total{handler="state",tenant="demo"}"#;
+    assert_metrics(&text, &[(dropped, refused.len() as f64)]);
     gw.shutdown().await;
 }
 
@@ -796,7 +693,7 @@ component = "{state}"
 /// values the guest observes.
 #[tokio::test]
 async fn guest_histograms_record_values_in_the_default_buckets() {
-    let gw = TestGateway::start(DEMO).await;
+    let gw = TestGateway::start(&demo("")).await;
     // The cpu handler observes its iteration count.
     for iters in [0, 3, 10] {
         assert_eq!(gw.get(&format!("/cpu?iters={iters}")).await.status(), 200);
@@ -838,30 +735,15 @@ async fn guest_histograms_record_values_in_the_default_buckets() {
     gw.shutdown().await;
 }
 
-/// Sends raw bytes on a fresh connection and returns everything the server
-/// sends back until it closes the connection.
-async fn raw_exchange(address: &str, request: &[u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
-        .await
-        .expect("the server closes the connection")
-        .expect("read");
-    answer
-}
-
 #[tokio::test]
 async fn oversized_headers_get_431_and_slow_clients_are_cut_off() {
-    let gw = TestGateway::start(&format!("[server]\nheader_read_timeout_ms = 200\n{DEMO}")).await;
-    let address = gw.url.trim_start_matches("http://").to_owned();
+    let gw = TestGateway::start(&demo("[server]\nheader_read_timeout_ms = 200")).await;
+    let address = gw.address();
 
     let mut huge = b"GET /hello HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 1 << 20));
     huge.extend_from_slice(b"\r\n\r\n");
-    let mut stream = tokio::net::TcpStream::connect(&address)
+    let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     // The server may stop reading and answer before all is written.
@@ -872,7 +754,7 @@ async fn oversized_headers_get_431_and_slow_clients_are_cut_off() {
 
     // Half a request line, then silence: closed by the header read timeout.
     let started = Instant::now();
-    let answer = raw_exchange(&address, b"GET /hel").await;
+    let answer = raw_exchange(address, b"GET /hel").await;
     assert!(
         answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
         "{}",
@@ -893,13 +775,12 @@ async fn oversized_headers_get_431_and_slow_clients_are_cut_off() {
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     // The header timeout is far longer than the idle timeout, so only the
     // idle timeout can close the connection within the margin below.
-    let gw = TestGateway::start(&format!(
-        "[server]\nheader_read_timeout_ms = 30000\nidle_timeout_ms = 200\n{DEMO}"
+    let gw = TestGateway::start(&demo(
+        "[server]\nheader_read_timeout_ms = 30000\nidle_timeout_ms = 200",
     ))
     .await;
-    let address = gw.url.trim_start_matches("http://").to_owned();
     let started = Instant::now();
-    let answer = raw_exchange(&address, b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let answer = raw_exchange(gw.address(), b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -932,8 +813,8 @@ fn accept_queue(port: u16) -> u32 {
 
 #[tokio::test]
 async fn connections_over_max_connections_wait_instead_of_being_refused() {
-    let gw = TestGateway::start(&format!("[server]\nmax_connections = 1\n{DEMO}")).await;
-    let address = gw.url.trim_start_matches("http://").to_owned();
+    let gw = TestGateway::start(&demo("[server]\nmax_connections = 1")).await;
+    let address = gw.address();
     let port: u16 = address
         .rsplit(':')
         .next()
@@ -942,7 +823,7 @@ async fn connections_over_max_connections_wait_instead_of_being_refused() {
     let request = b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n";
 
     // The first connection takes the only slot and stays open.
-    let mut first = tokio::net::TcpStream::connect(&address)
+    let mut first = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     // One request and its whole answer (which ends with hello's body).
@@ -965,7 +846,7 @@ async fn connections_over_max_connections_wait_instead_of_being_refused() {
 
     // The second connection is accepted by the kernel and waits in its
     // accept queue, its request unanswered...
-    let mut second = tokio::net::TcpStream::connect(&address)
+    let mut second = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     second.write_all(request).await.expect("write");
@@ -992,10 +873,8 @@ async fn connections_over_max_connections_wait_instead_of_being_refused() {
         matches!(second.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the second connection was answered while the first held the only slot"
     );
-    assert_eq!(
-        require_metric(&gw.metrics().await, "wasmgate_connections_accepted_total"),
-        1.0
-    );
+    let accepted = "wasmgate_connections_accepted_total";
+    assert_metrics(&gw.metrics().await, &[(accepted, 1.0)]);
 
     // ...and is served once the first goes away.
     drop(first);
@@ -1005,20 +884,17 @@ async fn connections_over_max_connections_wait_instead_of_being_refused() {
         .expect("served after the first closed")
         .expect("read");
     assert_eq!(&head, b"HTTP/1.1 200");
-    assert_eq!(
-        require_metric(&gw.metrics().await, "wasmgate_connections_accepted_total"),
-        2.0
-    );
+    assert_metrics(&gw.metrics().await, &[(accepted, 2.0)]);
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn connection_metrics_count_every_connection() {
-    let gw = TestGateway::start(DEMO).await;
-    let address = gw.url.trim_start_matches("http://").to_owned();
+    let gw = TestGateway::start(&demo("")).await;
+    let address = gw.address();
     for _ in 0..3 {
         let answer = raw_exchange(
-            &address,
+            address,
             b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
         .await;
@@ -1028,15 +904,14 @@ async fn connection_metrics_count_every_connection() {
     // which may come just after the client saw the end of the stream.
     gw.wait_for_metric("wasmgate_connections_closed_total", |v| v == 3.0)
         .await;
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(&text, "wasmgate_connections_accepted_total"),
-        3.0
+    let (accepted, active) = (
+        "wasmgate_connections_accepted_total",
+        "wasmgate_connections_active",
     );
-    assert_eq!(require_metric(&text, "wasmgate_connections_active"), 0.0);
+    assert_metrics(&gw.metrics().await, &[(accepted, 3.0), (active, 0.0)]);
 
     // An open keep-alive connection is active until it goes away.
-    let mut open = tokio::net::TcpStream::connect(&address)
+    let mut open = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     open.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -1047,22 +922,11 @@ async fn connection_metrics_count_every_connection() {
     assert_eq!(&head, b"HTTP/1.1 200");
     gw.wait_for_metric("wasmgate_connections_active", |v| v == 1.0)
         .await;
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(&text, "wasmgate_connections_accepted_total"),
-        4.0
-    );
-    assert_eq!(
-        require_metric(&text, "wasmgate_connections_closed_total"),
-        3.0
-    );
+    let closed = "wasmgate_connections_closed_total";
+    assert_metrics(&gw.metrics().await, &[(accepted, 4.0), (closed, 3.0)]);
     drop(open);
-    gw.wait_for_metric("wasmgate_connections_closed_total", |v| v == 4.0)
-        .await;
-    assert_eq!(
-        require_metric(&gw.metrics().await, "wasmgate_connections_active"),
-        0.0
-    );
+    gw.wait_for_metric(closed, |v| v == 4.0).await;
+    assert_metrics(&gw.metrics().await, &[(active, 0.0)]);
     gw.shutdown().await;
 }
 
@@ -1072,10 +936,8 @@ async fn connection_metrics_count_every_connection() {
 #[tokio::test]
 async fn request_duration_includes_queueing_and_busy_workers_are_counted() {
     let (gw, queued, hold) = with_hold(|hold| async move {
-        let gw = TestGateway::start(&format!(
-            "[runtime]\nworkers = 1\nguests_per_worker = 1\n{HOLD_TENANT}\n{DEMO}"
-        ))
-        .await;
+        let runtime = "[runtime]\nworkers = 1\nguests_per_worker = 1\n";
+        let gw = TestGateway::start(&demo(&format!("{runtime}{}", hold_tenant()))).await;
         let hold = Hold::start(&gw, "hold.test", hold);
         if !gw
             .wait_for_metric_while("wasmgate_workers_busy", |v| v == 1.0, || hold.holding())
@@ -1143,11 +1005,7 @@ fn handler_load_errors_are_counted() {
     let data_dir = common::data_dir();
     let bad = data_dir.join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x0d\0\x01\0").expect("write");
-    let text = format!(
-        "[[tenant]]\nname = \"t\"\n[[tenant.handler]]\nname = \"bad\"\n\
-         route = \"/bad\"\ncomponent = \"{}\"\n",
-        bad.display()
-    );
+    let text = tenant("t", "", "", &[]) + &handler("bad", "/bad", &bad.display().to_string());
     let mut config =
         Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).expect("valid config");
     config.runtime.data_dir = data_dir;
@@ -1173,13 +1031,9 @@ fn handler_load_errors_are_counted() {
 #[tokio::test]
 async fn the_memory_limit_is_the_configured_one() {
     let mut template = String::new();
-    for (tenant, mib) in [("small", 4), ("large", 8)] {
-        template.push_str(&format!(
-            "[[tenant]]\nname = \"{tenant}\"\nhosts = [\"{tenant}.test\"]\n\
-             limits = {{ memory_bytes = {} }}\n[[tenant.handler]]\nname = \"state\"\n\
-             route = \"/state\"\ncomponent = \"{{state}}\"\n",
-            mib << 20
-        ));
+    for (name, mib) in [("small", 4), ("large", 8)] {
+        let limits = format!("limits = {{ memory_bytes = {} }}", mib << 20);
+        template.push_str(&tenant(name, &format!("{name}.test"), &limits, &["state"]));
     }
     let gw = TestGateway::start(&template).await;
     let grown = async |host: &str| {
@@ -1205,25 +1059,11 @@ async fn the_memory_limit_is_the_configured_one() {
 #[tokio::test]
 async fn without_fuel_metering_the_deadline_and_memory_limit_still_apply() {
     let template = |consume_fuel: bool| {
-        format!(
-            r#"
-[runtime]
-consume_fuel = {consume_fuel}
-[limits]
-fuel = 1000
-timeout_ms = 600000
-memory_bytes = 16777216
-
-[[tenant]]
-name = "slow"
-hosts = ["slow.test"]
-limits = {{ timeout_ms = 300 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-{DEMO}"#
-        )
+        demo(&format!(
+            "[runtime]\nconsume_fuel = {consume_fuel}\n\
+             [limits]\nfuel = 1000\ntimeout_ms = 600000\nmemory_bytes = 16777216\n{}",
+            faults_tenant("slow", "slow.test", "timeout_ms = 300"),
+        ))
     };
     // With metering, 1000 units are too few for any request.
     let metered = TestGateway::start(&template(true)).await;
@@ -1263,21 +1103,10 @@ async fn cpu_heavy_guests_cannot_starve_the_accept_loop_or_metrics() {
         // Endless loops with huge fuel, ended by a deadline as long as the
         // hold: every worker spins until then (one guest per worker, so the
         // two loops cannot share a worker and leave the other idle).
+        let limits = format!("fuel = 1000000000000000, timeout_ms = {}", hold.as_millis());
+        let spin = faults_tenant("spin", "hold.test", &limits);
         let gw = TestGateway::start(&format!(
-            r#"
-[runtime]
-workers = 2
-guests_per_worker = 1
-[[tenant]]
-name = "spin"
-hosts = ["hold.test"]
-limits = {{ fuel = 1000000000000000, timeout_ms = {} }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-"#,
-            hold.as_millis()
+            "[runtime]\nworkers = 2\nguests_per_worker = 1\n{spin}"
         ))
         .await;
         let spinners: Vec<Hold> = (0..2)
@@ -1307,10 +1136,15 @@ component = "{{faults}}"
 }
 
 /// README: WASI is linked with no files, no environment and no network.
+/// The guest dials a listener this test opened, so a sandbox that let it
+/// out would be seen to connect.
 #[tokio::test]
 async fn guests_get_no_files_environment_or_network() {
-    let gw = TestGateway::start(DEMO).await;
-    let response = gw.get("/faults/wasi").await;
+    let gw = TestGateway::start(&demo("")).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let address = listener.local_addr().expect("address");
+    let response = gw.get(&format!("/faults/wasi?tcp={address}")).await;
     assert_eq!(response.status(), 200);
     let seen = report(&response.text().await.expect("body"));
     for (key, want) in [
@@ -1329,6 +1163,12 @@ async fn guests_get_no_files_environment_or_network() {
             "{key}: {seen:?}"
         );
     }
+    // A connection the guest made would wait in the accept queue by the
+    // time its answer came back.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the guest reached the test's listener: {other:?}"),
+    }
     gw.shutdown().await;
 }
 
@@ -1340,15 +1180,11 @@ async fn guests_get_no_files_environment_or_network() {
 #[tokio::test]
 async fn every_request_gets_a_fresh_instance() {
     let mut template = String::from("[runtime]\nworkers = 2\n");
-    for tenant in ["alpha", "beta"] {
-        template.push_str(&format!(
-            "[[tenant]]\nname = \"{tenant}\"\nhosts = [\"{tenant}.test\"]\n"
-        ));
-        for handler in ["one", "two"] {
-            template.push_str(&format!(
-                "[[tenant.handler]]\nname = \"{handler}\"\nroute = \"/{handler}\"\n\
-                 component = \"{{state}}\"\nconfig = {{ who = \"{tenant}-{handler}\" }}\n"
-            ));
+    for name in ["alpha", "beta"] {
+        template.push_str(&tenant(name, &format!("{name}.test"), "", &[]));
+        for route in ["one", "two"] {
+            template.push_str(&handler(route, &format!("/{route}"), "{state}"));
+            template.push_str(&format!("config = {{ who = \"{name}-{route}\" }}\n"));
         }
     }
     let gw = TestGateway::start(&template).await;
@@ -1425,12 +1261,8 @@ async fn every_request_gets_a_fresh_instance() {
 
 #[tokio::test]
 async fn serves_http2_with_prior_knowledge() {
-    let gw = TestGateway::start(DEMO).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
-    let response = client
+    let gw = TestGateway::start(&demo("")).await;
+    let response = common::h2_client()
         .get(format!("{}/hello", gw.url))
         .send()
         .await

@@ -11,49 +11,28 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, metric, require_metric};
+use common::{TestGateway, assert_metrics, metric, raw_text, requests, require_metric, tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ERROR: &str = "x-wasmgate-error";
+const MIB: usize = 1 << 20;
 
 /// Two tenants: `evil` runs the faults on `evil.test`, `good` serves hello
 /// and echo on every other host. `extra` goes first (a `[server]` or
 /// `[runtime]` section, say).
 fn two_tenants(extra: &str, evil_limits: &str) -> String {
+    let evil_limits = format!("limits = {{ {evil_limits} }}");
     format!(
-        r#"{extra}
-[[tenant]]
-name = "evil"
-hosts = ["evil.test"]
-limits = {{ {evil_limits} }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-
-[[tenant]]
-name = "good"
-hosts = ["*"]
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{{hello}}"
-[[tenant.handler]]
-name = "echo"
-route = "/echo"
-component = "{{echo}}"
-"#
+        "{extra}\n{}{}",
+        tenant("evil", "evil.test", &evil_limits, &["faults"]),
+        tenant("good", "*", "", &["hello", "echo"]),
     )
 }
 
 impl TestGateway {
     async fn evil(&self, path: &str) -> reqwest::Response {
         self.get_host("evil.test", path).await
-    }
-
-    fn address(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
     }
 }
 
@@ -66,13 +45,7 @@ async fn assert_healthy(gw: &TestGateway, workers: f64) {
         .await;
     let text = gw.metrics().await;
     assert_eq!(require_metric(&text, "wasmgate_workers_alive"), workers);
-    let readyz = gw
-        .client
-        .get(format!("{}/readyz", gw.admin))
-        .send()
-        .await
-        .expect("GET /readyz");
-    assert_eq!(readyz.status(), 200);
+    assert_eq!(gw.readyz().await, 200);
 }
 
 /// Sends `request` on a new connection and reads until the server closes
@@ -181,14 +154,8 @@ async fn a_guest_blocked_in_a_host_call_gets_504_at_its_deadline() {
     }
     // Generous: the failure this catches is the guest's 30 s.
     assert!(started.elapsed() < Duration::from_secs(20));
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="evil"}"#
-        ),
-        2.0
-    );
+    let timeouts = r#"wasmgate_guest_traps_total{handler="faults",kind="timeout",tenant="evil"}"#;
+    assert_metrics(&gw.metrics().await, &[(timeouts, 2.0)]);
     assert_healthy(&gw, 2.0).await;
     gw.shutdown().await;
 }
@@ -236,17 +203,15 @@ async fn stalled_body(address: &str, host: &str, length: usize) -> TcpStream {
 
 #[tokio::test]
 async fn slow_request_bodies_hold_no_tenant_slot_and_only_the_bytes_they_sent() {
-    const MIB: usize = 1 << 20;
-    let gw = TestGateway::start(&format!(
-        "[server]\nbody_read_timeout_ms = 60000\nmax_buffered_bytes = {}\n[limits]\nmax_concurrency = 2\n{}",
-        2 * MIB,
-        two_tenants("", "")
-    ))
-    .await;
+    let server = format!(
+        "[server]\nbody_read_timeout_ms = 60000\nmax_buffered_bytes = {}\n[limits]\nmax_concurrency = 2",
+        2 * MIB
+    );
+    let gw = TestGateway::start(&two_tenants(&server, "")).await;
     let address = gw.address();
     let mut stalled = Vec::new();
     for _ in 0..8 {
-        stalled.push(stalled_body(&address, "good.test", MIB).await);
+        stalled.push(stalled_body(address, "good.test", MIB).await);
     }
     // All eight are routed and waiting for their bodies, holding the three
     // bytes each sent, not the megabyte each promised...
@@ -278,13 +243,11 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_over_http1_and_http2() {
         two_tenants("", "")
     ))
     .await;
-    let mut stream = stalled_body(&gw.address(), "good.test", 10).await;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
-        .await
-        .expect("answered within a generous bound")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_text(
+        gw.address(),
+        "POST /echo HTTP/1.1\r\nhost: good.test\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains("x-wasmgate-error: body_timeout"),
@@ -292,10 +255,7 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_over_http1_and_http2() {
     );
 
     // HTTP/2: one stream whose body never ends.
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
+    let client = common::h2_client();
     let never = futures_never_ending_body();
     let response = tokio::time::timeout(
         Duration::from_secs(20),
@@ -336,21 +296,12 @@ fn futures_never_ending_body()
 
 #[tokio::test]
 async fn buffered_responses_stay_within_the_memory_budget() {
-    const MIB: usize = 1 << 20;
-    let gw = TestGateway::start(&format!(
-        "[server]\nmax_buffered_bytes = {}\n{}",
-        20 * MIB,
-        two_tenants("", "max_response_bytes = 16777216")
-    ))
-    .await;
-    let address = gw.address();
+    let server = format!("[server]\nmax_buffered_bytes = {}", 20 * MIB);
+    let gw = TestGateway::start(&two_tenants(&server, "max_response_bytes = 16777216")).await;
     // Two clients that ask for 8 MiB and read none of it.
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("small buffer");
-        let addr = address.parse().expect("address");
-        let mut stream = socket.connect(addr).await.expect("connect");
+        let mut stream = common::connect_small_window(gw.address(), 4096).await;
         let request = format!(
             "GET /faults/big?n={} HTTP/1.1\r\nhost: evil.test\r\n\r\n",
             8 * MIB
@@ -383,57 +334,33 @@ async fn buffered_responses_stay_within_the_memory_budget() {
 
 #[tokio::test]
 async fn host_headers_follow_rfc_9112_and_the_guest_sees_the_routed_host() {
-    let gw = TestGateway::start(&format!(
-        r#"
-[[tenant]]
-name = "shop"
-hosts = ["shop.test"]
-[[tenant.handler]]
-name = "echo"
-route = "/echo"
-component = "{{echo}}"
-{}"#,
-        two_tenants("", "")
-    ))
-    .await;
+    let shop = tenant("shop", "shop.test", "", &["echo"]);
+    let gw = TestGateway::start(&format!("{shop}{}", two_tenants("", ""))).await;
     let address = gw.address();
     for request in [
         "GET /hello HTTP/1.1\r\n\r\n",
         "GET /hello HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n",
     ] {
-        let answer = raw(&address, request.as_bytes()).await;
+        let answer = raw(address, request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
         assert!(answer.contains("x-wasmgate-error: bad_request"), "{answer}");
     }
     // HTTP/1.0 may omit Host.
-    let answer = raw(&address, b"GET /hello HTTP/1.0\r\n\r\n").await;
+    let answer = raw(address, b"GET /hello HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
 
     // Absolute form: the authority picks the tenant, and the guest is
     // told that host, not the Host header's.
     let answer = raw(
-        &address,
+        address,
         b"POST http://shop.test/echo HTTP/1.1\r\nhost: elsewhere.test\r\ncontent-length: 2\r\n\r\nhi",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("host: shop.test\n"), "{answer}");
     assert!(!answer.contains("elsewhere.test"), "{answer}");
-    let text = gw.metrics().await;
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_requests_total{handler="echo",status="200",tenant="shop"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        require_metric(
-            &text,
-            r#"wasmgate_requests_total{handler="",status="400",tenant=""}"#
-        ),
-        2.0
-    );
+    let (echoed, refused) = (requests("echo", 200, "shop"), requests("", 400, ""));
+    assert_metrics(&gw.metrics().await, &[(&echoed, 1.0), (&refused, 2.0)]);
     gw.shutdown().await;
 }
 
@@ -441,7 +368,7 @@ component = "{{echo}}"
 async fn hop_by_hop_headers_and_forged_gateway_errors_never_leave_the_gateway() {
     let gw = TestGateway::start(&two_tenants("", "")).await;
     let answer = raw(
-        &gw.address(),
+        gw.address(),
         b"GET /faults/hopbyhop HTTP/1.1\r\nhost: evil.test\r\n\r\n",
     )
     .await;
@@ -481,17 +408,14 @@ async fn hop_by_hop_headers_and_forged_gateway_errors_never_leave_the_gateway() 
 /// short deadline, so the others never expire behind them in the queue.
 #[tokio::test]
 async fn fault_matrix_leaves_every_worker_alive_and_the_other_tenant_served() {
+    let slow = tenant(
+        "slow",
+        "slow.test",
+        "limits = { timeout_ms = 300, max_concurrency = 1000 }",
+        &["faults"],
+    );
     let gw = TestGateway::start(&format!(
-        r#"
-[[tenant]]
-name = "slow"
-hosts = ["slow.test"]
-limits = {{ timeout_ms = 300, max_concurrency = 1000 }}
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{{faults}}"
-{}"#,
+        "{slow}{}",
         two_tenants(
             "[runtime]\nworkers = 2\nqueue_depth = 4096",
             "timeout_ms = 60000, memory_bytes = 33554432, max_response_bytes = 2097152, max_concurrency = 1000",

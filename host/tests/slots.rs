@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DEMO, TestGateway};
+use common::{TestGateway, demo};
 
 /// The tenant's `max_concurrency`, and the number of connections.
 const SLOTS: usize = 4;
@@ -21,7 +21,7 @@ const FOR: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_with_max_concurrency_connections_is_never_refused() {
-    let gw = TestGateway::start(&format!("[limits]\nmax_concurrency = {SLOTS}\n{DEMO}")).await;
+    let gw = TestGateway::start(&demo(&format!("[limits]\nmax_concurrency = {SLOTS}"))).await;
     let url = format!("{}/hello", gw.url);
     let clients: Vec<_> = (0..SLOTS)
         .map(|_| {

@@ -7,11 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{TestGateway, require_metric};
+use common::{TestGateway, assert_metrics, handler, raw_text, require_metric, tenant};
+use reqwest::header::HeaderValue;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A fresh site folder under target/, with `secret.txt` next to it (the
 /// file every escape attempt aims at).
@@ -45,65 +46,43 @@ fn site() -> (PathBuf, PathBuf) {
     (base, site)
 }
 
+/// Tenant `demo` with hello, echo at `/assets/api`, and `site` mounted at
+/// `/assets`.
 fn config(site: &Path) -> String {
     format!(
-        r#"
-[[tenant]]
-name = "demo"
-hosts = ["*"]
-
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{{hello}}"
-
-[[tenant.handler]]
-name = "echo"
-route = "/assets/api"
-component = "{{echo}}"
-
-[[tenant.static]]
-route = "/assets"
-dir = "{}"
-"#,
+        "{}{}[[tenant.static]]\nroute = \"/assets\"\ndir = \"{}\"\n",
+        tenant("demo", "*", "", &["hello"]),
+        handler("echo", "/assets/api", "{echo}"),
         site.display()
     )
 }
 
-fn host_port(url: &str) -> &str {
-    url.trim_start_matches("http://")
+/// A gateway serving a fresh [`site`] with [`config`]; the site's folder.
+async fn serve_site() -> (TestGateway, PathBuf) {
+    let (_base, site) = site();
+    (TestGateway::start(&config(&site)).await, site)
 }
 
-/// Sends `request` as it is on a fresh connection and returns the whole
-/// answer (the request asks the gateway to close).
-async fn raw(gw: &TestGateway, request: &str) -> String {
-    let mut stream = TcpStream::connect(host_port(&gw.url))
-        .await
-        .expect("connect");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .expect("an answer")
-    .expect("read");
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
+/// `GET path` as it is, on a fresh connection that the gateway closes
+/// after answering: the whole answer.
 async fn raw_get(gw: &TestGateway, path: &str) -> String {
-    raw(
-        gw,
-        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
-    )
-    .await
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    raw_text(gw.address(), &request).await
+}
+
+/// `GET path` with one header.
+async fn get_with(gw: &TestGateway, path: &str, header: (&str, HeaderValue)) -> reqwest::Response {
+    let request = gw.client.get(format!("{}{path}", gw.url));
+    request
+        .header(header.0, header.1)
+        .send()
+        .await
+        .expect("GET")
 }
 
 #[tokio::test]
 async fn files_come_with_their_type_length_and_validators() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
+    let (gw, _) = serve_site().await;
     for (path, kind, body) in [
         ("/assets/hello.txt", "text/plain", "hello, static world\n"),
         ("/assets/style.css", "text/css", "body { color: red }\n"),
@@ -152,43 +131,24 @@ async fn files_come_with_their_type_length_and_validators() {
 
 #[tokio::test]
 async fn etag_and_dates_give_304_and_a_change_gives_200() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
-    let url = format!("{}/assets/hello.txt", gw.url);
-    let first = gw.get("/assets/hello.txt").await;
+    let (gw, site) = serve_site().await;
+    let url = "/assets/hello.txt";
+    let first = gw.get(url).await;
     let etag = first.headers()["etag"].clone();
     let last_modified = first.headers()["last-modified"].clone();
     assert!(etag.to_str().expect("ascii").starts_with('"'), "strong");
 
-    let cached = gw
-        .client
-        .get(&url)
-        .header("if-none-match", etag.clone())
-        .send()
-        .await
-        .expect("GET");
+    let cached = get_with(&gw, url, ("if-none-match", etag.clone())).await;
     assert_eq!(cached.status(), 304);
     assert_eq!(cached.headers()["etag"], etag);
     assert!(cached.bytes().await.expect("body").is_empty());
 
-    let cached = gw
-        .client
-        .get(&url)
-        .header("if-modified-since", last_modified)
-        .send()
-        .await
-        .expect("GET");
+    let cached = get_with(&gw, url, ("if-modified-since", last_modified)).await;
     assert_eq!(cached.status(), 304);
 
     // A different file content and size: a different tag, the new bytes.
     std::fs::write(site.join("hello.txt"), "changed, and longer than before\n").expect("write");
-    let fresh = gw
-        .client
-        .get(&url)
-        .header("if-none-match", etag.clone())
-        .send()
-        .await
-        .expect("GET");
+    let fresh = get_with(&gw, url, ("if-none-match", etag.clone())).await;
     assert_eq!(fresh.status(), 200);
     assert_ne!(fresh.headers()["etag"], etag);
     assert_eq!(
@@ -200,31 +160,35 @@ async fn etag_and_dates_give_304_and_a_change_gives_200() {
 
 #[tokio::test]
 async fn ranges_get_206_or_416_and_several_ranges_the_whole_file() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
-    let url = format!("{}/assets/digits.txt", gw.url);
-    let get = |range: &'static str| gw.client.get(&url).header("range", range).send();
+    let (gw, _) = serve_site().await;
+    let get = |range: &'static str| {
+        get_with(
+            &gw,
+            "/assets/digits.txt",
+            ("range", HeaderValue::from_static(range)),
+        )
+    };
     for (range, content_range, body) in [
         ("bytes=2-4", "bytes 2-4/10", "234"),
         ("bytes=7-", "bytes 7-9/10", "789"),
         ("bytes=-2", "bytes 8-9/10", "89"),
         ("bytes=8-100", "bytes 8-9/10", "89"),
     ] {
-        let response = get(range).await.expect("GET");
+        let response = get(range).await;
         assert_eq!(response.status(), 206, "{range}");
         assert_eq!(response.headers()["content-range"], content_range);
         assert_eq!(response.text().await.expect("body"), body, "{range}");
     }
-    let response = get("bytes=10-").await.expect("GET");
+    let response = get("bytes=10-").await;
     assert_eq!(response.status(), 416);
     assert_eq!(response.headers()["content-range"], "bytes */10");
-    let response = get("bytes=0-1,4-5").await.expect("GET");
+    let response = get("bytes=0-1,4-5").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "0123456789");
     // If-Range with an old tag: the whole file.
     let response = gw
         .client
-        .get(&url)
+        .get(format!("{}/assets/digits.txt", gw.url))
         .header("range", "bytes=0-1")
         .header("if-range", "\"stale\"")
         .send()
@@ -236,10 +200,9 @@ async fn ranges_get_206_or_416_and_several_ranges_the_whole_file() {
 
 #[tokio::test]
 async fn head_has_the_length_and_no_body_and_other_methods_get_405() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
-    let answer = raw(
-        &gw,
+    let (gw, _) = serve_site().await;
+    let answer = raw_text(
+        gw.address(),
         "HEAD /assets/digits.txt HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     )
     .await;
@@ -267,8 +230,7 @@ async fn head_has_the_length_and_no_body_and_other_methods_get_405() {
 
 #[tokio::test]
 async fn nothing_outside_the_directory_is_served() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
+    let (gw, _) = serve_site().await;
     for path in [
         "/assets/../secret.txt",
         "/assets/%2e%2e/secret.txt",
@@ -306,8 +268,7 @@ async fn nothing_outside_the_directory_is_served() {
 
 #[tokio::test]
 async fn static_requests_are_counted_under_their_mount() {
-    let (_base, site) = site();
-    let gw = TestGateway::start(&config(&site)).await;
+    let (gw, _) = serve_site().await;
     assert_eq!(gw.get("/assets/hello.txt").await.status(), 200);
     assert_eq!(gw.get("/assets/hello.txt").await.status(), 200);
     assert_eq!(gw.get("/assets/missing").await.status(), 404);
@@ -331,23 +292,38 @@ async fn static_requests_are_counted_under_their_mount() {
 
 #[tokio::test]
 async fn a_large_file_is_streamed_whole() {
-    let (_base, site) = site();
-    let size = 8 << 20;
+    let (gw, site) = serve_site().await;
+    // Far more than the kernel buffers between the gateway and a client
+    // that does not read can hold.
+    let size = 32 << 20;
     let data: Vec<u8> = (0..size).map(|i: usize| (i * 7 % 256) as u8).collect();
     std::fs::write(site.join("big.bin"), &data).expect("write");
-    let gw = TestGateway::start(&config(&site)).await;
-    let response = gw.get("/assets/big.bin").await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/octet-stream"
+    let mut stream = common::connect_small_window(gw.address(), 4096).await;
+    let request = "GET /assets/big.bin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("send");
+    // The head and the first bytes of the body, then the client stalls.
+    let mut answer = vec![0; 64 << 10];
+    stream.read_exact(&mut answer).await.expect("the start");
+    // Streamed: while most of the file is still unsent, none of it is held
+    // in the buffered-bytes budget.
+    assert_metrics(&gw.metrics().await, &[("wasmgate_buffered_bytes", 0.0)]);
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("the rest within a generous bound")
+        .expect("read");
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: application/octet-stream\r\n"),
+        "{head}"
     );
-    let body = response.bytes().await.expect("body");
-    assert_eq!(body.len(), size);
-    assert_eq!(Sha256::digest(&body), Sha256::digest(&data));
-    // Streamed: none of it was held in the buffered-bytes budget.
-    let text = gw.metrics().await;
-    assert_eq!(require_metric(&text, "wasmgate_buffered_bytes"), 0.0);
+    let body = &answer[end + 4..];
+    assert_eq!(body.len(), size, "the whole file came after the stall");
+    assert_eq!(Sha256::digest(body), Sha256::digest(&data));
     gw.shutdown().await;
 }
 
@@ -357,15 +333,7 @@ async fn the_admin_api_refuses_a_mounts_route_and_reload_moves_mounts() {
     let (base, site) = site();
     let config_path = base.join("wasmgate.toml");
     let write_config = |route: &str| {
-        let text = config(&site)
-            .replace(
-                "{hello}",
-                wasmgate_handler_components::require(wasmgate_handler_components::HELLO),
-            )
-            .replace(
-                "{echo}",
-                wasmgate_handler_components::require(wasmgate_handler_components::ECHO),
-            )
+        let text = common::config_text(&config(&site))
             .replace("route = \"/assets\"\n", &format!("route = \"{route}\"\n"));
         std::fs::write(&config_path, format!("[runtime]\nworkers = 1\n{text}"))
             .expect("write config");

@@ -21,7 +21,7 @@
 //! | `/faults/counterwrap` | adds `u64::MAX` to a counter twice | the counter saturates, never wraps |
 //! | `/faults/histinf` | observes `f64::MAX` in a histogram several times | the sum stays finite |
 //! | `/faults/stderr?n=1048576` | writes `n` bytes to stderr and `n` to stdout, then panics | keep at most 4 KiB of stderr |
-//! | `/faults/wasi` | reports what WASI gives it: env, args, files, network, clocks | nothing but clocks and random |
+//! | `/faults/wasi?tcp=127.0.0.1:9` | reports what WASI gives it: env, args, files, network (a TCP connection to `tcp`), clocks | nothing but clocks and random |
 //!
 //! Any other path gets 404 with the list of faults.
 
@@ -140,7 +140,10 @@ fn faults(req: Request) -> RawResponse {
             let _ = std::io::stderr().write_all(&chunk);
             panic!("faults: after a stderr flood");
         }
-        "wasi" => raw(StatusCode::OK, wasi_report()),
+        "wasi" => {
+            let tcp = param(req.uri().query(), "tcp").unwrap_or("127.0.0.1:9");
+            raw(StatusCode::OK, wasi_report(tcp))
+        }
         _ => raw(
             StatusCode::NOT_FOUND,
             format!("unknown fault; try one of: {FAULTS}\n"),
@@ -150,11 +153,14 @@ fn faults(req: Request) -> RawResponse {
 
 /// The `n` query parameter, if present and a number.
 fn size(query: Option<&str>) -> Option<u64> {
+    param(query, "n")?.parse().ok()
+}
+
+/// The query parameter `key`, if present.
+fn param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     query?
         .split('&')
-        .find_map(|pair| pair.strip_prefix("n="))?
-        .parse()
-        .ok()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// An ordinary response as a [`RawResponse`], the one return type here.
@@ -162,14 +168,15 @@ fn raw(status: StatusCode, body: impl IntoResponse) -> RawResponse {
     (status, body).into_response().into()
 }
 
-/// One `key=value` line per capability probe, so a test can check each.
-fn wasi_report() -> String {
+/// One `key=value` line per capability probe, so a test can check each;
+/// `tcp` is the address the network probe dials.
+fn wasi_report(tcp: &str) -> String {
     let env = std::env::vars().count();
     let args = std::env::args().count();
     let root = std::fs::read_dir("/").map(|d| d.count());
     let file = std::fs::read("/etc/passwd").map(|b| b.len());
     let cwd = std::env::current_dir().map(|p| p.display().to_string());
-    let tcp = std::net::TcpStream::connect("127.0.0.1:9");
+    let tcp = tcp_connects(tcp);
     let dns = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)).map(|a| a.count());
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -179,9 +186,38 @@ fn wasi_report() -> String {
         root.is_ok(),
         file.is_ok(),
         cwd.is_ok(),
-        tcp.is_ok(),
+        tcp,
         dns.is_ok(),
     )
+}
+
+/// Whether `wasi:sockets` lets the guest open a TCP connection to
+/// `address` (`IPV4:PORT`). Asked of the sockets interface itself: std's
+/// `TcpStream` fails on this target whatever the host allows.
+fn tcp_connects(address: &str) -> bool {
+    use wasip2::sockets::{instance_network, network, tcp_create_socket};
+    let Ok(address) = address.parse::<std::net::SocketAddrV4>() else {
+        return false;
+    };
+    let [a, b, c, d] = address.ip().octets();
+    let remote = network::IpSocketAddress::Ipv4(network::Ipv4SocketAddress {
+        port: address.port(),
+        address: (a, b, c, d),
+    });
+    let Ok(socket) = tcp_create_socket::create_tcp_socket(network::IpAddressFamily::Ipv4) else {
+        return false;
+    };
+    let network = instance_network::instance_network();
+    if socket.start_connect(&network, remote).is_err() {
+        return false;
+    }
+    loop {
+        match socket.finish_connect() {
+            Ok(_) => return true,
+            Err(network::ErrorCode::WouldBlock) => socket.subscribe().block(),
+            Err(_) => return false,
+        }
+    }
 }
 
 fn spin_forever() -> ! {

@@ -1,6 +1,8 @@
-//! Test harness: a real gateway on `127.0.0.1:0`, a real HTTP client,
-//! helpers to scrape `/metrics`, and [`Hold`], a guest that keeps a worker
-//! busy for a known time so tests can build a queue without racing it.
+//! Test harness: a real gateway on `127.0.0.1:0` (in this process, or a
+//! `wasmgate serve` child), configs built from [`tenant`] and [`handler`],
+//! a real HTTP client and raw connections, helpers to scrape and assert
+//! `/metrics`, and [`Hold`], a guest that keeps a worker busy for a known
+//! time so tests can build a queue without racing it.
 
 #![allow(dead_code, missing_docs)]
 
@@ -37,33 +39,154 @@ pub fn config_text(template: &str) -> String {
         .replace("{state}", components::require(components::STATE))
 }
 
-/// One tenant `demo` on every host with hello, echo, cpu and faults.
-pub const DEMO: &str = r#"
-[[tenant]]
-name = "demo"
-hosts = ["*"]
+/// A `[[tenant]]` of a test config: `name` on `host` ("" leaves the
+/// default, every host), then `keys` (more lines of its table, e.g.
+/// `limits = { fuel = 10 }`; "" for none), then one handler per
+/// [`config_text`] placeholder in `handlers`, named after it and routed at
+/// `/NAME`.
+pub fn tenant(name: &str, host: &str, keys: &str, handlers: &[&str]) -> String {
+    let mut text = format!("\n[[tenant]]\nname = \"{name}\"\n");
+    if !host.is_empty() {
+        text.push_str(&format!("hosts = [\"{host}\"]\n"));
+    }
+    if !keys.is_empty() {
+        text.push_str(keys);
+        text.push('\n');
+    }
+    for component in handlers {
+        text.push_str(&handler(
+            component,
+            &format!("/{component}"),
+            &format!("{{{component}}}"),
+        ));
+    }
+    text
+}
 
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{hello}"
-config = { greeting = "howdy" }
+/// A `[[tenant.handler]]` of the tenant above it: `name` at `route`,
+/// running `component` (a [`config_text`] placeholder such as `{state}`,
+/// or a path).
+pub fn handler(name: &str, route: &str, component: &str) -> String {
+    format!(
+        "[[tenant.handler]]\nname = \"{name}\"\nroute = \"{route}\"\ncomponent = \"{component}\"\n"
+    )
+}
 
-[[tenant.handler]]
-name = "echo"
-route = "/echo"
-component = "{echo}"
+/// `before` (say, a `[server]` section), then one tenant `demo` on every
+/// host with hello (greeting "howdy"), echo, cpu and faults.
+pub fn demo(before: &str) -> String {
+    format!(
+        "{before}\n{}config = {{ greeting = \"howdy\" }}\n{}{}{}",
+        tenant("demo", "*", "", &["hello"]),
+        handler("echo", "/echo", "{echo}"),
+        handler("cpu", "/cpu", "{cpu}"),
+        handler("faults", "/faults", "{faults}"),
+    )
+}
 
-[[tenant.handler]]
-name = "cpu"
-route = "/cpu"
-component = "{cpu}"
+/// A client that gives up after 30 s, so a gateway that never answers
+/// fails a test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
 
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{faults}"
-"#;
+/// A fresh folder under target/ for one test's files.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A client that speaks HTTP/2 without asking (prior knowledge) and gives
+/// up after 30 s.
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The `HOST:PORT` of an `http://HOST:PORT` URL.
+pub fn host_port(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+/// `GET url`: the status and the body's text.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// `POST url` with `body`.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let request = client.post(url).body(body);
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// Polls `check` until it holds; fails after a generous bound.
+pub async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the server
+/// sends back until it closes the connection (at most 30 s).
+pub async fn raw_exchange(address: &str, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    answer
+}
+
+/// A connection whose receive buffer is `receive_buffer` bytes, so the
+/// gateway's writes block as soon as the kernel buffers between us are
+/// full.
+pub async fn connect_small_window(address: &str, receive_buffer: u32) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(receive_buffer)
+        .expect("receive buffer");
+    socket
+        .connect(address.parse().expect("address"))
+        .await
+        .expect("connect")
+}
+
+/// [`raw_exchange`] as text.
+pub async fn raw_text(address: &str, request: &str) -> String {
+    String::from_utf8_lossy(&raw_exchange(address, request.as_bytes()).await).into_owned()
+}
 
 /// A data dir of its own for one in-process gateway (whatever else it
 /// keeps there is no other test's business), whose `cache/` is shared by
@@ -130,13 +253,15 @@ impl TestGateway {
         Self {
             url,
             admin: admin_url,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            client: client(),
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// The public listener's `127.0.0.1:PORT`.
+    pub fn address(&self) -> &str {
+        host_port(&self.url)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -156,15 +281,22 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("GET {host}{path}: {e}"))
     }
 
-    pub async fn metrics(&self) -> String {
-        let response = self
-            .client
-            .get(format!("{}/metrics", self.admin))
-            .send()
+    /// `POST path` with `body`.
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        post(&self.client, &format!("{}{path}", self.url), body).await
+    }
+
+    /// `GET /readyz` of the admin listener: the status.
+    pub async fn readyz(&self) -> u16 {
+        get_text(&self.client, &format!("{}/readyz", self.admin))
             .await
-            .expect("GET /metrics");
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("metrics body")
+            .0
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, text) = get_text(&self.client, &format!("{}/metrics", self.admin)).await;
+        assert_eq!(status, 200);
+        text
     }
 
     /// Polls `/metrics` until `sample` has a value for which `ok` holds.
@@ -236,6 +368,18 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
 /// The value of a sample that must be present.
 pub fn require_metric(text: &str, sample: &str) -> f64 {
     metric(text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+}
+
+/// Asserts the value of each `(sample, value)` in a `/metrics` text.
+pub fn assert_metrics(text: &str, want: &[(&str, f64)]) {
+    for (sample, value) in want {
+        assert_eq!(require_metric(text, sample), *value, "{sample} in\n{text}");
+    }
+}
+
+/// The `wasmgate_requests_total` sample of `handler`, `status` and `tenant`.
+pub fn requests(handler: &str, status: u16, tenant: &str) -> String {
+    format!(r#"wasmgate_requests_total{{handler="{handler}",status="{status}",tenant="{tenant}"}}"#)
 }
 
 /// A request that keeps one worker busy for at least `hold`: by default
@@ -395,7 +539,36 @@ impl Served {
 
     /// The public listener's `127.0.0.1:PORT`.
     pub fn address(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        host_port(&self.url)
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let killed = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+
+    /// Waits (at most 20 s) for the process to exit by itself.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit.code();
+            }
+            assert!(Instant::now() < deadline, "wasmgate did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/metrics` of the admin listener.
+    pub async fn metrics(&self) -> String {
+        get_text(&client(), &format!("{}/metrics", self.admin))
+            .await
+            .1
     }
 }
 

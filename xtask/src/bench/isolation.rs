@@ -162,22 +162,15 @@ listen = "127.0.0.1:0"
 [[tenant]]
 name = "good"
 hosts = ["good.test"]
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{hello}"
+handler = [{{ name = "hello", route = "/hello", component = "{hello}" }}]
 
 [[tenant]]
 name = "evil"
 hosts = ["*"]
-[[tenant.handler]]
-name = "cpu"
-route = "/cpu"
-component = "{cpu}"
-[[tenant.handler]]
-name = "faults"
-route = "/faults"
-component = "{faults}"
+handler = [
+    {{ name = "cpu", route = "/cpu", component = "{cpu}" }},
+    {{ name = "faults", route = "/faults", component = "{faults}" }},
+]
 "#,
         hello = component("hello.wasm"),
         cpu = component("cpu.wasm"),
