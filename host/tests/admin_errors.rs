@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,6 @@ use wasmgate_handler_components as components;
 const ROOT: &str = "root-secret-for-error-tests";
 const DEMO: &str = "demo-secret-for-error-tests";
 const OTHER: &str = "other-secret-for-error-tests";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("admin-errors-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
 
 /// `demo` and `other`, each with a token of its own.
 const TWO_TENANTS: &str = r#"
@@ -147,7 +140,7 @@ fn message(body: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_says_whether_it_is_unknown_or_another_tenants() {
-    let dir = scratch("tokens");
+    let dir = common::scratch("admin-errors-tokens");
     let gw = Gateway::start(&dir, TWO_TENANTS, Some(ROOT)).await;
     let get = reqwest::Method::GET;
     let (status, body) = gw
@@ -198,7 +191,7 @@ async fn a_refused_token_says_whether_it_is_unknown_or_another_tenants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_root_token_the_start_says_so_once_and_the_403_gives_the_same_advice() {
-    let dir = scratch("disabled");
+    let dir = common::scratch("admin-errors-disabled");
     let config = format!("[admin]\ntoken_env = \"MY_GATEWAY_TOKEN_UNSET\"\n{TWO_TENANTS}");
     let gw = Gateway::start(&dir, &config, None).await;
     for _ in 0..3 {
@@ -243,7 +236,7 @@ async fn without_a_root_token_the_start_says_so_once_and_the_403_gives_the_same_
     assert!(advice.starts_with("the admin API is disabled"), "{advice}");
 
     // With the token set, nothing is said.
-    let dir = scratch("enabled");
+    let dir = common::scratch("admin-errors-enabled");
     let gw = Gateway::start(&dir, TWO_TENANTS, Some(ROOT)).await;
     let (status, _) = gw
         .admin(reqwest::Method::GET, "/admin/tenants", Some(ROOT), None)
@@ -258,7 +251,7 @@ async fn without_a_root_token_the_start_says_so_once_and_the_403_gives_the_same_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_upload_is_named_as_such() {
-    let dir = scratch("empty");
+    let dir = common::scratch("admin-errors-empty");
     let gw = Gateway::start(&dir, TWO_TENANTS, Some(ROOT)).await;
     // What `curl --data-binary @wrong/path.wasm` sends.
     let (status, body) = gw
@@ -291,7 +284,7 @@ async fn an_empty_upload_is_named_as_such() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_says_rolled_back_and_writes_log_the_sha256_that_serves() {
-    let dir = scratch("rollback");
+    let dir = common::scratch("admin-errors-rollback");
     let gw = Gateway::start(&dir, TWO_TENANTS, Some(ROOT)).await;
     let path = "/admin/tenants/demo/handlers/greet";
     let put = |wasm: Vec<u8>| {

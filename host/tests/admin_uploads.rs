@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ROOT: &str = "root-secret-for-upload-tests";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("uploads-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
 
 /// `wasmgate serve` on `config` (in `dir`) with the root token `ROOT`.
 async fn serve(dir: &Path, config: &str) -> Served {
@@ -113,7 +106,7 @@ fn status_of(answer: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_uploads_are_refused_before_anything_reaches_the_data_dir() {
-    let dir = scratch("junk");
+    let dir = common::scratch("uploads-junk");
     let gw = serve(&dir, "[[tenant]]\nname = \"demo\"\n").await;
     let data = dir.join("wasmgate-data");
     let before = tree(&data);
@@ -154,7 +147,7 @@ async fn junk_uploads_are_refused_before_anything_reaches_the_data_dir() {
 async fn parallel_uploads_past_the_budget_get_503_and_memory_stays_bounded() {
     const MAX: usize = 8 << 20;
     const UPLOADS: usize = 24;
-    let dir = scratch("budget");
+    let dir = common::scratch("uploads-budget");
     let gw = serve(
         &dir,
         &format!("[admin]\nmax_upload_bytes = {MAX}\n\n[[tenant]]\nname = \"demo\"\n"),

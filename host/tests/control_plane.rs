@@ -6,20 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Served, serve_command};
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-compile-tests";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compile-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
 
 /// `wasmgate serve` on `config` with the root token `ROOT`.
 fn serve(dir: &Path, config: &str) -> Served {
@@ -66,7 +59,7 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_timeout_is_refused_remembered_and_leaves_nothing() {
-    let dir = scratch("timeout");
+    let dir = common::scratch("compile-timeout");
     // 1 ms: no component compiles that fast, so every upload crosses it.
     let gw = serve(
         &dir,
@@ -97,7 +90,7 @@ async fn a_compile_past_its_timeout_is_refused_remembered_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_the_child_refuses_is_refused_with_its_reason() {
-    let dir = scratch("refused");
+    let dir = common::scratch("compile-refused");
     let gw = serve(&dir, "[[tenant]]\nname = \"demo\"\n");
     // A valid wasm module header, but a core module, not a component.
     let (status, body) = upload(&gw, "core", b"\0asm\x01\0\0\0".to_vec()).await;
@@ -120,7 +113,7 @@ async fn a_component_the_child_refuses_is_refused_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_component_gone_from_the_data_dir_is_a_warning_then_a_clear_error() {
-    let dir = scratch("missing");
+    let dir = common::scratch("compile-missing");
     let config = "[[tenant]]\nname = \"demo\"\n";
     let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
     {

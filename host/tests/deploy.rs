@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{BIN, Served, serve_command};
@@ -14,13 +14,6 @@ use wasmgate::digest::sha256_hex;
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-deploy-tests";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deploy-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
 
 /// A running `wasmgate serve` with the root token `ROOT`, killed on drop.
 struct Gateway(Served);
@@ -118,7 +111,7 @@ fn deployed_line(component: &[u8], version: u64, outcome: &str) -> String {
 
 #[tokio::test]
 async fn deploy_list_and_rollback_drive_a_running_gateway() {
-    let dir = scratch("lifecycle");
+    let dir = common::scratch("deploy-lifecycle");
     let gw = Gateway::start(&dir);
     let (hello_path, echo_path) = (
         components::require(components::HELLO),
@@ -239,7 +232,7 @@ async fn deploy_list_and_rollback_drive_a_running_gateway() {
 
 #[tokio::test]
 async fn every_mistake_is_one_line_and_exit_code_1_and_changes_nothing() {
-    let dir = scratch("mistakes");
+    let dir = common::scratch("deploy-mistakes");
     let gw = Gateway::start(&dir);
     let hello = components::require(components::HELLO);
     let garbage = dir.join("garbage.wasm");
@@ -347,7 +340,7 @@ fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
 
 #[tokio::test]
 async fn patch_delete_tenant_and_reload_do_what_the_admin_api_does() {
-    let dir = scratch("admin-commands");
+    let dir = common::scratch("deploy-admin-commands");
     let gw = Gateway::start(&dir);
     let hello = components::require(components::HELLO);
 

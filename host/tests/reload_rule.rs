@@ -5,20 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::{Served, serve_command};
 use serde_json::{Value, json};
 use wasmgate_handler_components as components;
 
 const ROOT: &str = "root-secret-for-reload-tests";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reload-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
 
 /// `method` on the admin API with the root token and `body` as JSON (or
 /// none): status and JSON answer (`null` for none).
@@ -45,7 +36,7 @@ fn dev(list: &Value) -> &Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_says_what_the_api_keeps_and_follow_config_hands_a_tenant_back() {
-    let dir = scratch("rule");
+    let dir = common::scratch("reload-rule");
     let path = dir.join("wasmgate.toml");
     let text = format!(
         "[[tenant]]\nname = \"dev\"\nlimits = {{ fuel = 2000000000 }}\n\n\
