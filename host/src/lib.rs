@@ -17,7 +17,8 @@
 //! The modules, from the bottom layer up (a module imports only those
 //! below it):
 //! - [`limits`] (limits, names and weights, and their rules), [`digest`]
-//!   (sha256 names), [`error`] (request failures to statuses),
+//!   (sha256 names), [`error`] (request failures to statuses), [`files`]
+//!   (crash-safe writes in the data dir),
 //!   [`guest_log`] (guest text in the log: rate limit and escaping),
 //!   [`router`] (host and path to a target, pure), [`metrics`];
 //! - [`runtime`]: where guest code runs (engine, handler versions, host
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod control;
 pub mod digest;
 pub mod error;
+pub mod files;
 pub mod guest_log;
 pub mod limits;
 pub mod metrics;

@@ -131,9 +131,7 @@ impl Call<'_> {
                 Ok((written, None))
             })
             .await?;
-        let state = self.admin.registry.state().await;
-        let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
-        Ok(tagged(status_of(written.into()), &view))
+        self.tenant_answer(written.into()).await
     }
 
     pub(super) async fn follow_config(&self) -> HttpResult {
@@ -146,9 +144,14 @@ impl Call<'_> {
                     .map(|written| (written, None))
             })
             .await?;
+        self.tenant_answer(written.into()).await
+    }
+
+    /// The tenant as it is after a write, with the status for `written`.
+    async fn tenant_answer(&self, written: WriteResult) -> HttpResult {
         let state = self.admin.registry.state().await;
         let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
-        Ok(tagged(status_of(written.into()), &view))
+        Ok(tagged(status_of(written), &view))
     }
 
     pub(super) async fn delete_tenant(&self) -> HttpResult {

@@ -11,11 +11,11 @@
 //! the state in `state/` (an index and a file per tenant), uploads being
 //! compiled in `staging/`, and the code cache `cache/`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::state::DesiredState;
 use crate::digest::sha256_hex;
+use crate::files;
 
 /// Why the data dir could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,30 +46,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` durably: a temporary file in the same folder,
-/// fsynced, renamed over `path`, and the folder fsynced so the rename
-/// itself survives a power cut.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    // Unique per process and write: writes may run concurrently.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let temporary = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written.map_err(io(path))
+/// [`files::write_atomically`], its error naming the file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    files::write_atomically(path, bytes).map_err(io(path))
 }
 
 /// Component bytes by sha256 (`data_dir/components`).
@@ -116,19 +95,10 @@ impl ComponentStore {
     /// no handler keeps any more, and temporary files of interrupted
     /// writes. Failures are logged: garbage is no reason to stop.
     pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let kept = name
-                .strip_suffix(".wasm")
-                .is_some_and(|sha| keep.contains(sha));
-            if !kept && let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(path = %entry.path().display(), "cannot remove: {e}");
-            }
-        }
+        files::remove_unless(&self.dir, |name| {
+            name.strip_suffix(".wasm")
+                .is_some_and(|sha| keep.contains(sha))
+        });
     }
 }
 

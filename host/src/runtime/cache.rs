@@ -52,26 +52,22 @@ impl CodeCache {
     /// Removes compiled code of components not in `keep` (by sha256):
     /// those no handler keeps a version of any more. Failures are logged.
     pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let sha = name.split('-').next().unwrap_or_default();
-            if !keep.contains(sha)
-                && let Err(e) = std::fs::remove_file(entry.path())
-            {
-                tracing::warn!(path = %entry.path().display(), "cannot remove: {e}");
-            }
-        }
+        crate::files::remove_unless(&self.dir, |name| {
+            keep.contains(name.split('-').next().unwrap_or_default())
+        });
     }
 
     /// Stores compiled code; failing to is reported, never fatal.
     pub fn put(&self, engine: &Engine, sha256: &str, component: &Component) {
         let path = self.path(engine, sha256);
-        if let Err(e) = write_atomically(&path, component) {
-            tracing::warn!(path = %path.display(), "could not cache compiled code: {e:#}");
+        let written = component
+            .serialize()
+            .map_err(|e| format!("serializing: {e:#}"))
+            .and_then(|bytes| {
+                crate::files::write_atomically(&path, &bytes).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), "could not cache compiled code: {e}");
         }
     }
 }
@@ -84,21 +80,4 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // wasmtime additionally checks the header and engine settings. Whoever
     // can write the data dir can already replace the gateway itself.
     unsafe { Component::deserialize_file(engine, path) }
-}
-
-/// Writes to a temporary file, then renames, so a crash never leaves a
-/// half-written file under the final name.
-fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
-    let bytes = component
-        .serialize()
-        .map_err(|e| anyhow::anyhow!("serializing: {e:#}"))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    // Unique per process and write: loads may run concurrently.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)?;
-    Ok(())
 }
