@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Served, serve_command};
+use common::Served;
 use serde_json::Value;
 use wasmgate_handler_components as components;
 
@@ -43,12 +43,8 @@ impl Gateway {
     /// Serves `config` (written in `dir`) with the tenants' tokens set and
     /// the root token in `WASMGATE_ADMIN_TOKEN` when `root` is.
     async fn start(dir: &Path, config: &str, root: Option<&str>) -> Self {
-        let path = dir.join("wasmgate.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut command = serve_command();
+        let mut command = common::serve_config(dir, config);
         command
-            .arg("--config")
-            .arg(&path)
             .args(["--log-format", "json"])
             .env("DEMO_TOKEN_FOR_ERROR_TESTS", DEMO)
             .env("OTHER_TOKEN_FOR_ERROR_TESTS", OTHER)

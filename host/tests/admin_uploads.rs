@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Served, serve_command};
+use common::Served;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,13 +18,8 @@ const ROOT: &str = "root-secret-for-upload-tests";
 
 /// `wasmgate serve` on `config` (in `dir`) with the root token `ROOT`.
 async fn serve(dir: &Path, config: &str) -> Served {
-    let path = dir.join("wasmgate.toml");
-    std::fs::write(&path, config).expect("write config");
-    let mut command = serve_command();
-    command
-        .arg("--config")
-        .arg(&path)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT);
+    let mut command = common::serve_config(dir, config);
+    command.env("WASMGATE_ADMIN_TOKEN", ROOT);
     tokio::task::spawn_blocking(move || Served::spawn(&mut command))
         .await
         .expect("startup lines")

@@ -16,13 +16,8 @@ const ROOT: &str = "root-secret-for-compile-tests";
 
 /// `wasmgate serve` on `config` with the root token `ROOT`.
 fn serve(dir: &Path, config: &str) -> Served {
-    let path = dir.join("wasmgate.toml");
-    std::fs::write(&path, config).expect("write config");
-    let mut command = serve_command();
-    command
-        .arg("--config")
-        .arg(&path)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT);
+    let mut command = common::serve_config(dir, config);
+    command.env("WASMGATE_ADMIN_TOKEN", ROOT);
     Served::spawn(&mut command)
 }
 

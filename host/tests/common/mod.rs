@@ -496,6 +496,15 @@ pub fn serve_command() -> std::process::Command {
     command
 }
 
+/// [`serve_command`] on `config`, written to `dir/wasmgate.toml`.
+pub fn serve_config(dir: &Path, config: &str) -> std::process::Command {
+    let path = dir.join("wasmgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut command = serve_command();
+    command.arg("--config").arg(path);
+    command
+}
+
 /// A `wasmgate serve` child process; killed on drop.
 pub struct Served {
     /// The process, for signals and its exit status.
