@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{BIN, Served, serve_command};
+use common::{BIN, Served};
 use serde_json::Value;
 use wasmgate::cli::print::format_size;
 use wasmgate::digest::sha256_hex;
@@ -29,18 +29,13 @@ impl std::ops::Deref for Gateway {
 impl Gateway {
     /// `demo` on every host with hello at /hello.
     fn start(dir: &Path) -> Self {
-        let config = dir.join("wasmgate.toml");
         let text = format!(
             "[runtime]\nworkers = 1\n\n[[tenant]]\nname = \"demo\"\nhosts = [\"*\"]\n\n\
              [[tenant.handler]]\nname = \"hello\"\nroute = \"/hello\"\ncomponent = \"{}\"\n",
             components::require(components::HELLO)
         );
-        std::fs::write(&config, text).expect("write config");
-        let mut command = serve_command();
-        command
-            .arg("--config")
-            .arg(&config)
-            .env("WASMGATE_ADMIN_TOKEN", ROOT);
+        let mut command = common::serve_config(dir, &text);
+        command.env("WASMGATE_ADMIN_TOKEN", ROOT);
         Self(Served::spawn(&mut command))
     }
 

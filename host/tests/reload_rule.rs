@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Served, serve_command};
+use common::Served;
 use serde_json::{Value, json};
 use wasmgate_handler_components as components;
 
@@ -37,18 +37,13 @@ fn dev(list: &Value) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_says_what_the_api_keeps_and_follow_config_hands_a_tenant_back() {
     let dir = common::scratch("reload-rule");
-    let path = dir.join("wasmgate.toml");
     let text = format!(
         "[[tenant]]\nname = \"dev\"\nlimits = {{ fuel = 2000000000 }}\n\n\
          [[tenant.handler]]\nname = \"hello\"\nroute = \"/hello\"\ncomponent = \"{}\"\n",
         components::require(components::HELLO)
     );
-    std::fs::write(&path, text).expect("write config");
-    let mut command = serve_command();
-    command
-        .arg("--config")
-        .arg(&path)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT);
+    let mut command = common::serve_config(&dir, &text);
+    command.env("WASMGATE_ADMIN_TOKEN", ROOT);
     let gw = Served::spawn(&mut command);
 
     // A reload with nothing set through the API says nothing more.
