@@ -14,4 +14,4 @@ wasmtime::component::bindgen!({
 });
 
 /// A guest's response as the world defines it, before validation.
-pub(super) use wasmgate::handler::types::Response as GuestResponse;
+pub(super) use self::wasmgate::handler::types::Response as GuestResponse;
