@@ -168,10 +168,29 @@ impl Router {
     }
 
     /// Calls the first route matching the request's method and path below
-    /// its route, or answers 404 or 405.
+    /// its route, or answers 404 or 405. A router whose patterns repeat its
+    /// route (`/users/{id}` for a handler at `/users`, as routers were
+    /// written before the route was taken off) still matches: when no
+    /// pattern matches the path below the route, the whole path is tried.
     pub fn handle(&self, mut req: Request) -> Response {
         let relative = req.relative_path();
-        let path: Vec<&str> = relative.split('/').skip(1).collect();
+        let whole = req.uri().path();
+        let candidates = [relative, whole];
+        let Some(path) = candidates
+            .into_iter()
+            .take(if relative == whole { 1 } else { 2 })
+            .map(|p| p.split('/').skip(1).collect::<Vec<&str>>())
+            .find(|path| {
+                self.routes
+                    .iter()
+                    .any(|r| match_path(&r.segments, path).is_some())
+            })
+            .map(|path| path.into_iter().map(str::to_owned).collect::<Vec<_>>())
+        else {
+            return (StatusCode::NOT_FOUND, not_found(&req)).into_response();
+        };
+        // Owned: the request is lent to the handler below.
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let mut allowed: Vec<&Method> = Vec::new();
         for route in &self.routes {
             let Some(params) = match_path(&route.segments, &path) else {
@@ -185,9 +204,6 @@ impl Router {
             }
             req.extensions_mut().insert(PathParams(params));
             return (route.handler)(req);
-        }
-        if allowed.is_empty() {
-            return (StatusCode::NOT_FOUND, not_found(&req)).into_response();
         }
         let allow = allowed
             .iter()
@@ -378,6 +394,24 @@ mod tests {
     /// `GET path` as the gateway passes it to a handler at `route`.
     fn routed_at(route: &str, path: &str) -> Request {
         routed(route, get(path))
+    }
+
+    #[test]
+    fn patterns_that_repeat_the_route_still_match_the_whole_path() {
+        // `router()`'s patterns start with `/users`: written for the whole
+        // path, deployed at `/users`.
+        let r = router();
+        assert_eq!(text(&r.handle(routed_at("/users", "/users"))), "list");
+        let deleted = r.handle(routed(
+            "/users",
+            request(Method::DELETE, "/users/7", Vec::new()),
+        ));
+        assert_eq!(deleted.status(), 204);
+        // Below the route comes first: `/{id}` at `/users` is `/users/7`.
+        let relative = Router::new().get("/{id}", |req: Request| {
+            req.param("id").unwrap_or_default().to_owned()
+        });
+        assert_eq!(text(&relative.handle(routed_at("/users", "/users/7"))), "7");
     }
 
     #[test]
