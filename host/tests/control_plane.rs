@@ -3,6 +3,10 @@
 //! is refused naming the bound, leaves nothing on disk, and is remembered
 //! so a retry costs nothing), and a start never depends on the code cache
 //! alone without saying so.
+//!
+//! The compile bomb these tests upload is small to send and slow to
+//! compile: a component instantiating a core module whose functions push
+//! many constants before adding them up, so every value is live at once.
 
 mod common;
 
@@ -24,9 +28,14 @@ fn serve(dir: &Path, config: &str) -> Served {
 /// PUTs `bytes` as handler `name` of tenant `demo` at `/{name}`: status
 /// and body.
 async fn upload(gw: &Served, name: &str, bytes: Vec<u8>) -> (u16, String) {
+    upload_to(gw, "demo", name, bytes).await
+}
+
+/// PUTs `bytes` as handler `name` of `tenant` at `/{name}`.
+async fn upload_to(gw: &Served, tenant: &str, name: &str, bytes: Vec<u8>) -> (u16, String) {
     let response = reqwest::Client::new()
         .put(format!(
-            "{}/admin/tenants/demo/handlers/{name}?route=/{name}",
+            "{}/admin/tenants/{tenant}/handlers/{name}?route=/{name}",
             gw.admin
         ))
         .bearer_auth(ROOT)
@@ -164,5 +173,111 @@ async fn a_stored_component_gone_from_the_data_dir_is_a_warning_then_a_clear_err
     assert!(
         stderr.contains("tenant \"demo\" handler \"hello\""),
         "{stderr}"
+    );
+}
+
+/// The compile bomb: `funcs` functions of `per` constants each. It fits no
+/// world (it exports nothing), but only after it has been compiled.
+fn bomb(funcs: u32, per: u32) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    let mut bodies = Vec::new();
+    leb(u64::from(funcs), &mut bodies);
+    for f in 0..funcs {
+        // No locals; `i32.const k` (a small positive LEB) each, then adds.
+        let mut code = vec![0];
+        for k in 0..per {
+            code.push(0x41);
+            leb(
+                u64::from((k.wrapping_mul(2_654_435_761) ^ f) & 0x3f_ffff),
+                &mut code,
+            );
+        }
+        code.extend(std::iter::repeat_n(0x6a, per as usize - 1));
+        code.push(0x0b);
+        leb(code.len() as u64, &mut bodies);
+        bodies.extend(code);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 1, 0x7f], &mut module);
+    let mut functions = Vec::new();
+    leb(u64::from(funcs), &mut functions);
+    functions.extend(std::iter::repeat_n(0, funcs as usize));
+    section(3, &functions, &mut module);
+    section(10, &bodies, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    // Instantiated, so the engine compiles it.
+    section(2, &[1, 0, 0, 0], &mut component);
+    component
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_past_its_memory_cap_is_refused_naming_it() {
+    let dir = common::scratch("compile-memory");
+    let gw = serve(
+        &dir,
+        "[admin]\ncompile_memory_bytes = 67108864\n\n[[tenant]]\nname = \"demo\"\n",
+    );
+    // About 200 MB to compile.
+    let (status, body) = upload(&gw, "bomb", bomb(8, 125_000)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("admin.compile_memory_bytes"), "{body}");
+    // The cap leaves room for ordinary components.
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    let (status, body) = upload(&gw, "hello", hello).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_compile_holds_up_no_other_tenants_deploy() {
+    let dir = common::scratch("compile-other-tenant");
+    let gw = serve(
+        &dir,
+        "[[tenant]]\nname = \"slow\"\nhosts = [\"slow\"]\n\n\
+         [[tenant]]\nname = \"demo\"\nhosts = [\"demo\"]\n",
+    );
+    let bomb = bomb(8, 60_000);
+    let slow = {
+        let admin = gw.admin.clone();
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .put(format!(
+                    "{admin}/admin/tenants/slow/handlers/bomb?route=/bomb"
+                ))
+                .bearer_auth(ROOT)
+                .header("content-type", "application/wasm")
+                .body(bomb)
+                .send()
+                .await
+                .expect("upload");
+            (response.status().as_u16(), Instant::now())
+        })
+    };
+    // Well into the bomb's compile (seconds), another tenant deploys.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    let (status, body) = upload_to(&gw, "demo", "hello", hello).await;
+    let deployed = Instant::now();
+    assert_eq!(status, 201, "{body}");
+    let (slow_status, slow_done) = slow.await.expect("the slow upload");
+    assert_eq!(slow_status, 400, "the bomb fits no world");
+    assert!(
+        deployed < slow_done,
+        "the other tenant's deploy waited for the slow compile"
     );
 }

@@ -331,7 +331,8 @@ impl Call<'_> {
         + Send
         + 'static,
     ) -> Result<T, Rejection> {
-        let written = self.admin.registry.apply(uploads, edit).await;
+        let tenant = self.tenant.as_deref().unwrap_or_default();
+        let written = self.admin.registry.apply(tenant, uploads, edit).await;
         let sha256 = match &written {
             Ok((_, active)) => active.as_deref(),
             Err(_) => attempted,

@@ -136,9 +136,12 @@ pub struct UploadCompiler {
     staging: PathBuf,
     /// Failed compiles by sha256.
     failures: Failures,
-    /// Compiles running at once: one per core, so compiles never take every
-    /// core from the workers for long.
+    /// Compiles running at once: one per core.
     slots: tokio::sync::Semaphore,
+    /// Each tenant's turn: a tenant compiles one upload at a time, so its
+    /// uploads queue behind each other and leave the other slots to other
+    /// tenants. One entry per tenant that ever uploaded.
+    turns: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl UploadCompiler {
@@ -151,21 +154,32 @@ impl UploadCompiler {
             bounds,
             staging,
             failures: Failures::default(),
-            slots: tokio::sync::Semaphore::new(cores.div_ceil(2)),
+            slots: tokio::sync::Semaphore::new(cores),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Fills the code cache for each upload not in it yet, a compile slot
-    /// at a time; failures are remembered for [`UploadCompiler::compiled`]
+    /// Fills the code cache for each upload of `tenant` (`""`: the config
+    /// file) not in it yet, in the tenant's turn and a compile slot at a
+    /// time; failures are remembered for [`UploadCompiler::compiled`]
     /// to report. Without a child this does nothing: the writer compiles.
     pub async fn prepare(
         self: &std::sync::Arc<Self>,
+        tenant: &str,
         runtime: &Runtime,
         uploads: &HashMap<String, Vec<u8>>,
     ) {
-        if self.child.is_none() {
+        if self.child.is_none() || uploads.is_empty() {
             return;
         }
+        let turn = std::sync::Arc::clone(
+            self.turns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(tenant.to_owned())
+                .or_default(),
+        );
+        let _turn = turn.lock().await;
         for (sha256, bytes) in uploads {
             let Ok(_slot) = self.slots.acquire().await else {
                 return;

@@ -331,14 +331,17 @@ impl Registry {
     }
 
     /// Applies `edit` to the desired state, with `uploads` (component bytes
-    /// by sha256) available to it: loads the versions it activates, stores
-    /// the uploads and the new state, then swaps the routing table. Writes
-    /// are serialised; requests are not held up by them.
+    /// by sha256, sent for `tenant`) available to it: loads the versions it
+    /// activates, stores the uploads and the new state, then swaps the
+    /// routing table. Writes are serialised; requests are not held up by
+    /// them, and the uploads are compiled before the write takes its turn.
     pub async fn apply<T: Send + 'static>(
         &self,
+        tenant: &str,
         uploads: HashMap<String, Vec<u8>>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
+        self.compiler.prepare(tenant, &self.runtime, &uploads).await;
         self.apply_with_defaults(uploads, None, edit).await
     }
 
@@ -359,6 +362,8 @@ impl Registry {
         let found = found_components(&read);
         let uploads: HashMap<String, Vec<u8>> = read.into_values().collect();
         let defaults = config.limits;
+        // The config file's components compile in a turn of their own.
+        self.compiler.prepare("", &self.runtime, &uploads).await;
         let not_applied = self
             .apply_with_defaults(uploads, Some(defaults), move |state, _| {
                 state.apply_config(&config, &found)
@@ -373,10 +378,9 @@ impl Registry {
         defaults: Option<Limits>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
-        // Compiling is the slow part of a write: done before the writer is
-        // taken, a slot at a time, so a large upload holds up no other
-        // tenant's writes. The writer then finds the code in the cache.
-        self.compiler.prepare(&self.runtime, &uploads).await;
+        // Compiling, the slow part of a write, was done before the writer
+        // is taken (`UploadCompiler::prepare`), so a large upload holds up
+        // no other tenant's writes; the writer finds the code in the cache.
         let mut slot = self.writer.lock().await;
         let mut writer = slot.take().ok_or(ApplyError::WriterLost)?;
         let mut next = writer.state.clone();
