@@ -89,20 +89,11 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => {
                 let alive = usize::try_from(self.metrics.workers_alive.get()).unwrap_or(0);
-                if self.draining.load(Ordering::Relaxed) {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                } else if alive < self.workers {
-                    // A worker died and its replacement has not started:
-                    // requests still run, on fewer threads.
-                    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
-                    *response.body_mut() = ResponseBody::from(Bytes::from(format!(
-                        "degraded: {alive} of {} workers alive\n",
-                        self.workers
-                    )));
-                    response
-                } else {
-                    text(StatusCode::OK, "ready\n")
-                }
+                let draining = self.draining.load(Ordering::Relaxed);
+                let (status, body) = readiness(draining, alive, self.workers);
+                let mut response = text(status, "");
+                *response.body_mut() = ResponseBody::from(Bytes::from(body));
+                response
             }
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let mut response =
@@ -118,6 +109,20 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+/// `/readyz`: 503 while draining, so load balancers stop sending, and
+/// while fewer than `workers` worker threads are alive (one died and its
+/// replacement has not started: requests still run, on fewer threads).
+fn readiness(draining: bool, alive: usize, workers: usize) -> (StatusCode, String) {
+    if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+    } else if alive < workers {
+        let body = format!("degraded: {alive} of {workers} workers alive\n");
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else {
+        (StatusCode::OK, "ready\n".into())
     }
 }
 
@@ -140,4 +145,28 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_while_draining_or_with_a_dead_worker() {
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        for (draining, alive, want) in [
+            (false, 2, (StatusCode::OK, "ready\n")),
+            (false, 1, (unavailable, "degraded: 1 of 2 workers alive\n")),
+            (false, 0, (unavailable, "degraded: 0 of 2 workers alive\n")),
+            (true, 2, (unavailable, "shutting down\n")),
+            (true, 1, (unavailable, "shutting down\n")),
+        ] {
+            let (status, body) = readiness(draining, alive, 2);
+            assert_eq!(
+                (status, body.as_str()),
+                want,
+                "draining {draining}, alive {alive}"
+            );
+        }
+    }
 }
