@@ -144,7 +144,7 @@ async fn deploy_list_and_rollback_drive_a_running_gateway() {
     assert_eq!(
         rows[0],
         [
-            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED"
+            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "CREATED"
         ]
     );
     assert_eq!(rows.len(), 3, "{stdout}");

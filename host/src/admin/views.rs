@@ -63,7 +63,8 @@ pub struct HandlerView {
     pub size: u64,
     /// The active version's number.
     pub version: u64,
-    /// When the active version was created, in seconds since the epoch.
+    /// When the active version was created (first loaded), in seconds
+    /// since the epoch: it stays across restarts, which load it again.
     pub loaded_at: u64,
     /// Who made the active version.
     pub source: Source,

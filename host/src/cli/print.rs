@@ -86,7 +86,7 @@ pub fn handler_table(list: &HandlerList) -> String {
         .collect();
     table(
         [
-            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "LOADED",
+            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "CREATED",
         ],
         &rows,
     )
@@ -328,7 +328,7 @@ mod tests {
             ],
         };
         let expected = "\
-NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  LOADED
+NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  CREATED
 greet  /greet           12       0123456789ab  113.2 KiB  api     2023-11-14 22:13:20 UTC
 a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:00:00 UTC";
         assert_eq!(handler_table(&list), expected);
