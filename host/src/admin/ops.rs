@@ -11,8 +11,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::bodies::Upload;
+use super::bodies::drain;
 use super::views::{
-    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, TenantList, TenantPut,
+    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, StaticPut, TenantList, TenantPut,
     TenantView, WriteResult,
 };
 use super::wire::{Rejection, etag_of, if_match, json, no_content, query_param, tagged};
@@ -44,6 +45,8 @@ pub(super) enum Operation {
     DeleteHandler,
     Reload,
     FollowConfig,
+    PutStatic,
+    DeleteStatic,
 }
 
 impl Operation {
@@ -61,6 +64,8 @@ impl Operation {
             Self::DeleteHandler => "delete_handler",
             Self::Reload => "reload",
             Self::FollowConfig => "follow_config",
+            Self::PutStatic => "put_static",
+            Self::DeleteStatic => "delete_static",
         }
     }
 
@@ -80,6 +85,8 @@ impl Operation {
                 | Self::DeleteTenant
                 | Self::Reload
                 | Self::FollowConfig
+                | Self::PutStatic
+                | Self::DeleteStatic
         )
     }
 }
@@ -132,6 +139,63 @@ impl Call<'_> {
             })
             .await?;
         self.tenant_answer(written.into()).await
+    }
+
+    /// `PUT /admin/tenants/{t}/statics?route=/r` with `{"dir": "/abs"}`:
+    /// the directory must be absolute and exist; it is mounted as its
+    /// canonical path, so a link swapped later cannot move the mount.
+    pub(super) async fn put_static(&self, request: Request<Incoming>) -> HttpResult {
+        let route = self.static_route(&request)?;
+        let body: StaticPut = self.admin.bodies.json(request).await?;
+        if !body.dir.is_absolute() {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("dir {:?} must be an absolute path", body.dir),
+            ));
+        }
+        let dir = tokio::fs::canonicalize(&body.dir)
+            .await
+            .ok()
+            .filter(|dir| dir.is_dir())
+            .ok_or_else(|| {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("dir {:?} is not a directory of this host", body.dir),
+                )
+            })?;
+        let tenant = self.tenant().to_owned();
+        let written = self
+            .write(None, HashMap::new(), move |state, _| {
+                let written = state.put_static(&tenant, &route, dir)?;
+                Ok((written, None))
+            })
+            .await?;
+        self.tenant_answer(written.into()).await
+    }
+
+    /// `DELETE /admin/tenants/{t}/statics?route=/r`.
+    pub(super) async fn delete_static(&self, request: Request<Incoming>) -> HttpResult {
+        let route = self.static_route(&request)?;
+        drain(request.into_body()).await;
+        let tenant = self.tenant().to_owned();
+        self.write(None, HashMap::new(), move |state, _| {
+            state.delete_static(&tenant, &route).map(|()| ((), None))
+        })
+        .await?;
+        Ok(no_content())
+    }
+
+    /// The `?route=` a static mount operation names.
+    fn static_route(&self, request: &Request<Incoming>) -> Result<String, Rejection> {
+        query_param(request.uri().query(), "route").ok_or_else(|| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "name the mount's route: ?route=/path",
+            )
+        })
     }
 
     pub(super) async fn follow_config(&self) -> HttpResult {

@@ -41,6 +41,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
             (Operation::DeleteHandler, Some(*t), Some(*h))
         }
         (&Method::POST, ["reload"]) => (Operation::Reload, None, None),
+        (&Method::PUT, ["tenants", t, "statics"]) => (Operation::PutStatic, Some(*t), None),
+        (&Method::DELETE, ["tenants", t, "statics"]) => (Operation::DeleteStatic, Some(*t), None),
         (&Method::POST, ["tenants", t, "follow-config"]) => {
             (Operation::FollowConfig, Some(*t), None)
         }
@@ -103,6 +105,8 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
                 Operation::DeleteHandler => call.delete_handler(request).await,
                 Operation::Reload => call.reload().await,
                 Operation::FollowConfig => call.follow_config().await,
+                Operation::PutStatic => call.put_static(request).await,
+                Operation::DeleteStatic => call.delete_static(request).await,
             }
         }
     };

@@ -25,6 +25,28 @@ pub struct TenantView {
     pub source: Source,
     /// Its handlers' names.
     pub handlers: Vec<String>,
+    /// Its static mounts, the config file's and the API's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statics: Vec<StaticView>,
+}
+
+/// A static mount of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticView {
+    /// The route it is mounted at.
+    pub route: String,
+    /// The directory it serves (canonical).
+    pub dir: std::path::PathBuf,
+    /// Who mounted it: the config file or the admin API.
+    pub source: Source,
+}
+
+/// The body of `PUT /admin/tenants/{t}/statics?route=/r`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPut {
+    /// The directory to serve read-only: absolute, on the gateway's host.
+    pub dir: std::path::PathBuf,
 }
 
 impl TenantView {
@@ -37,6 +59,17 @@ impl TenantView {
             cpu_weight: tenant.cpu_weight,
             source: tenant.source,
             handlers: tenant.handlers.keys().cloned().collect(),
+            statics: tenant
+                .statics
+                .iter()
+                .map(|m| (m, Source::Config))
+                .chain(tenant.api_statics.iter().map(|m| (m, Source::Api)))
+                .map(|((route, dir), source)| StaticView {
+                    route: route.clone(),
+                    dir: dir.clone(),
+                    source,
+                })
+                .collect(),
         }
     }
 }

@@ -90,6 +90,7 @@ impl From<StateError> for Rejection {
             StateError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             StateError::TooManyHandlers { .. } => (StatusCode::CONFLICT, "too_many_handlers"),
             StateError::NotInConfig(_) => (StatusCode::CONFLICT, "not_in_config"),
+            StateError::NoStatic { .. } => (StatusCode::NOT_FOUND, "not_found"),
         };
         Self::new(status, code, error.to_string())
     }

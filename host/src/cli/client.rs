@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 use crate::admin::views::{
-    ErrorBody, HandlerList, HandlerPatch, HandlerView, Reloaded, TenantList, TenantPut, TenantView,
-    WriteResult,
+    ErrorBody, HandlerList, HandlerPatch, HandlerView, Reloaded, StaticPut, TenantList, TenantPut,
+    TenantView, WriteResult,
 };
 
 /// The environment variable holding the token the commands send.
@@ -50,7 +50,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 /// What a route sends as is in a query value: also `/`, `:`, `@` and
-/// the sub-delims but `&`.
+/// the sub-delims but `&` and `+` (which a query decodes as a space).
 const ROUTE: &AsciiSet = &SEGMENT
     .remove(b'/')
     .remove(b':')
@@ -61,7 +61,6 @@ const ROUTE: &AsciiSet = &SEGMENT
     .remove(b'(')
     .remove(b')')
     .remove(b'*')
-    .remove(b'+')
     .remove(b',')
     .remove(b';')
     .remove(b'=');
@@ -434,6 +433,44 @@ impl Client {
             created: status == StatusCode::CREATED,
             tenant,
         })
+    }
+
+    /// Mounts `dir` at `route` of `tenant` (`PUT .../statics?route=`).
+    pub async fn put_static(
+        &self,
+        tenant: &str,
+        route: &str,
+        dir: &Path,
+    ) -> Result<Reply<TenantView>, ClientError> {
+        let body = StaticPut {
+            dir: dir.to_path_buf(),
+        };
+        // Serialising a path that is valid UTF-8 cannot fail; one that is
+        // not becomes an empty body, which the gateway refuses.
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let request = self
+            .request(Method::PUT, &self.static_path(tenant, route))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let (status, body) = self.exchange(request).await?;
+        self.answer(status, &body)
+    }
+
+    /// Removes the mount the API added at `route` of `tenant`.
+    pub async fn delete_static(&self, tenant: &str, route: &str) -> Result<(), ClientError> {
+        let request = self
+            .request(Method::DELETE, &self.static_path(tenant, route))
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        self.no_content(status, &body)
+    }
+
+    fn static_path(&self, tenant: &str, route: &str) -> String {
+        format!(
+            "{}/statics?route={}",
+            self.tenant_path(tenant),
+            utf8_percent_encode(route, ROUTE)
+        )
     }
 
     /// Hands a tenant's hosts, limits and cpu_weight back to the config

@@ -88,6 +88,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Mount a directory of the gateway's host read-only at a tenant's
+    /// route, or remove such a mount. The root token comes from
+    /// $WASMGATE_ADMIN_TOKEN.
+    Static {
+        /// What to do.
+        #[command(subcommand)]
+        command: StaticCommand,
+    },
     /// Apply the gateway's config file again, as SIGHUP does, and say
     /// whether it applied. The token comes from $WASMGATE_ADMIN_TOKEN.
     Reload {
@@ -126,6 +134,38 @@ pub struct PatchArgs {
     /// Where the gateway is.
     #[command(flatten)]
     admin: AdminArgs,
+}
+
+/// `wasmgate static ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum StaticCommand {
+    /// Serve DIR (an absolute path on the gateway's host) read-only at the
+    /// tenant's ROUTE; again with another DIR moves the mount.
+    Put {
+        /// The directory.
+        dir: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The path prefix to serve it at.
+        #[arg(long)]
+        route: String,
+        /// Where the gateway is.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a mount the API added (the config file's stay in the file).
+    Delete {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The mount's route.
+        #[arg(long)]
+        route: String,
+        /// Where the gateway is.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// `wasmgate tenant ...`.
@@ -296,6 +336,35 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let tenant = client.follow_config(&name).await?;
             let summary = format!("tenant {name} follows the config file again");
             Ok((summary, tenant.json))
+        }),
+        Command::Static {
+            command:
+                StaticCommand::Put {
+                    dir,
+                    tenant,
+                    route,
+                    admin,
+                },
+        } => call(&admin, async |client| {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let view = client.put_static(&tenant, &route, &dir).await?;
+            let summary = format!("tenant {tenant} serves {} at {route}", dir.display());
+            Ok((summary, view.json))
+        }),
+        Command::Static {
+            command:
+                StaticCommand::Delete {
+                    tenant,
+                    route,
+                    admin,
+                },
+        } => call(&admin, async |client| {
+            client.delete_static(&tenant, &route).await?;
+            let json = serde_json::json!({"deleted": true, "tenant": tenant, "route": route});
+            Ok((
+                format!("removed tenant {tenant}'s mount at {route}"),
+                json.to_string(),
+            ))
         }),
         Command::Reload { admin } => call(&admin, async |client| {
             let reloaded = client.reload().await?;

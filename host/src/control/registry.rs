@@ -756,7 +756,7 @@ impl Writer {
                 );
                 count += 1;
             }
-            for (route, root) in &tenant_state.statics {
+            for (route, root) in tenant_state.statics.iter().chain(&tenant_state.api_statics) {
                 let label = metrics_label(route);
                 statics.insert((name.clone(), label.clone()));
                 routes.add(

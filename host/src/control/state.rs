@@ -82,11 +82,16 @@ pub struct TenantState {
     pub rank: u64,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerState>,
-    /// Static mounts: route to canonical directory. They come from the
-    /// config file alone, which is applied at every start, so they are not
-    /// stored; handlers may not take their routes.
+    /// The config file's static mounts: route to canonical directory. The
+    /// file is applied at every start, so they are not stored; handlers
+    /// may not take their routes.
     #[serde(skip)]
     pub statics: BTreeMap<String, std::path::PathBuf>,
+    /// Static mounts the admin API added (root token only: they name
+    /// directories of the host), stored; the file's mounts and handlers
+    /// may not take their routes either.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub api_statics: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// One handler and its recent versions.
@@ -167,6 +172,19 @@ pub enum StateError {
     /// The writer's `If-Match` does not match what is there now.
     #[error("{0}")]
     Precondition(String),
+    /// The tenant has no static mount the API added at the route.
+    #[error(
+        "tenant {tenant:?} has no static mount at {route:?} added through the admin API{}",
+        if *in_config { " (that one is the config file's: remove it there)" } else { "" }
+    )]
+    NoStatic {
+        /// The tenant.
+        tenant: String,
+        /// The route.
+        route: String,
+        /// Whether the config file mounts one there.
+        in_config: bool,
+    },
     /// The config file does not name the tenant, so it has nothing to
     /// follow.
     #[error("the config file names no tenant {0:?}: there is nothing to follow")]
@@ -476,6 +494,7 @@ impl DesiredState {
                         rank,
                         handlers: BTreeMap::new(),
                         statics: BTreeMap::new(),
+                        api_statics: BTreeMap::new(),
                     },
                 );
                 Ok(Written::Created)
@@ -600,15 +619,61 @@ impl DesiredState {
                     Source::Config,
                 )?;
             }
-            // A handler the API put at a route the file now mounts.
+            // A handler or mount the API put at a route the file now mounts.
             if let Some(t) = next.tenants.get(&tenant.name) {
                 for route in t.statics.keys() {
                     check_route_free(&tenant.name, t, "", route)?;
+                    if t.api_statics.contains_key(route) {
+                        return Err(StateError::RouteTaken {
+                            tenant: tenant.name.clone(),
+                            route: route.clone(),
+                            other: format!("static:{route} (added through the admin API)"),
+                        });
+                    }
                 }
             }
         }
         *self = next;
         Ok(not_applied)
+    }
+
+    /// Mounts `dir` (canonical, a directory: the caller checked) read-only
+    /// at `route` of `tenant` for the admin API, or moves an API mount to
+    /// another directory.
+    pub fn put_static(
+        &mut self,
+        tenant: &str,
+        route: &str,
+        dir: std::path::PathBuf,
+    ) -> Result<Written, StateError> {
+        crate::router::check_route(route).map_err(|e| StateError::Invalid(format!("route {e}")))?;
+        let t = self.tenant_mut(tenant)?;
+        if t.statics.contains_key(route) {
+            return Err(StateError::RouteTaken {
+                tenant: tenant.to_owned(),
+                route: route.to_owned(),
+                other: format!("static:{route} (of the config file)"),
+            });
+        }
+        check_route_free(tenant, t, "", route)?;
+        Ok(match t.api_statics.insert(route.to_owned(), dir.clone()) {
+            None => Written::Created,
+            Some(old) if old == dir => Written::Unchanged,
+            Some(_) => Written::Replaced,
+        })
+    }
+
+    /// Removes a static mount the admin API added.
+    pub fn delete_static(&mut self, tenant: &str, route: &str) -> Result<(), StateError> {
+        let t = self.tenant_mut(tenant)?;
+        if t.api_statics.remove(route).is_some() {
+            return Ok(());
+        }
+        Err(StateError::NoStatic {
+            tenant: tenant.to_owned(),
+            route: route.to_owned(),
+            in_config: t.statics.contains_key(route),
+        })
     }
 
     /// Hands a tenant's hosts, limits and cpu_weight back to the config
@@ -651,7 +716,9 @@ fn check_route_free(
     handler: &str,
     route: &str,
 ) -> Result<(), StateError> {
-    if !handler.is_empty() && tenant.statics.contains_key(route) {
+    if !handler.is_empty()
+        && (tenant.statics.contains_key(route) || tenant.api_statics.contains_key(route))
+    {
         return Err(StateError::RouteTaken {
             tenant: tenant_name.to_owned(),
             route: route.to_owned(),
