@@ -19,9 +19,7 @@ const ROOT: &str = "attacks-root-token";
 /// with hello at /hello and `site/` mounted at /site, holding `file.txt`,
 /// a FIFO `pipe` and a folder whose `index.html` is a FIFO.
 fn setup(name: &str) -> (PathBuf, PathBuf) {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("attacks-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
+    let base = common::scratch(&format!("attacks-{name}"));
     let site = base.join("site");
     std::fs::create_dir_all(site.join("fifo-dir")).expect("create site");
     std::fs::write(site.join("file.txt"), "a regular file\n").expect("write");
@@ -31,32 +29,15 @@ fn setup(name: &str) -> (PathBuf, PathBuf) {
         .status()
         .expect("run mkfifo");
     assert!(made.success(), "mkfifo failed");
-    let config = base.join("wasmgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[runtime]
-workers = 1
-
-[[tenant]]
-name = "demo"
-hosts = ["*"]
-
-[[tenant.handler]]
-name = "hello"
-route = "/hello"
-component = "{hello}"
-
-[[tenant.static]]
-route = "/site"
-dir = "{site}"
-"#,
-            hello = components::require(components::HELLO),
-            site = site.display()
-        ),
-    )
-    .expect("write config");
+    let mount = format!(
+        "[[tenant.static]]\nroute = \"/site\"\ndir = \"{}\"\n",
+        site.display()
+    );
+    let config = format!(
+        "[runtime]\nworkers = 1\n{}{mount}",
+        common::tenant("demo", "*", "", &["hello"])
+    );
+    std::fs::write(base.join("wasmgate.toml"), common::config_text(&config)).expect("write config");
     (base, site)
 }
 

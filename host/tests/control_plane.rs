@@ -33,19 +33,8 @@ async fn upload(gw: &Served, name: &str, bytes: Vec<u8>) -> (u16, String) {
 
 /// PUTs `bytes` as handler `name` of `tenant` at `/{name}`.
 async fn upload_to(gw: &Served, tenant: &str, name: &str, bytes: Vec<u8>) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .put(format!(
-            "{}/admin/tenants/{tenant}/handlers/{name}?route=/{name}",
-            gw.admin
-        ))
-        .bearer_auth(ROOT)
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .expect("upload");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
+    let route = format!("/{name}");
+    common::put_component(&gw.admin, ROOT, (tenant, name, &route), bytes).await
 }
 
 /// The files in `dir` (none if it does not exist).
@@ -280,4 +269,43 @@ async fn one_tenants_compile_holds_up_no_other_tenants_deploy() {
         deployed < slow_done,
         "the other tenant's deploy waited for the slow compile"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fresh_forgets_what_the_api_deployed_and_keeps_the_file() {
+    let dir = common::scratch("compile-fresh");
+    let config = format!(
+        "[[tenant]]\nname = \"demo\"\n\n[[tenant.handler]]\nname = \"hello\"\n\
+         route = \"/hello\"\ncomponent = \"{}\"\n",
+        components::require(components::HELLO)
+    );
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
+    {
+        let gw = serve(&dir, &config);
+        let (status, body) = upload(&gw, "api", hello).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let get = async |gw: &Served, path: &str| {
+        reqwest::get(format!("{}{path}", gw.url))
+            .await
+            .expect("get")
+            .status()
+            .as_u16()
+    };
+    // A plain restart keeps the API's handler.
+    let gw = serve(&dir, &config);
+    assert_eq!(
+        (get(&gw, "/api").await, get(&gw, "/hello").await),
+        (200, 200)
+    );
+    drop(gw);
+    let mut command = common::serve_config(&dir, &config);
+    command.arg("--fresh").env("WASMGATE_ADMIN_TOKEN", ROOT);
+    let gw = Served::spawn(&mut command);
+    assert_eq!(
+        (get(&gw, "/api").await, get(&gw, "/hello").await),
+        (404, 200)
+    );
+    let data = dir.join("wasmgate-data");
+    assert_eq!(files(&data.join("components")).len(), 1, "only the file's");
 }

@@ -15,16 +15,8 @@ const ROOT: &str = "root-secret-for-reload-tests";
 /// none): status and JSON answer (`null` for none).
 async fn admin(gw: &Served, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}/admin/{path}", gw.admin))
-        .bearer_auth(ROOT);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let url = format!("{}/admin/{path}", gw.admin);
+    common::admin_json(method, &url, ROOT, body).await
 }
 
 fn dev(list: &Value) -> &Value {
@@ -76,18 +68,9 @@ async fn a_reload_says_what_the_api_keeps_and_follow_config_hands_a_tenant_back(
     // A version deployed over the file's handler keeps serving too, and
     // the reload says so.
     let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
-    let response = reqwest::Client::new()
-        .put(format!(
-            "{}/admin/tenants/dev/handlers/hello?route=/hi",
-            gw.admin
-        ))
-        .bearer_auth(ROOT)
-        .header("content-type", "application/wasm")
-        .body(hello)
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, body) =
+        common::put_component(&gw.admin, ROOT, ("dev", "hello", "/hi"), hello).await;
+    assert_eq!(status, 200, "{body}");
     let (_, answer) = admin(&gw, "POST", "reload", None).await;
     let notes = answer["not_applied"].to_string();
     assert!(

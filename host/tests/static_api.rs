@@ -36,19 +36,22 @@ async fn statics(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(
-            method,
-            format!("{}/admin/tenants/demo/statics?route={route}", gw.admin),
-        )
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let url = format!("{}/admin/tenants/demo/statics?route={route}", gw.admin);
+    common::admin_json(method, &url, token, body).await
+}
+
+/// `wasmgate static ARGS` against `gw`, run in `dir`; it must succeed.
+fn cli(gw: &Served, dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new(BIN)
+        .arg("static")
+        .args(args)
+        .args(["--admin", &gw.admin])
+        .current_dir(dir)
+        .env("WASMGATE_ADMIN_TOKEN", ROOT)
+        .output()
+        .expect("run wasmgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}: {stderr}");
 }
 
 async fn get(gw: &Served, path: &str) -> (u16, String) {
@@ -111,18 +114,9 @@ async fn the_root_token_mounts_a_directory_that_serves_until_deleted() {
     let (status, _) = statics(&gw, put.clone(), "/files", ROOT, Some(site_json)).await;
     assert_eq!(status, 200);
     let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
-    let response = reqwest::Client::new()
-        .put(format!(
-            "{}/admin/tenants/demo/handlers/h?route=/files",
-            gw.admin
-        ))
-        .bearer_auth(ROOT)
-        .header("content-type", "application/wasm")
-        .body(hello)
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(response.status().as_u16(), 409);
+    let (status, body) =
+        common::put_component(&gw.admin, ROOT, ("demo", "h", "/files"), hello).await;
+    assert_eq!(status, 409, "{body}");
 
     // Stored: a restart serves it too.
     let _ = gw.child.kill();
@@ -131,34 +125,19 @@ async fn the_root_token_mounts_a_directory_that_serves_until_deleted() {
     assert_eq!(get(&gw, "/files/a.txt").await.0, 200);
 
     // The command line removes it.
-    let output = std::process::Command::new(BIN)
-        .args(["static", "delete", "--tenant", "demo", "--route", "/files"])
-        .args(["--admin", &gw.admin])
-        .env("WASMGATE_ADMIN_TOKEN", ROOT)
-        .output()
-        .expect("run wasmgate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    cli(
+        &gw,
+        &dir,
+        &["delete", "--tenant", "demo", "--route", "/files"],
     );
     assert_eq!(get(&gw, "/files/a.txt").await.0, 404);
     let (status, answer) = statics(&gw, delete, "/files", ROOT, None).await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
     // And mounts again, from a relative path made absolute.
-    let output = std::process::Command::new(BIN)
-        .args([
-            "static", "put", "site", "--tenant", "demo", "--route", "/files",
-        ])
-        .args(["--admin", &gw.admin])
-        .current_dir(&dir)
-        .env("WASMGATE_ADMIN_TOKEN", ROOT)
-        .output()
-        .expect("run wasmgate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    cli(
+        &gw,
+        &dir,
+        &["put", "site", "--tenant", "demo", "--route", "/files"],
     );
     assert_eq!(get(&gw, "/files/a.txt").await.0, 200);
 }

@@ -144,28 +144,33 @@ pub enum StaticCommand {
     Put {
         /// The directory.
         dir: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The path prefix to serve it at.
-        #[arg(long)]
-        route: String,
+        /// The mount.
+        #[command(flatten)]
+        mount: MountId,
         /// Where the gateway is.
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Remove a mount the API added (the config file's stay in the file).
     Delete {
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
-        /// The mount's route.
-        #[arg(long)]
-        route: String,
+        /// The mount.
+        #[command(flatten)]
+        mount: MountId,
         /// Where the gateway is.
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// A static mount: its tenant and route.
+#[derive(Debug, clap::Args)]
+pub struct MountId {
+    /// The tenant.
+    #[arg(long)]
+    tenant: String,
+    /// The path prefix it is served at.
+    #[arg(long)]
+    route: String,
 }
 
 /// `wasmgate tenant ...`.
@@ -341,8 +346,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             command:
                 StaticCommand::Put {
                     dir,
-                    tenant,
-                    route,
+                    mount: MountId { tenant, route },
                     admin,
                 },
         } => call(&admin, async |client| {
@@ -354,8 +358,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Static {
             command:
                 StaticCommand::Delete {
-                    tenant,
-                    route,
+                    mount: MountId { tenant, route },
                     admin,
                 },
         } => call(&admin, async |client| {

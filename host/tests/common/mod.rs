@@ -505,6 +505,52 @@ pub fn serve_config(dir: &Path, config: &str) -> std::process::Command {
     command
 }
 
+/// PUTs component `bytes` to the admin API at `admin` as handler `name`
+/// `method` on `url` (an admin API address) with `token` and `body` as
+/// JSON (or none): status and JSON answer (`null` for none).
+pub async fn admin_json(
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// of `tenant` at `route`, with `token`: status and body.
+pub async fn put_component(
+    admin: &str,
+    token: &str,
+    handler: (&str, &str, &str),
+    bytes: Vec<u8>,
+) -> (u16, String) {
+    let (tenant, name, route) = handler;
+    let response = reqwest::Client::new()
+        .put(format!(
+            "{admin}/admin/tenants/{tenant}/handlers/{name}?route={route}"
+        ))
+        .bearer_auth(token)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
 /// A `wasmgate serve` child process; killed on drop.
 pub struct Served {
     /// The process, for signals and its exit status.
