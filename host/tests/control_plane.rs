@@ -25,6 +25,17 @@ fn serve(dir: &Path, config: &str) -> Served {
     Served::spawn(&mut command)
 }
 
+/// `wasmgate serve` in a fresh folder `name` with `[admin]` `keys` and a
+/// tenant `demo`.
+fn serve_demo(name: &str, keys: &str) -> (std::path::PathBuf, Served) {
+    let dir = common::scratch(name);
+    let gw = serve(
+        &dir,
+        &format!("[admin]\n{keys}\n\n[[tenant]]\nname = \"demo\"\n"),
+    );
+    (dir, gw)
+}
+
 /// PUTs `bytes` as handler `name` of tenant `demo` at `/{name}`: status
 /// and body.
 async fn upload(gw: &Served, name: &str, bytes: Vec<u8>) -> (u16, String) {
@@ -52,12 +63,8 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_timeout_is_refused_remembered_and_leaves_nothing() {
-    let dir = common::scratch("compile-timeout");
     // 1 ms: no component compiles that fast, so every upload crosses it.
-    let gw = serve(
-        &dir,
-        "[admin]\ncompile_timeout_ms = 1\n\n[[tenant]]\nname = \"demo\"\n",
-    );
+    let (dir, gw) = serve_demo("compile-timeout", "compile_timeout_ms = 1");
     let hello = std::fs::read(components::require(components::HELLO)).expect("hello");
     let (status, body) = upload(&gw, "hello", hello.clone()).await;
     assert_eq!(status, 400, "{body}");
@@ -83,8 +90,7 @@ async fn a_compile_past_its_timeout_is_refused_remembered_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_the_child_refuses_is_refused_with_its_reason() {
-    let dir = common::scratch("compile-refused");
-    let gw = serve(&dir, "[[tenant]]\nname = \"demo\"\n");
+    let (dir, gw) = serve_demo("compile-refused", "");
     // A valid wasm module header, but a core module, not a component.
     let (status, body) = upload(&gw, "core", b"\0asm\x01\0\0\0".to_vec()).await;
     assert_eq!(status, 400, "{body}");
@@ -217,11 +223,7 @@ fn bomb(funcs: u32, per: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compile_past_its_memory_cap_is_refused_naming_it() {
-    let dir = common::scratch("compile-memory");
-    let gw = serve(
-        &dir,
-        "[admin]\ncompile_memory_bytes = 67108864\n\n[[tenant]]\nname = \"demo\"\n",
-    );
+    let (_dir, gw) = serve_demo("compile-memory", "compile_memory_bytes = 67108864");
     // About 200 MB to compile.
     let (status, body) = upload(&gw, "bomb", bomb(8, 125_000)).await;
     assert_eq!(status, 400, "{body}");
