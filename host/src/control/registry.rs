@@ -745,6 +745,7 @@ impl Writer {
                     Target::Handler(Arc::new(Route {
                         handler: handler.clone(),
                         route: active.route.clone(),
+                        route_header: http::HeaderValue::from_str(&active.route).ok(),
                         tenant: Arc::clone(&tenant),
                         flow: Flow {
                             tenant: tenant_slot,

@@ -57,6 +57,10 @@ pub struct Route {
     pub handler: String,
     /// Its path prefix.
     pub route: String,
+    /// The prefix as the `x-wasmgate-route` value its guest is shown, made
+    /// once here rather than per request (`None` if it were not a valid
+    /// value: routes are printable ASCII, so never).
+    pub route_header: Option<http::HeaderValue>,
     /// The tenant it belongs to.
     pub tenant: Arc<Tenant>,
     /// Where its requests wait for a worker.

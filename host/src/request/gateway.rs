@@ -204,7 +204,7 @@ impl Gateway {
         {
             head.headers.insert(http::header::HOST, host);
         }
-        set_route_header(&mut head.headers, &route.route);
+        set_route_header(&mut head.headers, route.route_header.clone());
         let mut reservation = self.budget.reserve_none();
         if body.is_end_stream() {
             return Ok((GuestRequest::new(head, Bytes::new()), reservation));
@@ -272,16 +272,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Replaces whatever [`ROUTE_HEADER`] the client sent by `route`. Routes
-/// are printable ASCII (`router::check_route`), always a valid value; one
-/// that were not would leave the header out, never the client's.
-fn set_route_header(headers: &mut http::HeaderMap, route: &str) {
-    match HeaderValue::from_str(route) {
-        Ok(value) => {
-            headers.insert(ROUTE_HEADER, value);
+/// Replaces whatever [`ROUTE_HEADER`] the client sent by `route` (made
+/// once per route: `Route::route_header`). Routes are printable ASCII
+/// (`router::check_route`), always a valid value; one that were not would
+/// leave the header out, never the client's.
+fn set_route_header(headers: &mut http::HeaderMap, route: Option<HeaderValue>) {
+    const NAME: http::HeaderName = http::HeaderName::from_static(ROUTE_HEADER);
+    match route {
+        Some(value) => {
+            headers.insert(NAME, value);
         }
-        Err(_) => {
-            headers.remove(ROUTE_HEADER);
+        None => {
+            headers.remove(NAME);
         }
     }
 }
@@ -377,10 +379,10 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.append(ROUTE_HEADER, HeaderValue::from_static("/"));
         headers.append(ROUTE_HEADER, HeaderValue::from_static("/api/users"));
-        set_route_header(&mut headers, "/api");
+        set_route_header(&mut headers, HeaderValue::from_str("/api").ok());
         let values: Vec<_> = headers.get_all(ROUTE_HEADER).iter().collect();
         assert_eq!(values, ["/api"]);
-        set_route_header(&mut headers, "/a\nb");
+        set_route_header(&mut headers, HeaderValue::from_str("/a\nb").ok());
         assert!(headers.get(ROUTE_HEADER).is_none());
     }
 
