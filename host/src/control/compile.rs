@@ -160,17 +160,18 @@ impl UploadCompiler {
     }
 
     /// Fills the code cache for each upload of `tenant` (`""`: the config
-    /// file) not in it yet, in the tenant's turn and a compile slot at a
-    /// time; failures are remembered for [`UploadCompiler::compiled`]
-    /// to report. Without a child this does nothing: the writer compiles.
+    /// file) not in it yet, in the tenant's turn and one compile slot, and
+    /// gives the uploads back; failures are remembered for
+    /// [`UploadCompiler::compiled`] to report. Without a child this does
+    /// nothing: the writer compiles.
     pub async fn prepare(
         self: &std::sync::Arc<Self>,
         tenant: &str,
         runtime: &Runtime,
-        uploads: &HashMap<String, Vec<u8>>,
-    ) {
+        uploads: HashMap<String, Vec<u8>>,
+    ) -> HashMap<String, Vec<u8>> {
         if self.child.is_none() || uploads.is_empty() {
-            return;
+            return uploads;
         }
         let turn = std::sync::Arc::clone(
             self.turns
@@ -180,16 +181,22 @@ impl UploadCompiler {
                 .or_default(),
         );
         let _turn = turn.lock().await;
-        for (sha256, bytes) in uploads {
-            let Ok(_slot) = self.slots.acquire().await else {
-                return;
-            };
-            let (this, runtime) = (std::sync::Arc::clone(self), runtime.clone());
-            let (sha256, bytes) = (sha256.clone(), bytes.clone());
-            // Compiling blocks for as long as the bound allows.
-            let _ =
-                tokio::task::spawn_blocking(move || this.compiled(&runtime, &sha256, &bytes)).await;
-        }
+        let Ok(_slot) = self.slots.acquire().await else {
+            return uploads;
+        };
+        // The uploads go to the blocking thread and back, not a copy of
+        // them: an upload may be tens of megabytes.
+        let (this, runtime) = (std::sync::Arc::clone(self), runtime.clone());
+        let compiled = tokio::task::spawn_blocking(move || {
+            for (sha256, bytes) in &uploads {
+                // Failures are remembered for the writer to report.
+                let _ = this.compiled(&runtime, sha256, bytes);
+            }
+            uploads
+        });
+        // A panic there (a bug) loses the uploads: the write then fails
+        // naming the component, and changes nothing.
+        compiled.await.unwrap_or_default()
     }
 
     /// Makes sure the code cache holds the component with this sha256,
@@ -207,11 +214,14 @@ impl UploadCompiler {
             return Err(why);
         }
         let staged = Staged::write(&self.staging, sha256, bytes)?;
-        let result = child.compile_bounded(&staged.0, self.bounds);
-        if let Err(why) = &result {
-            self.failures.remember(sha256, why);
+        match child.compile_bounded(&staged.0, self.bounds) {
+            Ok(()) => Ok(()),
+            Err(Refused::Component(why)) => {
+                self.failures.remember(sha256, &why);
+                Err(why)
+            }
+            Err(Refused::Gateway(why)) => Err(why),
         }
-        result
     }
 }
 
@@ -237,13 +247,32 @@ impl Drop for Staged {
     }
 }
 
+/// Why a bounded compile did not fill the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The component's own doing (it does not compile or fit, or crossed a
+    /// bound): remembered, so the same bytes are refused at once.
+    Component(String),
+    /// The gateway could not run the compile (no process, no staging
+    /// space): not remembered, a retry may succeed.
+    Gateway(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Component(why) | Self::Gateway(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Components whose compile failed, remembered by sha256 so that a retry
 /// of the same bytes is refused at once instead of costing a compile again.
 #[derive(Debug, Default)]
 pub struct Failures(Mutex<HashMap<String, String>>);
 
-/// How many failures are remembered; past it the oldest are forgotten
-/// (they only cost a compile again).
+/// How many failures are remembered; past it all are forgotten (each
+/// only costs a bounded compile again).
 const FAILURES_KEPT: usize = 1024;
 
 impl Failures {
@@ -289,7 +318,7 @@ impl ChildCompiler {
     /// in a child held to `bounds`: the child's error message when it
     /// fails, or the bound it crossed. The server never compiles it
     /// itself, whatever the child did.
-    pub fn compile_bounded(&self, path: &Path, bounds: Bounds) -> Result<(), String> {
+    pub fn compile_bounded(&self, path: &Path, bounds: Bounds) -> Result<(), Refused> {
         let started = Instant::now();
         let mut child = std::process::Command::new(&self.exe)
             .arg("compile")
@@ -302,7 +331,7 @@ impl ChildCompiler {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start the compile process: {e}"))?;
+            .map_err(|e| Refused::Gateway(format!("cannot start the compile process: {e}")))?;
         // Read on a thread of its own: a child that fills the pipe must not
         // stall, and only the start of what it says is kept.
         let stderr = child.stderr.take().map(|pipe| {
@@ -318,13 +347,17 @@ impl ChildCompiler {
                 Ok(None) if started.elapsed() >= bounds.timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    break Err(format!(
+                    break Err(Refused::Component(format!(
                         "compiling took longer than admin.compile_timeout_ms ({} ms); refused",
                         bounds.timeout.as_millis()
-                    ));
+                    )));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => break Err(format!("waiting for the compile process: {e}")),
+                Err(e) => {
+                    break Err(Refused::Gateway(format!(
+                        "waiting for the compile process: {e}"
+                    )));
+                }
             }
         };
         let said = stderr
@@ -342,16 +375,18 @@ impl ChildCompiler {
         // `compile` says `error: FILE: WHY` for a component it refused.
         let prefix = format!("error: {}: ", path.display());
         if let Some(why) = said.lines().find_map(|line| line.strip_prefix(&prefix)) {
-            return Err(why.to_owned());
+            return Err(Refused::Component(why.to_owned()));
         }
         Err(if status.code().is_none() {
-            format!(
+            Refused::Component(format!(
                 "the compile process was killed ({status}): over admin.compile_memory_bytes \
                  ({} bytes), or it crashed",
                 bounds.memory_bytes
-            )
+            ))
         } else {
-            format!("the compile process failed ({status})")
+            // It failed without naming the component: the gateway's
+            // setting (its config file gone, say), not the bytes.
+            Refused::Gateway(format!("the compile process failed ({status})"))
         })
     }
 
@@ -388,5 +423,49 @@ impl ChildCompiler {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::CodeCache;
+
+    #[test]
+    fn only_the_components_own_failures_are_remembered() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-compile-{}", std::process::id()));
+        let runtime = Runtime::for_checking()
+            .expect("runtime")
+            .with_code_cache(CodeCache::new(dir.join("cache")));
+        // A compile process that cannot start is the gateway's failure: a
+        // retry of the same bytes must be tried again, not refused.
+        let child = ChildCompiler {
+            exe: dir.join("no-such-wasmgate"),
+            config: dir.join("wasmgate.toml"),
+        };
+        let bounds = Bounds {
+            timeout: Duration::from_secs(5),
+            memory_bytes: 64 << 20,
+        };
+        let compiler = UploadCompiler::new(Some(child), bounds, dir.join("staging"));
+        let why = compiler
+            .compiled(&runtime, "ab", b"\0asm")
+            .expect_err("no compile process");
+        assert!(why.contains("cannot start the compile process"), "{why}");
+        assert_eq!(compiler.failures.get("ab"), None);
+        // The staged copy is gone either way.
+        assert_eq!(
+            std::fs::read_dir(dir.join("staging"))
+                .map(Iterator::count)
+                .ok(),
+            Some(0)
+        );
+        // A refusal of the component is remembered.
+        compiler.failures.remember("cd", "does not fit");
+        assert_eq!(
+            compiler.compiled(&runtime, "cd", b"\0asm"),
+            Err("does not fit".to_owned())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -341,7 +341,7 @@ impl Registry {
         uploads: HashMap<String, Vec<u8>>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
-        self.compiler.prepare(tenant, &self.runtime, &uploads).await;
+        let uploads = self.compiler.prepare(tenant, &self.runtime, uploads).await;
         self.apply_with_defaults(uploads, None, edit).await
     }
 
@@ -363,7 +363,7 @@ impl Registry {
         let uploads: HashMap<String, Vec<u8>> = read.into_values().collect();
         let defaults = config.limits;
         // The config file's components compile in a turn of their own.
-        self.compiler.prepare("", &self.runtime, &uploads).await;
+        let uploads = self.compiler.prepare("", &self.runtime, uploads).await;
         let not_applied = self
             .apply_with_defaults(uploads, Some(defaults), move |state, _| {
                 state.apply_config(&config, &found)
