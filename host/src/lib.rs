@@ -16,7 +16,8 @@
 //!
 //! The modules, from the bottom layer up (a module imports only those
 //! below it):
-//! - [`limits`] (limits, names and weights, and their rules), [`digest`]
+//! - [`limits`] (limits, names and weights, and their rules),
+//!   [`allowlist`] (which upstreams a tenant may call), [`digest`]
 //!   (sha256 names), [`error`] (request failures to statuses), [`files`]
 //!   (crash-safe writes in the data dir),
 //!   [`guest_log`] (guest text in the log: rate limit and escaping),
@@ -33,6 +34,7 @@
 //!   command line and calls it).
 
 pub mod admin;
+pub mod allowlist;
 pub mod cli;
 pub mod control;
 pub mod digest;

@@ -39,6 +39,12 @@ pub struct Limits {
     /// beyond it (409 `too_many_handlers`), so a tenant's token cannot grow
     /// the gateway's memory and data dir without a bound. Default 100.
     pub max_handlers: usize,
+    /// Calls to upstreams one request may make (`wasi:http`); the call
+    /// past it is refused with `HttpRequestDenied`. Default 32.
+    pub max_outbound_requests: u32,
+    /// Connections to upstreams one tenant's guests may have open at once;
+    /// a call past it is refused with `ConnectionLimitReached`. Default 64.
+    pub max_outbound_connections: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +57,8 @@ impl Default for Limits {
             max_response_bytes: 16 << 20,
             log_lines_per_second: 100,
             max_handlers: 100,
+            max_outbound_requests: 32,
+            max_outbound_connections: 64,
         }
     }
 }
@@ -73,6 +81,10 @@ pub struct LimitOverrides {
     pub log_lines_per_second: Option<u32>,
     /// Overrides `limits.max_handlers`.
     pub max_handlers: Option<usize>,
+    /// Overrides `limits.max_outbound_requests`.
+    pub max_outbound_requests: Option<u32>,
+    /// Overrides `limits.max_outbound_connections`.
+    pub max_outbound_connections: Option<usize>,
 }
 
 impl LimitOverrides {
@@ -90,6 +102,12 @@ impl LimitOverrides {
                 .log_lines_per_second
                 .unwrap_or(defaults.log_lines_per_second),
             max_handlers: self.max_handlers.unwrap_or(defaults.max_handlers),
+            max_outbound_requests: self
+                .max_outbound_requests
+                .unwrap_or(defaults.max_outbound_requests),
+            max_outbound_connections: self
+                .max_outbound_connections
+                .unwrap_or(defaults.max_outbound_connections),
         }
     }
 }
@@ -118,6 +136,17 @@ pub fn check_limits(what: &str, limits: &Limits) -> Result<(), String> {
     }
     if limits.max_handlers == 0 {
         return Err(format!("{what}.max_handlers must be at least 1"));
+    }
+    // Bounds on what one tenant's guests can make the gateway hold open.
+    if limits.max_outbound_requests > 10_000 {
+        return Err(format!(
+            "{what}.max_outbound_requests must be at most 10000"
+        ));
+    }
+    if limits.max_outbound_connections > 100_000 {
+        return Err(format!(
+            "{what}.max_outbound_connections must be at most 100000"
+        ));
     }
     Ok(())
 }

@@ -71,6 +71,10 @@ pub struct Metrics {
     /// Guests alive on the workers now: running, waiting for their next
     /// time slice or waiting in `wasi:io/poll`.
     pub guests_alive: IntGauge,
+    /// Guests' calls to upstreams, by result.
+    outbound_requests: IntCounterVec,
+    /// Time from a guest's call to the upstream's response head.
+    outbound_duration: HistogramVec,
     /// Per (tenant, handler): survives reloads so the name cap holds across
     /// versions.
     handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
@@ -195,7 +199,7 @@ impl Metrics {
                 "wasmgate_request_duration_seconds",
                 "Time from routing to response, queueing included.",
                 th,
-                seconds,
+                seconds.clone(),
             ),
             instantiation_duration: {
                 let h = Histogram::with_opts(
@@ -305,6 +309,19 @@ impl Metrics {
                 "wasmgate_guests_alive",
                 "Guests alive on the workers: running or waiting for a time slice or a timer.",
             ),
+            outbound_requests: counter_vec(
+                &r,
+                "wasmgate_outbound_requests_total",
+                "Guests' calls to upstreams (wasi:http), by result: the response's status class, denied (not allowed, over a bound, or an internal address), timeout or error.",
+                &["tenant", "handler", "result"],
+            ),
+            outbound_duration: histogram_vec(
+                &r,
+                "wasmgate_outbound_duration_seconds",
+                "Time from a guest's call to the upstream's response head (or the failure).",
+                th,
+                seconds,
+            ),
             handlers: Mutex::new(HashMap::new()),
             registry: r,
         }
@@ -376,6 +393,12 @@ impl Metrics {
         let _ = self.guest_dropped.remove_label_values(&labels);
         let _ = self.guest_log_dropped.remove_label_values(&labels);
         let _ = self.guest_cpu.remove_label_values(&labels);
+        let _ = self.outbound_duration.remove_label_values(&labels);
+        for result in OUTBOUND_RESULTS {
+            let _ = self
+                .outbound_requests
+                .remove_label_values(&[tenant, handler, result]);
+        }
         // Statuses are not remembered per handler (that would cost the
         // request path); a delete tries them all.
         for status in 100..=599u16 {
@@ -442,6 +465,11 @@ impl Metrics {
             .clone()
     }
 }
+
+/// The `result` values of `wasmgate_outbound_requests_total`.
+pub const OUTBOUND_RESULTS: [&str; 8] = [
+    "1xx", "2xx", "3xx", "4xx", "5xx", "denied", "timeout", "error",
+];
 
 /// A guest metric name's label children, resolved on first use.
 enum GuestMetric {
@@ -523,6 +551,25 @@ impl HandlerMetrics {
                 .traps
                 .with_label_values(&[&self.tenant, &self.handler, kind.as_str()])
                 .inc();
+        }
+    }
+
+    /// Counts a guest's call to an upstream by `result` (one of
+    /// [`OUTBOUND_RESULTS`]) and, if it got as far as the network, how long
+    /// the answer took.
+    pub fn outbound(&self, result: &str, seconds: Option<f64>) {
+        if self.removed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        self.metrics
+            .outbound_requests
+            .with_label_values(&[&self.tenant, &self.handler, result])
+            .inc();
+        if let Some(seconds) = seconds {
+            self.metrics
+                .outbound_duration
+                .with_label_values(&[&self.tenant, &self.handler])
+                .observe(seconds);
         }
     }
 

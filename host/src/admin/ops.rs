@@ -127,14 +127,7 @@ impl Call<'_> {
         let tenant = self.tenant().to_owned();
         let written = self
             .write(None, HashMap::new(), move |state, defaults| {
-                let written = state.put_tenant(
-                    &tenant,
-                    body.hosts,
-                    body.limits,
-                    body.cpu_weight,
-                    defaults,
-                    Source::Api,
-                )?;
+                let written = state.put_tenant(&tenant, body, defaults, Source::Api)?;
                 Ok((written, None))
             })
             .await?;

@@ -21,6 +21,9 @@ pub struct TenantView {
     pub limits: LimitOverrides,
     /// Its share of the guest CPU when tenants compete.
     pub cpu_weight: u32,
+    /// The upstreams its guests may call.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Who defined its hosts and limits last.
     pub source: Source,
     /// Its handlers' names.
@@ -57,6 +60,7 @@ impl TenantView {
             hosts: tenant.hosts.clone(),
             limits: tenant.limits,
             cpu_weight: tenant.cpu_weight,
+            allowed_outbound_hosts: tenant.allowed_outbound_hosts.clone(),
             source: tenant.source,
             handlers: tenant.handlers.keys().cloned().collect(),
             statics: tenant
@@ -235,28 +239,10 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// The body of `PUT /admin/tenants/{t}`; absent fields take their
-/// defaults (any host, no overrides, weight 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenantPut {
-    /// Host patterns.
-    pub hosts: Vec<String>,
-    /// Overrides of the config file's `[limits]`.
-    pub limits: LimitOverrides,
-    /// Its share of the guest CPU.
-    pub cpu_weight: u32,
-}
-
-impl Default for TenantPut {
-    fn default() -> Self {
-        Self {
-            hosts: crate::limits::default_hosts(),
-            limits: LimitOverrides::default(),
-            cpu_weight: crate::limits::default_cpu_weight(),
-        }
-    }
-}
+/// The body of `PUT /admin/tenants/{t}`: the tenant's settings; absent
+/// fields take their defaults (any host, no overrides, weight 1, no
+/// upstreams).
+pub type TenantPut = crate::control::config::TenantSettings;
 
 /// The body of `PATCH .../handlers/{name}`: either or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

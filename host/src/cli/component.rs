@@ -10,16 +10,17 @@ use crate::control::compile::compile_files;
 use crate::control::config::Config;
 use crate::runtime::{ComponentInfo, Runtime};
 
-/// Checks `file` against the world and prints its digest, imports and
-/// exports.
+/// Checks `file` against the worlds the gateway serves and prints its
+/// world, digest, imports and exports.
 pub fn check(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let runtime = Runtime::for_checking()?;
     let info =
         ComponentInfo::check(&runtime, &bytes).with_context(|| file.display().to_string())?;
     let mut report = format!(
-        "{}: ok, fits wasmgate:handler@0.1.0\nsha256 {}\nimports:",
+        "{}: ok, world {}\nsha256 {}\nimports:",
         file.display(),
+        info.world,
         info.sha256
     );
     for import in &info.imports {

@@ -179,7 +179,7 @@ pub enum TenantCommand {
     /// Create a tenant or change its settings. A setting not given keeps
     /// its value (for a new tenant: every host, no limit overrides, cpu
     /// weight 1).
-    Put(TenantPutArgs),
+    Put(Box<TenantPutArgs>),
     /// Remove a tenant with all its handlers.
     Delete {
         /// The tenant.
@@ -243,6 +243,19 @@ pub struct TenantPutArgs {
     /// Its share of the guest CPU when tenants compete.
     #[arg(long, value_name = "N")]
     cpu_weight: Option<u32>,
+    /// An upstream its guests may call, `scheme://host[:port]` (host may be
+    /// `*.suffix`); repeat for more. Replaces the tenant's list.
+    #[arg(long = "allow-outbound", value_name = "URL")]
+    allowed_outbound_hosts: Vec<String>,
+    /// Takes every upstream off the tenant's list.
+    #[arg(long, conflicts_with = "allowed_outbound_hosts")]
+    deny_outbound: bool,
+    /// Overrides `limits.max_outbound_requests`.
+    #[arg(long, value_name = "N")]
+    max_outbound_requests: Option<u32>,
+    /// Overrides `limits.max_outbound_connections`.
+    #[arg(long, value_name = "N")]
+    max_outbound_connections: Option<usize>,
     /// Where the gateway is.
     #[command(flatten)]
     admin: AdminArgs,
@@ -264,6 +277,17 @@ impl TenantPutArgs {
         limits.max_response_bytes = self.max_response_bytes.or(limits.max_response_bytes);
         limits.log_lines_per_second = self.log_lines_per_second.or(limits.log_lines_per_second);
         limits.max_handlers = self.max_handlers.or(limits.max_handlers);
+        limits.max_outbound_requests = self.max_outbound_requests.or(limits.max_outbound_requests);
+        limits.max_outbound_connections = self
+            .max_outbound_connections
+            .or(limits.max_outbound_connections);
+        let allowed_outbound_hosts = if self.deny_outbound {
+            Vec::new()
+        } else if self.allowed_outbound_hosts.is_empty() {
+            current.allowed_outbound_hosts
+        } else {
+            self.allowed_outbound_hosts.clone()
+        };
         Ok(TenantPut {
             hosts: if self.hosts.is_empty() {
                 current.hosts
@@ -272,6 +296,7 @@ impl TenantPutArgs {
             },
             limits,
             cpu_weight: self.cpu_weight.unwrap_or(current.cpu_weight),
+            allowed_outbound_hosts,
         })
     }
 }
@@ -417,6 +442,7 @@ fn put_tenant(args: &TenantPutArgs) -> anyhow::Result<()> {
                 hosts: t.hosts,
                 limits: t.limits,
                 cpu_weight: t.cpu_weight,
+                allowed_outbound_hosts: t.allowed_outbound_hosts,
             });
         let settings = args.settings(current)?;
         let written = client.put_tenant(&args.name, &settings).await?;
@@ -463,7 +489,7 @@ mod tests {
         match cli.command {
             Command::Tenant {
                 command: TenantCommand::Put(args),
-            } => args,
+            } => *args,
             _ => panic!("not tenant put"),
         }
     }
@@ -477,7 +503,31 @@ mod tests {
                 ..LimitOverrides::default()
             },
             cpu_weight: 3,
+            allowed_outbound_hosts: vec!["https://api.example".to_owned()],
         }
+    }
+
+    #[test]
+    fn tenant_put_replaces_or_clears_the_upstreams_only_when_asked() {
+        let kept = put_args(&["dev"]).settings(current()).expect("valid");
+        assert_eq!(kept.allowed_outbound_hosts, ["https://api.example"]);
+        let replaced = put_args(&[
+            "dev",
+            "--allow-outbound",
+            "http://127.0.0.1:9000",
+            "--allow-outbound",
+            "https://*.example.org",
+        ])
+        .settings(current())
+        .expect("valid");
+        assert_eq!(
+            replaced.allowed_outbound_hosts,
+            ["http://127.0.0.1:9000", "https://*.example.org"]
+        );
+        let cleared = put_args(&["dev", "--deny-outbound"])
+            .settings(current())
+            .expect("valid");
+        assert!(cleared.allowed_outbound_hosts.is_empty());
     }
 
     #[test]

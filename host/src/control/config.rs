@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::allowlist::AllowList;
 use crate::limits::{LimitOverrides, Limits, check_cpu_weight, check_limits, check_name};
 
 /// Why a configuration could not be used.
@@ -248,12 +249,69 @@ pub struct TenantConfig {
     /// Default 1.
     #[serde(default = "crate::limits::default_cpu_weight")]
     pub cpu_weight: u32,
+    /// The upstreams the tenant's guests may call through `wasi:http`, in
+    /// Spin's syntax: `scheme://host[:port]`, host may be `*.suffix`, the
+    /// scheme's port when none is given. Default: none (no outbound calls).
+    /// Checked as the file is read, so a bad entry is an error naming its
+    /// line.
+    #[serde(default, deserialize_with = "allowed_outbound_hosts")]
+    pub allowed_outbound_hosts: Vec<String>,
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
     /// Directories the tenant serves read-only, without a guest.
     #[serde(default, rename = "static")]
     pub statics: Vec<StaticConfig>,
+}
+
+impl TenantConfig {
+    /// Its settings, as the desired state keeps them.
+    pub fn settings(&self) -> TenantSettings {
+        TenantSettings {
+            hosts: self.hosts.clone(),
+            limits: self.limits,
+            cpu_weight: self.cpu_weight,
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
+}
+
+/// What a tenant's `[[tenant]]` in the config file and `PUT
+/// /admin/tenants/{t}` set (its handlers and statics aside); absent fields
+/// take their defaults: any host, no overrides, weight 1, no upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Overrides of the config file's `[limits]`.
+    pub limits: LimitOverrides,
+    /// Its share of the guest CPU.
+    pub cpu_weight: u32,
+    /// The upstreams its guests may call, in Spin's syntax
+    /// (`scheme://host[:port]`, host may be `*.suffix`).
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self {
+            hosts: crate::limits::default_hosts(),
+            limits: LimitOverrides::default(),
+            cpu_weight: crate::limits::default_cpu_weight(),
+            allowed_outbound_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Reads `allowed_outbound_hosts`, refusing an entry that does not parse
+/// (the TOML error then carries the line).
+fn allowed_outbound_hosts<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let entries = Vec::<String>::deserialize(deserializer)?;
+    AllowList::parse(&entries).map_err(serde::de::Error::custom)?;
+    Ok(entries)
 }
 
 /// `[[tenant.static]]`: a directory served read-only under a path prefix.
@@ -593,6 +651,8 @@ mod tests {
                 max_response_bytes: 16 << 20,
                 log_lines_per_second: 100,
                 max_handlers: 100,
+                max_outbound_requests: 32,
+                max_outbound_connections: 64,
             }
         );
         assert_eq!(config.runtime.data_dir, Path::new("/base/wasmgate-data"));

@@ -296,8 +296,9 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Persist
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::config::TenantSettings;
     use crate::control::state::{Component, Source};
-    use crate::limits::{LimitOverrides, Limits};
+    use crate::limits::Limits;
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
@@ -310,9 +311,7 @@ mod tests {
         state
             .put_tenant(
                 tenant,
-                vec!["*".into()],
-                LimitOverrides::default(),
-                1,
+                TenantSettings::default(),
                 &Limits::default(),
                 Source::Api,
             )

@@ -21,11 +21,14 @@ use super::config::Config;
 use super::persist::{ComponentStore, DataDir, PersistError, StateFile};
 use super::state::{Component, DesiredState, StateError, TenantState, Version};
 use super::table::{Route, RouteTable, StaticMount, Target, Tenant, metrics_label};
+use crate::allowlist::AllowList;
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::router::{HostPattern, Router, TenantRoutes};
-use crate::runtime::{Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Runtime};
+use crate::runtime::{
+    Compiled, Flow, HandlerContext, HandlerVersion, LoadError, Outbound, Runtime,
+};
 
 /// Why an edit was not applied. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -692,6 +695,17 @@ impl Writer {
         for (name, tenant_state) in tenants {
             let limits = tenant_state.limits.apply(self.defaults);
             let cpu_weight = tenant_state.cpu_weight;
+            let allowed = &tenant_state.allowed_outbound_hosts;
+            let outbound = || {
+                // Checked when the state was edited; a list that no longer
+                // parses allows nothing.
+                let list = AllowList::parse(allowed).unwrap_or_default();
+                Arc::new(Outbound::new(
+                    list,
+                    limits.max_outbound_requests,
+                    limits.max_outbound_connections,
+                ))
+            };
             let tenant = self
                 .tenants
                 .entry(name.clone())
@@ -702,15 +716,18 @@ impl Writer {
                             limits,
                             concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
                             cpu_weight,
+                            outbound: outbound(),
+                            allowed_outbound_hosts: allowed.clone(),
                         });
-                    } else if t.cpu_weight != cpu_weight {
-                        // The weight alone changed: in-flight requests keep
-                        // their concurrency slots.
+                    } else if t.cpu_weight != cpu_weight || t.allowed_outbound_hosts != *allowed {
+                        // In-flight requests keep their concurrency slots.
                         *t = Arc::new(Tenant {
                             name: name.clone(),
                             limits,
                             concurrency: Arc::clone(&t.concurrency),
                             cpu_weight,
+                            outbound: outbound(),
+                            allowed_outbound_hosts: allowed.clone(),
                         });
                     }
                 })
@@ -720,6 +737,8 @@ impl Writer {
                         limits,
                         concurrency: Arc::new(Semaphore::new(limits.max_concurrency)),
                         cpu_weight,
+                        outbound: outbound(),
+                        allowed_outbound_hosts: allowed.clone(),
                     })
                 })
                 .clone();

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::config::Config;
+use crate::allowlist::AllowList;
+use crate::control::config::{Config, TenantSettings};
 use crate::limits::{
     LimitOverrides, Limits, check_cpu_weight, check_handler_sizes, check_limits, check_name,
 };
@@ -73,6 +74,9 @@ pub struct TenantState {
     /// Its share of the guest CPU when tenants compete (1 when unset).
     #[serde(default = "crate::limits::default_cpu_weight")]
     pub cpu_weight: u32,
+    /// The upstreams its guests may call (none when unset).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Who defined the tenant's hosts and limits last.
     pub source: Source,
     /// Where it stands when two tenants' host patterns tie (lower first):
@@ -103,6 +107,18 @@ pub struct HandlerState {
     pub versions: Vec<Version>,
     /// The number the next version gets: numbers are never reused.
     pub next_version: u64,
+}
+
+impl TenantState {
+    /// Its settings, as a PUT would send them.
+    pub fn settings(&self) -> TenantSettings {
+        TenantSettings {
+            hosts: self.hosts.clone(),
+            limits: self.limits,
+            cpu_weight: self.cpu_weight,
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
 }
 
 /// One version of a handler.
@@ -448,18 +464,21 @@ impl DesiredState {
         Ok(())
     }
 
-    /// Creates or updates a tenant's hosts, limits and CPU weight; its
-    /// handlers stay.
+    /// Creates or updates a tenant's settings; its handlers stay.
     pub fn put_tenant(
         &mut self,
         tenant: &str,
-        hosts: Vec<String>,
-        limits: LimitOverrides,
-        cpu_weight: u32,
+        settings: TenantSettings,
         defaults: &Limits,
         source: Source,
     ) -> Result<Written, StateError> {
         check_name(tenant).map_err(|e| StateError::Invalid(format!("tenant name {e}")))?;
+        let TenantSettings {
+            hosts,
+            limits,
+            cpu_weight,
+            allowed_outbound_hosts,
+        } = settings;
         if hosts.is_empty() {
             return Err(StateError::Invalid("hosts is empty".into()));
         }
@@ -469,14 +488,21 @@ impl DesiredState {
         }
         check_limits("limits", &limits.apply(*defaults)).map_err(StateError::Invalid)?;
         check_cpu_weight(cpu_weight).map_err(StateError::Invalid)?;
+        AllowList::parse(&allowed_outbound_hosts).map_err(StateError::Invalid)?;
         match self.tenants.get_mut(tenant) {
-            Some(t) if t.hosts == hosts && t.limits == limits && t.cpu_weight == cpu_weight => {
+            Some(t)
+                if t.hosts == hosts
+                    && t.limits == limits
+                    && t.cpu_weight == cpu_weight
+                    && t.allowed_outbound_hosts == allowed_outbound_hosts =>
+            {
                 Ok(Written::Unchanged)
             }
             Some(t) => {
                 t.hosts = hosts;
                 t.limits = limits;
                 t.cpu_weight = cpu_weight;
+                t.allowed_outbound_hosts = allowed_outbound_hosts;
                 t.source = source;
                 Ok(Written::Replaced)
             }
@@ -490,6 +516,7 @@ impl DesiredState {
                         limits,
                         token_env: None,
                         cpu_weight,
+                        allowed_outbound_hosts,
                         source,
                         rank,
                         handlers: BTreeMap::new(),
@@ -550,12 +577,10 @@ impl DesiredState {
                 .is_some_and(|t| t.source == Source::Api);
             if existing_api {
                 if let Some(t) = next.tenants.get(&tenant.name)
-                    && (t.hosts != tenant.hosts
-                        || t.limits != tenant.limits
-                        || t.cpu_weight != tenant.cpu_weight)
+                    && t.settings() != tenant.settings()
                 {
                     not_applied.push(format!(
-                        "tenant {:?}: hosts, limits and cpu_weight were set through the admin API \
+                        "tenant {:?}: hosts, limits, cpu_weight and allowed_outbound_hosts were set through the admin API \
                          and are kept; POST /admin/tenants/{}/follow-config hands them back to the file",
                         tenant.name, tenant.name
                     ));
@@ -563,9 +588,7 @@ impl DesiredState {
             } else {
                 next.put_tenant(
                     &tenant.name,
-                    tenant.hosts.clone(),
-                    tenant.limits,
-                    tenant.cpu_weight,
+                    tenant.settings(),
                     &config.limits,
                     Source::Config,
                 )?;
@@ -676,22 +699,16 @@ impl DesiredState {
         })
     }
 
-    /// Hands a tenant's hosts, limits and cpu_weight back to the config
-    /// file: they become the file's now and follow it on every reload. Its
-    /// handlers stay as they are.
+    /// Hands a tenant's settings (hosts, limits, cpu_weight,
+    /// allowed_outbound_hosts) back to the config file: they become the
+    /// file's now and follow it on every reload. Its handlers stay as they
+    /// are.
     pub fn follow_config(&mut self, tenant: &str, config: &Config) -> Result<Written, StateError> {
         self.tenant(tenant)?;
         let Some(file) = config.tenants.iter().find(|t| t.name == tenant) else {
             return Err(StateError::NotInConfig(tenant.to_owned()));
         };
-        let written = self.put_tenant(
-            tenant,
-            file.hosts.clone(),
-            file.limits,
-            file.cpu_weight,
-            &config.limits,
-            Source::Config,
-        )?;
+        let written = self.put_tenant(tenant, file.settings(), &config.limits, Source::Config)?;
         let t = self.tenant_mut(tenant)?;
         if t.source == Source::Config {
             return Ok(written);
@@ -760,9 +777,7 @@ mod tests {
         state
             .put_tenant(
                 "t",
-                vec!["*".into()],
-                LimitOverrides::default(),
-                1,
+                TenantSettings::default(),
                 &Limits::default(),
                 Source::Api,
             )
@@ -983,9 +998,12 @@ component = "b.wasm"
             fuel: Some(5),
             ..LimitOverrides::default()
         };
-        let hosts = vec!["*".to_owned()];
+        let settings = TenantSettings {
+            limits: api,
+            ..TenantSettings::default()
+        };
         state
-            .put_tenant("t", hosts, api, 1, &Limits::default(), Source::Api)
+            .put_tenant("t", settings.clone(), &Limits::default(), Source::Api)
             .expect("valid");
         // The file's fuel is not applied, and the reload says so.
         let not_applied = state.apply_config(&file, &read(&[])).expect("applies");
@@ -1004,14 +1022,7 @@ component = "b.wasm"
         assert_eq!(state.follow_config("t", &file), Ok(Written::Unchanged));
         // Nothing to follow for a tenant the file does not name.
         state
-            .put_tenant(
-                "u",
-                vec!["*".into()],
-                api,
-                1,
-                &Limits::default(),
-                Source::Api,
-            )
+            .put_tenant("u", settings, &Limits::default(), Source::Api)
             .expect("valid");
         assert_eq!(
             state.follow_config("u", &file),

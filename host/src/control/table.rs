@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::limits::Limits;
 use crate::metrics::HandlerMetrics;
 use crate::router::Router;
-use crate::runtime::{Flow, HandlerVersion};
+use crate::runtime::{Flow, HandlerVersion, Outbound};
 
 /// The published table.
 #[derive(Debug)]
@@ -48,6 +48,10 @@ pub struct Tenant {
     pub concurrency: Arc<Semaphore>,
     /// Its share of the guest CPU against other tenants.
     pub cpu_weight: u32,
+    /// What its guests may call upstream, and its outbound connections.
+    pub outbound: Arc<Outbound>,
+    /// The list `outbound` was made from, to tell when it changes.
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// A routed handler: what a request needs once routed.

@@ -157,7 +157,7 @@ impl Gateway {
                 route.flow,
                 route.tenant.cpu_weight,
                 Arc::clone(&route.version),
-                request,
+                request.with_outbound(Arc::clone(&route.tenant.outbound)),
                 deadline,
                 permit,
             )

@@ -9,12 +9,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::task::Poll;
+
 use bytes::Bytes;
 use wasmtime::{Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use super::bindings::HandlerPre;
 use super::block_on::block_on;
 use super::engine::Runtime;
-use super::handler::HandlerVersion;
+use super::handler::{HandlerVersion, World};
 use super::request::GuestRequest;
 use super::response;
 use super::store::State;
@@ -93,7 +99,7 @@ async fn run_guest(
         return (outcome, None);
     }
     let limits = version.limits;
-    let mut store = match version.new_store(runtime, deadline) {
+    let mut store = match version.new_store(runtime, request.outbound(), deadline) {
         Ok(store) => store,
         Err(e) => {
             tracing::error!("setting up a store: {e:#}");
@@ -105,18 +111,13 @@ async fn run_guest(
         }
     };
 
-    let started = Instant::now();
-    let result = match version.pre.instantiate_async(&mut store).await {
-        Ok(instance) => {
-            metrics
-                .instantiation_duration
-                .observe(started.elapsed().as_secs_f64());
-            let headers = request.header_view();
-            instance
-                .call_handle(&mut store, request.view(&headers))
-                .await
+    let result = match &version.pre {
+        World::Handler(pre) => {
+            call_handler(pre, &mut store, request, metrics, limits.max_response_bytes).await
         }
-        Err(e) => Err(e),
+        World::Proxy(pre) => {
+            call_proxy(pre, &mut store, request, metrics, limits.max_response_bytes).await
+        }
     };
     let fuel_consumed = runtime
         .consume_fuel
@@ -138,7 +139,7 @@ async fn run_guest(
                     tracing::debug!(%tenant, %handler, "guest stderr: {stderr}");
                 }
             }
-            response::from_guest(response, limits.max_response_bytes)
+            response
         }
         Err(e) => {
             let kind = classify(&e, store.data().limiter.refused);
@@ -163,6 +164,95 @@ async fn run_guest(
         fuel_consumed,
     };
     (outcome, Some(store))
+}
+
+/// What a guest call gives: its checked response (or why it is not one),
+/// or the trap that ended it.
+type CallResult = wasmtime::Result<Result<http::Response<Bytes>, RequestError>>;
+
+/// A fresh instance of a `wasmgate:handler` component, and its `handle`.
+async fn call_handler(
+    pre: &HandlerPre<State>,
+    store: &mut Store<State>,
+    request: &GuestRequest,
+    metrics: &Metrics,
+    max_response_bytes: u64,
+) -> CallResult {
+    let started = Instant::now();
+    let instance = pre.instantiate_async(&mut *store).await?;
+    metrics
+        .instantiation_duration
+        .observe(started.elapsed().as_secs_f64());
+    let headers = request.header_view();
+    let response = instance
+        .call_handle(&mut *store, request.view(&headers))
+        .await?;
+    Ok(response::from_guest(response, max_response_bytes))
+}
+
+/// A fresh instance of a `wasi:http/proxy` component, and its
+/// `incoming-handler.handle`, while its response is collected.
+async fn call_proxy(
+    pre: &ProxyPre<State>,
+    store: &mut Store<State>,
+    request: &GuestRequest,
+    metrics: &Metrics,
+    max_response_bytes: u64,
+) -> CallResult {
+    let started = Instant::now();
+    let proxy = pre.instantiate_async(&mut *store).await?;
+    metrics
+        .instantiation_duration
+        .observe(started.elapsed().as_secs_f64());
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let mut http = store.data_mut().http();
+    let incoming = http.new_incoming_request(Scheme::Http, request.to_http())?;
+    let outparam = http.new_response_outparam(sender)?;
+    let call = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, incoming, outparam);
+    let collect = response::from_proxy(receiver, max_response_bytes);
+    let mut call = std::pin::pin!(call);
+    let mut collect = std::pin::pin!(collect);
+    // The guest writes its body while it runs, and waits when the body's
+    // buffer is full: both go on until one ends.
+    let mut returned = None;
+    let first = std::future::poll_fn(|cx| {
+        if returned.is_none()
+            && let Poll::Ready(result) = call.as_mut().poll(cx)
+        {
+            returned = Some(result);
+        }
+        match collect.as_mut().poll(cx) {
+            Poll::Ready(collected) => Poll::Ready(Ok(collected)),
+            Poll::Pending => match returned.take() {
+                Some(result) => Poll::Ready(Err(result)),
+                None => Poll::Pending,
+            },
+        }
+    })
+    .await;
+    match first {
+        // The response is whole: the guest still finishes its call (a
+        // trap after it fails the request, as in the other world).
+        Ok(Ok(response)) => {
+            match returned {
+                Some(result) => result?,
+                None => call.await?,
+            }
+            Ok(Ok(response))
+        }
+        // A response that fails its checks ends the call: the guest is
+        // stopped where it is.
+        Ok(Err(bad)) => Ok(Err(bad)),
+        // The guest returned (or trapped) with its response unfinished.
+        Err(result) => {
+            result?;
+            Ok(Err(RequestError::BadResponse(
+                "the guest returned before its response body was finished".to_owned(),
+            )))
+        }
+    }
 }
 
 /// Maps a wasmtime error to the trap kind reported in metrics.

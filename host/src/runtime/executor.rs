@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntGauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 
+use super::block_on::block_on;
 use super::call::{GuestOutcome, call_guest_async};
 use super::engine::{EPOCH_TICK, Runtime, RuntimeError};
 use super::fair_queue::{FairQueue, Flow, Rejected};
@@ -84,6 +85,9 @@ struct Pool {
     slices: Vec<RunningSince>,
     /// The clock `slices` counts from.
     started: Instant,
+    /// The runtime of the thread that started the pool, if any: where
+    /// guests' timers and network I/O run.
+    io: Option<tokio::runtime::Handle>,
 }
 
 /// When a worker's running guest first ran, in a cache line of its own:
@@ -192,6 +196,7 @@ impl Executor {
             guests_per_worker: guests_per_worker.max(1),
             slices: (0..workers).map(|_| RunningSince::default()).collect(),
             started: Instant::now(),
+            io: tokio::runtime::Handle::try_current().ok(),
         });
         for i in 0..workers {
             let worker = Arc::clone(&pool);
@@ -324,11 +329,21 @@ impl Drop for Supervised {
     }
 }
 
-/// One worker thread: a single-threaded tokio runtime (for the timers of
-/// guests waiting in `wasi:io/poll`) driving the worker's guests.
+/// One worker thread, driving the worker's guests. Their timers
+/// (`wasi:io/poll`) and outbound connections (`wasi:http`) live on the
+/// gateway's tokio runtime when the pool was started in one: a guest
+/// waiting for an upstream is a suspended future here while tokio's
+/// threads do the network I/O, so it holds no worker. Outside one (a tool
+/// with no runtime), a single-threaded runtime of the worker's own keeps
+/// the timers, and outbound calls use WASI's own runtime.
 fn work(pool: &Arc<Pool>, index: usize) {
+    if let Some(io) = &pool.io {
+        let _io = io.enter();
+        block_on(Worker::new(Arc::clone(pool), index).run());
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
@@ -660,6 +675,7 @@ mod tests {
             guests_per_worker: 8,
             slices: vec![RunningSince::default()],
             started: Instant::now(),
+            io: None,
         });
         Worker::new(pool, 0)
     }

@@ -1,6 +1,12 @@
-//! A handler version: component bytes compiled, type-checked against the
+//! A handler version: component bytes compiled, type-checked against its
 //! world and pre-instantiated once, at load time, so a request only pays for
 //! a fresh instance.
+//!
+//! Two worlds are served: `wasmgate:handler` (ours: a component exporting
+//! `handle`, built with the SDK) and `wasi:http/proxy` (the standard one:
+//! a component exporting `wasi:http/incoming-handler`, from any
+//! toolchain). Which one a component implements is read from its exports
+//! at load.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,9 +16,12 @@ use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use wasmtime::{Store, UpdateDeadline};
 
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
 use super::bindings::HandlerPre;
 use super::block_on::block_on;
 use super::engine::Runtime;
+use super::outbound::Outbound;
 use super::store::{HandlerContext, State};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
@@ -37,9 +46,9 @@ pub enum LoadError {
     /// The bytes are not a valid component (or are a core module).
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    /// The component does not fit the `wasmgate:handler` world: an import
-    /// the gateway does not provide, or a missing or mistyped `handle`.
-    #[error("component does not fit the wasmgate:handler world: {0}")]
+    /// The component fits neither world: an import the gateway does not
+    /// provide, or neither export (or a mistyped one).
+    #[error("component does not fit the wasmgate:handler or wasi:http/proxy world: {0}")]
     World(String),
     /// The component cannot be instantiated under its tenant's limits (its
     /// initial memory is above `memory_bytes`, say).
@@ -67,7 +76,26 @@ pub struct HandlerVersion {
     pub context: Arc<HandlerContext>,
     /// Imports resolved and exports checked once; instantiation from it is
     /// cheap.
-    pub(super) pre: HandlerPre<State>,
+    pub(super) pre: World,
+}
+
+/// The world a component implements, pre-instantiated.
+#[derive(Clone)]
+pub(super) enum World {
+    /// `wasmgate:handler`: exports `handle`.
+    Handler(HandlerPre<State>),
+    /// `wasi:http/proxy`: exports `wasi:http/incoming-handler`.
+    Proxy(ProxyPre<State>),
+}
+
+impl World {
+    /// The world's name, as `wasmgate check` prints it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Handler(_) => "wasmgate:handler",
+            Self::Proxy(_) => "wasi:http/proxy",
+        }
+    }
 }
 
 impl std::fmt::Debug for HandlerVersion {
@@ -131,18 +159,26 @@ impl HandlerVersion {
         Ok(version)
     }
 
-    /// A fresh store for one instance of this version, due by `deadline`:
-    /// its memory limiter, its fuel, and its time slices. Every instance is
-    /// made in one: a request's, and the one a load makes as a check.
+    /// The world this version implements.
+    pub fn world(&self) -> &'static str {
+        self.pre.name()
+    }
+
+    /// A fresh store for one instance of this version, due by `deadline`,
+    /// its outbound calls under `outbound`: its memory limiter, its fuel,
+    /// and its time slices. Every instance is made in one: a request's, and
+    /// the one a load makes as a check.
     pub(super) fn new_store(
         &self,
         runtime: &Runtime,
+        outbound: Arc<Outbound>,
         deadline: Instant,
     ) -> wasmtime::Result<Store<State>> {
         let mut store = Store::new(
             &runtime.engine,
             State::new(
                 Arc::clone(&self.context),
+                outbound,
                 self.limits.memory_bytes,
                 deadline,
             ),
@@ -171,9 +207,14 @@ impl HandlerVersion {
     fn try_instantiate(&self, runtime: &Runtime) -> Result<(), LoadError> {
         let failed = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
         let deadline = Instant::now() + INSTANTIATE_CHECK_TIMEOUT;
-        let mut store = self.new_store(runtime, deadline).map_err(failed)?;
-        block_on(self.pre.instantiate_async(&mut store)).map_err(failed)?;
-        Ok(())
+        let mut store = self
+            .new_store(runtime, Outbound::deny_all(), deadline)
+            .map_err(failed)?;
+        match &self.pre {
+            World::Handler(pre) => block_on(pre.instantiate_async(&mut store)).map(drop),
+            World::Proxy(pre) => block_on(pre.instantiate_async(&mut store)).map(drop),
+        }
+        .map_err(failed)
     }
 }
 
@@ -251,11 +292,38 @@ fn compile(runtime: &Runtime, bytes: &[u8]) -> Result<Component, LoadError> {
     Component::new(&runtime.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
 }
 
-/// Resolves the component's imports against the linker and checks that it
-/// exports `handle` with the world's type.
-fn link(runtime: &Runtime, component: &Component) -> Result<HandlerPre<State>, LoadError> {
+/// The export that makes a component a `wasi:http/proxy` handler (any
+/// 0.2.x version).
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.";
+
+/// Resolves the component's imports against the linker and finds its world
+/// by its exports: `handle` (wasmgate:handler) or
+/// `wasi:http/incoming-handler` (wasi:http/proxy), with the world's types.
+fn link(runtime: &Runtime, component: &Component) -> Result<World, LoadError> {
     let world = |e: wasmtime::Error| LoadError::World(format!("{e:#}"));
-    HandlerPre::new(runtime.linker.instantiate_pre(component).map_err(world)?).map_err(world)
+    let pre = runtime.linker.instantiate_pre(component).map_err(world)?;
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(&runtime.engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if exports.iter().any(|name| name == "handle") {
+        return HandlerPre::new(pre).map(World::Handler).map_err(world);
+    }
+    if exports
+        .iter()
+        .any(|name| name.starts_with(INCOMING_HANDLER))
+    {
+        return ProxyPre::new(pre).map(World::Proxy).map_err(world);
+    }
+    Err(LoadError::World(format!(
+        "it exports neither `handle` (the wasmgate:handler world) nor `{INCOMING_HANDLER}x` (the wasi:http/proxy world); it exports: {}",
+        if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        }
+    )))
 }
 
 /// Core modules and components share the magic and differ in the version
@@ -273,6 +341,8 @@ pub struct ComponentInfo {
     pub imports: Vec<String>,
     /// Names of the component's exports.
     pub exports: Vec<String>,
+    /// The world it implements: `wasmgate:handler` or `wasi:http/proxy`.
+    pub world: &'static str,
 }
 
 impl ComponentInfo {
@@ -293,13 +363,13 @@ impl ComponentInfo {
             };
             format!("{name} ({kind})")
         };
-        let info = Self {
+        let world = link(runtime, &component)?;
+        Ok(Self {
             sha256: sha256_hex(bytes),
             imports: ty.imports(&runtime.engine).map(describe).collect(),
             exports: ty.exports(&runtime.engine).map(describe).collect(),
-        };
-        link(runtime, &component)?;
-        Ok(info)
+            world: world.name(),
+        })
     }
 }
 

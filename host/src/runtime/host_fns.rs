@@ -214,7 +214,12 @@ mod tests {
             assert!(!context.metrics.log.permit(long_ago));
             assert!(!context.log_permit());
             // A request's store is dropped when it ends.
-            drop(State::new(Arc::clone(&context), 1 << 16, Instant::now()));
+            drop(State::new(
+                Arc::clone(&context),
+                crate::runtime::Outbound::deny_all(),
+                1 << 16,
+                Instant::now(),
+            ));
         });
         assert!(
             log.contains("dropped 2 log lines of t/h in the last"),

@@ -5,10 +5,10 @@
 //! async workers: a CPU-heavy handler can slow its own tenant, never the
 //! accept loop or the admin listener.
 //!
-//! Layers, bottom up: `bindings` (generated from `wit/`), `store` (one
-//! request's store data), `request` and `response` (what a guest is shown
-//! and the check of what it answers), `host_fns` and `deadline` (the
-//! imports), `linker`, `engine`, `handler` (a loaded version and its store
+//! Layers, bottom up: `bindings` (generated from `wit/`), `outbound` (a
+//! guest's calls to upstreams), `store` (one request's store data),
+//! `request` and `response` (what a guest is shown and the check of what
+//! it answers), `host_fns` and `deadline` (the imports), `linker`, `engine`, `handler` (a loaded version and its store
 //! set-up), `call` (one guest call), `executor` (the worker pool).
 
 mod bindings;
@@ -22,6 +22,7 @@ mod fair_queue;
 mod handler;
 mod host_fns;
 mod linker;
+mod outbound;
 mod request;
 mod response;
 mod store;
@@ -33,6 +34,7 @@ pub use executor::Executor;
 pub use fair_queue::Flow;
 pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
 pub use host_fns::GUEST_LOG_TARGET;
+pub use outbound::Outbound;
 pub use request::GuestRequest;
 pub use response::{MAX_HEAD_BYTES, MAX_HEADERS};
 pub use store::HandlerContext;

@@ -1,7 +1,14 @@
 //! The request as a guest sees it: hyper's head and the collected body,
-//! lowered into guest memory without a copy on the request path.
+//! lowered into guest memory without a copy on the request path (the
+//! `wasmgate:handler` world) or handed to `wasi:http` as a request (the
+//! `wasi:http/proxy` world); and what its guest may call upstream.
+
+use std::sync::Arc;
+
+use http_body_util::Full;
 
 use super::bindings::Request;
+use super::outbound::Outbound;
 
 /// A request on its way to a guest: hyper's parsed head and the collected
 /// body, moved from the connection task to a worker as they are. The
@@ -11,12 +18,50 @@ use super::bindings::Request;
 pub struct GuestRequest {
     head: http::request::Parts,
     body: bytes::Bytes,
+    /// The tenant's outbound policy: what the guest may call.
+    outbound: Arc<Outbound>,
 }
 
 impl GuestRequest {
-    /// The request with head `head` and the whole body `body`.
+    /// The request with head `head` and the whole body `body`; its guest
+    /// may call no upstream.
     pub fn new(head: http::request::Parts, body: bytes::Bytes) -> Self {
-        Self { head, body }
+        Self {
+            head,
+            body,
+            outbound: Outbound::deny_all(),
+        }
+    }
+
+    /// The request whose guest calls upstreams under `outbound`.
+    pub fn with_outbound(mut self, outbound: Arc<Outbound>) -> Self {
+        self.outbound = outbound;
+        self
+    }
+
+    /// The policy the guest's outbound calls follow.
+    pub(super) fn outbound(&self) -> Arc<Outbound> {
+        Arc::clone(&self.outbound)
+    }
+
+    /// The request as `wasi:http` takes it: the same head (the authority
+    /// is the `host` the request was routed by) and body.
+    pub(super) fn to_http(&self) -> http::Request<Full<bytes::Bytes>> {
+        let mut request = http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.head.method.clone();
+        *request.uri_mut() = self.head.uri.clone();
+        *request.version_mut() = self.head.version;
+        *request.headers_mut() = self.head.headers.clone();
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            // HTTP/1.0 may leave the host out; wasi:http requires one.
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+        request
     }
 
     /// The request's path, without the query.

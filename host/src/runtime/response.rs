@@ -16,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::bindings::GuestResponse;
 use crate::error::{ERROR_HEADER, RequestError};
+use crate::guest_log::escape;
 
 /// Largest response head a guest may send: status line and header fields,
 /// counted as they would be written (`name: value\r\n`). Proxies commonly
@@ -50,37 +51,16 @@ pub(super) fn from_guest(
     max_bytes: u64,
 ) -> Result<http::Response<Bytes>, RequestError> {
     let bad = |reason: String| Err(RequestError::BadResponse(reason));
-    let status = match response.status {
-        200..=599 => match StatusCode::from_u16(response.status) {
-            Ok(status) => status,
-            Err(_) => return bad(format!("status {}", response.status)),
-        },
-        other => return bad(format!("status {other} is outside 200..=599")),
-    };
+    let status = check_status(response.status)?;
     // Size first, from lengths alone, before any header is parsed.
-    if response.headers.len() > MAX_HEADERS {
-        return bad(format!(
-            "{} header fields; at most {MAX_HEADERS} are allowed",
-            response.headers.len()
-        ));
-    }
-    let head = response
-        .headers
-        .iter()
-        .map(|(name, value)| name.len() + value.len() + 4)
-        .sum::<usize>()
-        + STATUS_LINE_BYTES;
-    if head > MAX_HEAD_BYTES {
-        return bad(format!(
-            "response head is {head} bytes; at most {MAX_HEAD_BYTES} are allowed"
-        ));
-    }
-    let total = head as u64 + response.body.len() as u64;
-    if total > max_bytes {
-        return bad(format!(
-            "response is {total} bytes; limits.max_response_bytes is {max_bytes}"
-        ));
-    }
+    let head = check_head(
+        response.headers.len(),
+        response
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len()),
+    )?;
+    check_total(head, response.body.len(), max_bytes)?;
 
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     for (name, value) in response.headers {
@@ -96,12 +76,102 @@ pub(super) fn from_guest(
             return bad("too many header fields".to_owned());
         }
     }
-    strip_connection_headers(&mut headers);
+    Ok(build(status, headers, Bytes::from(response.body)))
+}
 
-    let mut out = http::Response::new(Bytes::from(response.body));
+/// What a `wasi:http/proxy` guest passes to its response outparam.
+pub(super) type ProxyResponse = Result<
+    http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+>;
+
+/// Collects a `wasi:http/proxy` guest's response as the guest writes it,
+/// with the same checks as [`from_guest`]: the head before any of the
+/// body, and the body cut off once head and body pass `max_bytes`. Runs
+/// beside the guest's call (the guest blocks when the body's buffer is
+/// full until this reads it).
+pub(super) async fn from_proxy(
+    response: tokio::sync::oneshot::Receiver<ProxyResponse>,
+    max_bytes: u64,
+) -> Result<http::Response<Bytes>, RequestError> {
+    use http_body_util::BodyExt;
+
+    let bad = |reason: String| RequestError::BadResponse(reason);
+    let response = match response.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => {
+            let code = format!("{code:?}");
+            let code = escape(&code, 200);
+            return Err(bad(format!("the guest answered with the error {code}")));
+        }
+        Err(_) => return Err(bad("the guest set no response".to_owned())),
+    };
+    let (parts, mut body) = response.into_parts();
+    let status = check_status(parts.status.as_u16())?;
+    let head = check_head(
+        parts.headers.len(),
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len()),
+    )?;
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad(format!("the guest's body failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            check_total(head, collected.len() + data.len(), max_bytes)?;
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(build(status, parts.headers, Bytes::from(collected)))
+}
+
+/// A status in `200..=599`.
+fn check_status(status: u16) -> Result<StatusCode, RequestError> {
+    match status {
+        200..=599 => StatusCode::from_u16(status)
+            .map_err(|_| RequestError::BadResponse(format!("status {status}"))),
+        other => Err(RequestError::BadResponse(format!(
+            "status {other} is outside 200..=599"
+        ))),
+    }
+}
+
+/// Checks the number of header fields and the head's size (from the
+/// fields' name and value lengths) and returns the head's size.
+fn check_head(fields: usize, lengths: impl Iterator<Item = usize>) -> Result<usize, RequestError> {
+    if fields > MAX_HEADERS {
+        return Err(RequestError::BadResponse(format!(
+            "{fields} header fields; at most {MAX_HEADERS} are allowed"
+        )));
+    }
+    let head = lengths.map(|len| len + 4).sum::<usize>() + STATUS_LINE_BYTES;
+    if head > MAX_HEAD_BYTES {
+        return Err(RequestError::BadResponse(format!(
+            "response head is {head} bytes; at most {MAX_HEAD_BYTES} are allowed"
+        )));
+    }
+    Ok(head)
+}
+
+/// Head and body together within `max_bytes`.
+fn check_total(head: usize, body: usize, max_bytes: u64) -> Result<(), RequestError> {
+    let total = head as u64 + body as u64;
+    if total > max_bytes {
+        return Err(RequestError::BadResponse(format!(
+            "response is {total} bytes or more; limits.max_response_bytes is {max_bytes}"
+        )));
+    }
+    Ok(())
+}
+
+/// The response to send, without the fields that belong to the connection.
+fn build(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> http::Response<Bytes> {
+    strip_connection_headers(&mut headers);
+    let mut out = http::Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
-    Ok(out)
+    out
 }
 
 /// Drops hop-by-hop fields, the fields a `Connection` header names, and

@@ -1,10 +1,12 @@
 //! The data of one request's store: its WASI context (empty, built on
-//! first use), the guest's stderr, the memory limiter, the request's
-//! deadline, and the handler's context that host functions serve from.
+//! first use), its `wasi:http` context (outbound calls go through the
+//! tenant's policy, `outbound.rs`), the guest's stderr, the memory
+//! limiter, the request's deadline, and the handler's context that host
+//! functions serve from.
 //!
-//! WASI is present only because Rust's std imports it; the context is empty
-//! (no files, no environment, no sockets). Stdout is discarded; stderr is
-//! kept, bounded, so a panic message reaches the gateway log.
+//! The WASI context is empty (no files, no environment, no sockets): the
+//! network is reached only through `wasi:http`. Stdout is discarded;
+//! stderr is kept, bounded, so a panic message reaches the gateway log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::outbound::{Outbound, OutboundHooks};
 use crate::metrics::HandlerMetrics;
 
 /// Guest stderr kept per request, in bytes; further writes fail.
@@ -55,6 +59,10 @@ pub struct State {
     /// with `wasi`.
     stderr: Option<MemoryOutputPipe>,
     table: ResourceTable,
+    /// `wasi:http`'s settings.
+    http: WasiHttpCtx,
+    /// Where the guest's outbound calls are checked and sent.
+    outbound: OutboundHooks,
     /// Enforces the memory limit and remembers a refusal, so that the trap
     /// that follows (Rust aborts on allocation failure) is reported as a
     /// memory trap.
@@ -67,9 +75,11 @@ pub struct State {
 }
 
 impl State {
-    /// Fresh state for one request due by `deadline`.
+    /// Fresh state for one request due by `deadline`, whose outbound calls
+    /// follow `outbound`.
     pub(super) fn new(
         handler: Arc<HandlerContext>,
+        outbound: Arc<Outbound>,
         memory_bytes: u64,
         deadline: std::time::Instant,
     ) -> Self {
@@ -77,6 +87,8 @@ impl State {
             wasi: None,
             stderr: None,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound: OutboundHooks::new(outbound, Arc::clone(&handler), deadline, memory_bytes),
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
                 used: 0,
@@ -119,6 +131,16 @@ impl WasiView for State {
         WasiCtxView {
             ctx,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }

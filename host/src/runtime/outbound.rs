@@ -1,0 +1,512 @@
+//! Outbound HTTP: how a guest's `wasi:http/outgoing-handler` call reaches
+//! an upstream, and every bound on the way.
+//!
+//! Each call passes, in order: the per-request count
+//! (`limits.max_outbound_requests`), the tenant's allowlist (by the name as
+//! written), name resolution, the address check (a name never leads to an
+//! internal address unless the list names that address itself; the
+//! connection goes to the address that was checked, so a second answer
+//! from DNS changes nothing), the tenant's connection cap. A refusal opens
+//! no connection. Every wait (connect, response head, each body frame) is
+//! clamped to the request's deadline, whatever timeouts the guest asked
+//! for, and the connection is closed at the deadline at the latest. The
+//! response head is bounded by hyper's read buffer, the body by the
+//! handler's `memory_bytes` (a guest could not hold more).
+//!
+//! The sending runs on the gateway's tokio threads, not on the guest's
+//! worker: a guest waiting for an answer is a suspended future that holds
+//! no worker and is charged no CPU (`executor.rs`).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::response::MAX_HEAD_BYTES;
+use super::store::HandlerContext;
+use crate::allowlist::{AllowList, Scheme, is_internal};
+use crate::guest_log::escape;
+
+/// Most header fields in an upstream's response head.
+const MAX_UPSTREAM_HEADERS: usize = 256;
+
+/// What one tenant's guests may call, shared by all its requests.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The tenant's `allowed_outbound_hosts`.
+    allowed: AllowList,
+    /// `limits.max_outbound_requests`: calls one request may make.
+    max_requests: u32,
+    /// The tenant's connections open at once.
+    connections: Arc<Semaphore>,
+}
+
+impl Outbound {
+    /// A tenant's policy: `allowed` hosts, `max_requests` calls per request
+    /// and `max_connections` connections open at once.
+    pub fn new(allowed: AllowList, max_requests: u32, max_connections: usize) -> Self {
+        Self {
+            allowed,
+            max_requests,
+            connections: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// The policy of a guest that may call nothing (a load's check
+    /// instance, benchmarks, tests).
+    pub fn deny_all() -> Arc<Self> {
+        static DENY_ALL: OnceLock<Arc<Outbound>> = OnceLock::new();
+        Arc::clone(DENY_ALL.get_or_init(|| Arc::new(Self::new(AllowList::default(), 0, 0))))
+    }
+
+    /// Connections of this tenant open now (for tests and the bound's
+    /// proof).
+    pub fn connections_open(&self, max_connections: usize) -> usize {
+        max_connections.saturating_sub(self.connections.available_permits())
+    }
+}
+
+/// One request's outbound state: the `wasi:http` hooks of its store.
+pub(super) struct OutboundHooks {
+    outbound: Arc<Outbound>,
+    handler: Arc<HandlerContext>,
+    deadline: Instant,
+    /// Calls made so far.
+    sent: u32,
+    /// Largest upstream body the guest may read.
+    max_body_bytes: u64,
+}
+
+impl OutboundHooks {
+    /// The hooks of a request due by `deadline`.
+    pub(super) fn new(
+        outbound: Arc<Outbound>,
+        handler: Arc<HandlerContext>,
+        deadline: Instant,
+        max_body_bytes: u64,
+    ) -> Self {
+        Self {
+            outbound,
+            handler,
+            deadline,
+            sent: 0,
+            max_body_bytes,
+        }
+    }
+
+    /// Counts and logs a refused call.
+    fn refuse(&self, host: &str, reason: &str) -> Error {
+        let metrics = &self.handler.metrics;
+        metrics.outbound("denied", None);
+        if tracing::enabled!(tracing::Level::WARN) && self.handler.log_permit() {
+            tracing::warn!(
+                tenant = %metrics.tenant,
+                handler = %metrics.handler,
+                host = %escape(host, 256),
+                "outbound call refused: {reason}"
+            );
+        }
+        Error::HttpRequestDenied
+    }
+
+    /// Checks what can be checked without the network: the count, the
+    /// scheme and the allowlist.
+    fn admit(&mut self, request: &http::Request<WasiBody>) -> Result<Target, Error> {
+        let uri = request.uri();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if self.sent >= self.outbound.max_requests {
+            let reason = if self.outbound.max_requests == 0 {
+                "the tenant's allowed_outbound_hosts is empty".to_owned()
+            } else {
+                format!(
+                    "more than limits.max_outbound_requests ({}) in one request",
+                    self.outbound.max_requests
+                )
+            };
+            return Err(self.refuse(authority, &reason));
+        }
+        self.sent += 1;
+        let scheme = uri.scheme_str().and_then(Scheme::parse);
+        let host = uri.host().unwrap_or_default();
+        let Some(scheme) = scheme else {
+            return Err(self.refuse(authority, "the scheme is not http or https"));
+        };
+        let port = uri.port_u16().unwrap_or_else(|| scheme.default_port());
+        if authority.contains('@') || !self.outbound.allowed.allows(scheme, host, port) {
+            return Err(self.refuse(authority, "not in the tenant's allowed_outbound_hosts"));
+        }
+        Ok(Target {
+            scheme,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        })
+    }
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_done: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    > {
+        let admitted = self.admit(&request);
+        let call = Call {
+            outbound: Arc::clone(&self.outbound),
+            handler: Arc::clone(&self.handler),
+            deadline: self.deadline,
+            options: options.unwrap_or_default(),
+            max_body_bytes: self.max_body_bytes,
+        };
+        Box::new(async move {
+            let target = admitted?;
+            let started = Instant::now();
+            let result = call.send(target, request).await;
+            let metrics = &call.handler.metrics;
+            match &result {
+                Ok(response) => {
+                    let class = match response.status().as_u16() {
+                        200..=299 => "2xx",
+                        300..=399 => "3xx",
+                        400..=499 => "4xx",
+                        500..=599 => "5xx",
+                        _ => "1xx",
+                    };
+                    metrics.outbound(class, Some(started.elapsed().as_secs_f64()));
+                }
+                Err(Error::HttpRequestDenied) => {}
+                Err(e) => metrics.outbound(result_label(e), Some(started.elapsed().as_secs_f64())),
+            }
+            let response = result?;
+            let done: Box<dyn Future<Output = Result<(), Error>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+
+    // wasi:http's defaults log every failure at `warn`: a guest (or its
+    // upstream) could fill the log. The metrics count failures instead.
+
+    fn p2_error_from_hyper(&mut self, error: &hyper::Error) -> ErrorCode {
+        if error.is_timeout() {
+            ErrorCode::ConnectionReadTimeout
+        } else if error.is_parse_too_large() {
+            ErrorCode::HttpResponseHeaderSectionSize(None)
+        } else if error.is_incomplete_message() {
+            ErrorCode::HttpResponseIncomplete
+        } else {
+            ErrorCode::HttpProtocolError
+        }
+    }
+
+    fn p2_error_from_connect(&mut self, error: &std::io::Error) -> ErrorCode {
+        match error.kind() {
+            std::io::ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                ErrorCode::ConnectionTerminated
+            }
+            _ => ErrorCode::ConnectionRefused,
+        }
+    }
+
+    fn p2_error_from_tls(&mut self, _error: &std::io::Error) -> ErrorCode {
+        ErrorCode::TlsProtocolError
+    }
+}
+
+/// The metric label of a failed call.
+fn result_label(error: &Error) -> &'static str {
+    match error {
+        Error::HttpRequestDenied
+        | Error::DestinationIpProhibited
+        | Error::ConnectionLimitReached => "denied",
+        Error::ConnectionTimeout
+        | Error::ConnectionReadTimeout
+        | Error::HttpResponseTimeout
+        | Error::DnsTimeout => "timeout",
+        _ => "error",
+    }
+}
+
+/// Where an admitted call goes, as the guest named it.
+struct Target {
+    scheme: Scheme,
+    /// A name, or an address literal without brackets.
+    host: String,
+    port: u16,
+}
+
+/// One admitted call, ready to go to the network.
+struct Call {
+    outbound: Arc<Outbound>,
+    handler: Arc<HandlerContext>,
+    deadline: Instant,
+    options: RequestOptions,
+    max_body_bytes: u64,
+}
+
+impl Call {
+    /// `requested`, if the guest asked for it, and never past the deadline.
+    fn clamp(&self, requested: Option<Duration>) -> Instant {
+        match requested {
+            Some(wait) => (Instant::now() + wait).min(self.deadline),
+            None => self.deadline,
+        }
+    }
+
+    /// Resolves, checks, connects and sends; the response's body is
+    /// bounded and ends at the deadline.
+    async fn send(
+        &self,
+        target: Target,
+        mut request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, Error> {
+        let connect_by = self.clamp(self.options.connect_timeout);
+        let addresses = self.resolve(&target, connect_by).await?;
+        let permit = Arc::clone(&self.outbound.connections)
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.log_refusal(
+                    &target.host,
+                    "the tenant's outbound connections are all in use",
+                );
+                Error::ConnectionLimitReached
+            })?;
+        let stream = connect(&addresses, connect_by).await?;
+        let _ = stream.set_nodelay(true);
+        let io: Box<dyn Stream> = match target.scheme {
+            Scheme::Http => Box::new(stream),
+            Scheme::Https => Box::new(tls(&target.host, stream, connect_by).await?),
+        };
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder
+            .max_buf_size(MAX_HEAD_BYTES.max(8192))
+            .max_headers(MAX_UPSTREAM_HEADERS);
+        let (mut sender, connection) =
+            tokio::time::timeout_at(connect_by.into(), builder.handshake(TokioIo::new(io)))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)??;
+        // The connection lives until its response is read or the deadline,
+        // holding the tenant's connection slot.
+        tokio::spawn(hold_connection(connection, permit, self.deadline));
+
+        // The request line carries the path only; `host` was set from the
+        // authority by wasi:http.
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_owned();
+        *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+        let first_byte_by = self.clamp(self.options.first_byte_timeout);
+        let response = tokio::time::timeout_at(first_byte_by.into(), sender.send_request(request))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)??;
+        let between_bytes = self.options.between_bytes_timeout;
+        let deadline = self.deadline;
+        let max_bytes = self.max_body_bytes;
+        Ok(response.map(|incoming| {
+            BoundedBody {
+                incoming,
+                remaining: max_bytes,
+                max_bytes,
+                between_bytes,
+                deadline,
+                timer: Box::pin(tokio::time::sleep_until(
+                    next_frame_by(between_bytes, deadline).into(),
+                )),
+            }
+            .boxed_unsync()
+        }))
+    }
+
+    /// The addresses `target` may be reached at: its literal, or what the
+    /// name resolves to if none of that is internal (unless listed).
+    async fn resolve(&self, target: &Target, by: Instant) -> Result<Vec<SocketAddr>, Error> {
+        let addresses: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+            Ok(address) => vec![SocketAddr::new(address, target.port)],
+            Err(_) => {
+                let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+                match tokio::time::timeout_at(by.into(), lookup).await {
+                    Err(_) => return Err(Error::DnsTimeout),
+                    Ok(Err(_)) => return Err(Error::DestinationNotFound),
+                    Ok(Ok(found)) => found.collect(),
+                }
+            }
+        };
+        if addresses.is_empty() {
+            return Err(Error::DestinationNotFound);
+        }
+        let allowed = &self.outbound.allowed;
+        if let Some(internal) = addresses
+            .iter()
+            .map(SocketAddr::ip)
+            .find(|ip| is_internal(*ip) && !allowed.names_address(*ip))
+        {
+            self.log_refusal(
+                &target.host,
+                &format!("it resolves to the internal address {internal}, which the allowlist does not name"),
+            );
+            return Err(Error::DestinationIpProhibited);
+        }
+        Ok(addresses)
+    }
+
+    fn log_refusal(&self, host: &str, reason: &str) {
+        let metrics = &self.handler.metrics;
+        if tracing::enabled!(tracing::Level::WARN) && self.handler.log_permit() {
+            tracing::warn!(
+                tenant = %metrics.tenant,
+                handler = %metrics.handler,
+                host = %escape(host, 256),
+                "outbound call refused: {reason}"
+            );
+        }
+    }
+}
+
+/// Drives a connection until it is done or the deadline, then lets go of
+/// the tenant's connection slot.
+async fn hold_connection<C: Future>(
+    connection: C,
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+) {
+    let _ = tokio::time::timeout_at(deadline.into(), connection).await;
+    drop(permit);
+}
+
+/// Connects to the first of `addresses` that answers by `by`.
+async fn connect(addresses: &[SocketAddr], by: Instant) -> Result<tokio::net::TcpStream, Error> {
+    let mut last = Error::ConnectionRefused;
+    for address in addresses {
+        match tokio::time::timeout_at(by.into(), tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = Error::Connect(e),
+            Err(_) => return Err(Error::ConnectionTimeout),
+        }
+    }
+    Err(last)
+}
+
+/// What a connection is written and read through: TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+/// TLS to `host` over `stream`, verified against the Mozilla roots.
+async fn tls(
+    host: &str,
+    stream: tokio::net::TcpStream,
+    by: Instant,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                // The ring provider supports the default versions; this
+                // cannot happen, and an empty config would fail every
+                // handshake rather than the process.
+                unreachable_config()
+            }),
+        )
+    });
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    match tokio::time::timeout_at(by.into(), connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(Error::Tls(e)),
+        Err(_) => Err(Error::ConnectionTimeout),
+    }
+}
+
+#[cold]
+fn unreachable_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// When the next body frame must have come.
+fn next_frame_by(between_bytes: Option<Duration>, deadline: Instant) -> Instant {
+    between_bytes.map_or(deadline, |wait| (Instant::now() + wait).min(deadline))
+}
+
+/// An upstream's response body as the guest reads it: at most `max_bytes`,
+/// each frame within the guest's between-bytes timeout, all of it by the
+/// deadline.
+struct BoundedBody {
+    incoming: Incoming,
+    remaining: u64,
+    max_bytes: u64,
+    between_bytes: Option<Duration>,
+    deadline: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for BoundedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > self.remaining {
+                        let max = self.max_bytes;
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(max)))));
+                    }
+                    self.remaining -= len;
+                }
+                let by = next_frame_by(self.between_bytes, self.deadline);
+                self.timer.as_mut().reset(by.into());
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+}
