@@ -1,16 +1,27 @@
-//! [`send`](super::send) in a component: the `wasi:http/outgoing-handler`
-//! import, through the `wasip2` crate's bindings.
+//! [`send`](super::send) in a component: the standard
+//! `wasi:http/outgoing-handler` import.
 
 use std::time::Duration;
 
-use wasip2::http::outgoing_handler;
-use wasip2::http::types::{
-    ErrorCode, FutureIncomingResponse, HeaderError, IncomingBody, IncomingResponse, Method,
-    OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+use bindings::wasi::http::outgoing_handler;
+use bindings::wasi::http::types::{
+    ErrorCode, Fields, FutureIncomingResponse, HeaderError, IncomingBody, IncomingResponse, Method,
+    OutgoingBody, OutgoingRequest, RequestOptions, Scheme, http_error_code,
 };
-use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 use super::{Error, Request, Response, Timeouts};
+
+/// Bindings for `wit/upstream`. Generated here rather than taken from the
+/// `wasip2` crate, which needs a wit-bindgen other than the one the SDK pins.
+#[allow(unsafe_code, missing_docs, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "wit/upstream",
+        world: "upstream",
+        generate_all,
+    });
+}
 
 /// Bytes asked for per read of a response body.
 const READ_CHUNK: u64 = 64 * 1024;
@@ -48,7 +59,7 @@ fn outgoing_request(
     parts: &http::request::Parts,
     body_len: usize,
 ) -> Result<OutgoingRequest, Error> {
-    let headers = wasip2::http::types::Fields::new();
+    let headers = Fields::new();
     for (name, value) in &parts.headers {
         if name == http::header::CONTENT_LENGTH {
             continue;
@@ -207,12 +218,10 @@ fn read_all(stream: &InputStream) -> Result<Vec<u8>, Error> {
 fn from_stream(error: StreamError) -> Error {
     match error {
         StreamError::Closed => Error::Other("the body stream closed early".to_owned()),
-        StreamError::LastOperationFailed(error) => {
-            match wasip2::http::types::http_error_code(&error) {
-                Some(code) => from_code(code),
-                None => Error::Other(error.to_debug_string()),
-            }
-        }
+        StreamError::LastOperationFailed(error) => match http_error_code(&error) {
+            Some(code) => from_code(code),
+            None => Error::Other(error.to_debug_string()),
+        },
     }
 }
 
