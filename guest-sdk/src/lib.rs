@@ -52,9 +52,12 @@
 //!
 //! # Host services
 //!
-//! [`log`], [`metrics`], [`config`] and [`fuel`] wrap the gateway's imports.
-//! In a native build (the unit tests of a handler crate) they use the
-//! context of [`testing`] instead, and panic outside one.
+//! [`log`], [`metrics`], [`config`] and [`fuel`] wrap the gateway's imports,
+//! and [`upstream`] calls HTTP backends through the standard
+//! `wasi:http/outgoing-handler` import (only the hosts the tenant's
+//! `allowed_outbound_hosts` names). In a native build (the unit tests of a
+//! handler crate) they use the context of [`testing`] instead, which also
+//! stubs upstreams, and panic outside one.
 
 // `::wasmgate_sdk::...` paths emitted by `#[handler]` and by the generated
 // export macro must also resolve inside this crate (doc tests, unit tests).
@@ -68,6 +71,7 @@ mod response;
 mod router;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod upstream;
 
 #[cfg(feature = "serde")]
 pub use request::JsonError;

@@ -1,11 +1,13 @@
 //! Native unit tests of handlers: no gateway, no wasm.
 //!
 //! In a component, [`log`](crate::log), [`metrics`](crate::metrics),
-//! [`config`](crate::config) and [`fuel`](crate::fuel) call the gateway. In a
-//! native build (`cargo test`) they use the [`Context`] the test is running
-//! in instead: it supplies the config values and the fuel the handler sees,
-//! and records what it logged and the metrics it recorded. Called outside a
-//! context they panic, saying so.
+//! [`config`](crate::config), [`fuel`](crate::fuel) and
+//! [`upstream`] call the gateway. In a native build
+//! (`cargo test`) they use the [`Context`] the test is running in instead:
+//! it supplies the config values and the fuel the handler sees, answers
+//! upstream calls with a stub ([`Context::upstream`]), and records what the
+//! handler logged, the metrics it recorded and the requests it sent
+//! upstream. Called outside a context they panic, saying so.
 //!
 //! A `#[handler]` function stays a plain Rust function, so a test calls it
 //! directly:
@@ -35,7 +37,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::log::Level;
-use crate::{IntoResponse, Request, Response};
+use crate::{IntoResponse, Request, Response, upstream};
 
 /// What `fuel::remaining()` returns unless [`Context::fuel`] says otherwise:
 /// the gateway's default budget (`limits.fuel`).
@@ -63,6 +65,22 @@ struct State {
     counters: HashMap<String, u64>,
     /// Histogram observations by name, in order.
     histograms: HashMap<String, Vec<f64>>,
+    /// Answers `upstream::send`; taken out while it runs.
+    upstream: Option<Stub>,
+    /// Every request `upstream::send` passed to the stub, in order.
+    sent: Vec<Request>,
+}
+
+/// What a test answers upstream calls with.
+type StubFn = dyn FnMut(&Request) -> Result<Response, upstream::Error>;
+
+/// The upstream stub, boxed so [`State`] can hold any closure.
+struct Stub(Box<StubFn>);
+
+impl std::fmt::Debug for Stub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stub(..)")
+    }
 }
 
 thread_local! {
@@ -109,6 +127,31 @@ impl Context {
     /// it stays at this value.
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.state.fuel = fuel;
+        self
+    }
+
+    /// Answers every [`upstream::send`] (and [`upstream::get`]) with
+    /// `stub`, which sees each request and returns the upstream's response
+    /// or the error the call gets. Without a stub, `upstream::send` panics.
+    ///
+    /// The requests are recorded: [`Context::sent`].
+    ///
+    /// ```
+    /// use wasmgate_sdk::{testing, upstream};
+    ///
+    /// let mut t = testing::Context::new().upstream(|req| match req.uri().host() {
+    ///     Some("api.internal") => Ok(upstream::Response::new(b"ok".to_vec())),
+    ///     _ => Err(upstream::Error::Denied),
+    /// });
+    /// let denied = t.run(|| upstream::get("http://elsewhere/"));
+    /// assert_eq!(denied.err(), Some(upstream::Error::Denied));
+    /// assert_eq!(t.sent().len(), 1);
+    /// ```
+    pub fn upstream(
+        mut self,
+        stub: impl FnMut(&Request) -> Result<Response, upstream::Error> + 'static,
+    ) -> Self {
+        self.state.upstream = Some(Stub(Box::new(stub)));
         self
     }
 
@@ -160,6 +203,12 @@ impl Context {
     /// The values observed in histogram `name` so far, in order.
     pub fn values(&self, name: &str) -> &[f64] {
         self.state.histograms.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every request sent upstream so far, in order, as the handler sent it
+    /// (extensions such as [`upstream::Timeouts`] included).
+    pub fn sent(&self) -> &[Request] {
+        &self.state.sent
     }
 }
 
@@ -220,6 +269,7 @@ pub fn routed(route: &str, mut req: Request) -> Request {
 pub(crate) mod host {
     use super::{CURRENT, Log, State};
     use crate::log::Level;
+    use crate::{Request, Response, upstream};
 
     /// Runs `f` on the current context; `what` names the service for the
     /// panic outside one.
@@ -282,12 +332,30 @@ pub(crate) mod host {
     pub(crate) fn fuel_remaining() -> u64 {
         with("fuel::remaining", |s| s.fuel)
     }
+
+    pub(crate) fn upstream_send(req: Request) -> Result<Response, upstream::Error> {
+        // Out of the context while it runs, so the stub may use the host
+        // services itself.
+        let Some(mut stub) = with("upstream::send", |s| s.upstream.take()) else {
+            panic!(
+                "`wasmgate_sdk::upstream::send` was called but the test context has no \
+                 upstream stub: give it one with `Context::new().upstream(|req| ...)`, \
+                 returning the upstream's response or an `upstream::Error`"
+            )
+        };
+        let result = (stub.0)(&req);
+        with("upstream::send", |s| {
+            s.upstream = Some(stub);
+            s.sent.push(req);
+        });
+        result
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config, fuel, log, metrics};
+    use crate::{config, fuel, log, metrics, upstream};
 
     #[test]
     fn context_supplies_config_and_fuel() {
@@ -386,6 +454,49 @@ mod tests {
         }
         t.run(|| metrics::counter_add(&"x".repeat(64), 1));
         t.run(|| metrics::counter_add("_ok_9", 1));
+    }
+
+    #[test]
+    fn upstream_calls_go_to_the_stub_and_are_recorded() {
+        let mut calls = 0;
+        let mut t = Context::new().upstream(move |req| {
+            calls += 1;
+            // The stub may use the host services.
+            log::info(&format!("stub saw {}", req.uri()));
+            let mut resp = Response::new(format!("call {calls}").into_bytes());
+            *resp.status_mut() = http::StatusCode::CREATED;
+            Ok(resp)
+        });
+        let first = t.run(|| upstream::get("http://a.test/x")).expect("stubbed");
+        let mut req = post("http://b.test/y", "payload");
+        let timeouts = upstream::Timeouts {
+            connect: Some(std::time::Duration::from_secs(1)),
+            ..upstream::Timeouts::default()
+        };
+        req.extensions_mut().insert(timeouts);
+        let second = t.run(|| upstream::send(req)).expect("stubbed");
+        assert_eq!(first.status(), 201);
+        assert_eq!(first.body(), b"call 1");
+        assert_eq!(second.body(), b"call 2");
+        let sent: Vec<_> = t.sent().iter().map(|r| r.uri().to_string()).collect();
+        assert_eq!(sent, ["http://a.test/x", "http://b.test/y"]);
+        assert_eq!(t.sent()[1].body(), b"payload");
+        assert_eq!(t.sent()[1].extensions().get(), Some(&timeouts));
+        assert_eq!(t.logs()[1].message, "stub saw http://b.test/y");
+    }
+
+    #[test]
+    fn upstream_without_a_stub_panics_saying_how_to_add_one() {
+        let mut t = Context::new();
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            t.run(|| upstream::get("http://a.test/"))
+        }))
+        .expect_err("no stub");
+        let msg = err.downcast_ref::<&str>().expect("a literal message");
+        assert!(msg.contains("no upstream stub"), "{msg}");
+        assert!(msg.contains("Context::new().upstream("), "{msg}");
+        let outside = std::panic::catch_unwind(|| upstream::get("http://a.test/"));
+        assert!(outside.is_err());
     }
 
     #[test]
