@@ -11,6 +11,10 @@
 //!   through `wasi:http/outgoing-handler` and answers with the upstream's
 //!   status, `content-type` and body; 502 `denied` when the host refuses
 //!   the call (`HTTP-request-denied`), 502 with the error code otherwise.
+//!   For the gateway's tests: `&count=N` makes N calls and answers 200
+//!   with one line per call (the status, `denied` or the error code);
+//!   `&discard=1` reads the upstream's body without keeping it;
+//!   `&first_byte_timeout_ms=T` asks the host to wait T ms for the head.
 //! - `.../spin`: burns CPU forever (the host's fuel or deadline ends it).
 //! - `.../big?bytes=N`: 200 with an `N`-byte body, streamed in 64 KiB chunks.
 //! - `.../panic`: panics (a trap for the host).
@@ -22,7 +26,7 @@ use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
-    OutgoingResponse, ResponseOutparam, Scheme,
+    OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
@@ -50,14 +54,28 @@ impl Guest for WasiHello {
             let Some(url) = query_param(query, "url") else {
                 return respond(response_out, 400, TEXT_PLAIN, "want ?url=URL\n");
             };
-            match fetch(&url) {
+            let options = FetchOptions {
+                discard: query_param(query, "discard").is_some(),
+                first_byte_timeout_ms: query_param(query, "first_byte_timeout_ms")
+                    .and_then(|t| t.parse().ok()),
+            };
+            let count: usize = query_param(query, "count")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            if count > 1 {
+                let lines: String = (0..count)
+                    .map(|_| match fetch(&url, &options) {
+                        Ok((status, _, _)) => format!("{status}\n"),
+                        Err(code) => format!("{}\n", failure(&code)),
+                    })
+                    .collect();
+                return respond(response_out, 200, TEXT_PLAIN, lines);
+            }
+            match fetch(&url, &options) {
                 Ok((status, content_type, body)) => {
                     respond(response_out, status, &content_type, &body);
                 }
-                Err(ErrorCode::HttpRequestDenied) => {
-                    respond(response_out, 502, TEXT_PLAIN, "denied")
-                }
-                Err(code) => respond(response_out, 502, TEXT_PLAIN, format!("{code:?}")),
+                Err(code) => respond(response_out, 502, TEXT_PLAIN, failure(&code)),
             }
         } else if path.ends_with("/spin") {
             spin();
@@ -118,9 +136,25 @@ fn method_name(method: Method) -> String {
     name.to_owned()
 }
 
+/// How `/fetch` makes its calls.
+struct FetchOptions {
+    /// Read the upstream's body without keeping it.
+    discard: bool,
+    /// Asked of the host as the request's first-byte timeout.
+    first_byte_timeout_ms: Option<u64>,
+}
+
+/// `denied` for a call the host refused, else the error code.
+fn failure(code: &ErrorCode) -> String {
+    match code {
+        ErrorCode::HttpRequestDenied => "denied".to_owned(),
+        code => format!("{code:?}"),
+    }
+}
+
 /// GETs `url` through `wasi:http/outgoing-handler`: the upstream's status,
 /// `content-type` and body, or why there is none.
-fn fetch(url: &str) -> Result<(u16, Vec<u8>, Vec<u8>), ErrorCode> {
+fn fetch(url: &str, options: &FetchOptions) -> Result<(u16, Vec<u8>, Vec<u8>), ErrorCode> {
     let (scheme, authority, path) = split_url(url).ok_or(ErrorCode::HttpRequestUriInvalid)?;
     let scheme = match scheme {
         "http" => Scheme::Http,
@@ -136,7 +170,13 @@ fn fetch(url: &str) -> Result<(u16, Vec<u8>, Vec<u8>), ErrorCode> {
         .map_err(|()| ErrorCode::HttpRequestUriInvalid)?;
     // A call the host refuses outright fails here; network errors come
     // with the response.
-    let pending = outgoing_handler::handle(request, None)?;
+    let request_options = options.first_byte_timeout_ms.map(|ms| {
+        let request_options = RequestOptions::new();
+        // Refused only by a host that does not support the option.
+        let _ = request_options.set_first_byte_timeout(Some(ms.saturating_mul(1_000_000)));
+        request_options
+    });
+    let pending = outgoing_handler::handle(request, request_options)?;
     // Blocking in wasi:io/poll: the host runs other work until the
     // response head arrives.
     let response = loop {
@@ -156,7 +196,36 @@ fn fetch(url: &str) -> Result<(u16, Vec<u8>, Vec<u8>), ErrorCode> {
     let body = response
         .consume()
         .map_err(|()| internal("response body already taken"))?;
+    if options.discard {
+        let read = discard_body(body)?;
+        return Ok((
+            status,
+            content_type,
+            format!("read {read} bytes\n").into_bytes(),
+        ));
+    }
     Ok((status, content_type, read_body(body)?))
+}
+
+/// Reads an incoming body to its end, keeping only its length.
+fn discard_body(body: IncomingBody) -> Result<u64, ErrorCode> {
+    let stream = body
+        .stream()
+        .map_err(|()| internal("body stream already taken"))?;
+    let mut read = 0;
+    let result = loop {
+        match stream.blocking_read(CHUNK as u64) {
+            Ok(chunk) => read += chunk.len() as u64,
+            Err(StreamError::Closed) => break Ok(read),
+            Err(StreamError::LastOperationFailed(error)) => {
+                break Err(wasip2::http::types::http_error_code(&error)
+                    .unwrap_or_else(|| internal(&error.to_debug_string())));
+            }
+        }
+    };
+    drop(stream);
+    drop(IncomingBody::finish(body));
+    result
 }
 
 /// `scheme://authority/path?query` as (scheme, authority, path with query).

@@ -28,8 +28,9 @@ pub struct TestGateway {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A config whose `{hello}`, `{echo}`, `{cpu}`, `{faults}` and `{state}`
-/// placeholders are replaced by the built components' paths.
+/// A config whose `{hello}`, `{echo}`, `{cpu}`, `{faults}`, `{state}`,
+/// `{wasi_hello}` and `{proxy}` placeholders are replaced by the built
+/// components' paths.
 pub fn config_text(template: &str) -> String {
     template
         .replace("{hello}", components::require(components::HELLO))
@@ -37,6 +38,8 @@ pub fn config_text(template: &str) -> String {
         .replace("{cpu}", components::require(components::CPU))
         .replace("{faults}", components::require(components::FAULTS))
         .replace("{state}", components::require(components::STATE))
+        .replace("{wasi_hello}", components::require(components::WASI_HELLO))
+        .replace("{proxy}", components::require(components::PROXY))
 }
 
 /// A `[[tenant]]` of a test config: `name` on `host` ("" leaves the
