@@ -321,7 +321,7 @@ async fn calls_outside_the_list_are_denied_and_open_no_connection() {
 async fn a_listed_name_that_resolves_to_an_internal_address_is_refused() {
     let upstream = Upstream::start(Answer::Hello).await;
     let by_name = format!("http://localhost:{}", upstream.port);
-    let gw = TestGateway::start(&wasi_tenant("t", "*", &[by_name.clone()], "")).await;
+    let gw = TestGateway::start(&wasi_tenant("t", "*", std::slice::from_ref(&by_name), "")).await;
     let (status, body) = fetch(&gw, "a.test", &format!("{by_name}/"), "").await;
     assert_eq!(status, 502);
     assert!(body.contains("DestinationIpProhibited"), "{body}");
