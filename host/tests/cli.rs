@@ -95,7 +95,8 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
             one_handler("t", "empty", "/h", "empty.wasm"),
             vec![
                 "tenant \"t\" handler \"empty\"".into(),
-                "does not fit the wasmgate:handler world".into(),
+                "does not fit the wasmgate:handler or wasi:http/proxy world".into(),
+                "neither `handle`".into(),
             ],
         ),
         // Names: unique, and at most 64 characters.
@@ -298,11 +299,26 @@ fn check_lists_imports_and_exports_or_fails() {
         String::from_utf8_lossy(&output.stderr)
     );
     for needle in [
-        "ok",
+        "ok, world wasmgate:handler",
         "imports:",
         "wasmgate:handler/config@0.1.0",
         "exports:",
         "handle",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing in:\n{stdout}");
+    }
+    // A standard wasi:http component, built without the SDK.
+    let output = Command::new(BIN)
+        .args(["check", components::require(components::WASI_HELLO)])
+        .output()
+        .expect("run wasmgate check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for needle in [
+        "ok, world wasi:http/proxy",
+        "wasi:http/types@0.2",
+        "wasi:http/outgoing-handler@0.2",
+        "wasi:http/incoming-handler@0.2",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing in:\n{stdout}");
     }
@@ -317,7 +333,9 @@ fn check_lists_imports_and_exports_or_fails() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("empty.wasm") && stderr.contains("handle"),
+        stderr.contains("empty.wasm")
+            && stderr.contains("`handle`")
+            && stderr.contains("wasi:http/incoming-handler"),
         "{stderr}"
     );
 }

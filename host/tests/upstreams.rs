@@ -486,3 +486,56 @@ async fn a_bad_allowlist_entry_is_a_config_error_naming_its_line() {
     assert!(error.contains("allowed_outbound_hosts"), "{error}");
     assert!(error.contains("http or https"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_sets_a_tenants_allowlist_and_refuses_a_bad_one() {
+    const ROOT: &str = "root-secret-for-upstream-tests";
+    let upstream = Upstream::start(Answer::Hello).await;
+    let dir = common::scratch("upstreams-admin");
+    let config = common::config_text(&wasi_tenant("t", "*", &[], ""));
+    let mut command = common::serve_config(&dir, &config);
+    command
+        .env("WASMGATE_ADMIN_TOKEN", ROOT)
+        .env("RUST_LOG", "warn");
+    let gw = common::Served::spawn(&mut command);
+    let tenant_url = format!("{}/admin/tenants/t", gw.admin);
+    let fetch_url = {
+        let encoded = percent_encoding::utf8_percent_encode(
+            &upstream.url("/"),
+            percent_encoding::NON_ALPHANUMERIC,
+        );
+        format!("{}/wasi/fetch?url={encoded}", gw.url)
+    };
+    let (status, body) = common::get_text(&common::client(), &fetch_url).await;
+    assert_eq!((status, body.as_str()), (502, "denied"), "no list: denied");
+
+    let bad = serde_json::json!({ "allowed_outbound_hosts": ["ftp://x.example"] });
+    let (status, answer) =
+        common::admin_json(reqwest::Method::PUT, &tenant_url, ROOT, Some(bad)).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer.to_string();
+    assert!(
+        message.contains("ftp://x.example") && message.contains("http or https"),
+        "{message}"
+    );
+
+    let allowed = upstream.url("");
+    let good = serde_json::json!({ "allowed_outbound_hosts": [allowed] });
+    let (status, answer) =
+        common::admin_json(reqwest::Method::PUT, &tenant_url, ROOT, Some(good)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["allowed_outbound_hosts"][0], allowed.as_str());
+    let (status, body) = common::get_text(&common::client(), &fetch_url).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (201, "upstream says hi"),
+        "allowed now"
+    );
+
+    let none = serde_json::json!({ "allowed_outbound_hosts": [] });
+    let (status, _) = common::admin_json(reqwest::Method::PUT, &tenant_url, ROOT, Some(none)).await;
+    assert_eq!(status, 200);
+    let (status, body) = common::get_text(&common::client(), &fetch_url).await;
+    assert_eq!((status, body.as_str()), (502, "denied"), "taken back");
+    assert_eq!(upstream.connections(), 1);
+}

@@ -92,34 +92,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-
-    /// Everything written to the log while `f` runs, at level INFO and up,
-    /// without colours, as the gateway writes it to a file.
-    fn captured_log(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Capture {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("not poisoned").extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer({
-                let capture = capture.clone();
-                move || capture.clone()
-            })
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let bytes = capture.0.lock().expect("not poisoned").clone();
-        String::from_utf8(bytes).expect("the log is UTF-8")
-    }
+    use crate::guest_log::captured_log;
 
     fn context(rate: u32) -> (Arc<crate::metrics::Metrics>, Arc<HandlerContext>) {
         let metrics = Arc::new(crate::metrics::Metrics::new());

@@ -124,15 +124,15 @@ impl OutboundHooks {
     fn admit(&mut self, request: &http::Request<WasiBody>) -> Result<Target, Error> {
         let uri = request.uri();
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if self.outbound.allowed.is_empty() {
+            return Err(self.refuse(authority, "the tenant's allowed_outbound_hosts is empty"));
+        }
+        // Refused calls count too: a guest cannot retry past the bound.
         if self.sent >= self.outbound.max_requests {
-            let reason = if self.outbound.max_requests == 0 {
-                "the tenant's allowed_outbound_hosts is empty".to_owned()
-            } else {
-                format!(
-                    "more than limits.max_outbound_requests ({}) in one request",
-                    self.outbound.max_requests
-                )
-            };
+            let reason = format!(
+                "more than limits.max_outbound_requests ({}) in one request",
+                self.outbound.max_requests
+            );
             return Err(self.refuse(authority, &reason));
         }
         self.sent += 1;
@@ -508,5 +508,113 @@ impl Body for BoundedBody {
 
     fn is_end_stream(&self) -> bool {
         self.incoming.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Empty;
+
+    use super::*;
+    use crate::guest_log::captured_log;
+    use crate::metrics::Metrics;
+
+    /// The hooks of one request of tenant `t`'s handler `h`, whose tenant
+    /// may call `allowed` at most `max_requests` times per request.
+    fn hooks(allowed: &[&str], max_requests: u32) -> (Arc<Metrics>, OutboundHooks) {
+        let metrics = Arc::new(Metrics::new());
+        let entries: Vec<String> = allowed.iter().map(|a| (*a).to_owned()).collect();
+        let outbound = Outbound::new(AllowList::parse(&entries).expect("valid"), max_requests, 4);
+        let handler = Arc::new(HandlerContext {
+            config: Default::default(),
+            metrics: metrics.handler("t", "h"),
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let hooks = OutboundHooks::new(Arc::new(outbound), handler, deadline, 1 << 20);
+        (metrics, hooks)
+    }
+
+    fn get(url: &str) -> http::Request<WasiBody> {
+        let body = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::get(url).body(body).expect("valid request")
+    }
+
+    fn denied(metrics: &Metrics) -> f64 {
+        let text = metrics.render();
+        let sample =
+            "wasmgate_outbound_requests_total{handler=\"h\",result=\"denied\",tenant=\"t\"} ";
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample))
+            .map_or(0.0, |n| n.parse().expect("a number"))
+    }
+
+    #[test]
+    fn a_listed_host_is_admitted_with_its_port_and_others_are_refused() {
+        let (metrics, mut hooks) = hooks(&["http://127.0.0.1:9000", "https://*.example.org"], 10);
+        let target = hooks
+            .admit(&get("http://127.0.0.1:9000/x"))
+            .expect("listed");
+        assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 9000));
+        let target = hooks
+            .admit(&get("https://api.example.org/"))
+            .expect("listed");
+        assert_eq!(
+            (target.host.as_str(), target.port),
+            ("api.example.org", 443)
+        );
+        for refused in [
+            "http://127.0.0.1:9001/",
+            "http://localhost:9000/",
+            "http://api.example.org/",
+            "https://example.org/",
+            "http://user@127.0.0.1:9000/",
+        ] {
+            assert!(
+                matches!(hooks.admit(&get(refused)), Err(Error::HttpRequestDenied)),
+                "{refused}"
+            );
+        }
+        assert_eq!(denied(&metrics), 5.0);
+    }
+
+    #[test]
+    fn the_call_past_max_requests_is_refused_and_says_why() {
+        let (metrics, mut hooks) = hooks(&["http://127.0.0.1:9000"], 2);
+        let request = || get("http://127.0.0.1:9000/");
+        assert!(hooks.admit(&request()).is_ok());
+        assert!(hooks.admit(&request()).is_ok());
+        let log = captured_log(|| {
+            assert!(matches!(
+                hooks.admit(&request()),
+                Err(Error::HttpRequestDenied)
+            ));
+        });
+        assert!(log.contains("max_outbound_requests (2)"), "{log}");
+        assert!(
+            log.contains("tenant=t") && log.contains("handler=h"),
+            "{log}"
+        );
+        assert!(log.contains("host=127.0.0.1:9000"), "{log}");
+        assert_eq!(denied(&metrics), 1.0);
+    }
+
+    #[test]
+    fn refusals_are_logged_within_the_handlers_log_budget() {
+        let (metrics, mut hooks) = hooks(&[], 0);
+        metrics.handler("t", "h").log.set_rate(2);
+        let log = captured_log(|| {
+            for _ in 0..50 {
+                assert!(hooks.admit(&get("http://169.254.169.254/")).is_err());
+            }
+        });
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("outbound call refused"))
+            .count();
+        assert!(lines <= 4, "{lines} lines logged:\n{log}");
+        assert!(log.contains("allowed_outbound_hosts is empty"), "{log}");
+        assert_eq!(denied(&metrics), 50.0);
     }
 }
