@@ -499,13 +499,10 @@ async fn the_admin_api_sets_a_tenants_allowlist_and_refuses_a_bad_one() {
         .env("RUST_LOG", "warn");
     let gw = common::Served::spawn(&mut command);
     let tenant_url = format!("{}/admin/tenants/t", gw.admin);
-    let fetch_url = {
-        let encoded = percent_encoding::utf8_percent_encode(
-            &upstream.url("/"),
-            percent_encoding::NON_ALPHANUMERIC,
-        );
-        format!("{}/wasi/fetch?url={encoded}", gw.url)
-    };
+    let target = upstream.url("/");
+    let encoded =
+        percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC);
+    let fetch_url = format!("{}/wasi/fetch?url={encoded}", gw.url);
     let (status, body) = common::get_text(&common::client(), &fetch_url).await;
     assert_eq!((status, body.as_str()), (502, "denied"), "no list: denied");
 
