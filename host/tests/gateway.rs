@@ -577,10 +577,23 @@ fn documented_families() -> Vec<String> {
 /// present.
 #[tokio::test]
 async fn metrics_pass_promtool() {
-    let gw = TestGateway::start(&demo("")).await;
+    // A tenant whose guest may call port 1 of loopback, where nothing
+    // listens: its calls fail after reaching the network.
+    let upstreams = format!(
+        "{}{}",
+        common::tenant(
+            "w",
+            "w.test",
+            "allowed_outbound_hosts = [\"http://127.0.0.1:1\"]",
+            &[]
+        ),
+        common::handler("wasi", "/wasi", "{wasi_hello}")
+    );
+    let gw = TestGateway::start(&(demo("") + &upstreams)).await;
     // Families with labels appear once something is counted under them:
     // a guest counter, histogram, trap, dropped metric and dropped log
-    // line, and an admin request (refused: no root token here).
+    // line, an upstream call, and an admin request (refused: no root
+    // token here).
     for path in [
         "/hello",
         "/echo",
@@ -592,6 +605,10 @@ async fn metrics_pass_promtool() {
     ] {
         gw.get(path).await;
     }
+    let response = gw
+        .get_host("w.test", "/wasi/fetch?url=http%3A%2F%2F127.0.0.1%3A1%2F")
+        .await;
+    assert_eq!(response.status(), 502, "nothing listens on port 1");
     common::get_text(&gw.client, &format!("{}/admin/tenants", gw.admin)).await;
     let text = gw.metrics().await;
     for family in documented_families() {

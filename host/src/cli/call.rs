@@ -27,7 +27,8 @@ use crate::error::RequestError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::runtime::{
-    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, HandlerContext, HandlerVersion, Runtime,
+    Executor, Flow, GUEST_LOG_TARGET, GuestRequest, GuestSlots, HandlerContext, HandlerVersion,
+    Runtime,
 };
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -269,7 +270,11 @@ fn call(args: &CallArgs) -> anyhow::Result<Called> {
     }
     let (head, ()) = request.into_parts();
 
-    let executor = Executor::start(&runtime, 1, 1, 1, Arc::clone(&metrics))?;
+    let slots = GuestSlots {
+        running: 1,
+        waiting: 0,
+    };
+    let executor = Executor::start(&runtime, 1, slots, 1, Arc::clone(&metrics))?;
     let started = Instant::now();
     let (result, fuel_consumed) = if body.len() > defaults.server.max_body_bytes {
         let limit = defaults.server.max_body_bytes;

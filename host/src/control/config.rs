@@ -191,6 +191,10 @@ pub struct RuntimeConfig {
     /// requests wait in the queue. Each costs a pool slot and a fiber
     /// stack; 1 runs every request to completion. Default 4.
     pub guests_per_worker: usize,
+    /// Guests one worker keeps alive, beyond `guests_per_worker`, while
+    /// they wait (for an upstream's answer or a timer) and use no CPU. Each
+    /// costs a pool slot and a fiber stack. Default 64.
+    pub waiting_guests_per_worker: usize,
 }
 
 /// `runtime.keep_versions`'s default.
@@ -203,6 +207,12 @@ pub const DEFAULT_KEEP_VERSIONS: usize = 5;
 /// run-to-completion, as before time slicing.
 pub const DEFAULT_GUESTS_PER_WORKER: usize = 4;
 
+/// `runtime.waiting_guests_per_worker`'s default: guests waiting on
+/// upstreams hold memory, not CPU; 64 per worker lets a proxy tenant keep
+/// that many calls in flight per core, for a pool of about 70 instances
+/// per worker (address space reserved at start; memory only once used).
+pub const DEFAULT_WAITING_GUESTS_PER_WORKER: usize = 64;
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
@@ -212,6 +222,7 @@ impl Default for RuntimeConfig {
             keep_versions: DEFAULT_KEEP_VERSIONS,
             consume_fuel: true,
             guests_per_worker: DEFAULT_GUESTS_PER_WORKER,
+            waiting_guests_per_worker: DEFAULT_WAITING_GUESTS_PER_WORKER,
         }
     }
 }
@@ -499,6 +510,13 @@ impl Config {
         }
         if self.runtime.guests_per_worker == 0 {
             return Err("runtime.guests_per_worker must be at least 1".into());
+        }
+        // The pool reserves address space for every guest slot at start.
+        if self.runtime.guests_per_worker + self.runtime.waiting_guests_per_worker > 4096 {
+            return Err(
+                "runtime.guests_per_worker + runtime.waiting_guests_per_worker must be at most 4096"
+                    .into(),
+            );
         }
         let mut tenant_names = std::collections::HashSet::new();
         for tenant in &self.tenants {

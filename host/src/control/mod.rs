@@ -191,10 +191,12 @@ pub fn runtime_for(config: &Config) -> Result<Runtime, RuntimeError> {
         .chain([config.limits.memory_bytes])
         .max()
         .unwrap_or(config.limits.memory_bytes);
-    // Each worker keeps up to `guests_per_worker` guests alive; one more
-    // slot is for loading, which makes one instance to prove a version
-    // works.
-    let guests = config.runtime.worker_count() * config.runtime.guests_per_worker.max(1);
+    // Each worker keeps up to `guests_per_worker` running guests and
+    // `waiting_guests_per_worker` waiting ones alive; one more slot is for
+    // loading, which makes one instance to prove a version works.
+    let per_worker =
+        config.runtime.guests_per_worker.max(1) + config.runtime.waiting_guests_per_worker;
+    let guests = config.runtime.worker_count() * per_worker;
     let instances = u32::try_from(guests + 1).unwrap_or(u32::MAX);
     let data_dir = DataDir::new(&config.runtime.data_dir);
     Ok(

@@ -8,8 +8,10 @@
 //! ([`FairQueue`]), so a flooded handler delays the others by one request,
 //! not by its whole backlog.
 //!
-//! A worker keeps up to `guests_per_worker` guests alive and switches
-//! between them at every epoch tick (the time slice, [`EPOCH_TICK`]): guest
+//! A worker keeps up to `guests_per_worker` runnable guests alive, plus up
+//! to `waiting_guests_per_worker` more while they wait (for an upstream's
+//! answer or a timer: suspended futures that use no CPU), and switches
+//! between the runnable ones at every epoch tick (the time slice, [`EPOCH_TICK`]): guest
 //! calls are futures on wasmtime fibers that yield when the tick comes. At
 //! each switch the worker runs the guest of the tenant that has used the
 //! least CPU on it, then of that tenant's handler that has used the least,
@@ -78,7 +80,7 @@ struct Pool {
     metrics: Arc<Metrics>,
     run: JobRunner,
     /// Guests one worker keeps alive at once.
-    guests_per_worker: usize,
+    slots: GuestSlots,
     /// When the guest each worker is running first ran (ns since
     /// `started`, plus one; 0 while it runs none), by worker index. A
     /// submit reads them to decide whether ending the slices is worth it.
@@ -138,6 +140,25 @@ impl Pool {
     }
 }
 
+/// How many guests one worker keeps alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestSlots {
+    /// Guests it time-slices between: running, or ready to run
+    /// (`runtime.guests_per_worker`, at least 1).
+    pub running: usize,
+    /// Guests it keeps besides those while they wait (for an upstream's
+    /// answer or a timer) and use no CPU
+    /// (`runtime.waiting_guests_per_worker`).
+    pub waiting: usize,
+}
+
+impl GuestSlots {
+    /// All the guests one worker may keep alive.
+    pub fn total(self) -> usize {
+        self.running.max(1) + self.waiting
+    }
+}
+
 /// The pool of guest worker threads. Workers drain the queue and exit once
 /// the executor is dropped.
 pub struct Executor {
@@ -160,30 +181,23 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
-    /// Starts `workers` threads, each keeping up to `guests_per_worker`
-    /// guests alive, behind a queue of `queue_depth` requests. The runtime
-    /// must have a pool slot for every guest (`control::runtime_for`).
+    /// Starts `workers` threads, each keeping up to `slots` guests alive,
+    /// behind a queue of `queue_depth` requests. The runtime must have a
+    /// pool slot for every guest (`control::runtime_for`).
     pub fn start(
         runtime: &Runtime,
         workers: usize,
-        guests_per_worker: usize,
+        slots: GuestSlots,
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RuntimeError> {
-        Self::start_with(
-            runtime,
-            workers,
-            guests_per_worker,
-            queue_depth,
-            metrics,
-            run_job,
-        )
+        Self::start_with(runtime, workers, slots, queue_depth, metrics, run_job)
     }
 
     fn start_with(
         runtime: &Runtime,
         workers: usize,
-        guests_per_worker: usize,
+        slots: GuestSlots,
         queue_depth: usize,
         metrics: Arc<Metrics>,
         run: JobRunner,
@@ -193,7 +207,10 @@ impl Executor {
             queue: FairQueue::new(queue_depth),
             metrics,
             run,
-            guests_per_worker: guests_per_worker.max(1),
+            slots: GuestSlots {
+                running: slots.running.max(1),
+                waiting: slots.waiting,
+            },
             slices: (0..workers).map(|_| RunningSince::default()).collect(),
             started: Instant::now(),
             io: tokio::runtime::Handle::try_current().ok(),
@@ -407,6 +424,19 @@ impl Wake for GuestWaker {
     }
 }
 
+/// Wakes a worker whose guests all wait, when a request is queued.
+struct WorkerWaker(Arc<Notify>);
+
+impl Wake for WorkerWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
 /// A guest alive on a worker.
 struct Guest {
     flow: Flow,
@@ -432,6 +462,9 @@ struct Worker {
     next_seq: u64,
     /// Woken by the guests' wakers.
     notify: Arc<Notify>,
+    /// Wakes this worker (through `notify`) when a request is queued while
+    /// all its guests wait.
+    wake: Waker,
     /// CPU time per tenant with guests here, the scheduler's key: a tenant
     /// joining starts at the least of the others, so it neither inherits a
     /// debt nor a credit from an earlier visit.
@@ -444,12 +477,14 @@ struct Worker {
 impl Worker {
     fn new(pool: Arc<Pool>, index: usize) -> Self {
         let busy = pool.metrics.workers_busy.clone();
+        let notify = Arc::new(Notify::new());
         Self {
             pool,
             index,
             guests: Vec::new(),
             next_seq: 0,
-            notify: Arc::new(Notify::new()),
+            wake: Waker::from(Arc::new(WorkerWaker(Arc::clone(&notify)))),
+            notify,
             tenant_used: HashMap::new(),
             handler_used: HashMap::new(),
             busy,
@@ -470,27 +505,58 @@ impl Worker {
             }
             match self.next_runnable() {
                 Some(index) => self.poll(index),
-                // Every guest waits on a timer. New requests are looked
-                // for at least once a slice meanwhile.
+                // Every guest waits (a timer, an upstream). A push wakes
+                // this worker if it can take more; it looks at least once
+                // a slice anyway.
                 None => {
-                    let _ = tokio::time::timeout(EPOCH_TICK, self.notify.notified()).await;
+                    let parked = self.can_admit() && self.pool.queue.wake_on_push(&self.wake);
+                    if parked || !self.can_admit() {
+                        let _ = tokio::time::timeout(EPOCH_TICK, self.notify.notified()).await;
+                    }
+                    if parked {
+                        self.pool.queue.forget_waker(&self.wake);
+                    }
                 }
             }
         }
     }
 
-    /// The most guest slots one tenant may hold on this worker.
-    fn tenant_cap(&self) -> usize {
-        (self.pool.guests_per_worker / 2).max(1)
+    /// Whether this worker has a free slot for one more guest: fewer than
+    /// `slots.running` of its guests are runnable, and fewer than
+    /// `slots.total()` are alive. Guests waiting (an upstream, a timer) use
+    /// no CPU, so they count only against the total.
+    fn can_admit(&self) -> bool {
+        let slots = self.pool.slots;
+        self.guests.len() < slots.total() && self.runnable() < slots.running
     }
 
-    /// Takes queued requests while this worker has free guest slots.
+    /// Guests ready to run (or running).
+    fn runnable(&self) -> usize {
+        self.guests
+            .iter()
+            .filter(|g| g.state.runnable.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Takes queued requests while this worker has free guest slots. A
+    /// tenant may hold at most half of each kind of slot (at least one), so
+    /// one tenant's flood of long requests, or of requests waiting on a slow
+    /// upstream, leaves room for others.
     fn admit(&mut self) {
-        while self.guests.len() < self.pool.guests_per_worker {
-            let cap = self.tenant_cap();
+        let slots = self.pool.slots;
+        let running_cap = (slots.running / 2).max(1);
+        let total_cap = (slots.total() / 2).max(1);
+        while self.can_admit() {
             let guests = &self.guests;
             let job = self.pool.queue.try_pop_where(|tenant| {
-                guests.iter().filter(|g| g.flow.tenant == tenant).count() < cap
+                let (mut running, mut alive) = (0, 0);
+                for guest in guests.iter().filter(|g| g.flow.tenant == tenant) {
+                    alive += 1;
+                    if guest.state.runnable.load(Ordering::Acquire) {
+                        running += 1;
+                    }
+                }
+                running < running_cap && alive < total_cap
             });
             let Some(job) = job else {
                 return;
@@ -672,7 +738,10 @@ mod tests {
             queue: FairQueue::new(1),
             metrics,
             run: run_job,
-            guests_per_worker: 8,
+            slots: GuestSlots {
+                running: 8,
+                waiting: 0,
+            },
             slices: vec![RunningSince::default()],
             started: Instant::now(),
             io: None,
@@ -699,6 +768,32 @@ mod tests {
             *got.entry(seq).or_insert(0) += 1;
         }
         got
+    }
+
+    #[test]
+    fn waiting_guests_leave_running_slots_free_up_to_the_total() {
+        let mut worker = idle_worker();
+        let pool = Arc::get_mut(&mut worker.pool).expect("only the worker holds it");
+        pool.slots = GuestSlots {
+            running: 2,
+            waiting: 3,
+        };
+        add_spinner(&mut worker, 0, 0, 1);
+        add_spinner(&mut worker, 1, 0, 1);
+        assert!(!worker.can_admit(), "both running slots are taken");
+        let wait = |worker: &Worker| {
+            for guest in &worker.guests {
+                guest.state.runnable.store(false, Ordering::Release);
+            }
+        };
+        wait(&worker);
+        assert!(worker.can_admit(), "waiting guests use no running slot");
+        for tenant in 2..5 {
+            add_spinner(&mut worker, tenant, 0, 1);
+            wait(&worker);
+        }
+        assert_eq!(worker.guests.len(), 5);
+        assert!(!worker.can_admit(), "all 5 slots are alive");
     }
 
     #[test]
@@ -821,7 +916,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let limits = crate::limits::Limits::default();
         let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
-        let executor = Executor::start(&runtime, 1, 1, 16, Arc::clone(&metrics)).expect("start");
+        let slots = GuestSlots {
+            running: 1,
+            waiting: 0,
+        };
+        let executor =
+            Executor::start(&runtime, 1, slots, 16, Arc::clone(&metrics)).expect("start");
         let version = hello(&runtime, &metrics);
         let slots = Arc::new(Semaphore::new(1));
         // The instance is torn down after the reply; the slot must not
@@ -836,10 +936,14 @@ mod tests {
     #[tokio::test]
     async fn a_panic_serving_a_request_fails_that_request_and_no_worker() {
         let metrics = Arc::new(Metrics::new());
+        let two = GuestSlots {
+            running: 2,
+            waiting: 0,
+        };
         let limits = crate::limits::Limits::default();
         let runtime = Runtime::new(1, limits.memory_bytes, true).expect("runtime");
         let executor =
-            Executor::start_with(&runtime, 2, 2, 16, Arc::clone(&metrics), panicky_runner)
+            Executor::start_with(&runtime, 2, two, 16, Arc::clone(&metrics), panicky_runner)
                 .expect("start");
         let version = hello(&runtime, &metrics);
         let slots = Arc::new(Semaphore::new(100));

@@ -46,6 +46,9 @@ struct State<T> {
     /// Consumers blocked in `pop`: a push only pays for a wake-up when
     /// someone is waiting for one.
     waiting: usize,
+    /// Consumers busy with other work that asked to be woken by the next
+    /// push ([`FairQueue::wake_on_push`]): at most one waker each.
+    parked: Vec<std::task::Waker>,
     closed: bool,
 }
 
@@ -57,6 +60,7 @@ impl<T> FairQueue<T> {
                 tenants: RoundRobin::default(),
                 len: 0,
                 waiting: 0,
+                parked: Vec::new(),
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -79,10 +83,16 @@ impl<T> FairQueue<T> {
             .schedule(flow.handler)
             .push_back(item);
         state.len += 1;
-        let wake = state.waiting > 0;
+        // A consumer blocked in `pop` is idle: it goes first. Else one
+        // that asked to hear of the next push.
+        let blocked = state.waiting > 0;
+        let parked = if blocked { None } else { state.parked.pop() };
         drop(state);
-        if wake {
+        if blocked {
             self.ready.notify_one();
+        }
+        if let Some(waker) = parked {
+            waker.wake();
         }
         Ok(())
     }
@@ -123,9 +133,34 @@ impl<T> FairQueue<T> {
         Some(item)
     }
 
-    /// Whether a consumer is blocked in [`FairQueue::pop`] now.
+    /// Whether a consumer is blocked in [`FairQueue::pop`] now, or waits to
+    /// hear of the next push ([`FairQueue::wake_on_push`]): either takes
+    /// the next item at once.
     pub fn has_idle_consumer(&self) -> bool {
-        self.lock().waiting > 0
+        let state = self.lock();
+        state.waiting > 0 || !state.parked.is_empty()
+    }
+
+    /// Asks for `waker` to be woken by the next push, for a consumer that
+    /// cannot block in [`FairQueue::pop`] (it has work in progress) but can
+    /// take more. Returns false, registering nothing, if items are queued
+    /// already (take them now). A consumer's waker is kept once, however
+    /// often it asks.
+    pub fn wake_on_push(&self, waker: &std::task::Waker) -> bool {
+        let mut state = self.lock();
+        if state.len > 0 || state.closed {
+            return false;
+        }
+        if !state.parked.iter().any(|w| w.will_wake(waker)) {
+            state.parked.push(waker.clone());
+        }
+        true
+    }
+
+    /// Withdraws `waker`'s request to be woken (its consumer can take no
+    /// more for now).
+    pub fn forget_waker(&self, waker: &std::task::Waker) {
+        self.lock().parked.retain(|w| !w.will_wake(waker));
     }
 
     /// Refuses further pushes; consumers drain what is queued, then `pop`
@@ -362,5 +397,36 @@ mod tests {
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_parked_consumer_hears_of_the_next_push_once() {
+        let queue = FairQueue::new(8);
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&counter));
+        assert!(!queue.has_idle_consumer());
+        assert!(queue.wake_on_push(&waker));
+        assert!(queue.wake_on_push(&waker), "asking twice keeps one waker");
+        assert!(queue.has_idle_consumer());
+        queue.push(flow(0, 0), 1).expect("room");
+        queue.push(flow(0, 0), 2).expect("room");
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!queue.wake_on_push(&waker), "items are queued: take them");
+        assert_eq!(queue.try_pop_where(|_| true), Some(1));
+        assert_eq!(queue.try_pop_where(|_| true), Some(2));
+        assert!(queue.wake_on_push(&waker));
+        queue.forget_waker(&waker);
+        assert!(!queue.has_idle_consumer());
+        queue.push(flow(0, 0), 3).expect("room");
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -30,7 +30,7 @@ mod store;
 pub use cache::CodeCache;
 pub use call::{GuestOutcome, call_guest};
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
-pub use executor::Executor;
+pub use executor::{Executor, GuestSlots};
 pub use fair_queue::Flow;
 pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
 pub use host_fns::GUEST_LOG_TARGET;

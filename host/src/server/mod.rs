@@ -44,7 +44,7 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::request::body::{ByteBudget, ResponseBody};
 use crate::request::gateway::Gateway;
-use crate::runtime::Executor;
+use crate::runtime::{Executor, GuestSlots};
 
 /// Connections the admin listener serves at once. Far more than the
 /// scrapers and probes that use it need, so that a burst of silent or slow
@@ -94,7 +94,10 @@ impl Server {
         let executor = Executor::start(
             control.runtime(),
             config.runtime.worker_count(),
-            config.runtime.guests_per_worker,
+            GuestSlots {
+                running: config.runtime.guests_per_worker,
+                waiting: config.runtime.waiting_guests_per_worker,
+            },
             config.runtime.queue_depth,
             Arc::clone(&metrics),
         )
