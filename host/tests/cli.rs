@@ -212,10 +212,14 @@ fn an_empty_config_has_every_documented_default() {
     assert_eq!(runtime.queue_depth, 1024);
     assert_eq!(runtime.data_dir, Path::new("/base/wasmgate-data"));
     assert!(runtime.consume_fuel);
+    assert_eq!(runtime.guests_per_worker, 4);
+    assert_eq!(runtime.waiting_guests_per_worker, 64);
     assert_eq!(limits.fuel, 1_000_000_000);
     assert_eq!(limits.memory_bytes, 67_108_864);
     assert_eq!(limits.timeout_ms, 2_000);
     assert_eq!(limits.max_concurrency, 64);
+    assert_eq!(limits.max_outbound_requests, 32);
+    assert_eq!(limits.max_outbound_connections, 64);
     assert!(config.tenants.is_empty());
 
     // A tenant's hosts default to every host, its limits to the global
@@ -229,6 +233,7 @@ fn an_empty_config_has_every_documented_default() {
     let config = Config::load(&write_config(&dir, &text)).expect("valid");
     let tenant = &config.tenants[0];
     assert_eq!(tenant.hosts, ["*"]);
+    assert!(tenant.allowed_outbound_hosts.is_empty(), "no upstreams");
     assert_eq!(config.tenant_limits(tenant), config.limits);
     assert_eq!(config.limits.fuel, 7);
     assert!(tenant.handlers[0].config.is_empty());

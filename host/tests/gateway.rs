@@ -357,7 +357,7 @@ struct Overload {
 async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
     let seen = with_hold(|hold| async move {
         let gw = TestGateway::start(&demo(&format!(
-            "[runtime]\nworkers = 1\nguests_per_worker = 1\nqueue_depth = 1\n\
+            "[runtime]\nworkers = 1\nguests_per_worker = 1\nwaiting_guests_per_worker = 0\nqueue_depth = 1\n\
              [limits]\ntimeout_ms = 600000\n{}",
             faults_tenant("narrow", "hold.test", "max_concurrency = 1"),
         )))
@@ -420,8 +420,7 @@ async fn tenant_concurrency_and_a_full_queue_give_503_overloaded() {
 
 /// One worker running one guest at a time, and deadlines far beyond any
 /// hold.
-const ONE_WORKER: &str =
-    "[runtime]\nworkers = 1\nguests_per_worker = 1\n[limits]\ntimeout_ms = 600000\n";
+const ONE_WORKER: &str = "[runtime]\nworkers = 1\nguests_per_worker = 1\nwaiting_guests_per_worker = 0\n[limits]\ntimeout_ms = 600000\n";
 
 /// One `state` response: where it was routed and what it reported.
 struct Served {
@@ -953,7 +952,8 @@ async fn connection_metrics_count_every_connection() {
 #[tokio::test]
 async fn request_duration_includes_queueing_and_busy_workers_are_counted() {
     let (gw, queued, hold) = with_hold(|hold| async move {
-        let runtime = "[runtime]\nworkers = 1\nguests_per_worker = 1\n";
+        let runtime =
+            "[runtime]\nworkers = 1\nguests_per_worker = 1\nwaiting_guests_per_worker = 0\n";
         let gw = TestGateway::start(&demo(&format!("{runtime}{}", hold_tenant()))).await;
         let hold = Hold::start(&gw, "hold.test", hold);
         if !gw

@@ -168,7 +168,7 @@ async fn a_queued_request_gets_its_504_while_the_workers_are_still_busy() {
     let gw = TestGateway::start(&format!(
         "{}\n[limits]\ntimeout_ms = 300\n",
         two_tenants(
-            "[runtime]\nworkers = 1\nguests_per_worker = 1",
+            "[runtime]\nworkers = 1\nguests_per_worker = 1\nwaiting_guests_per_worker = 0",
             "timeout_ms = 60000"
         )
     ))

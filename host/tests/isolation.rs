@@ -173,8 +173,10 @@ async fn cpu_weight_sets_the_share_of_competing_tenants() {
 async fn a_worker_keeps_four_guests_by_default_and_a_tenant_at_most_half() {
     let holds = with_hold(|hold| async move {
         let sleepy = "limits = { timeout_ms = 600000 }";
+        // Sleeping guests hold running slots only when no waiting slots
+        // are kept beside them.
         let gw = TestGateway::start(&format!(
-            "[runtime]\nworkers = 1\n{}{}",
+            "[runtime]\nworkers = 1\nwaiting_guests_per_worker = 0\n{}{}",
             tenant("a", "a.test", sleepy, &["faults"]),
             tenant("b", "b.test", sleepy, &["faults"]),
         ))

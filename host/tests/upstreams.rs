@@ -369,9 +369,9 @@ async fn a_call_to_an_upstream_that_never_answers_ends_at_the_deadline() {
 async fn guests_waiting_on_an_upstream_hold_no_worker() {
     let upstream = Upstream::start(Answer::Never).await;
     let allowed = [format!("http://127.0.0.1:{}", upstream.port)];
-    // Room for 16 waiting guests of one tenant on 2 workers.
+    // The default slots: 4 running and 64 waiting guests per worker.
     let config = format!(
-        "[runtime]\nworkers = 2\nguests_per_worker = 20\n{}{}",
+        "[runtime]\nworkers = 2\n{}{}",
         wasi_tenant(
             "waits",
             "waits.test",

@@ -387,7 +387,9 @@ pub fn requests(handler: &str, status: u16, tenant: &str) -> String {
 
 /// A request that keeps one worker busy for at least `hold`: by default
 /// `/faults/sleep`, which uses no CPU (the tenant serving it needs a
-/// `timeout_ms` well above the longest hold). It was sent no earlier than
+/// `timeout_ms` well above the longest hold) and so holds one of the
+/// worker's running slots only with `runtime.waiting_guests_per_worker =
+/// 0` (else it waits beside them). It was sent no earlier than
 /// `sent`, so its guest cannot finish before `sent + hold`: whatever a test
 /// observes before then happened while the worker was held, however slow
 /// the machine.
