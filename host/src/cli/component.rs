@@ -49,7 +49,7 @@ pub fn compile(
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let runtime = crate::control::runtime_for(&config)?;
+    let runtime = crate::control::compile_runtime_for(&config)?;
     let mut compiled = 0;
     for (file, outcome) in files.iter().zip(compile_files(&runtime, files)) {
         match outcome {

@@ -181,9 +181,27 @@ impl ControlPlane {
 }
 
 /// The engine `serve` uses for `config`: sized for its workers and largest
-/// memory limit, with the code cache in its data dir. `compile` uses the
-/// same, so what it caches is what `serve` loads.
+/// memory limit, with the code cache in its data dir.
 pub fn runtime_for(config: &Config) -> Result<Runtime, RuntimeError> {
+    // Each worker keeps up to `guests_per_worker` running guests and
+    // `waiting_guests_per_worker` waiting ones alive; one more slot is for
+    // loading, which makes one instance to prove a version works.
+    let per_worker =
+        config.runtime.guests_per_worker.max(1) + config.runtime.waiting_guests_per_worker;
+    let guests = config.runtime.worker_count() * per_worker;
+    engine_for(config, u32::try_from(guests + 1).unwrap_or(u32::MAX))
+}
+
+/// The engine `compile` uses for `config`: `serve`'s settings, so what it
+/// caches is what `serve` loads, with a pool of one instance (compiling
+/// instantiates nothing), so the compile child's memory cap is spent on
+/// compiling rather than on a pool it never uses.
+pub fn compile_runtime_for(config: &Config) -> Result<Runtime, RuntimeError> {
+    engine_for(config, 1)
+}
+
+/// The engine for `config` with a pool of `instances`.
+fn engine_for(config: &Config, instances: u32) -> Result<Runtime, RuntimeError> {
     let max_memory = config
         .tenants
         .iter()
@@ -191,13 +209,6 @@ pub fn runtime_for(config: &Config) -> Result<Runtime, RuntimeError> {
         .chain([config.limits.memory_bytes])
         .max()
         .unwrap_or(config.limits.memory_bytes);
-    // Each worker keeps up to `guests_per_worker` running guests and
-    // `waiting_guests_per_worker` waiting ones alive; one more slot is for
-    // loading, which makes one instance to prove a version works.
-    let per_worker =
-        config.runtime.guests_per_worker.max(1) + config.runtime.waiting_guests_per_worker;
-    let guests = config.runtime.worker_count() * per_worker;
-    let instances = u32::try_from(guests + 1).unwrap_or(u32::MAX);
     let data_dir = DataDir::new(&config.runtime.data_dir);
     Ok(
         Runtime::new(instances, max_memory, config.runtime.consume_fuel)?
