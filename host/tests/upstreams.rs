@@ -536,3 +536,36 @@ async fn the_admin_api_sets_a_tenants_allowlist_and_refuses_a_bad_one() {
     assert_eq!((status, body.as_str()), (502, "denied"), "taken back");
     assert_eq!(upstream.connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_component_answers_every_request_under_load() {
+    let gw = Arc::new(TestGateway::start(&wasi_tenant("t", "*", &[], "")).await);
+    // 16 clients, 50 requests each: a response whose body ends just after
+    // the guest returns must still be whole.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let gw = Arc::clone(&gw);
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for _ in 0..50 {
+                    let response = gw.get("/wasi/big?bytes=3000").await;
+                    let status = response.status().as_u16();
+                    let body = response.bytes().await.expect("body");
+                    if status != 200 || body.len() != 3000 {
+                        failed.push((status, String::from_utf8_lossy(&body).into_owned()));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    for client in clients {
+        let failed = client.await.expect("client");
+        assert!(
+            failed.is_empty(),
+            "{} failed, e.g. {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
+}

@@ -204,6 +204,7 @@ async fn call_proxy(
     metrics
         .instantiation_duration
         .observe(started.elapsed().as_secs_f64());
+    let deadline = store.data().deadline;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let mut http = store.data_mut().http();
     let incoming = http.new_incoming_request(Scheme::Http, request.to_http())?;
@@ -245,12 +246,17 @@ async fn call_proxy(
         // A response that fails its checks ends the call: the guest is
         // stopped where it is.
         Ok(Err(bad)) => Ok(Err(bad)),
-        // The guest returned (or trapped) with its response unfinished.
+        // The guest returned (or trapped) first. What it wrote may still be
+        // on its way through the body's pipe: wait for the end, but not
+        // past the deadline (a guest that never finished its body).
         Err(result) => {
             result?;
-            Ok(Err(RequestError::BadResponse(
-                "the guest returned before its response body was finished".to_owned(),
-            )))
+            match tokio::time::timeout_at(deadline.into(), collect).await {
+                Ok(collected) => Ok(collected),
+                Err(_) => Ok(Err(RequestError::BadResponse(
+                    "the guest returned without finishing its response body".to_owned(),
+                ))),
+            }
         }
     }
 }
