@@ -156,14 +156,23 @@ pub enum Instances {
 /// a free port of 127.0.0.1. It has no thread option: its tokio runtime
 /// has one thread per core, as the gateway's, and guests run on those
 /// threads. `-S cli` gives the component the `wasi:cli` imports a Rust std
-/// guest has, as the gateway does.
+/// guest has, as the gateway does; `-C cache=n` keeps it from writing
+/// compiled code to the user's cache folder (it compiles once, at start).
 pub fn wasmtime_serve(
     wasmtime: &Path,
     component: &Path,
     instances: Instances,
 ) -> anyhow::Result<Server> {
     let mut command = Command::new(wasmtime);
-    command.args(["serve", "-S", "cli", "--addr", "127.0.0.1:0"]);
+    command.args([
+        "serve",
+        "-S",
+        "cli",
+        "-C",
+        "cache=n",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
     if let Instances::Reused(count) = instances {
         command
             .arg("--max-instance-reuse-count")
