@@ -24,6 +24,8 @@ enum Answer {
     BigHead(usize),
     /// A 200 whose body is `n` bytes.
     BigBody(usize),
+    /// [`Answer::Hello`] to every request on a connection, keeping it open.
+    KeepAlive,
 }
 
 /// An HTTP/1.1 server on `127.0.0.1:0` that counts its connections.
@@ -87,12 +89,29 @@ async fn serve(
         }
     }
     *heads.lock().expect("lock") = String::from_utf8_lossy(&head).into_owned();
+    if let Answer::KeepAlive = answer {
+        // Requests without bodies, one after the other on this connection.
+        loop {
+            let answer = b"HTTP/1.1 201 Created\r\ncontent-length: 16\r\n\r\nupstream says hi";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            let mut next = Vec::new();
+            while !next.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => next.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    }
     let write = |bytes: Vec<u8>| bytes;
     let response = match answer {
         Answer::Hello => write(
             b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n\r\nupstream says hi"
                 .to_vec(),
         ),
+        Answer::KeepAlive => unreachable!("served above"),
         Answer::Never => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             return;
@@ -568,4 +587,32 @@ async fn a_wasi_http_component_answers_every_request_under_load() {
             failed.first()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_calls_reuse_its_connections_and_no_other_tenants() {
+    let upstream = Upstream::start(Answer::KeepAlive).await;
+    let allowed = [format!("http://127.0.0.1:{}", upstream.port)];
+    let config = format!(
+        "{}{}",
+        wasi_tenant("a", "a.test", &allowed, ""),
+        wasi_tenant("b", "b.test", &allowed, "")
+    );
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..5 {
+        let (status, body) = fetch(&gw, "a.test", &upstream.url("/"), "").await;
+        assert_eq!((status, body.as_str()), (201, "upstream says hi"));
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one kept-alive connection for 5 calls"
+    );
+    let (status, _) = fetch(&gw, "b.test", &upstream.url("/"), "").await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "tenant b does not get tenant a's connection"
+    );
 }

@@ -5,8 +5,9 @@
 //! async workers: a CPU-heavy handler can slow its own tenant, never the
 //! accept loop or the admin listener.
 //!
-//! Layers, bottom up: `bindings` (generated from `wit/`), `outbound` (a
-//! guest's calls to upstreams), `store` (one request's store data),
+//! Layers, bottom up: `bindings` (generated from `wit/`), `connector`
+//! (connections to upstreams and their pools), `outbound` (a guest's calls
+//! to upstreams), `store` (one request's store data),
 //! `request` and `response` (what a guest is shown and the check of what
 //! it answers), `host_fns` and `deadline` (the imports), `linker`, `engine`, `handler` (a loaded version and its store
 //! set-up), `call` (one guest call), `executor` (the worker pool).
@@ -15,6 +16,7 @@ mod bindings;
 mod block_on;
 mod cache;
 mod call;
+mod connector;
 mod deadline;
 mod engine;
 mod executor;

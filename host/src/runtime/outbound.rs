@@ -1,24 +1,22 @@
 //! Outbound HTTP: how a guest's `wasi:http/outgoing-handler` call reaches
 //! an upstream, and every bound on the way.
 //!
-//! Each call passes, in order: the per-request count
-//! (`limits.max_outbound_requests`), the tenant's allowlist (by the name as
-//! written), name resolution, the address check (a name never leads to an
-//! internal address unless the list names that address itself; the
-//! connection goes to the address that was checked, so a second answer
-//! from DNS changes nothing), the tenant's connection cap. A refusal opens
-//! no connection. Every wait (connect, response head, each body frame) is
-//! clamped to the request's deadline, whatever timeouts the guest asked
-//! for, and the connection is closed at the deadline at the latest. The
-//! response head is bounded by hyper's read buffer, the body by the
-//! handler's `memory_bytes` (a guest could not hold more).
+//! Each call passes, in order: the tenant's allowlist (by the name as
+//! written), the per-request count (`limits.max_outbound_requests`), then
+//! the tenant's client (`connector.rs`): a pooled connection to the same
+//! upstream, or a new one to a checked address within the tenant's
+//! connection cap. A refusal opens no connection. Every wait (connect and
+//! response head, each body frame) is clamped to the request's deadline,
+//! whatever timeouts the guest asked for. The response head is bounded by
+//! hyper's read buffer, the body by the handler's `memory_bytes` (a guest
+//! could not hold more).
 //!
 //! The sending runs on the gateway's tokio threads, not on the guest's
 //! worker: a guest waiting for an answer is a suspended future that holds
 //! no worker and is charged no CPU (`executor.rs`).
 
+use std::error::Error as _;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -27,28 +25,34 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime_wasi_http::io::TokioIo;
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::response::MAX_HEAD_BYTES;
+use super::connector::{ConnectError, UpstreamClient, client};
 use super::store::HandlerContext;
-use crate::allowlist::{AllowList, Scheme, is_internal};
+use crate::allowlist::{AllowList, Scheme};
 use crate::guest_log::escape;
 
-/// Most header fields in an upstream's response head.
-const MAX_UPSTREAM_HEADERS: usize = 256;
-
 /// What one tenant's guests may call, shared by all its requests.
-#[derive(Debug)]
 pub struct Outbound {
     /// The tenant's `allowed_outbound_hosts`.
-    allowed: AllowList,
+    allowed: Arc<AllowList>,
     /// `limits.max_outbound_requests`: calls one request may make.
     max_requests: u32,
-    /// The tenant's connections open at once.
+    /// The tenant's connections open at once (`max_outbound_connections`).
     connections: Arc<Semaphore>,
+    /// Its pooling client, built on first use (most tenants call nothing).
+    client: OnceLock<UpstreamClient>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("allowed", &self.allowed)
+            .field("max_requests", &self.max_requests)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Outbound {
@@ -56,10 +60,17 @@ impl Outbound {
     /// and `max_connections` connections open at once.
     pub fn new(allowed: AllowList, max_requests: u32, max_connections: usize) -> Self {
         Self {
-            allowed,
+            allowed: Arc::new(allowed),
             max_requests,
             connections: Arc::new(Semaphore::new(max_connections)),
+            client: OnceLock::new(),
         }
+    }
+
+    /// The tenant's client.
+    fn client(&self) -> &UpstreamClient {
+        self.client
+            .get_or_init(|| client(Arc::clone(&self.allowed), Arc::clone(&self.connections)))
     }
 
     /// The policy of a guest that may call nothing (a load's check
@@ -67,12 +78,6 @@ impl Outbound {
     pub fn deny_all() -> Arc<Self> {
         static DENY_ALL: OnceLock<Arc<Outbound>> = OnceLock::new();
         Arc::clone(DENY_ALL.get_or_init(|| Arc::new(Self::new(AllowList::default(), 0, 0))))
-    }
-
-    /// Connections of this tenant open now (for tests and the bound's
-    /// proof).
-    pub fn connections_open(&self, max_connections: usize) -> usize {
-        max_connections.saturating_sub(self.connections.available_permits())
     }
 }
 
@@ -105,17 +110,9 @@ impl OutboundHooks {
     }
 
     /// Counts and logs a refused call.
-    fn refuse(&self, host: &str, reason: &str) -> Error {
-        let metrics = &self.handler.metrics;
-        metrics.outbound("denied", None);
-        if tracing::enabled!(tracing::Level::WARN) && self.handler.log_permit() {
-            tracing::warn!(
-                tenant = %metrics.tenant,
-                handler = %metrics.handler,
-                host = %escape(host, 256),
-                "outbound call refused: {reason}"
-            );
-        }
+    fn refuse(&self, authority: &str, reason: &str) -> Error {
+        self.handler.metrics.outbound("denied", None);
+        log_refusal(&self.handler, authority, reason);
         Error::HttpRequestDenied
     }
 
@@ -146,7 +143,6 @@ impl OutboundHooks {
             return Err(self.refuse(authority, "not in the tenant's allowed_outbound_hosts"));
         }
         Ok(Target {
-            scheme,
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -253,7 +249,6 @@ fn result_label(error: &Error) -> &'static str {
 
 /// Where an admitted call goes, as the guest named it.
 struct Target {
-    scheme: Scheme,
     /// A name, or an address literal without brackets.
     host: String,
     port: u16,
@@ -269,62 +264,43 @@ struct Call {
 }
 
 impl Call {
-    /// `requested`, if the guest asked for it, and never past the deadline.
-    fn clamp(&self, requested: Option<Duration>) -> Instant {
-        match requested {
+    /// When the response head must have come: the guest's connect and
+    /// first-byte timeouts together, if it gave both (a pooled connection
+    /// needs no connect), and never past the deadline.
+    fn head_by(&self) -> Instant {
+        let RequestOptions {
+            connect_timeout,
+            first_byte_timeout,
+            ..
+        } = self.options;
+        let asked = match (connect_timeout, first_byte_timeout) {
+            (Some(connect), Some(first_byte)) => Some(connect.saturating_add(first_byte)),
+            (None, first_byte) => first_byte,
+            (connect, None) => connect,
+        };
+        match asked {
             Some(wait) => (Instant::now() + wait).min(self.deadline),
             None => self.deadline,
         }
     }
 
-    /// Resolves, checks, connects and sends; the response's body is
-    /// bounded and ends at the deadline.
+    /// Sends through the tenant's client; the response's body is bounded
+    /// and ends at the deadline.
     async fn send(
         &self,
         target: Target,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, Error> {
-        let connect_by = self.clamp(self.options.connect_timeout);
-        let addresses = self.resolve(&target, connect_by).await?;
-        let permit = Arc::clone(&self.outbound.connections)
-            .try_acquire_owned()
-            .map_err(|_| {
-                self.log_refusal(
-                    &target.host,
-                    "the tenant's outbound connections are all in use",
-                );
-                Error::ConnectionLimitReached
-            })?;
-        let stream = connect(&addresses, connect_by).await?;
-        let _ = stream.set_nodelay(true);
-        let io: Box<dyn Stream> = match target.scheme {
-            Scheme::Http => Box::new(stream),
-            Scheme::Https => Box::new(tls(&target.host, stream, connect_by).await?),
+        let sent = tokio::time::timeout_at(
+            self.head_by().into(),
+            self.outbound.client().request(request),
+        )
+        .await;
+        let response = match sent {
+            Err(_) => return Err(Error::ConnectionReadTimeout),
+            Ok(Err(e)) => return Err(self.failed(&target, &e)),
+            Ok(Ok(response)) => response,
         };
-        let mut builder = hyper::client::conn::http1::Builder::new();
-        builder
-            .max_buf_size(MAX_HEAD_BYTES.max(8192))
-            .max_headers(MAX_UPSTREAM_HEADERS);
-        let (mut sender, connection) =
-            tokio::time::timeout_at(connect_by.into(), builder.handshake(TokioIo::new(io)))
-                .await
-                .map_err(|_| Error::ConnectionTimeout)??;
-        // The connection lives until its response is read or the deadline,
-        // holding the tenant's connection slot.
-        tokio::spawn(hold_connection(connection, permit, self.deadline));
-
-        // The request line carries the path only; `host` was set from the
-        // authority by wasi:http.
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_owned();
-        *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
-        let first_byte_by = self.clamp(self.options.first_byte_timeout);
-        let response = tokio::time::timeout_at(first_byte_by.into(), sender.send_request(request))
-            .await
-            .map_err(|_| Error::ConnectionReadTimeout)??;
         let between_bytes = self.options.between_bytes_timeout;
         let deadline = self.deadline;
         let max_bytes = self.max_body_bytes;
@@ -343,119 +319,62 @@ impl Call {
         }))
     }
 
-    /// The addresses `target` may be reached at: its literal, or what the
-    /// name resolves to if none of that is internal (unless listed).
-    async fn resolve(&self, target: &Target, by: Instant) -> Result<Vec<SocketAddr>, Error> {
-        let addresses: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
-            Ok(address) => vec![SocketAddr::new(address, target.port)],
-            Err(_) => {
-                let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
-                match tokio::time::timeout_at(by.into(), lookup).await {
-                    Err(_) => return Err(Error::DnsTimeout),
-                    Ok(Err(_)) => return Err(Error::DestinationNotFound),
-                    Ok(Ok(found)) => found.collect(),
+    /// The guest's error for a call the client could not make; a refusal
+    /// (an internal address, no connection slot) is logged like the
+    /// allowlist's.
+    fn failed(&self, target: &Target, error: &hyper_util::client::legacy::Error) -> Error {
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            if let Some(refused) = inner.downcast_ref::<ConnectError>() {
+                return self.connect_failed(target, refused);
+            }
+            if let Some(hyper) = inner.downcast_ref::<hyper::Error>() {
+                return if hyper.is_timeout() {
+                    Error::ConnectionReadTimeout
+                } else if hyper.is_parse_too_large() {
+                    Error::HttpResponseHeaderSectionSize(None)
+                } else if hyper.is_incomplete_message() {
+                    Error::HttpResponseIncomplete
+                } else {
+                    Error::HttpProtocolError
+                };
+            }
+            cause = inner.source();
+        }
+        Error::HttpProtocolError
+    }
+
+    fn connect_failed(&self, target: &Target, refused: &ConnectError) -> Error {
+        let copy = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match refused {
+            ConnectError::Prohibited { .. } | ConnectError::Busy => {
+                let authority = format!("{}:{}", target.host, target.port);
+                log_refusal(&self.handler, &authority, &refused.to_string());
+                match refused {
+                    ConnectError::Busy => Error::ConnectionLimitReached,
+                    _ => Error::DestinationIpProhibited,
                 }
             }
-        };
-        if addresses.is_empty() {
-            return Err(Error::DestinationNotFound);
-        }
-        let allowed = &self.outbound.allowed;
-        if let Some(internal) = addresses
-            .iter()
-            .map(SocketAddr::ip)
-            .find(|ip| is_internal(*ip) && !allowed.names_address(*ip))
-        {
-            self.log_refusal(
-                &target.host,
-                &format!("it resolves to the internal address {internal}, which the allowlist does not name"),
-            );
-            return Err(Error::DestinationIpProhibited);
-        }
-        Ok(addresses)
-    }
-
-    fn log_refusal(&self, host: &str, reason: &str) {
-        let metrics = &self.handler.metrics;
-        if tracing::enabled!(tracing::Level::WARN) && self.handler.log_permit() {
-            tracing::warn!(
-                tenant = %metrics.tenant,
-                handler = %metrics.handler,
-                host = %escape(host, 256),
-                "outbound call refused: {reason}"
-            );
+            ConnectError::BadUri => Error::HttpRequestUriInvalid,
+            ConnectError::NotFound { .. } => Error::DestinationNotFound,
+            ConnectError::Timeout => Error::ConnectionTimeout,
+            ConnectError::Connect(e) => Error::Connect(copy(e)),
+            ConnectError::Tls(e) => Error::Tls(copy(e)),
         }
     }
 }
 
-/// Drives a connection until it is done or the deadline, then lets go of
-/// the tenant's connection slot.
-async fn hold_connection<C: Future>(
-    connection: C,
-    permit: OwnedSemaphorePermit,
-    deadline: Instant,
-) {
-    let _ = tokio::time::timeout_at(deadline.into(), connection).await;
-    drop(permit);
-}
-
-/// Connects to the first of `addresses` that answers by `by`.
-async fn connect(addresses: &[SocketAddr], by: Instant) -> Result<tokio::net::TcpStream, Error> {
-    let mut last = Error::ConnectionRefused;
-    for address in addresses {
-        match tokio::time::timeout_at(by.into(), tokio::net::TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last = Error::Connect(e),
-            Err(_) => return Err(Error::ConnectionTimeout),
-        }
+/// One warn line about a refused call, within the handler's log budget.
+fn log_refusal(handler: &HandlerContext, authority: &str, reason: &str) {
+    let metrics = &handler.metrics;
+    if tracing::enabled!(tracing::Level::WARN) && handler.log_permit() {
+        tracing::warn!(
+            tenant = %metrics.tenant,
+            handler = %metrics.handler,
+            host = %escape(authority, 256),
+            "outbound call refused: {reason}"
+        );
     }
-    Err(last)
-}
-
-/// What a connection is written and read through: TCP, or TLS over it.
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
-
-/// TLS to `host` over `stream`, verified against the Mozilla roots.
-async fn tls(
-    host: &str,
-    stream: tokio::net::TcpStream,
-    by: Instant,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-        };
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|_| {
-                // The ring provider supports the default versions; this
-                // cannot happen, and an empty config would fail every
-                // handshake rather than the process.
-                unreachable_config()
-            }),
-        )
-    });
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-    match tokio::time::timeout_at(by.into(), connector.connect(name, stream)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(Error::Tls(e)),
-        Err(_) => Err(Error::ConnectionTimeout),
-    }
-}
-
-#[cold]
-fn unreachable_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 /// When the next body frame must have come.
