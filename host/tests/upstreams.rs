@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestGateway, handler, tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmgate_handler_components as components;
 
 /// How a test upstream answers.
 #[derive(Clone, Copy)]
@@ -615,4 +616,47 @@ async fn a_tenants_calls_reuse_its_connections_and_no_other_tenants() {
         2,
         "tenant b does not get tenant a's connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmgate_call_runs_a_wasi_http_component_with_the_upstreams_it_allows() {
+    let upstream = Upstream::start(Answer::Hello).await;
+    let target = upstream.url("/");
+    let encoded =
+        percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC);
+    let path = format!("/fetch?url={encoded}");
+    let call = move |allow: Option<String>| {
+        let mut command = std::process::Command::new(common::BIN);
+        command.args([
+            "call",
+            components::require(components::WASI_HELLO),
+            "--path",
+            &path,
+        ]);
+        if let Some(allow) = allow {
+            command.args(["--allow-outbound", &allow]);
+        }
+        let output = command.output().expect("run wasmgate call");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let output = tokio::task::spawn_blocking(move || {
+        (
+            call(None),
+            call(Some(upstream.url(""))),
+            upstream.connections(),
+        )
+    })
+    .await
+    .expect("calls");
+    let (denied, allowed, connections) = output;
+    assert!(
+        denied.starts_with("HTTP/1.1 502") && denied.ends_with("denied"),
+        "{denied}"
+    );
+    assert!(
+        allowed.starts_with("HTTP/1.1 201") && allowed.ends_with("upstream says hi"),
+        "{allowed}"
+    );
+    assert_eq!(connections, 1);
 }

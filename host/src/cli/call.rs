@@ -22,13 +22,14 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::allowlist::AllowList;
 use crate::control::config::Config;
 use crate::error::RequestError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::runtime::{
     Executor, Flow, GUEST_LOG_TARGET, GuestRequest, GuestSlots, HandlerContext, HandlerVersion,
-    Runtime,
+    Outbound, Runtime,
 };
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -77,6 +78,10 @@ pub struct CallArgs {
     /// defaults.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
+    /// An upstream the guest may call, `scheme://host[:port]` as in a
+    /// tenant's `allowed_outbound_hosts` (repeatable). Default: none.
+    #[arg(long = "allow-outbound", value_name = "URL")]
+    allowed_outbound_hosts: Vec<String>,
     /// Print one JSON object instead of the response: status, headers,
     /// body, fuel_consumed, duration_ms, logs, metrics, error.
     #[arg(long)]
@@ -288,7 +293,14 @@ fn call(args: &CallArgs) -> anyhow::Result<Called> {
             tenant: 0,
             handler: 0,
         };
-        let request = GuestRequest::new(head, body);
+        let allowed = AllowList::parse(&args.allowed_outbound_hosts)
+            .map_err(|e| anyhow::anyhow!("--allow-outbound: {e}"))?;
+        let outbound = Outbound::new(
+            allowed,
+            limits.max_outbound_requests,
+            limits.max_outbound_connections,
+        );
+        let request = GuestRequest::new(head, body).with_outbound(Arc::new(outbound));
         let waiter = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
