@@ -507,12 +507,20 @@ impl Worker {
                 Some(index) => self.poll(index),
                 // Every guest waits (a timer, an upstream). A push wakes
                 // this worker if it can take more; it looks at least once
-                // a slice anyway.
+                // a slice anyway. Queued requests it may not take (their
+                // tenants are at their caps here) wait with it: it never
+                // spins on them.
                 None => {
                     let parked = self.can_admit() && self.pool.queue.wake_on_push(&self.wake);
-                    if parked || !self.can_admit() {
-                        let _ = tokio::time::timeout(EPOCH_TICK, self.notify.notified()).await;
+                    if !parked && self.can_admit() {
+                        // Queued since `admit` looked: take it if allowed.
+                        let alive = self.guests.len();
+                        self.admit();
+                        if self.guests.len() > alive {
+                            continue;
+                        }
                     }
+                    let _ = tokio::time::timeout(EPOCH_TICK, self.notify.notified()).await;
                     if parked {
                         self.pool.queue.forget_waker(&self.wake);
                     }
