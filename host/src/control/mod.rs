@@ -43,6 +43,9 @@ pub enum StartError {
     /// The handlers did not load.
     #[error(transparent)]
     Registry(#[from] registry::ApplyConfigError),
+    /// rustls refused the HTTPS listener's settings.
+    #[error("setting up TLS: {0}")]
+    Tls(rustls::Error),
 }
 
 /// Why a config reload did not happen; nothing changed.
