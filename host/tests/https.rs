@@ -371,8 +371,7 @@ async fn a_broken_certificate_stops_the_start_naming_tenant_and_file() {
         let error = tokio::task::spawn_blocking(move || wasmgate::server::Server::new(&config))
             .await
             .expect("start task")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         for part in ["tenant \"a\"", "a.", reason] {
             assert!(error.contains(part), "{part:?} in {error}");

@@ -507,6 +507,7 @@ mod tests {
             },
             cpu_weight: 3,
             allowed_outbound_hosts: vec!["https://api.example".to_owned()],
+            tls: None,
         }
     }
 
