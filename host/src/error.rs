@@ -98,6 +98,10 @@ pub enum RequestError {
     /// The gateway is shutting down and no longer runs guests.
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// An HTTPS request whose host belongs to another tenant than the TLS
+    /// server name its connection was made for.
+    #[error("misdirected request: {0}")]
+    Misdirected(&'static str),
 }
 
 fn trap_message(kind: TrapKind) -> &'static str {
@@ -130,6 +134,7 @@ impl RequestError {
             Self::BadResponse(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
         }
     }
 
@@ -195,6 +200,7 @@ mod tests {
             (RequestError::Expired, 504, "timeout"),
             (RequestError::ShuttingDown, 503, "shutting_down"),
             (RequestError::Internal, 500, "internal"),
+            (RequestError::Misdirected("x"), 421, "misdirected"),
         ];
         for (error, status, code) in table {
             let response = error.to_response();

@@ -9,6 +9,17 @@ use std::path::Path;
 /// fsynced, renamed over `path`, and the folder fsynced so the rename
 /// itself survives a power cut.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_new(path, bytes, false)
+}
+
+/// [`write_atomically`] for a secret (a private key): the file is readable
+/// and writable by the gateway's user only (mode 0600) from its creation.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_new(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` durably, mode 0600 if `private`.
+fn write_new(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     // Unique per process and write: writes may run concurrently.
@@ -19,7 +30,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
     let temporary = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut file = options.open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;

@@ -30,6 +30,9 @@ pub const MAX_GUEST_METRIC_NAME_LEN: usize = 64;
 /// nanoseconds (11 days) or size in bytes (a petabyte) a handler measures.
 pub const MAX_GUEST_HISTOGRAM_VALUE: f64 = 1e15;
 
+/// The `result` labels of `wasmgate_tls_handshakes_total`.
+pub const TLS_HANDSHAKE_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +78,10 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     /// Time from a guest's call to the upstream's response head.
     outbound_duration: HistogramVec,
+    /// TLS handshakes on the HTTPS listener, by result.
+    tls_handshakes: IntCounterVec,
+    /// Each loaded certificate's expiry, by tenant (`""`: the default).
+    tls_expiry: prometheus::IntGaugeVec,
     /// Per (tenant, handler): survives reloads so the name cap holds across
     /// versions.
     handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
@@ -260,6 +267,31 @@ impl Metrics {
                 "wasmgate_buffered_bytes",
                 "Request and response body bytes held in memory (server.max_buffered_bytes caps it).",
             ),
+            tls_handshakes: {
+                let c = counter_vec(
+                    &r,
+                    "wasmgate_tls_handshakes_total",
+                    "TLS handshakes on the HTTPS listener, by result: ok, failed (the client's or no certificate for its name) or timeout (not done within header_read_timeout_ms of accept).",
+                    &["result"],
+                );
+                for result in TLS_HANDSHAKE_RESULTS {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
+            tls_expiry: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "wasmgate_tls_certificate_expiry_seconds",
+                        "When each loaded certificate expires (its notAfter), in Unix seconds, by tenant (empty: server.tls_default).",
+                    ),
+                    &["tenant"],
+                )
+                .expect("static metric definition is valid");
+                r.register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+                g
+            },
             handler_loads: counter_vec(
                 &r,
                 "wasmgate_handler_loads_total",
@@ -342,6 +374,25 @@ impl Metrics {
         self.handler_loads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Counts a TLS handshake; `result` is one of [`TLS_HANDSHAKE_RESULTS`].
+    pub fn tls_handshake(&self, result: &str) {
+        self.tls_handshakes.with_label_values(&[result]).inc();
+    }
+
+    /// Shows when `tenant`'s certificate expires (Unix seconds), or, with
+    /// `None`, that it has none any more.
+    pub fn set_certificate_expiry(&self, tenant: &str, not_after: Option<u64>) {
+        match not_after {
+            Some(at) => self
+                .tls_expiry
+                .with_label_values(&[tenant])
+                .set(i64::try_from(at).unwrap_or(i64::MAX)),
+            None => {
+                let _ = self.tls_expiry.remove_label_values(&[tenant]);
+            }
+        }
     }
 
     /// Counts an admin API request.

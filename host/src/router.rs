@@ -191,13 +191,22 @@ impl<T> Router<T> {
     /// Finds the tenant and payload for a request. `host` may carry a port
     /// and any case; `path` is the URI path without the query.
     pub fn route(&self, host: &str, path: &str) -> Option<(&Arc<TenantRoutes<T>>, &T)> {
+        let tenant = self.tenant(host, true)?;
+        tenant.find(path).map(|payload| (tenant, payload))
+    }
+
+    /// The tenant whose host patterns match `host` (any port and case)
+    /// most specifically; `*` counts only if `any`. A TLS server name
+    /// picks its certificate this way, without `*`: a tenant claims the
+    /// names it lists, not every name.
+    pub fn tenant(&self, host: &str, any: bool) -> Option<&Arc<TenantRoutes<T>>> {
         let host = normalize_host(host);
-        let tenant = self
-            .tenants
+        self.tenants
             .iter()
             .filter_map(|t| {
                 t.hosts
                     .iter()
+                    .filter(|p| any || **p != HostPattern::Any)
                     .filter_map(|p| p.specificity(&host))
                     .max()
                     .map(|s| (s, t))
@@ -206,8 +215,7 @@ impl<T> Router<T> {
             // in config order wins a tie.
             .rev()
             .max_by_key(|(s, _)| *s)
-            .map(|(_, t)| t)?;
-        tenant.find(path).map(|payload| (tenant, payload))
+            .map(|(_, t)| t)
     }
 }
 

@@ -588,7 +588,12 @@ async fn metrics_pass_promtool() {
         ),
         common::handler("wasi", "/wasi", "{wasi_hello}")
     );
-    let gw = TestGateway::start(&(demo("") + &upstreams)).await;
+    // A default certificate, so its expiry gauge appears.
+    let certificate = common::tls::Ca::new()
+        .leaf(&["default.test"])
+        .write(&common::scratch("metrics-promtool"), "default");
+    let server = format!("[server]\ntls_default = {certificate}\n");
+    let gw = TestGateway::start(&(demo(&server) + &upstreams)).await;
     // Families with labels appear once something is counted under them:
     // a guest counter, histogram, trap, dropped metric and dropped log
     // line, an upstream call, and an admin request (refused: no root

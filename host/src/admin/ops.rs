@@ -19,8 +19,10 @@ use super::views::{
 use super::wire::{Rejection, etag_of, if_match, json, no_content, query_param, tagged};
 use super::{Admin, ReloadError};
 use crate::admin::auth::Caller;
+use crate::control::certs::Certificate;
+use crate::control::config::TenantSettings;
 use crate::control::registry::{ApplyConfigError, ApplyError};
-use crate::control::state::{Component, DesiredState, HandlerState, Source, StateError};
+use crate::control::state::{Component, DesiredState, HandlerState, Source, StateError, now_unix};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::request::body::ResponseBody;
@@ -114,20 +116,61 @@ impl Call<'_> {
 
     pub(super) async fn list_tenants(&self) -> HttpResult {
         let state = self.admin.registry.state().await;
+        let certs = self.admin.registry.certs().current();
         let tenants = state
             .tenants
             .iter()
-            .map(|(name, t)| TenantView::new(name, t))
+            .map(|(name, t)| TenantView::new(name, t, certs.tenants.get(name).map(|c| &**c)))
             .collect();
         Ok(tagged(StatusCode::OK, &TenantList { tenants }))
     }
 
+    /// `PUT /admin/tenants/{t}`. A certificate sent (PEM text) is checked
+    /// before the write and stored in the data dir, its key readable by
+    /// the gateway's user only; `"tls": null` removes the tenant's, and
+    /// no `tls` keeps it.
     pub(super) async fn put_tenant(&self, request: Request<Incoming>) -> HttpResult {
         let body: TenantPut = self.admin.bodies.json(request).await?;
         let tenant = self.tenant().to_owned();
+        let store = match &body.tls {
+            Some(Some(pem)) => {
+                Certificate::from_pem(
+                    (pem.cert.as_bytes(), "tls.cert"),
+                    (pem.key.as_bytes(), "tls.key"),
+                    now_unix(),
+                )
+                .map_err(|e| Rejection::bad_request(format!("tenant {tenant:?}: {e}")))?;
+                let store = self.admin.registry.tls_store().cloned();
+                Some(store.ok_or_else(|| {
+                    Rejection::bad_request("this gateway has no data dir to keep certificates in")
+                })?)
+            }
+            _ => None,
+        };
+        let TenantPut {
+            hosts,
+            limits,
+            cpu_weight,
+            allowed_outbound_hosts,
+            tls,
+        } = body;
         let written = self
             .write(None, HashMap::new(), move |state, defaults| {
-                let written = state.put_tenant(&tenant, body, defaults, Source::Api)?;
+                let tls = match (tls, store) {
+                    (Some(Some(pem)), Some(store)) => Some(store.put(&pem).map_err(|e| {
+                        StateError::Invalid(format!("storing the certificate: {e}"))
+                    })?),
+                    (Some(_), _) => None,
+                    (None, _) => state.tenants.get(&tenant).and_then(|t| t.tls.clone()),
+                };
+                let settings = TenantSettings {
+                    hosts,
+                    limits,
+                    cpu_weight,
+                    allowed_outbound_hosts,
+                    tls,
+                };
+                let written = state.put_tenant(&tenant, settings, defaults, Source::Api)?;
                 Ok((written, None))
             })
             .await?;
@@ -207,7 +250,9 @@ impl Call<'_> {
     /// The tenant as it is after a write, with the status for `written`.
     async fn tenant_answer(&self, written: WriteResult) -> HttpResult {
         let state = self.admin.registry.state().await;
-        let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?);
+        let certs = self.admin.registry.certs().current();
+        let cert = certs.tenants.get(self.tenant()).map(|c| &**c);
+        let view = TenantView::new(self.tenant(), state.tenant(self.tenant())?, cert);
         Ok(tagged(status_of(written), &view))
     }
 

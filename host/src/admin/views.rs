@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::certs::{Certificate, TlsPem};
 use crate::control::state::{HandlerState, Source, TenantState, Version, Written};
 use crate::limits::LimitOverrides;
 
@@ -31,6 +32,9 @@ pub struct TenantView {
     /// Its static mounts, the config file's and the API's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statics: Vec<StaticView>,
+    /// Its certificate for the HTTPS listener, if one is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsView>,
 }
 
 /// A static mount of a tenant.
@@ -53,8 +57,8 @@ pub struct StaticPut {
 }
 
 impl TenantView {
-    /// The view of `tenant`, named `name`.
-    pub fn new(name: &str, tenant: &TenantState) -> Self {
+    /// The view of `tenant`, named `name`, with its loaded certificate.
+    pub fn new(name: &str, tenant: &TenantState, cert: Option<&Certificate>) -> Self {
         Self {
             name: name.to_owned(),
             hosts: tenant.hosts.clone(),
@@ -74,6 +78,7 @@ impl TenantView {
                     source,
                 })
                 .collect(),
+            tls: cert.map(TlsView::new),
         }
     }
 }
@@ -241,8 +246,29 @@ pub struct ErrorBody {
 
 /// The body of `PUT /admin/tenants/{t}`: the tenant's settings; absent
 /// fields take their defaults (any host, no overrides, weight 1, no
-/// upstreams).
-pub type TenantPut = crate::control::config::TenantSettings;
+/// upstreams), except `tls`: `{"cert": PEM, "key": PEM}` sets the
+/// certificate, `null` removes it, and absent keeps it (the key is never
+/// read back, so a client that writes what it read cannot resend it).
+pub type TenantPut = crate::control::config::TenantSettings<Option<TlsPem>>;
+
+/// A tenant's certificate as the API shows it: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsView {
+    /// The DNS names it is valid for.
+    pub names: Vec<String>,
+    /// When it expires (its notAfter), in Unix seconds.
+    pub not_after: u64,
+}
+
+impl TlsView {
+    /// The view of a loaded certificate.
+    pub fn new(cert: &Certificate) -> Self {
+        Self {
+            names: cert.names.clone(),
+            not_after: cert.not_after,
+        }
+    }
+}
 
 /// The body of `PATCH .../handlers/{name}`: either or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -297,6 +297,8 @@ impl TenantPutArgs {
             limits,
             cpu_weight: self.cpu_weight.unwrap_or(current.cpu_weight),
             allowed_outbound_hosts,
+            // Absent: the tenant keeps its certificate.
+            tls: None,
         })
     }
 }
@@ -443,6 +445,7 @@ fn put_tenant(args: &TenantPutArgs) -> anyhow::Result<()> {
                 limits: t.limits,
                 cpu_weight: t.cpu_weight,
                 allowed_outbound_hosts: t.allowed_outbound_hosts,
+                tls: None,
             });
         let settings = args.settings(current)?;
         let written = client.put_tenant(&args.name, &settings).await?;
@@ -504,6 +507,7 @@ mod tests {
             },
             cpu_weight: 3,
             allowed_outbound_hosts: vec!["https://api.example".to_owned()],
+            tls: None,
         }
     }
 

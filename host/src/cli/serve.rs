@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Override `admin.listen` (port 0 picks a free port).
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Override `server.tls_listen`, the HTTPS listener (port 0 picks a
+    /// free port).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
     /// Apply the config file again whenever it or one of its component
     /// files changes (after `cargo build`, say).
     #[arg(long, requires = "config")]
@@ -70,6 +74,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.admin_listen {
         config.admin.listen = listen;
     }
+    if let Some(listen) = args.tls_listen {
+        config.server.tls_listen = Some(listen);
+    }
     if args.fresh {
         let data_dir = &config.runtime.data_dir;
         DataDir::new(data_dir)
@@ -97,6 +104,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
             (Err(public), Err(admin)) => anyhow::bail!("{public:#}; {admin:#}"),
         };
+        let tls = match config.server.tls_listen {
+            Some(addr) => Some(bind(addr, "server.tls_listen", "--tls-listen").await?),
+            None => None,
+        };
         // Watching before the startup lines: whoever waits for them may
         // change a file at once, and that change must count.
         let watching = match path {
@@ -106,14 +117,20 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             ),
             _ => None,
         };
-        say(&format!(
+        let mut lines = format!(
             "listening on http://{}\nadmin on http://{}",
             public.local_addr()?,
             admin.local_addr()?
-        ))?;
+        );
+        if let Some(tls) = &tls {
+            lines.push_str(&format!("\nlistening on https://{}", tls.local_addr()?));
+        }
+        say(&lines)?;
         #[cfg(unix)]
         tokio::spawn(reload_on_sighup(server.control()));
-        server.run(public, admin, shutdown_signal()).await;
+        server
+            .run_with_tls(public, admin, tls, shutdown_signal())
+            .await;
         drop(watching);
         anyhow::Ok(())
     })?;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::allowlist::AllowList;
+use crate::control::certs::TlsFiles;
 use crate::limits::{LimitOverrides, Limits, check_cpu_weight, check_limits, check_name};
 
 /// Why a configuration could not be used.
@@ -114,6 +115,13 @@ pub struct ServerConfig {
     /// together. A request body that would go over it gets 503
     /// `overloaded`; so does a guest response. Default 256 MiB.
     pub max_buffered_bytes: usize,
+    /// Address of the HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN), which
+    /// serves the same tenants under the same limits. Default: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// The certificate for TLS names no tenant with a certificate claims;
+    /// without one, such handshakes fail. Paths relative to the config
+    /// file's folder. Default: none.
+    pub tls_default: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +136,8 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             max_buffered_bytes: 256 << 20,
+            tls_listen: None,
+            tls_default: None,
         }
     }
 }
@@ -267,6 +277,11 @@ pub struct TenantConfig {
     /// line.
     #[serde(default, deserialize_with = "allowed_outbound_hosts")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// The tenant's certificate for the HTTPS listener: a PEM chain and
+    /// its key, relative to the config file's folder. Default: none (its
+    /// names get `server.tls_default`).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     /// The tenant's handlers.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
@@ -283,6 +298,7 @@ impl TenantConfig {
             limits: self.limits,
             cpu_weight: self.cpu_weight,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -290,9 +306,17 @@ impl TenantConfig {
 /// What a tenant's `[[tenant]]` in the config file and `PUT
 /// /admin/tenants/{t}` set (its handlers and statics aside); absent fields
 /// take their defaults: any host, no overrides, weight 1, no upstreams.
+///
+/// `Tls` is how its certificate is given: [`TlsFiles`] (paths) in the
+/// config file and the desired state; the admin API's body sends PEM text
+/// instead (`admin::views::TenantPut`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenantSettings {
+#[serde(
+    default,
+    deny_unknown_fields,
+    bound(deserialize = "Tls: Deserialize<'de>", serialize = "Tls: Serialize")
+)]
+pub struct TenantSettings<Tls = TlsFiles> {
     /// Host patterns.
     pub hosts: Vec<String>,
     /// Overrides of the config file's `[limits]`.
@@ -302,17 +326,29 @@ pub struct TenantSettings {
     /// The upstreams its guests may call, in Spin's syntax
     /// (`scheme://host[:port]`, host may be `*.suffix`).
     pub allowed_outbound_hosts: Vec<String>,
+    /// Its certificate; `None` when absent.
+    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
 }
 
-impl Default for TenantSettings {
+impl<Tls> Default for TenantSettings<Tls> {
     fn default() -> Self {
         Self {
             hosts: crate::limits::default_hosts(),
             limits: LimitOverrides::default(),
             cpu_weight: crate::limits::default_cpu_weight(),
             allowed_outbound_hosts: Vec::new(),
+            tls: None,
         }
     }
+}
+
+/// Reads a field that is present as `Some`, even when it is JSON `null`
+/// (for `Tls = Option<_>`, so `null` and absent differ).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Reads `allowed_outbound_hosts`, refusing an entry that does not parse
@@ -465,6 +501,15 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         if self.runtime.data_dir.is_relative() {
             self.runtime.data_dir = base.join(&self.runtime.data_dir);
+        }
+        let tls = self
+            .tenants
+            .iter_mut()
+            .filter_map(|t| t.tls.as_mut())
+            .chain(self.server.tls_default.as_mut());
+        for files in tls {
+            files.cert = normalize(&base.join(&files.cert));
+            files.key = normalize(&base.join(&files.key));
         }
         for handler in self.tenants.iter_mut().flat_map(|t| t.handlers.iter_mut()) {
             if handler.component.is_relative() {

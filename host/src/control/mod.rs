@@ -4,7 +4,7 @@
 //! [`config`] reads the TOML file, [`state`] is the desired state (pure),
 //! [`persist`] keeps it and the uploaded components in the data dir,
 //! [`registry`] is the one writer that loads what an edit needs and
-//! publishes the routing table, [`compile`] fills
+//! publishes the routing table and the certificates ([`certs`]), [`compile`] fills
 //! the code cache (in a child process for the server), [`table`] is the
 //! routing table published for the request path, and [`watch`]
 //! applies the file again when it changes. [`ControlPlane::reload`] is the
@@ -14,6 +14,7 @@
 //! Nothing here runs guest code for a request or sits on the request path:
 //! requests read the published table and never wait for a writer.
 
+pub mod certs;
 pub mod compile;
 pub mod config;
 pub mod persist;
@@ -42,6 +43,9 @@ pub enum StartError {
     /// The handlers did not load.
     #[error(transparent)]
     Registry(#[from] registry::ApplyConfigError),
+    /// rustls refused the HTTPS listener's settings.
+    #[error("setting up TLS: {0}")]
+    Tls(rustls::Error),
 }
 
 /// Why a config reload did not happen; nothing changed.

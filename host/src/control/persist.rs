@@ -9,10 +9,13 @@
 //!
 //! Layout of `data_dir` ([`DataDir`] names it once): `components/<sha256>.wasm`,
 //! the state in `state/` (an index and a file per tenant), uploads being
-//! compiled in `staging/`, and the code cache `cache/`.
+//! compiled in `staging/`, the code cache `cache/`, and certificates the
+//! admin API sent in `tls/` (`<sha256>.crt` and `<sha256>.key`, the key
+//! readable by the gateway's user only).
 
 use std::path::{Path, PathBuf};
 
+use super::certs::{TlsFiles, TlsPem};
 use super::state::DesiredState;
 use crate::digest::sha256_hex;
 use crate::files;
@@ -102,6 +105,43 @@ impl ComponentStore {
     }
 }
 
+/// Certificates and keys the admin API sent (`data_dir/tls`), named by
+/// the sha256 of the chain and key together.
+#[derive(Debug, Clone)]
+pub struct TlsStore {
+    dir: PathBuf,
+}
+
+impl TlsStore {
+    /// Stores a chain and key (the key with mode 0600) unless already
+    /// stored; returns the files.
+    pub fn put(&self, pem: &TlsPem) -> Result<TlsFiles, PersistError> {
+        let name = super::certs::digest(pem.cert.as_bytes(), pem.key.as_bytes());
+        let files = TlsFiles {
+            cert: self.dir.join(format!("{name}.crt")),
+            key: self.dir.join(format!("{name}.key")),
+        };
+        if !files.cert.is_file() || !files.key.is_file() {
+            files::write_private(&files.key, pem.key.as_bytes()).map_err(io(&files.key))?;
+            write_atomically(&files.cert, pem.cert.as_bytes())?;
+        }
+        Ok(files)
+    }
+
+    /// Removes every file of this store that `state` does not name.
+    pub fn retain(&self, state: &DesiredState) {
+        let named: std::collections::BTreeSet<&Path> = state
+            .tenants
+            .values()
+            .filter_map(|t| t.tls.as_ref())
+            .flat_map(|files| [files.cert.as_path(), files.key.as_path()])
+            .collect();
+        files::remove_unless(&self.dir, |name| {
+            named.contains(self.dir.join(name).as_path())
+        });
+    }
+}
+
 /// The data dir's layout, named once: every path in it comes from here.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -128,6 +168,13 @@ impl DataDir {
         }
     }
 
+    /// Certificates the admin API sent: `tls/`.
+    pub fn tls(&self) -> TlsStore {
+        TlsStore {
+            dir: self.root.join("tls"),
+        }
+    }
+
     /// Uploads being compiled by the child, each removed after: `staging/`.
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
@@ -141,6 +188,7 @@ impl DataDir {
         for dir in [
             self.root.join("state"),
             self.root.join("components"),
+            self.root.join("tls"),
             self.staging(),
         ] {
             match std::fs::remove_dir_all(&dir) {

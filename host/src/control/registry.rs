@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::certs::{CertTable, Certificate, Certs, TlsFiles};
 use super::compile::{Bounds, ChildCompiler, UploadCompiler};
 use super::config::Config;
-use super::persist::{ComponentStore, DataDir, PersistError, StateFile};
+use super::persist::{ComponentStore, DataDir, PersistError, StateFile, TlsStore};
 use super::state::{Component, DesiredState, StateError, TenantState, Version};
 use super::table::{Route, RouteTable, StaticMount, Target, Tenant, metrics_label};
 use crate::allowlist::AllowList;
@@ -97,6 +98,10 @@ pub enum ApplyConfigError {
     /// The state could not be loaded, applied or stored.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A certificate was refused at start (each: the tenant, the file and
+    /// why).
+    #[error("{}", .0.join("; "))]
+    Tls(Vec<String>),
 }
 
 /// Hands memory freed by compilation back to the OS. Compiling leaves
@@ -187,12 +192,33 @@ struct Writer {
     /// Compiles new components in a bounded child process (the `wasmgate`
     /// binary), or in-process when it has none.
     compiler: Arc<UploadCompiler>,
+    /// The config file's `server.tls_default`.
+    tls_default: Option<TlsFiles>,
+    /// The certificates loaded for the current state.
+    certs: Certs,
 }
 
 #[derive(Debug, Clone)]
 struct Storage {
     components: ComponentStore,
     state: StateFile,
+    tls: TlsStore,
+}
+
+/// What a commit publishes.
+struct Commit {
+    router: Router<Target>,
+    certs: Certs,
+    /// Certificates refused, one sentence each (tenant, file, why): the
+    /// ones loaded before keep serving.
+    refused: Vec<String>,
+}
+
+/// What the config file sets beside the state: the tenants' default
+/// limits and the default certificate.
+struct FileSettings {
+    limits: Limits,
+    tls_default: Option<TlsFiles>,
 }
 
 /// A version to load for an edit.
@@ -207,6 +233,11 @@ struct LoadJob {
 pub struct Registry {
     /// What requests read; replaced whole after each committed write.
     table: Arc<RouteTable>,
+    /// What TLS handshakes read; replaced with the routing table.
+    certs: Arc<CertTable>,
+    /// Where certificates the admin API sends are stored (`None`: nowhere,
+    /// so the API refuses them).
+    tls_store: Option<TlsStore>,
     /// Compiles uploads before a write takes the writer.
     compiler: Arc<UploadCompiler>,
     /// The engine uploads are compiled for.
@@ -238,7 +269,9 @@ impl Registry {
         let storage = Storage {
             components: data_dir.components(),
             state: data_dir.state_file(),
+            tls: data_dir.tls(),
         };
+        let tls_store = Some(storage.tls.clone());
         let mut state = storage
             .state
             .load()
@@ -264,6 +297,8 @@ impl Registry {
             metrics: Arc::clone(metrics),
             storage: Some(storage),
             compiler: Arc::clone(&compiler),
+            tls_default: config.server.tls_default.clone(),
+            certs: Certs::default(),
         };
         let components = read_config_components(config)?;
         if let Some(storage) = &writer.storage {
@@ -283,7 +318,7 @@ impl Registry {
         }
         state.keep_last_versions(writer.keep_versions);
         let uploads: HashMap<String, Vec<u8>> = components.into_values().collect();
-        let router = writer.commit(state, &uploads).map_err(|e| match e {
+        let commit = writer.commit(state, &uploads).map_err(|e| match e {
             ApplyError::Load {
                 tenant,
                 handler,
@@ -308,13 +343,33 @@ impl Registry {
             }
             other => ApplyConfigError::Apply(other),
         })?;
+        if !commit.refused.is_empty() {
+            return Err(ApplyConfigError::Tls(commit.refused));
+        }
         release_freed_memory();
+        let certs = CertTable::default();
+        certs.publish(commit.certs);
         Ok(Self {
             compiler,
             runtime: runtime.clone(),
-            table: Arc::new(RouteTable::new(router)),
+            table: Arc::new(RouteTable::new(commit.router)),
+            certs: Arc::new(certs),
+            tls_store,
             writer: tokio::sync::Mutex::new(Some(writer)),
         })
+    }
+
+    /// The published certificates: the HTTPS listener reads them, and
+    /// only this registry replaces them.
+    pub fn certs(&self) -> &Arc<CertTable> {
+        &self.certs
+    }
+
+    /// Where certificates sent through the admin API are stored, if
+    /// anywhere. Store one only from within an edit ([`Registry::apply`]):
+    /// every commit removes the stored files its state does not name.
+    pub fn tls_store(&self) -> Option<&TlsStore> {
+        self.tls_store.as_ref()
     }
 
     /// The published routing table: the request path reads it, and only
@@ -345,7 +400,11 @@ impl Registry {
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
     ) -> Result<T, ApplyError> {
         let uploads = self.compiler.prepare(tenant, &self.runtime, uploads).await;
-        self.apply_with_defaults(uploads, None, edit).await
+        let (value, refused) = self.apply_with_defaults(uploads, None, edit).await?;
+        for note in refused {
+            tracing::warn!("certificate not applied: {note}");
+        }
+        Ok(value)
     }
 
     /// Applies a config file again (SIGHUP, `POST /admin/reload`): its
@@ -364,30 +423,36 @@ impl Registry {
         };
         let found = found_components(&read);
         let uploads: HashMap<String, Vec<u8>> = read.into_values().collect();
-        let defaults = config.limits;
+        let file = FileSettings {
+            limits: config.limits,
+            tls_default: config.server.tls_default.clone(),
+        };
         // The config file's components compile in a turn of their own.
         let uploads = self.compiler.prepare("", &self.runtime, uploads).await;
-        let not_applied = self
-            .apply_with_defaults(uploads, Some(defaults), move |state, _| {
+        let (mut not_applied, refused) = self
+            .apply_with_defaults(uploads, Some(file), move |state, _| {
                 state.apply_config(&config, &found)
             })
             .await?;
+        not_applied.extend(refused);
         Ok(not_applied)
     }
 
+    /// Applies `edit` (with the config file's settings `file` for a
+    /// reload); returns its value and the certificates refused.
     async fn apply_with_defaults<T: Send + 'static>(
         &self,
         uploads: HashMap<String, Vec<u8>>,
-        defaults: Option<Limits>,
+        file: Option<FileSettings>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, ApplyError> {
+    ) -> Result<(T, Vec<String>), ApplyError> {
         // Compiling, the slow part of a write, was done before the writer
         // is taken (`UploadCompiler::prepare`), so a large upload holds up
         // no other tenant's writes; the writer finds the code in the cache.
         let mut slot = self.writer.lock().await;
         let mut writer = slot.take().ok_or(ApplyError::WriterLost)?;
         let mut next = writer.state.clone();
-        let new_defaults = defaults.unwrap_or(writer.defaults);
+        let new_defaults = file.as_ref().map_or(writer.defaults, |f| f.limits);
         let value = match edit(&mut next, &new_defaults) {
             Ok(value) => {
                 next.keep_last_versions(writer.keep_versions);
@@ -402,19 +467,30 @@ impl Registry {
         // there and back (it is locked for the duration anyway).
         let (writer, result) = tokio::task::spawn_blocking(move || {
             let old_defaults = std::mem::replace(&mut writer.defaults, new_defaults);
+            let old_tls_default = match file {
+                Some(file) => std::mem::replace(&mut writer.tls_default, file.tls_default),
+                None => writer.tls_default.clone(),
+            };
             let result = writer.commit(next, &uploads);
             if result.is_err() {
                 writer.defaults = old_defaults;
+                writer.tls_default = old_tls_default;
             }
             (writer, result)
         })
         .await
         .map_err(|_| ApplyError::WriterLost)?;
         *slot = Some(writer);
-        let router = result?;
-        self.table.publish(router);
-        Ok(value)
+        let commit = result?;
+        self.table.publish(commit.router);
+        self.certs.publish(commit.certs);
+        Ok((value, commit.refused))
     }
+}
+
+/// `secs` since the Unix epoch.
+fn unix_time(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
 /// The sha256 and size of each component read.
@@ -463,7 +539,7 @@ impl Writer {
         &mut self,
         next: DesiredState,
         uploads: &HashMap<String, Vec<u8>>,
-    ) -> Result<Router<Target>, ApplyError> {
+    ) -> Result<Commit, ApplyError> {
         let jobs = self.jobs(&next);
         let mut compiled = self.compiled.clone();
         let mut loaded = Vec::with_capacity(jobs.len());
@@ -504,6 +580,7 @@ impl Writer {
                 self.state_saved = true;
             }
             storage.components.retain(&next.components());
+            storage.tls.retain(&next);
             if let Some(cache) = &self.runtime.cache {
                 cache.retain(&next.components());
             }
@@ -538,7 +615,94 @@ impl Writer {
             .collect();
         compiled.retain(|sha, _| active.contains(sha.as_str()));
         self.compiled = compiled;
-        Ok(self.router())
+        let refused = self.load_certs();
+        Ok(Commit {
+            router: self.router(),
+            certs: self.certs.clone(),
+            refused,
+        })
+    }
+
+    /// Loads the certificates the state and `tls_default` name, those whose
+    /// files did not change kept as they are. One that is refused leaves
+    /// the one loaded before serving; returns a sentence for each.
+    fn load_certs(&mut self) -> Vec<String> {
+        let now = super::state::now_unix();
+        let mut refused = Vec::new();
+        let mut next = Certs::default();
+        let wanted = self
+            .state
+            .tenants
+            .iter()
+            .filter_map(|(name, t)| Some((name.as_str(), t.tls.as_ref()?)))
+            .chain(self.tls_default.as_ref().map(|files| ("", files)));
+        for (tenant, files) in wanted {
+            let loaded = match tenant {
+                "" => self.certs.default.as_ref(),
+                _ => self.certs.tenants.get(tenant),
+            };
+            let who = match tenant {
+                "" => "server.tls_default".to_owned(),
+                _ => format!("tenant {tenant:?}: tls"),
+            };
+            let cert = match Certificate::load(files, loaded, now) {
+                Ok(cert) => {
+                    if !loaded.is_some_and(|l| Arc::ptr_eq(l, &cert)) {
+                        tracing::info!(
+                            tenant,
+                            names = ?cert.names,
+                            not_after = %httpdate::fmt_http_date(unix_time(cert.not_after)),
+                            "certificate loaded"
+                        );
+                    }
+                    if let Some(left) = cert.expires_soon(now) {
+                        tracing::warn!(
+                            tenant,
+                            file = %files.cert.display(),
+                            "{who}: the certificate expires in {} days ({})",
+                            left / 86_400,
+                            httpdate::fmt_http_date(unix_time(cert.not_after))
+                        );
+                    }
+                    cert
+                }
+                Err(e) => {
+                    let keeps = if loaded.is_some() {
+                        "the certificate loaded before keeps serving"
+                    } else {
+                        "no certificate serves its names until it is fixed"
+                    };
+                    refused.push(format!("{who}: {e}; {keeps}"));
+                    match loaded {
+                        Some(loaded) => Arc::clone(loaded),
+                        None => continue,
+                    }
+                }
+            };
+            match tenant {
+                "" => next.default = Some(cert),
+                _ => {
+                    next.tenants.insert(tenant.to_owned(), cert);
+                }
+            }
+        }
+        let gone = self
+            .certs
+            .tenants
+            .keys()
+            .filter(|t| !next.tenants.contains_key(*t))
+            .map(String::as_str)
+            .chain(next.default.is_none().then_some(""));
+        for tenant in gone {
+            self.metrics.set_certificate_expiry(tenant, None);
+        }
+        let present = next.tenants.iter().map(|(t, c)| (t.as_str(), c));
+        for (tenant, cert) in present.chain(next.default.as_ref().map(|c| ("", c))) {
+            self.metrics
+                .set_certificate_expiry(tenant, Some(cert.not_after));
+        }
+        self.certs = next;
+        refused
     }
 
     /// The versions `next` activates that are not loaded as they must be.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::allowlist::AllowList;
+use crate::control::certs::TlsFiles;
 use crate::control::config::{Config, TenantSettings};
 use crate::limits::{
     LimitOverrides, Limits, check_cpu_weight, check_handler_sizes, check_limits, check_name,
@@ -77,6 +78,10 @@ pub struct TenantState {
     /// The upstreams its guests may call (none when unset).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Its certificate's files: the config file's, or the data dir's for
+    /// one the API sent (none when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
     /// Who defined the tenant's hosts and limits last.
     pub source: Source,
     /// Where it stands when two tenants' host patterns tie (lower first):
@@ -117,6 +122,7 @@ impl TenantState {
             limits: self.limits,
             cpu_weight: self.cpu_weight,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -478,6 +484,7 @@ impl DesiredState {
             limits,
             cpu_weight,
             allowed_outbound_hosts,
+            tls,
         } = settings;
         if hosts.is_empty() {
             return Err(StateError::Invalid("hosts is empty".into()));
@@ -494,7 +501,8 @@ impl DesiredState {
                 if t.hosts == hosts
                     && t.limits == limits
                     && t.cpu_weight == cpu_weight
-                    && t.allowed_outbound_hosts == allowed_outbound_hosts =>
+                    && t.allowed_outbound_hosts == allowed_outbound_hosts
+                    && t.tls == tls =>
             {
                 Ok(Written::Unchanged)
             }
@@ -503,6 +511,7 @@ impl DesiredState {
                 t.limits = limits;
                 t.cpu_weight = cpu_weight;
                 t.allowed_outbound_hosts = allowed_outbound_hosts;
+                t.tls = tls;
                 t.source = source;
                 Ok(Written::Replaced)
             }
@@ -517,6 +526,7 @@ impl DesiredState {
                         token_env: None,
                         cpu_weight,
                         allowed_outbound_hosts,
+                        tls,
                         source,
                         rank,
                         handlers: BTreeMap::new(),
@@ -580,7 +590,7 @@ impl DesiredState {
                     && t.settings() != tenant.settings()
                 {
                     not_applied.push(format!(
-                        "tenant {:?}: hosts, limits, cpu_weight and allowed_outbound_hosts were set through the admin API \
+                        "tenant {:?}: hosts, limits, cpu_weight, allowed_outbound_hosts and tls were set through the admin API \
                          and are kept; POST /admin/tenants/{}/follow-config hands them back to the file",
                         tenant.name, tenant.name
                     ));

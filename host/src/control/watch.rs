@@ -1,6 +1,7 @@
 //! `serve --watch`: applies the config file again whenever it or a
-//! component file it names changes, so a handler is live within a second
-//! of `cargo build` rewriting it.
+//! component or certificate file it names changes, so a handler is live
+//! within a second of `cargo build` rewriting it, and a renewed
+//! certificate serves the next handshake.
 //!
 //! It watches the files' folders, not the files: cargo and editors replace
 //! a file by renaming another over it, which a watch on the old file would
@@ -77,7 +78,8 @@ impl Drop for WatchHandle {
 /// What the notify thread and the applying task share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// The files whose changes count: the config and its components.
+    /// The files whose changes count: the config, its components and its
+    /// certificates.
     files: Mutex<BTreeSet<PathBuf>>,
     /// Those changed since the last apply, for the log line.
     changed: Mutex<BTreeSet<PathBuf>>,
@@ -223,19 +225,27 @@ struct Watched {
 }
 
 impl Watched {
-    /// Makes the config file and the components `config` names the files
-    /// that count, and watches their folders (and no others). Returns what
+    /// Makes the config file and the components and certificates `config`
+    /// names the files that count, and watches their folders (and no others). Returns what
     /// could not be watched; those folders are tried again next time.
     fn update(&mut self, config_path: &Path, config: &Config) -> Vec<WatchError> {
         let mut errors = Vec::new();
         let mut files = BTreeSet::new();
-        let paths = std::iter::once(config_path).chain(
-            config
-                .tenants
-                .iter()
-                .flat_map(|t| &t.handlers)
-                .map(|h| h.component.as_path()),
-        );
+        let certificates = config
+            .tenants
+            .iter()
+            .filter_map(|t| t.tls.as_ref())
+            .chain(config.server.tls_default.as_ref())
+            .flat_map(|files| [files.cert.as_path(), files.key.as_path()]);
+        let paths = std::iter::once(config_path)
+            .chain(
+                config
+                    .tenants
+                    .iter()
+                    .flat_map(|t| &t.handlers)
+                    .map(|h| h.component.as_path()),
+            )
+            .chain(certificates);
         for path in paths {
             match absolute(path) {
                 Ok(path) => {

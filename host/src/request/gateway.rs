@@ -30,6 +30,20 @@ use crate::runtime::{Executor, GuestRequest};
 /// cannot change what the guest believes its route is.
 pub const ROUTE_HEADER: &str = "x-wasmgate-route";
 
+/// The request header that tells a guest whether the request came over
+/// `https` or `http`. Like [`ROUTE_HEADER`], the gateway sets it on every
+/// request it passes to a guest, replacing any a client sent.
+pub const PROTO_HEADER: &str = "x-forwarded-proto";
+
+/// What the HTTPS listener puts in the extensions of each request of a TLS
+/// connection: the server name (SNI) its handshake asked for, empty when
+/// it sent none.
+#[derive(Debug, Clone)]
+pub struct TlsConnection {
+    /// The SNI, lower case.
+    pub server_name: Arc<str>,
+}
+
 /// Everything the request path needs, shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
@@ -81,6 +95,13 @@ impl Gateway {
             Err(error) => return Answer::new(self.unrouted(&error), Some(body)),
         };
         let router = self.routes.current();
+        let tls = head.extensions.get::<TlsConnection>();
+        if let Some(tls) = tls
+            && let Err(error) = check_server_name(&router, host, &tls.server_name)
+        {
+            return Answer::new(self.unrouted(&error), Some(body));
+        }
+        let https = tls.is_some();
         let Some((_, target)) = router.route(host, head.uri.path()) else {
             return Answer::new(self.unrouted(&RequestError::NoRoute), Some(body));
         };
@@ -101,7 +122,7 @@ impl Gateway {
         drop(router);
 
         let _in_flight = InFlight::start(&self.metrics);
-        let (result, fuel, unread) = self.run(&route, head, body).await;
+        let (result, fuel, unread) = self.run(&route, head, body, https).await;
         let trap = result.as_ref().err().and_then(RequestError::trap_kind);
         let response = result.unwrap_or_else(|e| e.to_response().map(ResponseBody::from));
         route.version.context.metrics.request(
@@ -126,12 +147,14 @@ impl Gateway {
         route: &Route,
         head: http::request::Parts,
         mut body: Incoming,
+        https: bool,
     ) -> (
         Result<Response<ResponseBody>, RequestError>,
         Option<u64>,
         Option<Incoming>,
     ) {
-        let (request, body_reservation) = match self.read_request(route, head, &mut body).await {
+        let read = self.read_request(route, head, &mut body, https).await;
+        let (request, body_reservation) = match read {
             Ok(read) => read,
             Err(e) => return (Err(e), None, Some(body)),
         };
@@ -179,12 +202,13 @@ impl Gateway {
 
     /// Reads the body within `max_body_bytes`, `body_read_timeout` and the
     /// memory budget, and builds the guest's view of the request to
-    /// `route`.
+    /// `route` (that came over HTTPS if `https`).
     async fn read_request(
         &self,
         route: &Route,
         mut head: http::request::Parts,
         body: &mut Incoming,
+        https: bool,
     ) -> Result<(GuestRequest, Reservation), RequestError> {
         let limit = self.max_body_bytes;
         let too_large = || RequestError::BodyTooLarge { limit };
@@ -205,9 +229,14 @@ impl Gateway {
             head.headers.insert(http::header::HOST, host);
         }
         set_route_header(&mut head.headers, route.route_header.clone());
+        head.headers.insert(
+            http::HeaderName::from_static(PROTO_HEADER),
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
         let mut reservation = self.budget.reserve_none();
         if body.is_end_stream() {
-            return Ok((GuestRequest::new(head, Bytes::new()), reservation));
+            let request = GuestRequest::new(head, Bytes::new()).with_https(https);
+            return Ok((request, reservation));
         }
         let over_budget =
             || RequestError::Overloaded("the gateway's memory budget for bodies is full");
@@ -251,7 +280,7 @@ impl Gateway {
             }
         }
         let body = joined.map_or(whole, BytesMut::freeze);
-        Ok((GuestRequest::new(head, body), reservation))
+        Ok((GuestRequest::new(head, body).with_https(https), reservation))
     }
 }
 
@@ -285,6 +314,29 @@ fn set_route_header(headers: &mut http::HeaderMap, route: Option<HeaderValue>) {
         None => {
             headers.remove(NAME);
         }
+    }
+}
+
+/// Refuses a request over TLS whose host routes to another tenant than its
+/// connection's server name does (RFC 9110 15.5.20): one tenant's
+/// certificate must not carry another tenant's requests.
+fn check_server_name<T>(
+    router: &crate::router::Router<T>,
+    host: &str,
+    server_name: &str,
+) -> Result<(), RequestError> {
+    let Some(tenant) = router.tenant(host, true) else {
+        // No tenant serves the host: 404 as on any connection.
+        return Ok(());
+    };
+    match router.tenant(server_name, true) {
+        Some(named) if Arc::ptr_eq(named, tenant) => Ok(()),
+        Some(_) => Err(RequestError::Misdirected(
+            "the host belongs to another tenant than the TLS server name (SNI) of this connection",
+        )),
+        None => Err(RequestError::Misdirected(
+            "the TLS server name (SNI) of this connection belongs to no tenant: connect with the host's name",
+        )),
     }
 }
 

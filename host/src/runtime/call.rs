@@ -207,7 +207,12 @@ async fn call_proxy(
     let deadline = store.data().deadline;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let mut http = store.data_mut().http();
-    let incoming = http.new_incoming_request(Scheme::Http, request.to_http())?;
+    let scheme = if request.is_https() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let incoming = http.new_incoming_request(scheme, request.to_http())?;
     let outparam = http.new_response_outparam(sender)?;
     let call = proxy
         .wasi_http_incoming_handler()

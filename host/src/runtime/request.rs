@@ -20,6 +20,8 @@ pub struct GuestRequest {
     body: bytes::Bytes,
     /// The tenant's outbound policy: what the guest may call.
     outbound: Arc<Outbound>,
+    /// Whether it came over HTTPS: `wasi:http` guests see the scheme.
+    https: bool,
 }
 
 impl GuestRequest {
@@ -30,7 +32,19 @@ impl GuestRequest {
             head,
             body,
             outbound: Outbound::deny_all(),
+            https: false,
         }
+    }
+
+    /// The request, marked as having come over HTTPS (or not).
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
+    }
+
+    /// Whether it came over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// The request whose guest calls upstreams under `outbound`.

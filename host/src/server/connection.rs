@@ -122,6 +122,11 @@ impl ConnState {
         })
     }
 
+    /// When the connection was accepted.
+    pub(super) fn accepted_at(&self) -> Instant {
+        self.epoch
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -19,6 +19,7 @@
 
 mod connection;
 mod io;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,8 +33,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use self::connection::{ConnState, CutReason, Ending, Phase, Timeouts};
 use self::io::{TrackedBody, WatchedIo};
@@ -43,7 +46,7 @@ use crate::control::{ControlPlane, StartError};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::request::body::{ByteBudget, ResponseBody};
-use crate::request::gateway::Gateway;
+use crate::request::gateway::{Gateway, TlsConnection};
 use crate::runtime::{Executor, GuestSlots};
 
 /// Connections the admin listener serves at once. Far more than the
@@ -76,6 +79,8 @@ pub struct Server {
     admin: Arc<Admin>,
     control: Arc<ControlPlane>,
     config: ServerConfig,
+    /// The HTTPS listener's TLS, over the control plane's certificates.
+    tls: Arc<rustls::ServerConfig>,
 }
 
 impl Server {
@@ -115,11 +120,15 @@ impl Server {
                 metrics.buffered_bytes.clone(),
             ),
         });
+        let registry = control.registry();
+        let tls = tls::settings(Arc::clone(registry.table()), Arc::clone(registry.certs()))
+            .map_err(StartError::Tls)?;
         Ok(Self {
             admin: Arc::new(admin),
             gateway,
             control,
             config: config.server.clone(),
+            tls,
         })
     }
 
@@ -141,6 +150,19 @@ impl Server {
         admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.run_with_tls(public, admin, None, shutdown).await;
+    }
+
+    /// [`Server::run`] with an HTTPS listener as well (`server.tls_listen`),
+    /// serving the same gateway under the same limits: its connections
+    /// count in the same metrics and drain with the public ones.
+    pub async fn run_with_tls(
+        self,
+        public: TcpListener,
+        admin: TcpListener,
+        tls: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let (public_phase, public_watch) = watch::channel(Phase::Serving);
         let (admin_phase, admin_watch) = watch::channel(Phase::Serving);
         let metrics = Arc::clone(&self.gateway.metrics);
@@ -151,10 +173,25 @@ impl Server {
                 service: Service::Public(Arc::clone(&self.gateway)),
                 options: ConnectionOptions::from(&self.config),
                 metrics: Some(Arc::clone(&metrics)),
-                phase: public_watch,
+                phase: public_watch.clone(),
                 drain: Arc::clone(&drain),
+                tls: None,
             },
         ));
+        let tls_loop = tls.map(|listener| {
+            let acceptor = TlsAcceptor::from(Arc::clone(&self.tls));
+            tokio::spawn(accept_loop(
+                listener,
+                Listening {
+                    service: Service::Public(Arc::clone(&self.gateway)),
+                    options: ConnectionOptions::from(&self.config),
+                    metrics: Some(Arc::clone(&metrics)),
+                    phase: public_watch,
+                    drain: Arc::clone(&drain),
+                    tls: Some(acceptor),
+                },
+            ))
+        });
         let admin_loop = tokio::spawn(accept_loop(
             admin,
             Listening {
@@ -163,6 +200,7 @@ impl Server {
                 metrics: None,
                 phase: admin_watch,
                 drain: Arc::new(DrainCounts::default()),
+                tls: None,
             },
         ));
 
@@ -202,6 +240,9 @@ impl Server {
         admin_phase.send_replace(Phase::Closed);
         // Both loops return as soon as the phase moves on.
         let _ = public_loop.await;
+        if let Some(tls_loop) = tls_loop {
+            let _ = tls_loop.await;
+        }
         let _ = admin_loop.await;
         tracing::info!(
             requests_completed = drain.completed.load(Ordering::Relaxed),
@@ -284,6 +325,8 @@ struct Listening {
     metrics: Option<Arc<Metrics>>,
     phase: watch::Receiver<Phase>,
     drain: Arc<DrainCounts>,
+    /// The HTTPS listener's TLS; `None` for plain HTTP.
+    tls: Option<TlsAcceptor>,
 }
 
 /// Accepts until the phase leaves [`Phase::Serving`]. At `max_connections`
@@ -296,6 +339,7 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
         metrics,
         mut phase,
         drain,
+        tls,
     } = listening;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -303,6 +347,7 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
         .timer(TokioTimer::new())
         .header_read_timeout(options.timeouts.header_read);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -335,13 +380,55 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
             m.connections_active.inc();
         }
         let state = ConnState::new();
+        let io = WatchedIo::new(stream, Arc::clone(&state));
+        let connection = Connection {
+            state,
+            service: service.clone(),
+            builder: Arc::clone(&builder),
+            timeouts: options.timeouts,
+            phase: phase.clone(),
+            drain: Arc::clone(&drain),
+            metrics: metrics.clone(),
+            permit,
+        };
+        match &tls {
+            None => tokio::spawn(connection.serve(io, None)),
+            Some(acceptor) => tokio::spawn(connection.serve_tls(acceptor.clone(), io)),
+        };
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    state: Arc<ConnState>,
+    service: Service,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    phase: watch::Receiver<Phase>,
+    drain: Arc<DrainCounts>,
+    metrics: Option<Arc<Metrics>>,
+    /// Its slot of the listener's `max_connections`, given back when the
+    /// connection ends.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves HTTP on `io` until the connection ends or is cut; `tls` is
+    /// what each request's extensions get when it came over TLS.
+    async fn serve<I>(self, io: I, tls: Option<TlsConnection>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let tracked = {
-            let state = Arc::clone(&state);
-            let service = service.clone();
-            let phase = phase.clone();
-            let drain = Arc::clone(&drain);
-            service_fn(move |request| {
+            let state = Arc::clone(&self.state);
+            let service = self.service.clone();
+            let phase = self.phase.clone();
+            let drain = Arc::clone(&self.drain);
+            service_fn(move |mut request: Request<Incoming>| {
                 let request_in_flight = state.begin();
+                if let Some(tls) = &tls {
+                    request.extensions_mut().insert(tls.clone());
+                }
                 let service = service.clone();
                 let phase = phase.clone();
                 let drain = Arc::clone(&drain);
@@ -355,43 +442,89 @@ async fn accept_loop(listener: TcpListener, listening: Listening) {
                 }
             })
         };
-        let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&state)));
-        let connection = builder.serve_connection(io, tracked).into_owned();
-        let phase = phase.clone();
-        let metrics = metrics.clone();
-        let timeouts = options.timeouts;
-        tokio::spawn(async move {
-            let ending = connection::drive(
-                connection,
-                |connection| connection.graceful_shutdown(),
-                &state,
-                timeouts,
-                phase,
-            )
-            .await;
-            let cut = match ending {
-                Ending::Finished(Ok(())) => None,
-                Ending::Finished(Err(e)) => {
-                    tracing::debug!("connection ended with an error: {e}");
-                    // hyper's own header clock: a head begun, never finished.
-                    e.downcast_ref::<hyper::Error>()
-                        .is_some_and(hyper::Error::is_timeout)
-                        .then_some(CutReason::Header)
-                }
-                Ending::Cut(reason) => {
-                    tracing::debug!("connection cut: {}", reason.label());
-                    Some(reason)
-                }
-            };
-            if let Some(m) = &metrics {
-                m.connections_active.dec();
-                m.connections_closed.inc();
-                if let Some(reason) = cut {
-                    m.connections_cut.with_label_values(&[reason.label()]).inc();
-                }
+        let connection = self.builder.serve_connection(TokioIo::new(io), tracked);
+        let ending = connection::drive(
+            connection,
+            |connection| connection.graceful_shutdown(),
+            &self.state,
+            self.timeouts,
+            self.phase.clone(),
+        )
+        .await;
+        let cut = match ending {
+            Ending::Finished(Ok(())) => None,
+            Ending::Finished(Err(e)) => {
+                tracing::debug!("connection ended with an error: {e}");
+                // hyper's own header clock: a head begun, never finished.
+                e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout)
+                    .then_some(CutReason::Header)
             }
-            drop(permit);
-        });
+            Ending::Cut(reason) => {
+                tracing::debug!("connection cut: {}", reason.label());
+                Some(reason)
+            }
+        };
+        self.end(cut);
+    }
+
+    /// Completes the TLS handshake within the header clock (which runs from
+    /// accept), then serves HTTP over it. A handshake that fails or is too
+    /// slow, or that is still going on when shutdown begins, drops the
+    /// connection.
+    async fn serve_tls<I>(self, acceptor: TlsAcceptor, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let deadline = self.state.accepted_at() + self.timeouts.header_read;
+        let mut phase = self.phase.clone();
+        let handshake = tokio::select! {
+            done = tokio::time::timeout_at(deadline.into(), acceptor.accept(io)) => done,
+            _ = phase.wait_for(|phase| *phase != Phase::Serving) => {
+                self.end(Some(CutReason::Shutdown));
+                return;
+            }
+        };
+        let result = match &handshake {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "failed",
+            Err(_) => "timeout",
+        };
+        if let Some(m) = &self.metrics {
+            m.tls_handshake(result);
+        }
+        match handshake {
+            Ok(Ok(stream)) => {
+                let server_name = stream
+                    .get_ref()
+                    .1
+                    .server_name()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                let tls = TlsConnection {
+                    server_name: server_name.into(),
+                };
+                self.serve(stream, Some(tls)).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                self.end(None);
+            }
+            Err(_) => self.end(Some(CutReason::Header)),
+        }
+    }
+
+    /// Counts the connection closed (and why it was cut, if it was) and
+    /// gives its slot back.
+    fn end(self, cut: Option<CutReason>) {
+        if let Some(m) = &self.metrics {
+            m.connections_active.dec();
+            m.connections_closed.inc();
+            if let Some(reason) = cut {
+                m.connections_cut.with_label_values(&[reason.label()]).inc();
+            }
+        }
+        drop(self.permit);
     }
 }
 

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod tls;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,6 +22,8 @@ pub struct TestGateway {
     pub url: String,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin: String,
+    /// The HTTPS listener's `127.0.0.1:PORT`.
+    pub tls: String,
     /// A client that gives up after 30 s, so no test hangs.
     pub client: reqwest::Client,
     /// Tells the server to shut down; taken when sent.
@@ -247,15 +251,20 @@ impl TestGateway {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let tls = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", public.local_addr().expect("addr"));
         let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
+        let tls_address = tls.local_addr().expect("addr").to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(public, admin, async {
+        let task = tokio::spawn(server.run_with_tls(public, admin, Some(tls), async {
             let _ = stopped.await;
         }));
         Self {
             url,
             admin: admin_url,
+            tls: tls_address,
             client: client(),
             stop: Some(stop),
             task: Some(task),
