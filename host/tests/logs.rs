@@ -32,8 +32,9 @@ impl Process {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
-        // One code cache for these tests, so only the first start compiles.
-        let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs-data");
+        // A data dir of its own: gateways that share one race each other's
+        // state writes (each sweeps files it did not write).
+        let data = dir.join("data");
         let config = dir.join("wasmgate.toml");
         std::fs::write(
             &config,
