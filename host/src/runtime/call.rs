@@ -170,6 +170,19 @@ async fn run_guest(
 /// or the trap that ended it.
 type CallResult = wasmtime::Result<Result<http::Response<Bytes>, RequestError>>;
 
+/// `instantiate`, its time counted in `wasmgate_instantiation_duration_seconds`.
+async fn timed<T>(
+    metrics: &Metrics,
+    instantiate: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let started = Instant::now();
+    let instance = instantiate.await?;
+    metrics
+        .instantiation_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(instance)
+}
+
 /// A fresh instance of a `wasmgate:handler` component, and its `handle`.
 async fn call_handler(
     pre: &HandlerPre<State>,
@@ -178,11 +191,7 @@ async fn call_handler(
     metrics: &Metrics,
     max_response_bytes: u64,
 ) -> CallResult {
-    let started = Instant::now();
-    let instance = pre.instantiate_async(&mut *store).await?;
-    metrics
-        .instantiation_duration
-        .observe(started.elapsed().as_secs_f64());
+    let instance = timed(metrics, pre.instantiate_async(&mut *store)).await?;
     let headers = request.header_view();
     let response = instance
         .call_handle(&mut *store, request.view(&headers))
@@ -199,11 +208,7 @@ async fn call_proxy(
     metrics: &Metrics,
     max_response_bytes: u64,
 ) -> CallResult {
-    let started = Instant::now();
-    let proxy = pre.instantiate_async(&mut *store).await?;
-    metrics
-        .instantiation_duration
-        .observe(started.elapsed().as_secs_f64());
+    let proxy = timed(metrics, pre.instantiate_async(&mut *store)).await?;
     let deadline = store.data().deadline;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let mut http = store.data_mut().http();
