@@ -81,7 +81,7 @@ pub fn send(req: Request) -> Result<Response, Error> {
     #[cfg(target_arch = "wasm32")]
     return wasi::send(req);
     #[cfg(not(target_arch = "wasm32"))]
-    return crate::testing::host::upstream_send(req);
+    return crate::imports::upstream_send(req);
 }
 
 /// Sends a `GET` for `url` (`http://host:port/path?query`); see [`send`].

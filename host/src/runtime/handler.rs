@@ -20,9 +20,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::bindings::HandlerPre;
 use super::block_on::block_on;
+use super::context::HandlerContext;
 use super::engine::Runtime;
 use super::outbound::Outbound;
-use super::store::{HandlerContext, State};
+use super::store::State;
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
 

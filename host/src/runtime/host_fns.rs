@@ -11,7 +11,8 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::wasmgate::handler::{config, log, metrics};
-use super::store::{HandlerContext, State};
+use super::context::HandlerContext;
+use super::store::State;
 use crate::guest_log::escape;
 
 /// The log target of a guest's `log` lines, by which filters (`RUST_LOG`)

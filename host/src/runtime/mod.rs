@@ -5,7 +5,8 @@
 //! async workers: a CPU-heavy handler can slow its own tenant, never the
 //! accept loop or the admin listener.
 //!
-//! Layers, bottom up: `bindings` (generated from `wit/`), `connector`
+//! Layers, bottom up: `bindings` (generated from `wit/`), `context` (what
+//! a handler version's requests share), `connector`
 //! (connections to upstreams and their pools), `outbound` (a guest's calls
 //! to upstreams), `store` (one request's store data),
 //! `request` and `response` (what a guest is shown and the check of what
@@ -17,6 +18,7 @@ mod block_on;
 mod cache;
 mod call;
 mod connector;
+mod context;
 mod deadline;
 mod engine;
 mod executor;
@@ -31,6 +33,7 @@ mod store;
 
 pub use cache::CodeCache;
 pub use call::{GuestOutcome, call_guest};
+pub use context::HandlerContext;
 pub use engine::{EPOCH_TICK, Runtime, RuntimeError};
 pub use executor::{Executor, GuestSlots};
 pub use fair_queue::Flow;
@@ -39,4 +42,3 @@ pub use host_fns::GUEST_LOG_TARGET;
 pub use outbound::Outbound;
 pub use request::GuestRequest;
 pub use response::{MAX_HEAD_BYTES, MAX_HEADERS};
-pub use store::HandlerContext;

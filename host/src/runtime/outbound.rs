@@ -30,7 +30,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::connector::{ConnectError, UpstreamClient, client};
-use super::store::HandlerContext;
+use super::context::HandlerContext;
 use crate::allowlist::{AllowList, Scheme};
 use crate::guest_log::escape;
 

@@ -8,7 +8,6 @@
 //! network is reached only through `wasi:http`. Stdout is discarded;
 //! stderr is kept, bounded, so a panic message reaches the gateway log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,37 +17,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::context::HandlerContext;
 use super::outbound::{Outbound, OutboundHooks};
-use crate::metrics::HandlerMetrics;
 
 /// Guest stderr kept per request, in bytes; further writes fail.
 const MAX_GUEST_STDERR: usize = 4096;
-
-/// What host functions need to know about the handler they serve; shared by
-/// every request of one handler version. Its guest's `log` calls are
-/// written by `host_fns.rs`.
-#[derive(Debug)]
-pub struct HandlerContext {
-    /// The handler's `config` table.
-    pub config: BTreeMap<String, String>,
-    /// Where its requests and guest metrics are counted; also holds its
-    /// log budget.
-    pub metrics: Arc<HandlerMetrics>,
-}
-
-impl HandlerContext {
-    /// Whether the gateway may write one more log line about this handler
-    /// now (a trap, say): lines about a handler share its guest's budget,
-    /// `limits.log_lines_per_second`. A refused line is counted in
-    /// `wasmgate_guest_log_lines_dropped_total` and must not be written.
-    /// Ask only for a line whose level is enabled (`tracing::enabled!`), so
-    /// filtered lines cost no budget; guest text in the line goes through
-    /// `crate::guest_log::escape` unless it is a field formatted with
-    /// `Debug` (which escapes it already).
-    pub fn log_permit(&self) -> bool {
-        self.metrics.log.permit(Instant::now())
-    }
-}
 
 /// The data of one request's store.
 pub struct State {
