@@ -394,7 +394,7 @@ fn interleave<'s>(
 }
 
 /// A second of one-connection HTTPS `/hello`: every request must succeed
-/// (a certificate the gateway refused, or a 421, would fail them all).
+/// (a handshake the gateway refuses, or a 421, would fail them all).
 fn check_https(gw: &Server) -> anyhow::Result<()> {
     let url = format!("{}/hello", gw.https_url()?);
     let load = wrk(&url, "1", "1", 1, gw.pid())?;
