@@ -10,8 +10,9 @@
 //! - `test`: fmt check, clippy `-D warnings` (host and wasm), rustdoc
 //!   `-D warnings`, every test of every workspace member (handler crates'
 //!   unit tests natively).
-//! - `bench [--quick]`: the benchmark report (see `bench/mod.rs`); installs
-//!   wrk (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when missing.
+//! - `bench [--quick] [--only isolation|https]`: the benchmark report (see
+//!   `bench/mod.rs`); installs wrk (apt-get) and the `wasmtime` CLI
+//!   (`wasmtime_cli.rs`) when missing.
 //!
 //! A command that fails ends xtask with the command's own output and exit
 //! status, and nothing more: its output is the message.
@@ -34,6 +35,7 @@ commands:
   install          cargo install --path host --locked: puts `wasmgate` on PATH
   test             fmt check, clippy -D warnings, every test
   bench [--quick]  load and in-process benchmarks; writes target/bench/report.{json,md}
+                   (--only isolation|https: just those cases, printed)
   build-handlers   build the handler components for wasm32-wasip2";
 
 /// A command xtask ran failed; it has said why on its own output.

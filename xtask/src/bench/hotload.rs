@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 
 use super::Plan;
 use super::runs::{
-    ADMIN_TOKEN, HandlerEntry, Response, Runs, Server, WRK_CONNECTIONS, WRK_THREADS, finish_wrk,
-    gateway, gateway_command, http, minimum, rss_kb, spawn_wrk, wait_for_200, wasm_dir,
+    ADMIN_TOKEN, HandlerEntry, Listeners, Response, Runs, Server, WRK_CONNECTIONS, WRK_THREADS,
+    finish_wrk, gateway, gateway_command, http, minimum, rss_kb, spawn_wrk, wait_for_200, wasm_dir,
     write_config, wrk,
 };
 
@@ -73,7 +73,7 @@ pub fn run(plan: &Plan, out: &Path) -> anyhow::Result<HotloadResults> {
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut command = gateway_command(&config);
     command.stderr(Stdio::from(log));
-    let gw = Server::start(command, true)?;
+    let gw = Server::start(command, Listeners::GATEWAY)?;
 
     eprintln!("xtask: deploy to serving, code cached");
     let mut upload_cached_ms = Vec::with_capacity(plan.uploads);

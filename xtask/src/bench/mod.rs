@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only isolation]`: every benchmark case in one run, side by
+//! `cargo xtask bench [--quick] [--only isolation|https]`: every benchmark case in one run, side by
 //! side, reported as ratios against ceilings measured on the same machine in
 //! the same run, and the hot-loading figures (deploy to serving, swaps
 //! under load, start-up and memory per handler).
@@ -11,7 +11,8 @@
 //! `docs/benchmarks.md` explains how each case is measured and why.
 //!
 //! - `cases.rs`: the in-process bench and the load cases a to f and i to
-//!   l (the gateway against `wasmtime serve`, and through a proxying guest);
+//!   o (the gateway against `wasmtime serve`, through a proxying guest, and
+//!   HTTPS against plain HTTP);
 //! - `hotload.rs`: the admin API cases g and h, deploys, start-up;
 //! - `isolation.rs`: one tenant measured while another floods;
 //! - `runs.rs`: servers, wrk, memory, HTTP;
@@ -50,23 +51,32 @@ impl Plan {
     }
 }
 
+/// The cases `--only` runs.
+enum Only {
+    /// Tenant isolation.
+    Isolation,
+    /// HTTPS against plain HTTP: cases b and m to o.
+    Https,
+}
+
 /// Runs every case and writes the report.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
-    // `--only isolation`: just the isolation cases, printed, no report
-    // (for tuning the scheduler without the whole 12-minute run).
-    let only = args
+    // `--only isolation` or `--only https`: just those cases, printed, no
+    // report (for tuning without the whole 12-minute run).
+    let only = match args
         .iter()
         .position(|a| a == "--only")
-        .map(|i| args.get(i + 1).map(String::as_str));
-    match only {
-        None => {}
-        Some(Some("isolation")) => {}
+        .map(|i| args.get(i + 1).map(String::as_str))
+    {
+        None => None,
+        Some(Some("isolation")) => Some(Only::Isolation),
+        Some(Some("https")) => Some(Only::Https),
         Some(other) => anyhow::bail!(
-            "--only takes `isolation` (got {})",
+            "--only takes `isolation` or `https` (got {})",
             other.unwrap_or("nothing")
         ),
-    }
+    };
     ensure_apt_tool("wrk", "wrk")?;
     build_handlers()?;
     run(cargo().args([
@@ -82,12 +92,19 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let out = PathBuf::from("target/bench");
     std::fs::create_dir_all(&out)?;
 
-    if only.is_some() {
-        let isolation = isolation::run(&plan, &out)?;
-        for (key, value) in isolation.figures() {
-            println!("{key}: {value:.3}");
+    match only {
+        Some(Only::Isolation) => {
+            let isolation = isolation::run(&plan, &out)?;
+            for (key, value) in isolation.figures() {
+                println!("{key}: {value:.3}");
+            }
+            return Ok(());
         }
-        return Ok(());
+        Some(Only::Https) => {
+            println!("{}", report::https_only(&cases::https(&plan, &out)?));
+            return Ok(());
+        }
+        None => {}
     }
     let wasmtime = wasmtime_cli::ensure()?;
     let in_process = cases::in_process(&plan)?;

@@ -2,16 +2,17 @@
 //! [`Summary`], then written as `report.json` (figures, every run and
 //! sample) and `report.md` (tables with targets).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::Plan;
-use super::cases::{InProcess, LOAD_CASES, LoadResults};
+use super::cases::{CaseRuns, HTTPS_CASES, InProcess, LOAD_CASES, LoadResults};
 use super::hotload::{HotloadResults, MANY_HANDLERS, SWAP_CASES, SWAPS, rss_per_handler_kb};
 use super::isolation::IsolationResults;
-use super::runs::{Runs, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
+use super::runs::{Runs, TlsHandshakes, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
 
 /// Every figure of the report, each computed once.
 struct Summary {
@@ -71,6 +72,92 @@ struct Summary {
     startup_1_handler_ms: f64,
     /// Idle memory each handler beyond the first adds.
     rss_per_handler_kb: f64,
+    /// HTTPS against plain HTTP (m, n, o against b).
+    https: HttpsFigures,
+}
+
+/// HTTPS against plain HTTP on one gateway: cases b and m to o.
+pub struct HttpsFigures {
+    /// m/b: HTTPS `/hello` over plain `/hello`, both keep-alive.
+    https_hello_vs_plain: f64,
+    /// n: HTTPS `/hello` with a handshake per request, req/s.
+    tls_handshakes_per_sec: f64,
+    /// n/o: a TLS handshake per request over a TCP connection per request.
+    https_new_conn_vs_plain_new_conn: f64,
+    /// The gateway's handshake counters over the runs.
+    handshakes: TlsHandshakes,
+}
+
+impl HttpsFigures {
+    /// The figures of `cases` (which must hold b, m, n and o).
+    pub fn new(cases: &BTreeMap<&str, Runs>, handshakes: TlsHandshakes) -> Self {
+        let case = |id: &str| best(&cases[id]);
+        let (b, m, n, o) = (case("b"), case("m"), case("n"), case("o"));
+        Self {
+            https_hello_vs_plain: m.requests_per_sec / b.requests_per_sec,
+            tls_handshakes_per_sec: n.requests_per_sec,
+            https_new_conn_vs_plain_new_conn: n.requests_per_sec / o.requests_per_sec,
+            handshakes,
+        }
+    }
+
+    /// The figures under their report.json keys.
+    fn figures(&self) -> [(&'static str, f64); 3] {
+        [
+            ("https_hello_vs_plain", self.https_hello_vs_plain),
+            ("tls_handshakes_per_sec", self.tls_handshakes_per_sec),
+            (
+                "https_new_conn_vs_plain_new_conn",
+                self.https_new_conn_vs_plain_new_conn,
+            ),
+        ]
+    }
+
+    /// The counts under their report.json keys.
+    fn counts(&self) -> [(&'static str, u64); 2] {
+        [
+            ("tls_handshakes_failed", self.handshakes.failed),
+            ("tls_handshakes_timeout", self.handshakes.timeout),
+        ]
+    }
+
+    /// The rows of the ratio table.
+    fn ratio_rows(&self) -> String {
+        format!(
+            "| gateway HTTPS /hello vs plain /hello, keep-alive (m/b) | {:.3} | >= 0.8 |\n\
+             | HTTPS vs plain, a new connection per request (n/o) | {:.3} | (cost of a handshake) |\n",
+            self.https_hello_vs_plain, self.https_new_conn_vs_plain_new_conn,
+        )
+    }
+
+    /// The rows of the measure table.
+    fn measure_rows(&self) -> String {
+        format!(
+            "| TLS handshakes per second (n: HTTPS /hello, a connection per request) | {:.0} | |\n\
+             | failed / timed-out TLS handshakes during cases m and n (gateway's counters; {} ok) | {} / {} | 0 / 0 |\n",
+            self.tls_handshakes_per_sec,
+            self.handshakes.ok,
+            self.handshakes.failed,
+            self.handshakes.timeout,
+        )
+    }
+}
+
+/// What `--only https` prints: its figures and every run.
+pub fn https_only(runs: &CaseRuns) -> String {
+    let figures = HttpsFigures::new(&runs.cases, runs.handshakes);
+    let mut md = String::from("| ratio | value | target |\n|---|---|---|\n");
+    md.push_str(&figures.ratio_rows());
+    md.push_str("\n| measure | value | target |\n|---|---|---|\n");
+    md.push_str(&figures.measure_rows());
+    md.push_str(CASE_HEADER);
+    for case in LOAD_CASES
+        .iter()
+        .filter(|case| HTTPS_CASES.contains(&case.id))
+    {
+        md.push_str(&case_rows(case.id, case.name, &runs.cases[case.id]));
+    }
+    md
 }
 
 impl Summary {
@@ -114,11 +201,13 @@ impl Summary {
             startup_100_handlers_ms: minimum(&hotload.startup_many_ms),
             startup_1_handler_ms: minimum(&hotload.startup_one_ms),
             rss_per_handler_kb: rss_per_handler_kb(hotload),
+            https: HttpsFigures::new(&load.cases, load.handshakes),
         }
     }
 
     /// The figures under their report.json keys.
-    fn figures(&self) -> [(&'static str, f64); 26] {
+    fn figures(&self) -> [(&'static str, f64); 29] {
+        let [https_hello, handshakes, https_new_conn] = self.https.figures();
         [
             ("instantiate_call_p50_us", self.instantiate_call_p50_us),
             ("instantiate_call_p99_us", self.instantiate_call_p99_us),
@@ -164,6 +253,9 @@ impl Summary {
                 self.hello_vs_wasmtime_serve_reuse,
             ),
             ("proxied_vs_direct", self.proxied_vs_direct),
+            https_hello,
+            handshakes,
+            https_new_conn,
         ]
     }
 }
@@ -237,6 +329,9 @@ fn json_report(
         "swap_failed_requests".into(),
         summary.swap_failed_requests.into(),
     );
+    for (key, count) in summary.https.counts() {
+        report.insert(key.into(), count.into());
+    }
     let runs: serde_json::Map<String, Value> = load
         .cases
         .iter()
@@ -332,6 +427,7 @@ fn markdown(
         s.proxied_vs_direct,
         "(cost of a guest in the path)",
     ));
+    md.push_str(&s.https.ratio_rows());
     md.push_str(&format!(
         "\n| measure | value | target |\n|---|---|---|\n\
          | instantiate + call `hello`, p50 / p99 (in-process) | {:.1} / {:.1} us | p50 <= 5 us |\n\
@@ -374,12 +470,11 @@ fn markdown(
         s.startup_1_handler_ms,
         s.rss_per_handler_kb,
     ));
-    md.push_str(
-        "\n| case | req/s | p50 ms | p99 ms | errors | peak RSS MB |\n|---|---|---|---|---|---|\n",
-    );
+    md.push_str(&s.https.measure_rows());
+    md.push_str(CASE_HEADER);
     let load_cases = LOAD_CASES
         .iter()
-        .map(|(id, name, _, _)| (*id, *name, &load.cases[id]));
+        .map(|case| (case.id, case.name, &load.cases[case.id]));
     let probe_cases = [
         (
             "f",
@@ -424,6 +519,10 @@ fn isolation_rows(isolation: &IsolationResults) -> String {
     ));
     md
 }
+
+/// The head of the table of every run.
+const CASE_HEADER: &str =
+    "\n| case | req/s | p50 ms | p99 ms | errors | peak RSS MB |\n|---|---|---|---|---|---|\n";
 
 /// One row per run of a case.
 fn case_rows(id: &str, name: &str, runs: &Runs) -> String {

@@ -1,6 +1,8 @@
 //! How one measurement runs: servers started as child processes, wrk runs
-//! and their parsed output, resident memory from `/proc`, gateway configs,
-//! and a minimal HTTP/1.1 client for the admin API and for polling.
+//! and their parsed output, resident memory from `/proc`, gateway configs
+//! (with a self-signed certificate for HTTPS), the gateway's TLS handshake
+//! counters, and a minimal HTTP/1.1 client for the admin API and for
+//! polling.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -67,6 +69,36 @@ pub struct Server {
     pub url: String,
     /// Base URL of the admin listener, for gateways.
     pub admin: Option<String>,
+    /// Base URL of the HTTPS listener, `https://127.0.0.1:PORT`, for
+    /// gateways with `server.tls_listen`.
+    pub https: Option<String>,
+}
+
+/// The listeners a server announces on stdout, beside its public one.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    /// `admin on http://ADDR`.
+    pub admin: bool,
+    /// `listening on https://ADDR`, after the admin line.
+    pub https: bool,
+}
+
+impl Listeners {
+    /// Bare hyper: the public listener only.
+    pub const PUBLIC: Self = Self {
+        admin: false,
+        https: false,
+    };
+    /// A gateway without HTTPS.
+    pub const GATEWAY: Self = Self {
+        admin: true,
+        https: false,
+    };
+    /// A gateway with HTTPS.
+    pub const GATEWAY_HTTPS: Self = Self {
+        admin: true,
+        https: true,
+    };
 }
 
 impl Drop for Server {
@@ -89,31 +121,47 @@ impl Server {
             .context("the server has no admin listener")
     }
 
-    /// Starts `command` and reads the `listening on` (and `admin on`)
-    /// lines, which a gateway prints once every handler is loaded. Its
-    /// stderr goes wherever `command` says (null unless set).
-    pub fn start(mut command: Command, has_admin: bool) -> anyhow::Result<Self> {
+    /// The HTTPS listener's base URL.
+    pub fn https_url(&self) -> anyhow::Result<&str> {
+        self.https
+            .as_deref()
+            .context("the server has no HTTPS listener")
+    }
+
+    /// Starts `command` and reads the `listening on` (and `admin on`, and
+    /// `listening on https://`) lines, which a gateway prints once every
+    /// handler is loaded. Its stderr goes wherever `command` says (null
+    /// unless set).
+    pub fn start(mut command: Command, listeners: Listeners) -> anyhow::Result<Self> {
         let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {command:?}"))?;
         let stdout = child.stdout.take().context("piped stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let mut next = |prefix: &str| -> anyhow::Result<String> {
+        // A Server at once, so that the process is killed if it fails to start.
+        let mut server = Self {
+            child,
+            url: String::new(),
+            admin: None,
+            https: None,
+        };
+        let mut next = |prefix: &str, scheme: &str| -> anyhow::Result<String> {
             let line = lines
                 .next()
                 .context("server exited before printing its address")??;
             line.strip_prefix(prefix)
-                .map(|rest| format!("http://{rest}"))
+                .map(|rest| format!("{scheme}://{rest}"))
                 .with_context(|| format!("expected {prefix:?}, got {line:?}"))
         };
-        let url = next("listening on http://")?;
-        let admin = if has_admin {
-            Some(next("admin on http://")?)
-        } else {
-            None
-        };
-        Ok(Self { child, url, admin })
+        server.url = next("listening on http://", "http")?;
+        if listeners.admin {
+            server.admin = Some(next("admin on http://", "http")?);
+        }
+        if listeners.https {
+            server.https = Some(next("listening on https://", "https")?);
+        }
+        Ok(server)
     }
 }
 
@@ -131,14 +179,19 @@ pub fn gateway_command(config: &Path) -> Command {
 
 /// Starts a gateway on `config`.
 pub fn gateway(config: &Path) -> anyhow::Result<Server> {
-    Server::start(gateway_command(config), true)
+    Server::start(gateway_command(config), Listeners::GATEWAY)
+}
+
+/// Starts a gateway on `config`, written by [`write_https_config`].
+pub fn https_gateway(config: &Path) -> anyhow::Result<Server> {
+    Server::start(gateway_command(config), Listeners::GATEWAY_HTTPS)
 }
 
 /// Starts the bare hyper ceiling server.
 pub fn bare_hyper() -> anyhow::Result<Server> {
     let mut command = Command::new("target/release/examples/bare_hyper");
     command.arg("127.0.0.1:0").stderr(Stdio::null());
-    Server::start(command, false)
+    Server::start(command, Listeners::PUBLIC)
 }
 
 /// How `wasmtime serve` treats instances.
@@ -190,6 +243,7 @@ pub fn wasmtime_serve(
         child,
         url: String::new(),
         admin: None,
+        https: None,
     };
     let stderr = server.child.stderr.take().context("piped stderr")?;
     let mut lines = BufReader::new(stderr).lines();
@@ -249,7 +303,42 @@ pub fn write_config(
     consume_fuel: bool,
     handlers: &[HandlerEntry],
 ) -> anyhow::Result<PathBuf> {
-    let text = config_text(&wasm_dir()?, consume_fuel, handlers);
+    write_config_file(path, consume_fuel, false, handlers)
+}
+
+/// The certificate and key files of [`write_https_config`], beside the config.
+const CERT_FILE: &str = "bench-cert.pem";
+const KEY_FILE: &str = "bench-key.pem";
+
+/// [`write_config`] with fuel metering on and an HTTPS listener too
+/// (`server.tls_listen`), whose default certificate (`server.tls_default`)
+/// is a self-signed one for `localhost` written beside `path`. No tenant
+/// has its own, so every handshake gets it, with or without SNI, and the
+/// tenant on every host serves the requests.
+pub fn write_https_config(path: &Path, handlers: &[HandlerEntry]) -> anyhow::Result<PathBuf> {
+    let dir = path.parent().context("a config path has a folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // rcgen's default key: ECDSA P-256, the common choice for a web
+    // server's certificate today.
+    let key = rcgen::KeyPair::generate().context("generating a key")?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .and_then(|params| params.self_signed(&key))
+        .context("making a self-signed certificate")?;
+    for (file, pem) in [(CERT_FILE, cert.pem()), (KEY_FILE, key.serialize_pem())] {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    write_config_file(path, true, true, handlers)
+}
+
+/// Writes [`config_text`] to `path`.
+fn write_config_file(
+    path: &Path,
+    consume_fuel: bool,
+    https: bool,
+    handlers: &[HandlerEntry],
+) -> anyhow::Result<PathBuf> {
+    let text = config_text(&wasm_dir()?, consume_fuel, https, handlers);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -257,12 +346,20 @@ pub fn write_config(
     Ok(path.to_owned())
 }
 
-/// The text of [`write_config`]'s config, its components in `wasm`.
-fn config_text(wasm: &Path, consume_fuel: bool, handlers: &[HandlerEntry]) -> String {
+/// The text of a bench config, its components in `wasm`; with `https`, an
+/// HTTPS listener with [`write_https_config`]'s certificate.
+fn config_text(wasm: &Path, consume_fuel: bool, https: bool, handlers: &[HandlerEntry]) -> String {
+    let tls = if https {
+        format!(
+            "tls_listen = \"127.0.0.1:0\"\ntls_default = {{ cert = \"{CERT_FILE}\", key = \"{KEY_FILE}\" }}\n"
+        )
+    } else {
+        String::new()
+    };
     let mut text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
-[admin]
+{tls}[admin]
 listen = "127.0.0.1:0"
 [runtime]
 consume_fuel = {consume_fuel}
@@ -376,18 +473,39 @@ pub fn parse_wrk(output: &str) -> anyhow::Result<Load> {
     Ok(load)
 }
 
+/// How a wrk run uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Each connection carries request after request (HTTP/1.1 keep-alive).
+    KeepAlive,
+    /// Each request says `Connection: close`; the server closes the
+    /// connection after answering and wrk opens a new one (for HTTPS, a new
+    /// TLS handshake) for the next request.
+    PerRequest,
+}
+
 /// A wrk run as a command, not yet started.
-pub fn wrk_command(url: &str, threads: &str, connections: &str, seconds: u64) -> Command {
+pub fn wrk_command(
+    url: &str,
+    threads: &str,
+    connections: &str,
+    seconds: u64,
+    reuse: Connections,
+) -> Command {
     let mut command = Command::new("wrk");
     command
         .args(["-t", threads, "-c", connections, "-d"])
         .arg(format!("{seconds}s"))
-        .args(["--timeout", "10s", "--latency", url]);
+        .args(["--timeout", "10s", "--latency"]);
+    if reuse == Connections::PerRequest {
+        command.args(["-H", "Connection: close"]);
+    }
+    command.arg(url);
     command
 }
 
-/// Starts wrk against `url` in the background, resetting the peak RSS of
-/// the server `pid` first; [`finish_wrk`] reads its result.
+/// Starts wrk against `url` in the background with keep-alive, resetting
+/// the peak RSS of the server `pid` first; [`finish_wrk`] reads its result.
 pub fn spawn_wrk(
     url: &str,
     threads: &str,
@@ -395,8 +513,27 @@ pub fn spawn_wrk(
     seconds: u64,
     pid: u32,
 ) -> anyhow::Result<Child> {
+    spawn_wrk_with(
+        url,
+        threads,
+        connections,
+        seconds,
+        Connections::KeepAlive,
+        pid,
+    )
+}
+
+/// [`spawn_wrk`] using connections as `reuse` says.
+pub fn spawn_wrk_with(
+    url: &str,
+    threads: &str,
+    connections: &str,
+    seconds: u64,
+    reuse: Connections,
+    pid: u32,
+) -> anyhow::Result<Child> {
     reset_peak_rss(pid)?;
-    wrk_command(url, threads, connections, seconds)
+    wrk_command(url, threads, connections, seconds, reuse)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -419,7 +556,8 @@ pub fn finish_wrk(wrk: Child, url: &str, pid: u32) -> anyhow::Result<Load> {
     Ok(load)
 }
 
-/// Runs wrk against `url` and measures the server's peak RSS meanwhile.
+/// Runs wrk against `url` with keep-alive and measures the server's peak
+/// RSS meanwhile.
 pub fn wrk(
     url: &str,
     threads: &str,
@@ -522,6 +660,57 @@ pub fn wait_for_200(
     }
 }
 
+/// A gateway's `wasmgate_tls_handshakes_total`, by result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsHandshakes {
+    /// Completed handshakes.
+    pub ok: u64,
+    /// Handshakes the client broke off or that found no certificate.
+    pub failed: u64,
+    /// Handshakes not done within `header_read_timeout_ms` of accept.
+    pub timeout: u64,
+}
+
+impl TlsHandshakes {
+    /// The counters now, from the admin listener's `/metrics` at `admin`.
+    pub fn read(admin: &str) -> anyhow::Result<Self> {
+        let response = http("GET", admin, "/metrics", &[], &[])?;
+        if response.status != 200 {
+            bail!("{admin}/metrics answered {}", response.status);
+        }
+        parse_tls_handshakes(&response.body)
+    }
+
+    /// What the counters rose by since `before`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            ok: self.ok.saturating_sub(before.ok),
+            failed: self.failed.saturating_sub(before.failed),
+            timeout: self.timeout.saturating_sub(before.timeout),
+        }
+    }
+}
+
+/// Reads the three `wasmgate_tls_handshakes_total` lines of a Prometheus
+/// text exposition.
+fn parse_tls_handshakes(metrics: &str) -> anyhow::Result<TlsHandshakes> {
+    let count = |result: &str| -> anyhow::Result<u64> {
+        let series = format!("wasmgate_tls_handshakes_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            // A counter is a whole number; the exposition may print it as a float.
+            .map(|value| value as u64)
+            .with_context(|| format!("no {series}in /metrics"))
+    };
+    Ok(TlsHandshakes {
+        ok: count("ok")?,
+        failed: count("failed")?,
+        timeout: count("timeout")?,
+    })
+}
+
 /// The median of `samples` (the mean of the middle two for an even
 /// count); 0 for none.
 pub fn median(samples: &[f64]) -> f64 {
@@ -573,6 +762,7 @@ Transfer/sec:      6.17MB
         let plain = config_text(
             wasm,
             true,
+            false,
             &[HandlerEntry {
                 greeting: Some("hi"),
                 ..HandlerEntry::new("hello", "/hello", "hello.wasm")
@@ -589,6 +779,7 @@ Transfer/sec:      6.17MB
         let proxy = config_text(
             wasm,
             true,
+            false,
             &[HandlerEntry {
                 upstream: Some("http://127.0.0.1:9".to_owned()),
                 ..HandlerEntry::new("proxy", "/proxy", "proxy.wasm")
@@ -606,6 +797,55 @@ Transfer/sec:      6.17MB
             proxy.ends_with("config = { upstream = \"http://127.0.0.1:9\" }\n"),
             "{proxy}"
         );
+    }
+
+    #[test]
+    fn https_configs_listen_with_the_default_certificate() {
+        let text = config_text(
+            Path::new("/w"),
+            true,
+            true,
+            &[HandlerEntry::new("hello", "/hello", "hello.wasm")],
+        );
+        assert!(
+            text.starts_with(
+                "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+                 tls_default = { cert = \"bench-cert.pem\", key = \"bench-key.pem\" }\n[admin]\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reads_the_tls_handshake_counters() {
+        let metrics = "# HELP wasmgate_tls_handshakes_total TLS handshakes\n\
+                       # TYPE wasmgate_tls_handshakes_total counter\n\
+                       wasmgate_tls_handshakes_total{result=\"failed\"} 3\n\
+                       wasmgate_tls_handshakes_total{result=\"ok\"} 120\n\
+                       wasmgate_tls_handshakes_total{result=\"timeout\"} 0\n";
+        let before = parse_tls_handshakes(metrics).expect("parses");
+        assert_eq!(
+            before,
+            TlsHandshakes {
+                ok: 120,
+                failed: 3,
+                timeout: 0
+            }
+        );
+        let after = TlsHandshakes {
+            ok: 200,
+            failed: 3,
+            timeout: 1,
+        };
+        assert_eq!(
+            after.since(&before),
+            TlsHandshakes {
+                ok: 80,
+                failed: 0,
+                timeout: 1
+            }
+        );
+        assert!(parse_tls_handshakes("wasmgate_requests_total 1\n").is_err());
     }
 
     #[test]
