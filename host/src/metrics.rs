@@ -82,6 +82,9 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     /// Each loaded certificate's expiry, by tenant (`""`: the default).
     tls_expiry: prometheus::IntGaugeVec,
+    /// `wasmgate_cluster_revision` and `wasmgate_cluster_store_up`,
+    /// registered in cluster mode only.
+    cluster: std::sync::OnceLock<(IntGauge, IntGauge)>,
     /// Per (tenant, handler): survives reloads so the name cap holds across
     /// versions.
     handlers: Mutex<HashMap<(String, String), Arc<HandlerMetrics>>>,
@@ -354,6 +357,7 @@ impl Metrics {
                 th,
                 seconds,
             ),
+            cluster: std::sync::OnceLock::new(),
             handlers: Mutex::new(HashMap::new()),
             registry: r,
         }
@@ -367,6 +371,28 @@ impl Metrics {
             tracing::error!("encoding metrics failed: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The cluster mode's gauges: the revision applied here and whether
+    /// the store answers. Registered on first use, so a single node does
+    /// not export them.
+    pub fn cluster_gauges(&self) -> (IntGauge, IntGauge) {
+        self.cluster
+            .get_or_init(|| {
+                (
+                    gauge(
+                        &self.registry,
+                        "wasmgate_cluster_revision",
+                        "Revision of the cluster's desired state this replica serves.",
+                    ),
+                    gauge(
+                        &self.registry,
+                        "wasmgate_cluster_store_up",
+                        "1 when the last request to the cluster's store (etcd) succeeded, else 0.",
+                    ),
+                )
+            })
+            .clone()
     }
 
     /// Counts one handler load attempt.

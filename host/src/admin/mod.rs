@@ -90,7 +90,15 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/readyz") => {
                 let alive = usize::try_from(self.metrics.workers_alive.get()).unwrap_or(0);
                 let draining = self.draining.load(Ordering::Relaxed);
-                let (status, body) = readiness(draining, alive, self.workers);
+                let (status, body) = match self.control.cluster() {
+                    // A replica that never applied a revision has nothing
+                    // to serve yet.
+                    Some(cluster) if !draining && !cluster.has_state() => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the cluster's state: etcd not reached yet\n".to_owned(),
+                    ),
+                    _ => readiness(draining, alive, self.workers),
+                };
                 let mut response = text(status, "");
                 *response.body_mut() = ResponseBody::from(Bytes::from(body));
                 response

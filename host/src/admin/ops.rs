@@ -49,6 +49,7 @@ pub(super) enum Operation {
     FollowConfig,
     PutStatic,
     DeleteStatic,
+    Cluster,
 }
 
 impl Operation {
@@ -68,13 +69,14 @@ impl Operation {
             Self::FollowConfig => "follow_config",
             Self::PutStatic => "put_static",
             Self::DeleteStatic => "delete_static",
+            Self::Cluster => "cluster",
         }
     }
 
     pub(super) fn writes(self) -> bool {
         !matches!(
             self,
-            Self::ListTenants | Self::ListHandlers | Self::GetHandler
+            Self::ListTenants | Self::ListHandlers | Self::GetHandler | Self::Cluster
         )
     }
 
@@ -89,6 +91,7 @@ impl Operation {
                 | Self::FollowConfig
                 | Self::PutStatic
                 | Self::DeleteStatic
+                | Self::Cluster
         )
     }
 }
@@ -385,6 +388,18 @@ impl Call<'_> {
         self.handler_response(result).await
     }
 
+    /// `GET /admin/cluster`: the store's revision and every replica.
+    pub(super) async fn cluster(&self) -> HttpResult {
+        let Some(shared) = self.admin.registry.shared() else {
+            return Err(Rejection::new(
+                StatusCode::NOT_FOUND,
+                "not_clustered",
+                "this gateway is a single node: [cluster] is not in its config",
+            ));
+        };
+        Ok(json(StatusCode::OK, &shared.status().await, None))
+    }
+
     pub(super) async fn delete_handler(&self, request: Request<Incoming>) -> HttpResult {
         let if_match = if_match(request.headers());
         self.write_handler(if_match, None, HashMap::new(), |state, _, t, h| {
@@ -430,6 +445,7 @@ impl Call<'_> {
         attempted: Option<&str>,
         uploads: HashMap<String, Vec<u8>>,
         edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<(T, Option<String>), StateError>
+        + Clone
         + Send
         + 'static,
     ) -> Result<T, Rejection> {
@@ -452,6 +468,7 @@ impl Call<'_> {
         attempted: Option<&str>,
         uploads: HashMap<String, Vec<u8>>,
         edit: impl FnOnce(&mut DesiredState, &Limits, &str, &str) -> Result<T, StateError>
+        + Clone
         + Send
         + 'static,
     ) -> Result<T, Rejection> {

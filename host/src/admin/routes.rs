@@ -14,6 +14,9 @@ use super::ops::{Call, Operation};
 use super::wire::Rejection;
 use crate::request::body::ResponseBody;
 
+/// The header that carries the cluster revision an answer reflects.
+pub const REVISION_HEADER: &str = "x-wasmgate-revision";
+
 /// An operation and the tenant and handler its path names.
 type Route<'a> = (Operation, Option<&'a str>, Option<&'a str>);
 
@@ -41,6 +44,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
             (Operation::DeleteHandler, Some(*t), Some(*h))
         }
         (&Method::POST, ["reload"]) => (Operation::Reload, None, None),
+        (&Method::GET, ["cluster"]) => (Operation::Cluster, None, None),
         (&Method::PUT, ["tenants", t, "statics"]) => (Operation::PutStatic, Some(*t), None),
         (&Method::DELETE, ["tenants", t, "statics"]) => (Operation::DeleteStatic, Some(*t), None),
         (&Method::POST, ["tenants", t, "follow-config"]) => {
@@ -107,10 +111,19 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
                 Operation::FollowConfig => call.follow_config().await,
                 Operation::PutStatic => call.put_static(request).await,
                 Operation::DeleteStatic => call.delete_static(request).await,
+                Operation::Cluster => call.cluster().await,
             }
         }
     };
-    let response = result.unwrap_or_else(Rejection::into_response);
+    let mut response = result.unwrap_or_else(Rejection::into_response);
+    // In cluster mode every answer says which revision it reflects: a
+    // write's is at least the one it committed.
+    if let Some(shared) = admin.registry.shared() {
+        response.headers_mut().insert(
+            REVISION_HEADER,
+            header::HeaderValue::from(shared.applied_revision()),
+        );
+    }
     admin
         .metrics
         .admin_request(operation.as_str(), response.status());

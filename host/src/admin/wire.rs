@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::views::ErrorBody;
 use crate::admin::auth::Denied;
 use crate::control::registry::ApplyError;
+use crate::control::shared::SharedError;
 use crate::control::state::StateError;
 use crate::digest::sha256_hex;
 use crate::request::body::ResponseBody;
@@ -105,6 +106,20 @@ impl From<ApplyError> for Rejection {
                 "invalid_component",
                 error.to_string(),
             ),
+            ApplyError::Shared(SharedError::StoreUnavailable(_) | SharedError::Conflict) => {
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("{error}; nothing changed"),
+                )
+                .retry_after(1)
+            }
+            ApplyError::Shared(SharedError::RegistryUnavailable(_)) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                format!("{error}; nothing changed"),
+            )
+            .retry_after(1),
             ApplyError::Persist(_) | ApplyError::WriterLost => {
                 tracing::error!("admin write failed: {error}");
                 Self::new(

@@ -79,6 +79,77 @@ pub struct Config {
     /// The tenants, each with its host patterns and handlers.
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
+    /// Cluster mode: the desired state in etcd, components in an OCI
+    /// registry. Default: none (a single node).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: replicas that share their desired state through etcd and
+/// their components through an OCI registry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd v3 endpoints (`http://` or `https://`), tried in turn.
+    pub etcd: Vec<String>,
+    /// The key prefix this fleet's state lives under: fleets may share an
+    /// etcd. Default `/wasmgate`.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// The OCI repository base uploaded components are pushed to, e.g.
+    /// `http://127.0.0.1:5000/wasmgate` (plain HTTP only for loopback).
+    pub registry: String,
+    /// This replica's name in `GET /admin/cluster`. Default: the
+    /// hostname (a Kubernetes pod's name).
+    #[serde(default = "default_node")]
+    pub node: String,
+}
+
+fn default_cluster_prefix() -> String {
+    "/wasmgate".to_owned()
+}
+
+/// The hostname, which is the pod's name under Kubernetes.
+fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "wasmgate".to_owned())
+}
+
+impl ClusterConfig {
+    /// Checks the values serde cannot.
+    fn validate(&self) -> Result<(), String> {
+        if self.etcd.is_empty() {
+            return Err("cluster.etcd: list at least one endpoint".into());
+        }
+        for endpoint in &self.etcd {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "cluster.etcd: {endpoint:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let prefix = &self.prefix;
+        if !prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.len() > 128
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        {
+            return Err(format!(
+                "cluster.prefix: {prefix:?} must start with '/', not end with one, and use only \
+                 letters, digits and -_./ (at most 128)"
+            ));
+        }
+        self.registry
+            .parse::<crate::control::oci::RegistryBase>()
+            .map_err(|e| format!("cluster.registry: {e}"))?;
+        check_name(&self.node).map_err(|e| format!("cluster.node: {e}"))?;
+        Ok(())
+    }
 }
 
 /// `[server]`: the public listener.
@@ -437,6 +508,20 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        if config.cluster.is_some() && !config.tenants.is_empty() {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("[[tenant]]"))
+                .map_or(0, |i| i + 1);
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "line {line}: [[tenant]] with [cluster]: in cluster mode the tenants live in \
+                     etcd, shared by every replica; write them with `wasmgate apply FILE` \
+                     through any replica's admin API"
+                ),
+            });
+        }
         config.resolve_paths(base);
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
@@ -522,6 +607,9 @@ impl Config {
     /// and host patterns of the right form.
     pub fn validate(&self) -> Result<(), String> {
         check_limits("limits", &self.limits)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if self.server.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }

@@ -9,16 +9,20 @@
 //! routing table published for the request path, and [`watch`]
 //! applies the file again when it changes. [`ControlPlane::reload`] is the
 //! single entry point that SIGHUP, `POST /admin/reload` and `serve --watch`
-//! all call.
+//! all call. In cluster mode ([`cluster`]) the registry commits admin
+//! writes to etcd through [`shared`] and applies the revisions it watches.
 //!
 //! Nothing here runs guest code for a request or sits on the request path:
 //! requests read the published table and never wait for a writer.
 
 pub mod certs;
+pub mod cluster;
 pub mod compile;
 pub mod config;
+pub mod oci;
 pub mod persist;
 pub mod registry;
+pub mod shared;
 pub mod state;
 pub mod table;
 pub mod watch;
@@ -26,6 +30,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use self::cluster::{Cluster, ClusterSetupError};
 use self::compile::ChildCompiler;
 use self::config::Config;
 use self::persist::DataDir;
@@ -46,6 +51,9 @@ pub enum StartError {
     /// rustls refused the HTTPS listener's settings.
     #[error("setting up TLS: {0}")]
     Tls(rustls::Error),
+    /// `[cluster]` could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterSetupError),
 }
 
 /// Why a config reload did not happen; nothing changed.
@@ -87,6 +95,8 @@ pub struct ControlPlane {
     config_path: Option<PathBuf>,
     /// The config applied last: the admin API reads its tokens from it.
     applied: RwLock<Arc<Config>>,
+    /// This replica's part in the cluster, in cluster mode.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl ControlPlane {
@@ -106,13 +116,23 @@ impl ControlPlane {
         if let Some(child) = &child {
             child.compile(&startup_components(config));
         }
-        let registry = Registry::from_config(config, &runtime, metrics, child)?;
+        let registry = Arc::new(Registry::from_config(config, &runtime, metrics, child)?);
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::new(config, settings, &registry, metrics)?),
+            None => None,
+        };
         Ok(Self {
-            registry: Arc::new(registry),
+            registry,
             runtime,
             config_path: config_path.map(Path::to_path_buf),
             applied: RwLock::new(Arc::new(config.clone())),
+            cluster,
         })
+    }
+
+    /// This replica's part in the cluster, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The registry: the routing table and the writer that edits it.

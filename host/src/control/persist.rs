@@ -203,6 +203,12 @@ impl DataDir {
         }
     }
 
+    /// In cluster mode, the revision of the shared state this replica
+    /// applied last: `cluster-revision`.
+    pub fn cluster_revision(&self) -> PathBuf {
+        self.root.join("cluster-revision")
+    }
+
     /// The compiled-code cache: `cache/`.
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")

@@ -20,6 +20,7 @@ use super::certs::{CertTable, Certificate, Certs, TlsFiles};
 use super::compile::{Bounds, ChildCompiler, UploadCompiler};
 use super::config::Config;
 use super::persist::{ComponentStore, DataDir, PersistError, StateFile, TlsStore};
+use super::shared::{SharedError, SharedState};
 use super::state::{Component, DesiredState, StateError, TenantState, Version};
 use super::table::{Route, RouteTable, StaticMount, Target, Tenant, metrics_label};
 use crate::allowlist::AllowList;
@@ -53,6 +54,9 @@ pub enum ApplyError {
     /// The data dir could not be read or written.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// The cluster's shared state could not be read or written.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
     /// An earlier write panicked and took the writer with it (a bug).
     #[error("the registry's writer was lost to an earlier failure; restart the gateway")]
     WriterLost,
@@ -246,6 +250,9 @@ pub struct Registry {
     /// blocking thread, or for good if that thread panicked (a bug: every
     /// later write then fails, and the routing table stays as it was).
     writer: tokio::sync::Mutex<Option<Writer>>,
+    /// In cluster mode, the store edits are committed to; this replica
+    /// then applies them as every other does ([`Registry::apply_replicated`]).
+    shared: std::sync::OnceLock<Arc<dyn SharedState>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -356,6 +363,7 @@ impl Registry {
             certs: Arc::new(certs),
             tls_store,
             writer: tokio::sync::Mutex::new(Some(writer)),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -378,6 +386,19 @@ impl Registry {
         &self.table
     }
 
+    /// Commits every later edit to `shared` (cluster mode) instead of
+    /// applying it here; call it once, before the admin API serves.
+    pub fn share_through(&self, shared: Arc<dyn SharedState>) {
+        if self.shared.set(shared).is_err() {
+            tracing::error!("the registry was given a shared state twice; the first one stays");
+        }
+    }
+
+    /// The shared state edits are committed to, in cluster mode.
+    pub fn shared(&self) -> Option<&Arc<dyn SharedState>> {
+        self.shared.get()
+    }
+
     /// A copy of the desired state as it is now.
     pub async fn state(&self) -> DesiredState {
         self.writer
@@ -393,13 +414,23 @@ impl Registry {
     /// activates, stores the uploads and the new state, then swaps the
     /// routing table. Writes are serialised; requests are not held up by
     /// them, and the uploads are compiled before the write takes its turn.
+    ///
+    /// In cluster mode the edit is made to the shared state instead and
+    /// committed there (see [`Registry::apply_shared`]); it may then run
+    /// more than once, which is why it is `Clone`.
     pub async fn apply<T: Send + 'static>(
         &self,
         tenant: &str,
         uploads: HashMap<String, Vec<u8>>,
-        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Send + 'static,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError>
+        + Clone
+        + Send
+        + 'static,
     ) -> Result<T, ApplyError> {
         let uploads = self.compiler.prepare(tenant, &self.runtime, uploads).await;
+        if let Some(shared) = self.shared.get() {
+            return self.apply_shared(shared.as_ref(), &uploads, edit).await;
+        }
         let (value, refused) = self.apply_with_defaults(uploads, None, edit).await?;
         for note in refused {
             tracing::warn!("certificate not applied: {note}");
@@ -436,6 +467,101 @@ impl Registry {
             .await?;
         not_applied.extend(refused);
         Ok(not_applied)
+    }
+
+    /// Cluster mode's write: reads the shared state, makes the edit to it,
+    /// checks here that the versions it activates load (so a bad component
+    /// never reaches the store), and commits it if no other write was
+    /// committed since; on such a conflict it starts again from a fresh
+    /// read, so concurrent writes on different replicas are serialised and
+    /// none is lost. Answers once this replica serves the result.
+    async fn apply_shared<T: Send + 'static>(
+        &self,
+        shared: &dyn SharedState,
+        uploads: &HashMap<String, Vec<u8>>,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError>
+        + Clone
+        + Send
+        + 'static,
+    ) -> Result<T, ApplyError> {
+        // Writers racing on every attempt is not a steady state: after this
+        // many the caller hears 503 and tries again later.
+        const ATTEMPTS: usize = 16;
+        let (defaults, keep_versions) = {
+            let slot = self.writer.lock().await;
+            let writer = slot.as_ref().ok_or(ApplyError::WriterLost)?;
+            (writer.defaults, writer.keep_versions)
+        };
+        for _ in 0..ATTEMPTS {
+            let read = shared.read().await?;
+            let mut next = read.state.clone();
+            let value = (edit.clone())(&mut next, &defaults)?;
+            next.keep_last_versions(keep_versions);
+            if next == read.state {
+                shared.wait_applied(read.revision).await;
+                return Ok(value);
+            }
+            refuse_unshared_certificates(&read.state, &next)?;
+            self.check(&next, uploads).await?;
+            match shared.commit(&read, next, uploads).await {
+                Ok(revision) => {
+                    shared.wait_applied(revision).await;
+                    return Ok(value);
+                }
+                Err(SharedError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SharedError::Conflict.into())
+    }
+
+    /// Loads the versions `next` activates, as a commit would, and throws
+    /// them away: what proves an edit before it is shared.
+    async fn check(
+        &self,
+        next: &DesiredState,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) -> Result<(), ApplyError> {
+        let mut slot = self.writer.lock().await;
+        let writer = slot.take().ok_or(ApplyError::WriterLost)?;
+        let (next, uploads) = (next.clone(), uploads.clone());
+        let (writer, result) = tokio::task::spawn_blocking(move || {
+            let result = writer.check(&next, &uploads);
+            (writer, result)
+        })
+        .await
+        .map_err(|_| ApplyError::WriterLost)?;
+        *slot = Some(writer);
+        result
+    }
+
+    /// Makes `next`, a revision of the shared state, the state here (cluster
+    /// mode; `uploads` are the components it names that were not stored
+    /// here yet). Like any edit it changes nothing if a version fails to
+    /// load.
+    pub async fn apply_replicated(
+        &self,
+        next: DesiredState,
+        uploads: HashMap<String, Vec<u8>>,
+    ) -> Result<(), ApplyError> {
+        let uploads = self.compiler.prepare("", &self.runtime, uploads).await;
+        let (_, refused) = self
+            .apply_with_defaults(uploads, None, move |state, _| {
+                // The config file's static mounts are this replica's own.
+                let mut next = next;
+                for (name, tenant) in &mut next.tenants {
+                    if let Some(here) = state.tenants.get(name) {
+                        tenant.statics = here.statics.clone();
+                    }
+                }
+                *state = next;
+                Ok(())
+            })
+            .await?;
+        for note in refused {
+            tracing::warn!("certificate not applied: {note}");
+        }
+        Ok(())
     }
 
     /// Applies `edit` (with the config file's settings `file` for a
@@ -531,7 +657,45 @@ fn read_config_components(
     Ok(components)
 }
 
+/// Certificates sent through the admin API are files in one replica's data
+/// dir, which the others cannot read: refused in cluster mode rather than
+/// served by one replica only.
+fn refuse_unshared_certificates(
+    read: &DesiredState,
+    next: &DesiredState,
+) -> Result<(), StateError> {
+    for (name, tenant) in &next.tenants {
+        let before = read.tenants.get(name).and_then(|t| t.tls.as_ref());
+        if tenant.tls.is_some() && tenant.tls.as_ref() != before {
+            return Err(StateError::Invalid(format!(
+                "tenant {name:?}: tls: certificates are not shared between replicas yet; \
+                 in cluster mode give the replicas server.tls_default instead"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Writer {
+    /// Loads the versions `next` activates without keeping them: the
+    /// check a cluster-mode edit passes before it is committed.
+    fn check(
+        &self,
+        next: &DesiredState,
+        uploads: &HashMap<String, Vec<u8>>,
+    ) -> Result<(), ApplyError> {
+        let mut compiled = self.compiled.clone();
+        for job in self.jobs(next) {
+            self.load(&job, uploads, &mut compiled)
+                .map_err(|error| ApplyError::Load {
+                    tenant: job.tenant.clone(),
+                    handler: job.handler.clone(),
+                    error,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Makes `next` the state: loads what it activates, stores the uploads
     /// and the state, and returns the routing table for it. On error the
     /// writer is as it was.

@@ -144,6 +144,9 @@ pub struct Version {
     pub source: Source,
     /// When it was created, in seconds since the Unix epoch.
     pub created_at: u64,
+    /// Where its component can be pulled from (an OCI reference by digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
 }
 
 /// A component: what a version needs besides route and config.
@@ -273,6 +276,7 @@ impl HandlerState {
             config: config.clone(),
             source,
             created_at: now_unix(),
+            oci: None,
         });
         self.active = number;
         Written::Replaced

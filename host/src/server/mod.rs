@@ -163,6 +163,9 @@ impl Server {
         tls: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) {
+        if let Some(cluster) = self.control.cluster() {
+            cluster.spawn();
+        }
         let (public_phase, public_watch) = watch::channel(Phase::Serving);
         let (admin_phase, admin_watch) = watch::channel(Phase::Serving);
         let metrics = Arc::clone(&self.gateway.metrics);

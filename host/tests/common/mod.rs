@@ -6,6 +6,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod cluster;
 pub mod tls;
 
 use std::future::Future;
