@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wasmgate::cli;
 use wasmgate::cli::serve::LogFormat;
+use wasmgate::control::oci::RegistryBase;
 
 /// A multi-tenant HTTP gateway running every request in a fresh WebAssembly sandbox.
 #[derive(Parser)]
@@ -54,6 +55,19 @@ enum Command {
         #[arg(long, hide = true)]
         max_memory: Option<u64>,
     },
+    /// Push a component to an OCI registry and print its reference,
+    /// oci://REGISTRY/REPOSITORY@sha256:HEX, which `wasmgate deploy` takes.
+    /// Credentials come from $WASMGATE_REGISTRY_USERNAME and
+    /// $WASMGATE_REGISTRY_PASSWORD (none: anonymous).
+    Push {
+        /// The component file.
+        file: PathBuf,
+        /// The registry and repository to push to: http://HOST[:PORT]/REPOSITORY
+        /// for a registry on this machine, https://HOST[:PORT]/REPOSITORY for any
+        /// other.
+        #[arg(long, value_name = "URL")]
+        registry: RegistryBase,
+    },
     #[command(flatten)]
     Manage(cli::manage::Command),
     /// Run one request through a component in the sandbox `serve` uses
@@ -75,6 +89,7 @@ fn main() -> ExitCode {
             config,
             max_memory,
         } => cli::component::compile(&files, config.as_deref(), max_memory),
+        Command::Push { file, registry } => cli::component::push(&file, &registry),
         Command::Manage(command) => cli::manage::run(command),
         // Its own exit statuses: a guest that failed is not a usage error.
         Command::Call(args) => return cli::call::main(&args, capture.as_ref()),

@@ -344,6 +344,8 @@ fn test() -> anyhow::Result<()> {
     build_handlers()?;
     // The metrics test checks the exposition with promtool.
     ensure_apt_tool("promtool", "prometheus")?;
+    // The OCI tests push to and pull from a real registry.
+    ensure_apt_tool("docker-registry", "docker-registry")?;
     let packages = handler_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // `--all-features`: the SDK's JSON support (feature `serde`) is code

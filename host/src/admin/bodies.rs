@@ -10,14 +10,16 @@
 //! client learns it now, and waiting would hold its connection and
 //! buffers. A body is reserved in full from its `Content-Length` before
 //! any of it is read, or as its bytes arrive when it is sent without one,
-//! and its share is given back when the request is done with it.
+//! and its share is given back when the request is done with it. A
+//! component pulled from a registry (a deploy by reference) holds a share
+//! the same way, reserved from the size its manifest declares.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
-use http::{Request, StatusCode, header};
+use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use prometheus::IntGauge;
@@ -95,13 +97,13 @@ impl Bodies {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.split(';').next().map(str::trim) != Some("application/wasm") {
-            let content_type = content_type.to_owned();
+        if media_type(request.headers()) != "application/wasm" {
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
             drain(request.into_body()).await;
             return Err(Rejection::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -123,6 +125,20 @@ impl Bodies {
             digest,
             held,
         })
+    }
+
+    /// `admin.max_upload_bytes`.
+    pub(super) fn max_upload_bytes(&self) -> usize {
+        self.max_upload_bytes
+    }
+
+    /// A share of the budget for `bytes` that do not come in a body (a
+    /// component pulled from a registry), or 503 `busy`.
+    pub(super) fn hold(&self, bytes: u64) -> Result<Reservation, Rejection> {
+        usize::try_from(bytes)
+            .ok()
+            .and_then(|bytes| self.budget.try_reserve(bytes))
+            .ok_or_else(|| self.busy())
     }
 
     /// A JSON body.
@@ -232,6 +248,16 @@ impl Bodies {
         )
         .retry_after(RETRY_AFTER_SECONDS)
     }
+}
+
+/// The request's media type (`Content-Type` without parameters), "" when
+/// it has none.
+pub(super) fn media_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
 }
 
 /// Reads and discards up to [`DRAIN_BYTES`] of `body` within

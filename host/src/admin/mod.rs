@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use crate::admin::auth::Tokens;
 pub use crate::control::ReloadError;
 use crate::control::config::Config;
+use crate::control::oci::Oci;
 use crate::control::registry::Registry;
 use crate::control::{ControlPlane, Trigger};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Admin {
     registry: Arc<Registry>,
     /// Request bodies: their limits, and the budget they share.
     bodies: bodies::Bodies,
+    /// Pulls the components a deploy by reference names.
+    oci: Oci,
     /// Set at shutdown: `/readyz` then says 503 so load balancers stop
     /// sending traffic while in-flight requests drain.
     pub(crate) draining: AtomicBool,
@@ -63,6 +66,7 @@ impl Admin {
             registry: Arc::clone(control.registry()),
             control,
             bodies,
+            oci: Oci::from_env(),
             draining: AtomicBool::new(false),
         }
     }

@@ -10,22 +10,22 @@ use std::collections::HashMap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::bodies::Upload;
-use super::bodies::drain;
+use super::bodies::{Upload, drain, media_type};
 use super::views::{
-    HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, StaticPut, TenantList, TenantPut,
-    TenantView, WriteResult,
+    HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, StaticPut,
+    TenantList, TenantPut, TenantView, WriteResult,
 };
 use super::wire::{Rejection, etag_of, if_match, json, no_content, query_param, tagged};
 use super::{Admin, ReloadError};
 use crate::admin::auth::Caller;
 use crate::control::certs::Certificate;
 use crate::control::config::TenantSettings;
+use crate::control::oci::{OciError, OciReference};
 use crate::control::registry::{ApplyConfigError, ApplyError};
 use crate::control::state::{Component, DesiredState, HandlerState, Source, StateError, now_unix};
 use crate::digest::sha256_hex;
 use crate::limits::Limits;
-use crate::request::body::ResponseBody;
+use crate::request::body::{Reservation, ResponseBody};
 use crate::runtime::LoadError;
 
 /// What an empty upload is told: `curl --data-binary @FILE` sends nothing,
@@ -288,37 +288,27 @@ impl Call<'_> {
         Ok(tagged(StatusCode::OK, &view))
     }
 
-    /// `PUT .../handlers/{name}?route=/path`, body = the component.
+    /// `PUT .../handlers/{name}?route=/path`: the body is the component
+    /// (`application/wasm`), or `{"oci": REFERENCE}` (`application/json`)
+    /// naming one in a registry, which is pulled and then deployed as an
+    /// upload of its bytes would be, the version recording the reference.
     pub(super) async fn put_handler(&self, request: Request<Incoming>) -> HttpResult {
         let route = query_param(request.uri().query(), "route");
         let if_match = if_match(request.headers());
-        let Upload {
-            bytes,
-            digest,
-            held,
-        } = self.admin.bodies.component(request).await?;
-        let sha256 = sha256_hex(&bytes);
-        if bytes.is_empty() {
-            self.log_write(Some(&sha256), &Err::<(), _>(EMPTY_UPLOAD));
-            return Err(Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_component",
-                EMPTY_UPLOAD,
-            ));
-        }
-        if let Some(digest) = digest
-            && digest != sha256
-        {
-            return Err(Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "digest_mismatch",
-                format!("Content-Digest says sha-256 {digest}, the body's is {sha256}"),
-            ));
-        }
+        let (bytes, sha256, held, oci) = if media_type(request.headers()) == "application/json" {
+            let (bytes, held, reference) = self.pull(request).await?;
+            let sha256 = sha256_hex(&bytes);
+            (bytes, sha256, held, Some(reference))
+        } else {
+            let upload = self.admin.bodies.component(request).await?;
+            let sha256 = self.check_upload(&upload)?;
+            (upload.bytes, sha256, upload.held, None)
+        };
         self.refuse_unless_wasm(&sha256, &bytes)?;
         let component = Component {
             sha256: sha256.clone(),
             size: bytes.len() as u64,
+            oci,
         };
         let uploads = HashMap::from([(sha256.clone(), bytes)]);
         let edit =
@@ -344,6 +334,55 @@ impl Call<'_> {
         // The bytes are gone with the write: give their share back.
         drop(held);
         self.handler_response(written.into()).await
+    }
+
+    /// The component a `{"oci": REFERENCE}` body names, pulled within
+    /// `admin.max_upload_bytes`, holding its share of the body budget as
+    /// an upload would, and the reference.
+    async fn pull(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(Vec<u8>, Reservation, OciReference), Rejection> {
+        let body: HandlerFromOci = self.admin.bodies.json(request).await?;
+        let refused = |error: OciError| {
+            self.log_write(None, &Err::<(), _>(&error));
+            Rejection::from(error)
+        };
+        let reference: OciReference = body.oci.parse().map_err(refused)?;
+        let max = self.admin.bodies.max_upload_bytes() as u64;
+        let artifact = self
+            .admin
+            .oci
+            .find(&reference, max)
+            .await
+            .map_err(refused)?;
+        let held = self.admin.bodies.hold(artifact.size())?;
+        let bytes = artifact.download().await.map_err(refused)?;
+        Ok((bytes, held, reference))
+    }
+
+    /// Checks an upload's bytes against what its request says; their
+    /// sha256.
+    fn check_upload(&self, upload: &Upload) -> Result<String, Rejection> {
+        let sha256 = sha256_hex(&upload.bytes);
+        if upload.bytes.is_empty() {
+            self.log_write(Some(&sha256), &Err::<(), _>(EMPTY_UPLOAD));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_component",
+                EMPTY_UPLOAD,
+            ));
+        }
+        if let Some(digest) = &upload.digest
+            && *digest != sha256
+        {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "digest_mismatch",
+                format!("Content-Digest says sha-256 {digest}, the body's is {sha256}"),
+            ));
+        }
+        Ok(sha256)
     }
 
     /// `PATCH .../handlers/{name}` with `{"route": ..., "config": {...}}`.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::control::certs::{Certificate, TlsPem};
+use crate::control::oci::OciReference;
 use crate::control::state::{HandlerState, Source, TenantState, Version, Written};
 use crate::limits::LimitOverrides;
 
@@ -112,6 +113,9 @@ pub struct HandlerView {
     pub source: Source,
     /// The strings its guest reads with `config::get`.
     pub config: BTreeMap<String, String>,
+    /// Where the active component can be pulled from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciReference>,
     /// The kept versions, oldest first (single-handler answers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionView>,
@@ -136,6 +140,7 @@ impl HandlerView {
                 source: v.source,
                 loaded_at: v.created_at,
                 active: v.number == handler.active,
+                oci: v.oci.clone(),
             };
             handler.versions.iter().map(view).collect()
         } else {
@@ -150,6 +155,7 @@ impl HandlerView {
             loaded_at: active.created_at,
             source: active.source,
             config: active.config.clone(),
+            oci: active.oci.clone(),
             versions,
             result: None,
         })
@@ -175,6 +181,9 @@ pub struct VersionView {
     pub loaded_at: u64,
     /// Whether it is the one serving.
     pub active: bool,
+    /// Where its component can be pulled from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciReference>,
 }
 
 /// `GET /admin/tenants/{t}/handlers`.
@@ -278,6 +287,15 @@ pub struct HandlerPatch {
     pub route: Option<String>,
     /// New config strings, replacing the old ones.
     pub config: Option<BTreeMap<String, String>>,
+}
+
+/// The body of `PUT .../handlers/{name}` sent as `application/json`:
+/// deploy the component a registry holds, as an upload of its bytes would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerFromOci {
+    /// `REGISTRY/REPOSITORY@sha256:HEX` (an `oci://` prefix is allowed).
+    pub oci: String,
 }
 
 /// The body of a rollback: the version to go back to; none: the previous.

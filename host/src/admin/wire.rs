@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::views::ErrorBody;
 use crate::admin::auth::Denied;
+use crate::control::oci::OciError;
 use crate::control::registry::ApplyError;
 use crate::control::shared::SharedError;
 use crate::control::state::StateError;
@@ -127,6 +128,40 @@ impl From<ApplyError> for Rejection {
                     "internal",
                     error.to_string(),
                 )
+            }
+        }
+    }
+}
+
+/// What a deploy by reference tells the client to wait when the registry
+/// cannot be reached.
+const REGISTRY_RETRY_AFTER_SECONDS: u32 = 10;
+
+impl From<OciError> for Rejection {
+    fn from(error: OciError) -> Self {
+        let message = error.to_string();
+        match error {
+            OciError::Invalid(_) | OciError::NotFound(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_reference", message)
+            }
+            OciError::TooLarge { size, max } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the component is {size} bytes, more than the {max} of \
+                     admin.max_upload_bytes"
+                ),
+            ),
+            OciError::Unreachable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                message,
+            )
+            .retry_after(REGISTRY_RETRY_AFTER_SECONDS),
+            // The gateway's credentials, or the registry itself, are at
+            // fault: nothing the client can change.
+            OciError::Denied(_) | OciError::Registry(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "registry_error", message)
             }
         }
     }

@@ -22,9 +22,10 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 use crate::admin::views::{
-    ErrorBody, HandlerList, HandlerPatch, HandlerView, Reloaded, StaticPut, TenantList, TenantPut,
-    TenantView, WriteResult,
+    ErrorBody, HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded, StaticPut,
+    TenantList, TenantPut, TenantView, WriteResult,
 };
+use crate::control::oci::OciReference;
 
 /// The environment variable holding the token the commands send.
 pub const TOKEN_ENV: &str = "WASMGATE_ADMIN_TOKEN";
@@ -183,6 +184,14 @@ pub struct TenantWritten {
     pub tenant: Reply<TenantView>,
 }
 
+/// The body of a handler's PUT.
+struct Put {
+    content_type: &'static str,
+    /// `Content-Digest`, if sent.
+    digest: Option<String>,
+    body: Vec<u8>,
+}
+
 /// A connection to one gateway's admin API, with a token.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -292,6 +301,49 @@ impl Client {
         name: &str,
         route: Option<&str>,
     ) -> Result<Deployed, ClientError> {
+        let digest = sha2::Sha256::digest(&component);
+        let digest = format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        );
+        let put = Put {
+            content_type: "application/wasm",
+            digest: Some(digest),
+            body: component,
+        };
+        self.put_handler(put, tenant, name, route).await
+    }
+
+    /// Has the gateway pull the component `reference` names from its
+    /// registry and deploy it as `tenant`'s handler `name`; see
+    /// [`Client::deploy_file`].
+    pub async fn deploy_oci(
+        &self,
+        reference: &OciReference,
+        tenant: &str,
+        name: &str,
+        route: Option<&str>,
+    ) -> Result<Deployed, ClientError> {
+        let body = HandlerFromOci {
+            oci: reference.to_string(),
+        };
+        let put = Put {
+            content_type: "application/json",
+            digest: None,
+            // Serialising a string cannot fail.
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        };
+        self.put_handler(put, tenant, name, route).await
+    }
+
+    /// Sends `put` to `tenant`'s handler `name`, at `route` when given.
+    async fn put_handler(
+        &self,
+        put: Put,
+        tenant: &str,
+        name: &str,
+        route: Option<&str>,
+    ) -> Result<Deployed, ClientError> {
         // The answer to a replace and to a no-op are alike (200, the
         // handler); what was serving before tells them apart.
         let before = match self.handler(tenant, name).await {
@@ -299,21 +351,18 @@ impl Client {
             Err(ClientError::Rejected { status: 404, .. }) => None,
             Err(e) => return Err(e),
         };
-        let digest = sha2::Sha256::digest(&component);
-        let digest = format!(
-            "sha-256=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(digest)
-        );
         let mut path = self.handler_path(tenant, name);
         if let Some(route) = route {
             path.push_str("?route=");
             path.extend(utf8_percent_encode(route, ROUTE));
         }
-        let request = self
+        let mut request = self
             .request(Method::PUT, &path)
-            .header(header::CONTENT_TYPE, "application/wasm")
-            .header("content-digest", digest)
-            .body(Full::new(Bytes::from(component)));
+            .header(header::CONTENT_TYPE, put.content_type);
+        if let Some(digest) = put.digest {
+            request = request.header("content-digest", digest);
+        }
+        let request = request.body(Full::new(Bytes::from(put.body)));
         let (status, body) = self.exchange(request).await?;
         let handler: Reply<HandlerView> = match self.answer(status, &body) {
             // The API's own words ("?route=/path") are for curl users.

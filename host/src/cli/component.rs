@@ -1,5 +1,6 @@
-//! `wasmgate check` and `wasmgate compile`: a component file checked
-//! against the world, or compiled into a config's code cache.
+//! `wasmgate check`, `wasmgate compile` and `wasmgate push`: a component
+//! file checked against the world, compiled into a config's code cache, or
+//! pushed to an OCI registry.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use super::say;
 use crate::control::compile::compile_files;
 use crate::control::config::Config;
+use crate::control::oci::{Oci, RegistryBase};
 use crate::runtime::{ComponentInfo, Runtime};
 
 /// Checks `file` against the worlds the gateway serves and prints its
@@ -31,6 +33,21 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         report.push_str(&format!("\n  {export}"));
     }
     say(&report)
+}
+
+/// Pushes `file` to `registry` (credentials from the environment, see
+/// [`Oci::from_env`]) and prints `oci://` and its reference, which
+/// `wasmgate deploy` takes as it is.
+pub fn push(file: &Path, registry: &RegistryBase) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let reference = runtime
+        .block_on(Oci::from_env().push(registry, &bytes))
+        .with_context(|| file.display().to_string())?;
+    say(&format!("oci://{reference}"))
 }
 
 /// Compiles `files` into the code cache of `config` (the defaults without

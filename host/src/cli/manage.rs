@@ -10,6 +10,7 @@ use anyhow::Context;
 use super::client::{self, Client};
 use super::{print, say};
 use crate::admin::views::{HandlerPatch, TenantPut};
+use crate::control::oci::{OciError, OciReference};
 use crate::limits::LimitOverrides;
 
 /// Where the admin API is, and how to print its answers.
@@ -29,10 +30,13 @@ pub struct AdminArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Upload a component to a running gateway as a tenant's handler (new,
-    /// or a new version of it). The token comes from $WASMGATE_ADMIN_TOKEN.
+    /// or a new version of it), or have the gateway pull it from an OCI
+    /// registry. The token comes from $WASMGATE_ADMIN_TOKEN.
     Deploy {
-        /// The component file.
-        file: PathBuf,
+        /// The component file, or oci://REGISTRY/REPOSITORY@sha256:HEX (what
+        /// `wasmgate push` prints) for the gateway to pull.
+        #[arg(value_name = "FILE|oci://REFERENCE", value_parser = parse_component)]
+        file: ComponentSource,
         /// The handler.
         #[command(flatten)]
         handler: HandlerId,
@@ -103,6 +107,24 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// What `deploy` deploys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A component file, uploaded.
+    File(PathBuf),
+    /// A component in a registry, which the gateway pulls.
+    Oci(OciReference),
+}
+
+/// `oci://REFERENCE` is a reference, anything else a file.
+fn parse_component(text: &str) -> Result<ComponentSource, OciError> {
+    if text.starts_with("oci://") {
+        text.parse().map(ComponentSource::Oci)
+    } else {
+        Ok(ComponentSource::File(PathBuf::from(text)))
+    }
 }
 
 /// The handler a command is about.
@@ -312,9 +334,15 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             route,
             admin,
         } => call(&admin, async |client| {
-            let deployed = client
-                .deploy_file(&file, &tenant, &name, route.as_deref())
-                .await?;
+            let route = route.as_deref();
+            let deployed = match &file {
+                ComponentSource::File(file) => {
+                    client.deploy_file(file, &tenant, &name, route).await?
+                }
+                ComponentSource::Oci(reference) => {
+                    client.deploy_oci(reference, &tenant, &name, route).await?
+                }
+            };
             Ok((print::deploy_summary(&deployed), deployed.handler.json))
         }),
         Command::Patch(args) => patch(&args),
@@ -592,6 +620,30 @@ mod tests {
             format!("{error:#}").contains("unknown field `fuell`"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn deploy_takes_a_file_or_an_oci_reference() {
+        let deploy = |component: &str| {
+            Cli::try_parse_from([
+                "wasmgate", "deploy", component, "--tenant", "t", "--name", "h",
+            ])
+            .map(|cli| match cli.command {
+                Command::Deploy { file, .. } => file,
+                _ => panic!("not deploy"),
+            })
+        };
+        assert_eq!(
+            deploy("app.wasm").expect("a file"),
+            ComponentSource::File("app.wasm".into())
+        );
+        let reference = format!("127.0.0.1:5000/w@sha256:{}", "a".repeat(64));
+        assert_eq!(
+            deploy(&format!("oci://{reference}")).expect("a reference"),
+            ComponentSource::Oci(reference.parse().expect("valid"))
+        );
+        let error = deploy("oci://127.0.0.1:5000/w:latest").expect_err("a tag");
+        assert!(error.to_string().contains("names no digest"), "{error}");
     }
 
     #[test]

@@ -64,32 +64,43 @@ pub fn patch_summary(tenant: &str, handler: &HandlerView) -> String {
     )
 }
 
-/// A tenant's handlers as a table: one row per handler, columns aligned.
+/// A tenant's handlers as a table: one row per handler, columns aligned;
+/// an `OCI` column last when any was deployed from a registry.
 pub fn handler_table(list: &HandlerList) -> String {
     if list.handlers.is_empty() {
         return format!("tenant {} has no handlers", list.tenant);
     }
-    let rows: Vec<[String; 7]> = list
-        .handlers
-        .iter()
-        .map(|h| {
-            [
-                h.name.clone(),
-                h.route.clone(),
-                h.version.to_string(),
-                sha_prefix(&h.sha256).to_owned(),
-                format_size(h.size),
-                source_name(h.source).to_owned(),
-                format_unix_time(h.loaded_at),
-            ]
+    let rows = list.handlers.iter().map(|h| {
+        [
+            h.name.clone(),
+            h.route.clone(),
+            h.version.to_string(),
+            sha_prefix(&h.sha256).to_owned(),
+            format_size(h.size),
+            source_name(h.source).to_owned(),
+            format_unix_time(h.loaded_at),
+        ]
+    });
+    let header = [
+        "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "CREATED",
+    ];
+    if list.handlers.iter().all(|h| h.oci.is_none()) {
+        return table(header, &rows.collect::<Vec<_>>());
+    }
+    let oci = list.handlers.iter().map(|h| {
+        h.oci
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
+    });
+    let rows: Vec<[String; 8]> = rows
+        .zip(oci)
+        .map(|(row, oci)| {
+            let [a, b, c, d, e, f, g] = row;
+            [a, b, c, d, e, f, g, oci]
         })
         .collect();
-    table(
-        [
-            "NAME", "ROUTE", "VERSION", "SHA256", "SIZE", "SOURCE", "CREATED",
-        ],
-        &rows,
-    )
+    let [a, b, c, d, e, f, g] = header;
+    table([a, b, c, d, e, f, g, "OCI"], &rows)
 }
 
 /// The tenants as a table: one row per tenant, its limit overrides last.
@@ -270,6 +281,7 @@ mod tests {
             loaded_at,
             source: Source::Api,
             config: BTreeMap::new(),
+            oci: None,
             versions: Vec::new(),
             result: None,
         }
@@ -331,6 +343,16 @@ mod tests {
 NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  CREATED
 greet  /greet           12       0123456789ab  113.2 KiB  api     2023-11-14 22:13:20 UTC
 a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:00:00 UTC";
+        assert_eq!(handler_table(&list), expected);
+        let mut list = list;
+        let reference = format!("127.0.0.1:5000/w@sha256:{SHA}");
+        list.handlers[1].oci = Some(reference.parse().expect("valid"));
+        let expected = format!(
+            "\
+NAME   ROUTE            VERSION  SHA256        SIZE       SOURCE  CREATED                  OCI
+greet  /greet           12       0123456789ab  113.2 KiB  api     2023-11-14 22:13:20 UTC  -
+a      /a/longer/route  1        0123456789ab  3.0 MiB    api     1970-01-01 00:00:00 UTC  {reference}"
+        );
         assert_eq!(handler_table(&list), expected);
         let empty = HandlerList {
             tenant: "demo".to_owned(),

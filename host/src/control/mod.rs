@@ -6,8 +6,9 @@
 //! [`registry`] is the one writer that loads what an edit needs and
 //! publishes the routing table and the certificates ([`certs`]), [`compile`] fills
 //! the code cache (in a child process for the server), [`table`] is the
-//! routing table published for the request path, and [`watch`]
-//! applies the file again when it changes. [`ControlPlane::reload`] is the
+//! routing table published for the request path, [`watch`] applies the
+//! file again when it changes, and [`oci`] pushes components to an OCI
+//! registry and pulls them from it. [`ControlPlane::reload`] is the
 //! single entry point that SIGHUP, `POST /admin/reload` and `serve --watch`
 //! all call. In cluster mode ([`cluster`]) the registry commits admin
 //! writes to etcd through [`shared`] and applies the revisions it watches.

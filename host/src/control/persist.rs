@@ -373,6 +373,7 @@ mod tests {
         let component = Component {
             sha256: "ab".into(),
             size: 2,
+            oci: None,
         };
         state
             .put_handler(tenant, "h", &component, "/h", None, Source::Api)

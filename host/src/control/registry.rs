@@ -626,6 +626,7 @@ fn found_components(read: &BTreeMap<PathBuf, (String, Vec<u8>)>) -> BTreeMap<Pat
             let component = Component {
                 sha256: sha256.clone(),
                 size: bytes.len() as u64,
+                oci: None,
             };
             (path.clone(), component)
         })

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::allowlist::AllowList;
 use crate::control::certs::TlsFiles;
 use crate::control::config::{Config, TenantSettings};
+use crate::control::oci::OciReference;
 use crate::limits::{
     LimitOverrides, Limits, check_cpu_weight, check_handler_sizes, check_limits, check_name,
 };
@@ -144,9 +145,10 @@ pub struct Version {
     pub source: Source,
     /// When it was created, in seconds since the Unix epoch.
     pub created_at: u64,
-    /// Where its component can be pulled from (an OCI reference by digest).
+    /// Where its component can be pulled from: the reference it was
+    /// deployed by, or where it was pushed after an upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oci: Option<String>,
+    pub oci: Option<OciReference>,
 }
 
 /// A component: what a version needs besides route and config.
@@ -156,6 +158,8 @@ pub struct Component {
     pub sha256: String,
     /// Their length.
     pub size: u64,
+    /// Where it can be pulled from, if known.
+    pub oci: Option<OciReference>,
 }
 
 /// Why an edit was refused; each maps to one admin API status.
@@ -250,6 +254,10 @@ impl HandlerState {
         self.versions.iter().find(|v| v.number == self.active)
     }
 
+    fn active_version_mut(&mut self) -> Option<&mut Version> {
+        self.versions.iter_mut().find(|v| v.number == self.active)
+    }
+
     /// Makes (sha256, route, config) the active version: unchanged if it
     /// already is, otherwise a new version.
     fn activate(
@@ -259,11 +267,16 @@ impl HandlerState {
         config: &BTreeMap<String, String>,
         source: Source,
     ) -> Written {
-        if let Some(active) = self.active_version()
+        if let Some(active) = self.active_version_mut()
             && active.sha256 == component.sha256
             && active.route == route
             && &active.config == config
         {
+            // The same bytes serve; a reference given says where else
+            // they can be pulled from.
+            if component.oci.is_some() {
+                active.oci.clone_from(&component.oci);
+            }
             return Written::Unchanged;
         }
         let number = self.next_version;
@@ -276,7 +289,7 @@ impl HandlerState {
             config: config.clone(),
             source,
             created_at: now_unix(),
-            oci: None,
+            oci: component.oci.clone(),
         });
         self.active = number;
         Written::Replaced
@@ -417,6 +430,7 @@ impl DesiredState {
         let component = Component {
             sha256: active.sha256,
             size: active.size,
+            oci: active.oci,
         };
         let route = route.unwrap_or(&active.route).to_owned();
         let config = config.cloned().unwrap_or(active.config);
@@ -783,6 +797,7 @@ mod tests {
         Component {
             sha256: sha.to_owned(),
             size: 10,
+            oci: None,
         }
     }
 

@@ -1,12 +1,14 @@
 //! Test harness: a real gateway on `127.0.0.1:0` (in this process, or a
 //! `wasmgate serve` child), configs built from [`tenant`] and [`handler`],
 //! a real HTTP client and raw connections, helpers to scrape and assert
-//! `/metrics`, and [`Hold`], a guest that keeps a worker busy for a known
-//! time so tests can build a queue without racing it.
+//! `/metrics`, [`Hold`], a guest that keeps a worker busy for a known
+//! time so tests can build a queue without racing it, and a real OCI
+//! registry ([`registry`]).
 
 #![allow(dead_code, missing_docs)]
 
 pub mod cluster;
+pub mod registry;
 pub mod tls;
 
 use std::future::Future;

@@ -219,7 +219,7 @@ impl Cluster {
             if uploads.contains_key(sha256) || self.components.path(sha256).is_file() {
                 continue;
             }
-            let reference = version.oci.as_deref().ok_or_else(|| {
+            let reference = version.oci.as_ref().ok_or_else(|| {
                 format!("component {sha256} is in no OCI registry and not stored here")
             })?;
             let bytes = self.pull(reference, sha256).await?;
@@ -253,13 +253,10 @@ impl Cluster {
     }
 
     /// A component's bytes from the registry, checked against its sha256.
-    async fn pull(&self, reference: &str, sha256: &str) -> Result<Vec<u8>, String> {
-        let parsed: OciReference = reference
-            .parse()
-            .map_err(|e| format!("component {sha256}: reference {reference}: {e}"))?;
+    async fn pull(&self, reference: &OciReference, sha256: &str) -> Result<Vec<u8>, String> {
         let bytes = self
             .oci
-            .pull(&parsed, self.max_component_bytes)
+            .pull(reference, self.max_component_bytes)
             .await
             .map_err(|e| format!("pulling {reference}: {e}"))?;
         if crate::digest::sha256_hex(&bytes) != sha256 {
@@ -300,7 +297,7 @@ impl Cluster {
         uploads: &HashMap<String, Vec<u8>>,
     ) -> Result<(), SharedError> {
         // Components some version already has in a registry.
-        let mut known: HashMap<String, String> = read
+        let mut known: HashMap<String, OciReference> = read
             .tenants
             .values()
             .chain(next.tenants.values())
@@ -336,8 +333,7 @@ impl Cluster {
                 .oci
                 .push(&self.registry_base, bytes)
                 .await
-                .map_err(|e| SharedError::RegistryUnavailable(e.to_string()))?
-                .to_string();
+                .map_err(|e| SharedError::RegistryUnavailable(e.to_string()))?;
             known.insert(version.sha256.clone(), reference.clone());
             version.oci = Some(reference);
         }
