@@ -207,7 +207,7 @@ async fn apply_creates_then_changes_only_what_differs_and_prunes_on_request() {
         "{stdout}"
     );
     assert!(
-        stdout.ends_with(": 1 created, 1 replaced, 2 unchanged, 0 deleted\n"),
+        stdout.ends_with(": 1 created, 1 replaced, 3 unchanged, 0 deleted\n"),
         "{stdout}"
     );
     assert_eq!(
