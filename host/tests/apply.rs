@@ -68,28 +68,29 @@ impl Gateway {
     }
 }
 
-/// The command succeeded: its stdout.
+/// The command's stdout and stderr.
+fn texts(output: &Output) -> (String, String) {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&output.stdout), text(&output.stderr))
+}
+
+/// The command succeeded, saying nothing on stderr: its stdout.
 fn succeeded(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stdout, stderr) = texts(output);
+    let ok = output.status.success() && stderr.is_empty();
     assert!(
-        output.status.success(),
+        ok,
         "{:?}\nstdout: {stdout}\nstderr: {stderr}",
         output.status
     );
-    assert_eq!(stderr, "", "nothing on stderr");
     stdout
 }
 
 /// The command failed with exit code 1: its stdout and its stderr.
 fn failed(output: &Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    let (stdout, stderr) = texts(output);
+    let code = output.status.code();
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
     (stdout, stderr)
 }
 
