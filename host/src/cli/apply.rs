@@ -282,13 +282,18 @@ struct Applier {
 
 impl Applier {
     async fn apply(&mut self, wanted: Vec<WantedTenant>, prune: bool) -> anyhow::Result<()> {
-        let before = self.client.tenants().await?.value.tenants;
+        let before = self.client.tenants().await.context("listing the tenants")?;
+        let before = before.value.tenants;
         let listed: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
         let mut stale = Vec::new();
         for tenant in wanted {
             let have = before.iter().find(|t| t.name == tenant.name);
             let handlers = match have {
-                Some(_) => self.client.list(&tenant.name).await?.value,
+                Some(_) => {
+                    let list = self.client.list(&tenant.name).await;
+                    let context = || format!("listing tenant {}'s handlers", tenant.name);
+                    list.with_context(context)?.value
+                }
                 None => HandlerList {
                     tenant: tenant.name.clone(),
                     handlers: Vec::new(),
