@@ -9,10 +9,15 @@
 //!   PATH (in `~/.cargo/bin`).
 //! - `test`: fmt check, clippy `-D warnings` (host and wasm), rustdoc
 //!   `-D warnings`, every test of every workspace member (handler crates'
-//!   unit tests natively).
+//!   unit tests natively); installs what the tests run (promtool, etcd,
+//!   docker-registry, haproxy) with apt-get when missing.
 //! - `bench [--quick] [--only isolation|https]`: the benchmark report (see
 //!   `bench/mod.rs`); installs wrk (apt-get) and the `wasmtime` CLI
 //!   (`wasmtime_cli.rs`) when missing.
+//!
+//! Every command that builds the gateway installs `protoc` (Debian's
+//! `protobuf-compiler`) first when it is missing: the etcd client crate
+//! needs it to build.
 //!
 //! A command that fails ends xtask with the command's own output and exit
 //! status, and nothing more: its output is the message.
@@ -100,6 +105,7 @@ fn xtask() -> anyhow::Result<()> {
     let rest: Vec<String> = args.collect();
     let root = workspace_root()?;
     std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    ensure_apt_tools(&tools_for(&command))?;
     match command.as_str() {
         "build-handlers" => build_handlers(),
         "serve" => serve(&rest),
@@ -256,15 +262,104 @@ fn not_members_message(folders: &[String]) -> Option<String> {
     ))
 }
 
-/// Installs a Debian package when its program is not on PATH.
-pub(crate) fn ensure_apt_tool(program: &str, package: &str) -> anyhow::Result<()> {
-    if Command::new(program).arg("--version").output().is_ok() {
+/// A program xtask needs and the Debian package that has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AptTool {
+    /// The program, as looked up on PATH.
+    program: &'static str,
+    /// The package apt-get installs for it.
+    package: &'static str,
+}
+
+/// The etcd client crate runs `protoc` in its build script, so every
+/// command that builds the gateway needs it first.
+const PROTOC: AptTool = AptTool {
+    program: "protoc",
+    package: "protobuf-compiler",
+};
+
+/// The load generator of `bench`.
+const WRK: AptTool = AptTool {
+    program: "wrk",
+    package: "wrk",
+};
+
+/// What the tests run besides cargo: `promtool` checks the metrics
+/// exposition; the cluster tests run etcd, a registry and a load balancer.
+const TEST_TOOLS: [AptTool; 4] = [
+    AptTool {
+        program: "promtool",
+        package: "prometheus",
+    },
+    AptTool {
+        program: "etcd",
+        package: "etcd-server",
+    },
+    AptTool {
+        program: "docker-registry",
+        package: "docker-registry",
+    },
+    AptTool {
+        program: "haproxy",
+        package: "haproxy",
+    },
+];
+
+/// The tools `command` needs before it starts; installed by [`xtask`]
+/// when missing. `build-handlers` builds only the components, which need
+/// none.
+fn tools_for(command: &str) -> Vec<AptTool> {
+    let mut tools = match command {
+        "serve" | "install" | "test" | "bench" => vec![PROTOC],
+        _ => Vec::new(),
+    };
+    match command {
+        "test" => tools.extend(TEST_TOOLS),
+        "bench" => tools.push(WRK),
+        _ => {}
+    }
+    tools
+}
+
+/// Whether `program` is an executable file in a folder of PATH.
+fn on_path(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        let Ok(meta) = std::fs::metadata(dir.join(program)) else {
+            return false;
+        };
+        #[cfg(unix)]
+        let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+        #[cfg(not(unix))]
+        let executable = true;
+        meta.is_file() && executable
+    })
+}
+
+/// Installs the Debian packages of the `tools` that are not on PATH, all
+/// in one apt-get call after one `apt-get update`.
+fn ensure_apt_tools(tools: &[AptTool]) -> anyhow::Result<()> {
+    let missing: Vec<AptTool> = tools
+        .iter()
+        .copied()
+        .filter(|tool| !on_path(tool.program))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: {program} is missing; installing Debian package {package}");
+    let programs: Vec<&str> = missing.iter().map(|t| t.program).collect();
+    let packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+    eprintln!(
+        "xtask: {} missing; installing Debian packages {}",
+        programs.join(", "),
+        packages.join(" ")
+    );
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", package])
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -342,10 +437,6 @@ fn install() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     build_handlers()?;
-    // The metrics test checks the exposition with promtool.
-    ensure_apt_tool("promtool", "prometheus")?;
-    // The OCI tests push to and pull from a real registry.
-    ensure_apt_tool("docker-registry", "docker-registry")?;
     let packages = handler_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // `--all-features`: the SDK's JSON support (feature `serde`) is code
@@ -493,6 +584,33 @@ mod tests {
             two.starts_with("\"handlers/a\" and \"handlers/b\" are not in the workspace: add them"),
             "{two}"
         );
+    }
+
+    #[test]
+    fn every_command_that_builds_the_gateway_gets_protoc_first() {
+        for command in ["serve", "install", "test", "bench"] {
+            assert_eq!(tools_for(command).first(), Some(&PROTOC), "{command}");
+        }
+        assert!(tools_for("build-handlers").is_empty());
+        assert!(tools_for("nonsense").is_empty(), "usage first");
+        let test: Vec<&str> = tools_for("test").iter().map(|t| t.package).collect();
+        assert_eq!(
+            test,
+            [
+                "protobuf-compiler",
+                "prometheus",
+                "etcd-server",
+                "docker-registry",
+                "haproxy"
+            ]
+        );
+        assert_eq!(tools_for("bench"), [PROTOC, WRK]);
+    }
+
+    #[test]
+    fn programs_are_looked_up_on_path() {
+        assert!(on_path("sh"), "every unix has sh");
+        assert!(!on_path("no-such-program-wasmgate-xtask"));
     }
 
     #[test]

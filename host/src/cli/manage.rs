@@ -1,7 +1,8 @@
 //! The commands that drive a running gateway through its admin API
-//! (`deploy`, `patch`, `delete`, `rollback`, `list`, `tenant`, `reload`): their
-//! arguments, the call each makes ([`super::client`]) and what each prints
-//! ([`super::print`]). Everything the admin API does, a command does.
+//! (`deploy`, `patch`, `delete`, `rollback`, `list`, `tenant`, `reload`;
+//! `apply` is [`super::apply`]'s): their arguments, the call each makes
+//! ([`super::client`]) and what each prints ([`super::print`]). Everything
+//! the admin API does, a command does.
 
 use std::path::PathBuf;
 
@@ -100,6 +101,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StaticCommand,
     },
+    /// Make a running gateway's tenants, handlers and static mounts what a
+    /// config file's `[[tenant]]` tables say, writing only what differs
+    /// (a second apply changes nothing); with --prune also delete what the
+    /// file does not list. The root token comes from $WASMGATE_ADMIN_TOKEN.
+    Apply(super::apply::ApplyArgs),
     /// Apply the gateway's config file again, as SIGHUP does, and say
     /// whether it applied. The token comes from $WASMGATE_ADMIN_TOKEN.
     Reload {
@@ -424,6 +430,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 json.to_string(),
             ))
         }),
+        Command::Apply(args) => super::apply::run(&args),
         Command::Reload { admin } => call(&admin, async |client| {
             let reloaded = client.reload().await?;
             Ok((print::reload_summary(&reloaded.value), reloaded.json))

@@ -3,10 +3,12 @@
 //! binary's edge, so errors are `anyhow` with context for a person.
 //! [`serve`] runs the gateway, [`component`] checks and compiles component
 //! files, [`manage`] holds the commands that drive a running gateway
-//! (`deploy`, `delete`, `rollback`, `list`, `tenant`, `reload`),
+//! (`deploy`, `delete`, `rollback`, `list`, `tenant`, `reload`, and
+//! `apply`, which is [`apply`]),
 //! [`client`] is their admin API client and [`print`](mod@print) what they
 //! print for a person.
 
+pub mod apply;
 pub mod call;
 pub mod client;
 pub mod component;

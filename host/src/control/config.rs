@@ -98,8 +98,8 @@ pub struct ClusterConfig {
     /// The OCI repository base uploaded components are pushed to, e.g.
     /// `http://127.0.0.1:5000/wasmgate` (plain HTTP only for loopback).
     pub registry: String,
-    /// This replica's name in `GET /admin/cluster`. Default: the
-    /// hostname (a Kubernetes pod's name).
+    /// This replica's name in `GET /admin/cluster`. Default:
+    /// `$WASMGATE_NODE`, else the hostname.
     #[serde(default = "default_node")]
     pub node: String,
 }
@@ -108,13 +108,14 @@ fn default_cluster_prefix() -> String {
     "/wasmgate".to_owned()
 }
 
-/// The hostname, which is the pod's name under Kubernetes.
+/// `$WASMGATE_NODE` (the manifests set it to the pod's name), else the
+/// hostname.
 fn default_node() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    std::env::var("WASMGATE_NODE")
         .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "wasmgate".to_owned())
 }
 

@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-use crate::{build_handlers, cargo, ensure_apt_tool, run, wasmtime_cli};
+use crate::{build_handlers, cargo, run, wasmtime_cli};
 
 mod cases;
 mod hotload;
@@ -77,7 +77,6 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             other.unwrap_or("nothing")
         ),
     };
-    ensure_apt_tool("wrk", "wrk")?;
     build_handlers()?;
     run(cargo().args([
         "build",
