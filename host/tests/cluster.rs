@@ -73,7 +73,10 @@ async fn put_tenant(replica: &Replica, t: &str) {
         Some(json!({"hosts": ["*"]})),
     )
     .await;
-    assert!(status == 200 || status == 201, "PUT tenant: {status} {body}");
+    assert!(
+        status == 200 || status == 201,
+        "PUT tenant: {status} {body}"
+    );
 }
 
 /// Uploads the `hello` component as `t`/`name` at `route` through
@@ -244,7 +247,10 @@ async fn concurrent_writes_on_different_replicas_are_all_kept() {
         .send()
         .await
         .expect("get");
-    let etag = response.headers()["etag"].to_str().expect("etag").to_owned();
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_owned();
     assert_eq!(set_greeting(two, "acme", "h0", "first").await, 200);
     let stale = common::client()
         .patch(format!("{}/admin/tenants/acme/handlers/h0", one.admin))
@@ -311,14 +317,19 @@ async fn a_replica_killed_during_a_deploy_serves_it_after_restart() {
     let mut cluster = Cluster::start("restart", 3).await;
     put_tenant(&cluster.replicas[0], "acme").await;
     assert_eq!(
-        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello").await.0,
+        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello")
+            .await
+            .0,
         201
     );
     let all: Vec<&Replica> = cluster.replicas.iter().collect();
     until_all_serve(&all, "/hello", "hello from wasmgate\n").await;
 
     cluster.replicas[2].kill();
-    assert_eq!(set_greeting(&cluster.replicas[0], "acme", "hello", "new").await, 200);
+    assert_eq!(
+        set_greeting(&cluster.replicas[0], "acme", "hello", "new").await,
+        200
+    );
     cluster.replicas[2].restart();
     let start = Instant::now();
     cluster.replicas[2].wait_ready().await;
@@ -337,7 +348,9 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
     let mut cluster = Cluster::start("outage", 3).await;
     put_tenant(&cluster.replicas[0], "acme").await;
     assert_eq!(
-        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello").await.0,
+        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello")
+            .await
+            .0,
         201
     );
     {
@@ -358,7 +371,10 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
     assert_eq!(body["error"], "store_unavailable");
     // Every replica serves, says it may be stale, and exports it.
     for replica in &cluster.replicas {
-        assert_eq!(replica.get("/hello").await, (200, "hello from wasmgate\n".into()));
+        assert_eq!(
+            replica.get("/hello").await,
+            (200, "hello from wasmgate\n".into())
+        );
         let status = cluster_status(&replica.admin).await;
         assert_eq!(status["store_up"], false, "{status}");
         assert_eq!(status["stale"], true, "{status}");
@@ -393,7 +409,8 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
 async fn a_single_node_has_no_cluster() {
     let dir = common::scratch(&format!("single-node-{}", std::process::id()));
     let admin_section = "[admin]\ntoken_env = \"WASMGATE_CLUSTER_TEST_TOKEN\"\n";
-    let mut command = common::serve_config(&dir, &common::config_text(&common::demo(admin_section)));
+    let mut command =
+        common::serve_config(&dir, &common::config_text(&common::demo(admin_section)));
     command.env("WASMGATE_CLUSTER_TEST_TOKEN", TOKEN);
     let served = common::Served::spawn(&mut command);
     let (status, body) = admin(Method::GET, &served.admin, "/admin/cluster", None).await;

@@ -422,10 +422,7 @@ impl Registry {
         &self,
         tenant: &str,
         uploads: HashMap<String, Vec<u8>>,
-        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError>
-        + Clone
-        + Send
-        + 'static,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Clone + Send + 'static,
     ) -> Result<T, ApplyError> {
         let uploads = self.compiler.prepare(tenant, &self.runtime, uploads).await;
         if let Some(shared) = self.shared.get() {
@@ -479,10 +476,7 @@ impl Registry {
         &self,
         shared: &dyn SharedState,
         uploads: &HashMap<String, Vec<u8>>,
-        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError>
-        + Clone
-        + Send
-        + 'static,
+        edit: impl FnOnce(&mut DesiredState, &Limits) -> Result<T, StateError> + Clone + Send + 'static,
     ) -> Result<T, ApplyError> {
         // Writers racing on every attempt is not a steady state: after this
         // many the caller hears 503 and tries again later.

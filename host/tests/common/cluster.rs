@@ -271,7 +271,9 @@ impl Haproxy {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("starting haproxy (Debian package haproxy; `cargo xtask test` installs it): {e}")
+                panic!(
+                    "starting haproxy (Debian package haproxy; `cargo xtask test` installs it): {e}"
+                )
             });
         let haproxy = Self {
             child,

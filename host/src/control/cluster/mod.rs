@@ -28,9 +28,7 @@ use super::config::{ClusterConfig, Config};
 use super::oci::{Oci, OciReference, RegistryBase};
 use super::persist::{ComponentStore, DataDir};
 use super::registry::Registry;
-use super::shared::{
-    BoxFuture, ClusterStatus, ReplicaStatus, SharedError, SharedState, Snapshot,
-};
+use super::shared::{BoxFuture, ClusterStatus, ReplicaStatus, SharedError, SharedState, Snapshot};
 use super::state::{DesiredState, now_unix};
 use crate::metrics::Metrics;
 
@@ -230,10 +228,9 @@ impl Cluster {
             .apply_replicated(snapshot.state, uploads)
             .await
             .map_err(|e| e.to_string())?;
-        if let Err(e) = crate::files::write_atomically(
-            &self.revision_file,
-            format!("{revision}\n").as_bytes(),
-        ) {
+        if let Err(e) =
+            crate::files::write_atomically(&self.revision_file, format!("{revision}\n").as_bytes())
+        {
             tracing::warn!(
                 "could not keep the applied revision in {}: {e}",
                 self.revision_file.display()
@@ -406,8 +403,7 @@ impl SharedState for Cluster {
                     "the store is unreachable: this replica serves revision {applied}, which may \
                      be stale; admin writes answer 503 until it is back"
                 ))
-            } else if let Some(error) = status.error.as_ref().filter(|_| status.latest > applied)
-            {
+            } else if let Some(error) = status.error.as_ref().filter(|_| status.latest > applied) {
                 Some(format!(
                     "revision {} is not applied here: {error}",
                     status.latest
