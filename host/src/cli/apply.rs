@@ -522,6 +522,7 @@ mod tests {
             source: Source::Api,
             config: wanted(route, config).config,
             versions: Vec::new(),
+            oci: None,
             result: None,
         }
     }
