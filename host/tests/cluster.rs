@@ -165,6 +165,20 @@ async fn a_deploy_through_one_replica_serves_on_all_and_the_cluster_lists_them()
         .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(nodes, ["gw-1", "gw-2", "gw-3"]);
+    // `wasmgate list` says how many serve the latest revision.
+    let list = std::process::Command::new(common::BIN)
+        .args(["list", "--admin", &cluster.replicas[1].admin])
+        .env("WASMGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("wasmgate list");
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "cluster: 3 of 3 replicas serve the latest revision ({revision})"
+        )),
+        "{stdout}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
 
     // The registry holds the component, by the reference the state names.
     let (_, handler) = admin(

@@ -26,6 +26,7 @@ use crate::admin::views::{
     TenantList, TenantPut, TenantView, WriteResult,
 };
 use crate::control::oci::OciReference;
+use crate::control::shared::ClusterStatus;
 
 /// The environment variable holding the token the commands send.
 pub const TOKEN_ENV: &str = "WASMGATE_ADMIN_TOKEN";
@@ -453,6 +454,18 @@ impl Client {
             .body(Full::default());
         let (status, body) = self.exchange(request).await?;
         self.no_content(status, &body)
+    }
+
+    /// The cluster as the replica sees it; `None` from a single node.
+    pub async fn cluster(&self) -> Result<Option<Reply<ClusterStatus>>, ClientError> {
+        let request = self
+            .request(Method::GET, "/admin/cluster")
+            .body(Full::default());
+        let (status, body) = self.exchange(request).await?;
+        match self.answer(status, &body) {
+            Err(ClientError::Rejected { status: 404, .. }) => Ok(None),
+            other => other.map(Some),
+        }
     }
 
     /// Every tenant.

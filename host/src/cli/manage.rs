@@ -374,13 +374,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             admin,
         } => call(&admin, async |client| {
             let list = client.list(&tenant).await?;
-            Ok((print::handler_table(&list.value), list.json))
+            let table = print::handler_table(&list.value);
+            Ok((with_replicas(client, table).await, list.json))
         }),
         Command::List {
             tenant: None,
             admin,
-        }
-        | Command::Tenant {
+        } => call(&admin, async |client| {
+            let list = client.tenants().await?;
+            let table = print::tenant_table(&list.value);
+            Ok((with_replicas(client, table).await, list.json))
+        }),
+        Command::Tenant {
             command: TenantCommand::List { admin },
         } => call(&admin, async |client| {
             let list = client.tenants().await?;
@@ -506,6 +511,16 @@ fn call(
         say(&json)
     } else {
         say(&summary)
+    }
+}
+
+/// `summary` and, from a replica in cluster mode, a line saying how many
+/// replicas serve the latest revision. A root-only answer a tenant token
+/// cannot read, or a single node, adds nothing.
+async fn with_replicas(client: &Client, summary: String) -> String {
+    match client.cluster().await {
+        Ok(Some(cluster)) => format!("{summary}\n{}", print::cluster_line(&cluster.value)),
+        _ => summary,
     }
 }
 

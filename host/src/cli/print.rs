@@ -8,6 +8,7 @@ use super::client::{Deployed, TenantWritten};
 use crate::admin::views::{
     HandlerList, HandlerView, Reloaded, TenantList, TenantView, WriteResult,
 };
+use crate::control::shared::ClusterStatus;
 use crate::control::state::Source;
 
 /// How many hex digits of a sha256 the lines and the table show: enough
@@ -101,6 +102,25 @@ pub fn handler_table(list: &HandlerList) -> String {
         .collect();
     let [a, b, c, d, e, f, g] = header;
     table([a, b, c, d, e, f, g, "OCI"], &rows)
+}
+
+/// One line on the cluster: how many replicas serve the latest revision,
+/// and what the answering replica knows of the store.
+pub fn cluster_line(cluster: &ClusterStatus) -> String {
+    let serving = cluster
+        .replicas
+        .iter()
+        .filter(|r| r.applied_revision >= cluster.revision)
+        .count();
+    let mut line = format!(
+        "cluster: {serving} of {} replicas serve the latest revision ({})",
+        cluster.replicas.len(),
+        cluster.revision
+    );
+    if let Some(message) = &cluster.message {
+        line.push_str(&format!("; {}: {message}", cluster.node));
+    }
+    line
 }
 
 /// The tenants as a table: one row per tenant, its limit overrides last.
