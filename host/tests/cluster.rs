@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Etcd, Haproxy, Replica, TOKEN, cluster_status};
+use common::cluster::{Etcd, Haproxy, Replica, TENANT_TOKEN, TOKEN, cluster_status};
 use common::registry::Registry;
 use reqwest::Method;
 use serde_json::json;
@@ -208,6 +208,30 @@ async fn a_deploy_through_one_replica_serves_on_all_and_the_cluster_lists_them()
     assert_eq!(manifest.status(), 200);
     let manifest: serde_json::Value = manifest.json().await.expect("manifest JSON");
     assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+
+    // A tenant token named through one replica works on every replica,
+    // for that tenant only.
+    let (status, body) = admin(
+        Method::PUT,
+        &cluster.replicas[2].admin,
+        "/admin/tenants/acme",
+        Some(json!({"hosts": ["*"], "token_env": "WASMGATE_CLUSTER_TENANT_TOKEN"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bytes = std::fs::read(components::require(components::HELLO)).expect("hello.wasm");
+    let (status, body) = common::put_component(
+        &first.admin,
+        TENANT_TOKEN,
+        ("acme", "second", "/second"),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    put_tenant(first, "other").await;
+    let (status, _) =
+        common::put_component(&first.admin, TENANT_TOKEN, ("other", "x", "/x"), bytes).await;
+    assert_eq!(status, 403);
 
     // A write's answer carries the revision it reflects.
     let response = common::client()

@@ -22,7 +22,6 @@ use hyper::body::Incoming;
 
 use crate::admin::auth::Tokens;
 pub use crate::control::ReloadError;
-use crate::control::config::Config;
 use crate::control::oci::Oci;
 use crate::control::registry::Registry;
 use crate::control::{ControlPlane, Trigger};
@@ -56,7 +55,7 @@ impl Admin {
     /// failed.
     pub fn new(metrics: Arc<Metrics>, workers: usize, control: Arc<ControlPlane>) -> Self {
         let config = control.config();
-        if let Some(disabled) = tokens_of(&config).disabled() {
+        if let Some(disabled) = Tokens::from_env(&config.admin.token_env, []).disabled() {
             tracing::warn!("{disabled}");
         }
         let bodies = bodies::Bodies::new(config.admin.max_upload_bytes);
@@ -71,10 +70,16 @@ impl Admin {
         }
     }
 
-    /// Who may write: the tokens the applied config names, read from the
-    /// environment (a reload that names other variables changes them).
+    /// Who may write: the root token the applied config names and each
+    /// tenant's the desired state names (a tenant's `token_env`, from the
+    /// config file or the API), read from the environment.
     fn tokens(&self) -> Tokens {
-        tokens_of(&self.control.config())
+        let envs = self.registry.token_envs();
+        Tokens::from_env(
+            &self.control.config().admin.token_env,
+            envs.iter()
+                .map(|(tenant, env)| (tenant.as_str(), env.as_str())),
+        )
     }
 
     /// Reads the config file again and applies the difference
@@ -136,17 +141,6 @@ fn readiness(draining: bool, alive: usize, workers: usize) -> (StatusCode, Strin
     } else {
         (StatusCode::OK, "ready\n".into())
     }
-}
-
-/// The root token and the tenants' tokens `config` names.
-fn tokens_of(config: &Config) -> Tokens {
-    Tokens::from_env(
-        &config.admin.token_env,
-        config
-            .tenants
-            .iter()
-            .filter_map(|t| Some((t.name.as_str(), t.token_env.as_deref()?))),
-    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

@@ -156,6 +156,7 @@ impl Call<'_> {
             cpu_weight,
             allowed_outbound_hosts,
             tls,
+            token_env,
         } = body;
         let written = self
             .write(None, HashMap::new(), move |state, defaults| {
@@ -172,6 +173,7 @@ impl Call<'_> {
                     cpu_weight,
                     allowed_outbound_hosts,
                     tls,
+                    token_env,
                 };
                 let written = state.put_tenant(&tenant, settings, defaults, Source::Api)?;
                 Ok((written, None))

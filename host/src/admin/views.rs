@@ -36,6 +36,9 @@ pub struct TenantView {
     /// Its certificate for the HTTPS listener, if one is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsView>,
+    /// The env var its own admin token is read from, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 /// A static mount of a tenant.
@@ -80,6 +83,7 @@ impl TenantView {
                 })
                 .collect(),
             tls: cert.map(TlsView::new),
+            token_env: tenant.token_env.clone(),
         }
     }
 }

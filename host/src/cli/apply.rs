@@ -117,8 +117,6 @@ struct WantedTenant {
     /// Its settings as the API takes them: `tls` is always present, so a
     /// certificate the file does not name is removed.
     settings: TenantPut,
-    /// `token_env`, which the admin API cannot set.
-    token_env: Option<String>,
     handlers: Vec<WantedHandler>,
     /// Static mounts: route and canonical directory.
     statics: Vec<(String, PathBuf)>,
@@ -137,15 +135,6 @@ struct WantedHandler {
 /// Runs `wasmgate apply`.
 pub fn run(args: &ApplyArgs) -> anyhow::Result<()> {
     let wanted = read(&args.file)?;
-    for tenant in &wanted {
-        if let Some(env) = &tenant.token_env {
-            eprintln!(
-                "note: tenant {}: token_env {env} is not applied (the admin API does not set \
-                 tenant tokens; a gateway reads them from its own config file)",
-                tenant.name
-            );
-        }
-    }
     let mut applier = Applier {
         client: Client::from_env(&args.admin)?,
         done: Vec::new(),
@@ -215,8 +204,8 @@ fn read_tenant(file: &Path, tenant: &TenantConfig) -> anyhow::Result<WantedTenan
             cpu_weight: settings.cpu_weight,
             allowed_outbound_hosts: settings.allowed_outbound_hosts,
             tls: Some(tls),
+            token_env: settings.token_env,
         },
-        token_env: tenant.token_env.clone(),
         handlers,
         statics: tenant
             .statics
@@ -234,6 +223,7 @@ fn tenant_differs(want: &TenantPut, have: &TenantView) -> bool {
         || want.limits != have.limits
         || want.cpu_weight != have.cpu_weight
         || want.allowed_outbound_hosts != have.allowed_outbound_hosts
+        || want.token_env != have.token_env
         || have.tls.is_some()
 }
 
@@ -244,6 +234,7 @@ fn same_settings(a: &TenantView, b: &TenantView) -> bool {
         && a.cpu_weight == b.cpu_weight
         && a.allowed_outbound_hosts == b.allowed_outbound_hosts
         && a.tls == b.tls
+        && a.token_env == b.token_env
 }
 
 /// The calls that make a handler what the file says.

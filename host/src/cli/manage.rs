@@ -284,6 +284,13 @@ pub struct TenantPutArgs {
     /// Overrides `limits.max_outbound_connections`.
     #[arg(long, value_name = "N")]
     max_outbound_connections: Option<usize>,
+    /// The environment variable holding a token that may read and write
+    /// this tenant's handlers (set on every replica, in cluster mode).
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// Takes the tenant's own token away: only the root token writes it.
+    #[arg(long, conflicts_with = "token_env")]
+    no_token: bool,
     /// Where the gateway is.
     #[command(flatten)]
     admin: AdminArgs,
@@ -327,6 +334,11 @@ impl TenantPutArgs {
             allowed_outbound_hosts,
             // Absent: the tenant keeps its certificate.
             tls: None,
+            token_env: if self.no_token {
+                None
+            } else {
+                self.token_env.clone().or(current.token_env)
+            },
         })
     }
 }
@@ -486,6 +498,7 @@ fn put_tenant(args: &TenantPutArgs) -> anyhow::Result<()> {
                 cpu_weight: t.cpu_weight,
                 allowed_outbound_hosts: t.allowed_outbound_hosts,
                 tls: None,
+                token_env: t.token_env,
             });
         let settings = args.settings(current)?;
         let written = client.put_tenant(&args.name, &settings).await?;
@@ -558,6 +571,7 @@ mod tests {
             cpu_weight: 3,
             allowed_outbound_hosts: vec!["https://api.example".to_owned()],
             tls: None,
+            token_env: None,
         }
     }
 

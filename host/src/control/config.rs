@@ -371,6 +371,7 @@ impl TenantConfig {
             cpu_weight: self.cpu_weight,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             tls: self.tls.clone(),
+            token_env: self.token_env.clone(),
         }
     }
 }
@@ -401,6 +402,10 @@ pub struct TenantSettings<Tls = TlsFiles> {
     /// Its certificate; `None` when absent.
     #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// The env var holding a token that may read and write this tenant's
+    /// handlers (every replica's environment, in cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 impl<Tls> Default for TenantSettings<Tls> {
@@ -411,6 +416,7 @@ impl<Tls> Default for TenantSettings<Tls> {
             cpu_weight: crate::limits::default_cpu_weight(),
             allowed_outbound_hosts: Vec::new(),
             tls: None,
+            token_env: None,
         }
     }
 }

@@ -250,6 +250,9 @@ pub struct Registry {
     /// blocking thread, or for good if that thread panicked (a bug: every
     /// later write then fails, and the routing table stays as it was).
     writer: tokio::sync::Mutex<Option<Writer>>,
+    /// Each tenant's token env var, as the state applied last names them:
+    /// the admin API authenticates tenant tokens by it.
+    token_envs: std::sync::RwLock<Arc<BTreeMap<String, String>>>,
     /// In cluster mode, the store edits are committed to; this replica
     /// then applies them as every other does ([`Registry::apply_replicated`]).
     shared: std::sync::OnceLock<Arc<dyn SharedState>>,
@@ -362,6 +365,7 @@ impl Registry {
             table: Arc::new(RouteTable::new(commit.router)),
             certs: Arc::new(certs),
             tls_store,
+            token_envs: std::sync::RwLock::new(Arc::new(token_envs(&writer.state))),
             writer: tokio::sync::Mutex::new(Some(writer)),
             shared: std::sync::OnceLock::new(),
         })
@@ -397,6 +401,16 @@ impl Registry {
     /// The shared state edits are committed to, in cluster mode.
     pub fn shared(&self) -> Option<&Arc<dyn SharedState>> {
         self.shared.get()
+    }
+
+    /// Each tenant's token env var (tenants without one are absent).
+    pub fn token_envs(&self) -> Arc<BTreeMap<String, String>> {
+        Arc::clone(
+            &self
+                .token_envs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// A copy of the desired state as it is now.
@@ -600,12 +614,26 @@ impl Registry {
         })
         .await
         .map_err(|_| ApplyError::WriterLost)?;
+        let envs = token_envs(&writer.state);
         *slot = Some(writer);
         let commit = result?;
+        *self
+            .token_envs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(envs);
         self.table.publish(commit.router);
         self.certs.publish(commit.certs);
         Ok((value, commit.refused))
     }
+}
+
+/// Each tenant's token env var in `state`.
+fn token_envs(state: &DesiredState) -> BTreeMap<String, String> {
+    state
+        .tenants
+        .iter()
+        .filter_map(|(name, t)| Some((name.clone(), t.token_env.clone()?)))
+        .collect()
 }
 
 /// `secs` since the Unix epoch.

@@ -29,6 +29,22 @@ use crate::limits::{
     LimitOverrides, Limits, check_cpu_weight, check_handler_sizes, check_limits, check_name,
 };
 
+/// Checks the name of a tenant token's env var: what a shell can set.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "token_env {name:?} must be an environment variable name: letters, digits and '_', \
+             not starting with a digit, at most 128"
+        ))
+    }
+}
+
 /// Where a version or a tenant came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +140,7 @@ impl TenantState {
             cpu_weight: self.cpu_weight,
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             tls: self.tls.clone(),
+            token_env: self.token_env.clone(),
         }
     }
 }
@@ -503,7 +520,11 @@ impl DesiredState {
             cpu_weight,
             allowed_outbound_hosts,
             tls,
+            token_env,
         } = settings;
+        if let Some(env) = &token_env {
+            check_env_name(env).map_err(StateError::Invalid)?;
+        }
         if hosts.is_empty() {
             return Err(StateError::Invalid("hosts is empty".into()));
         }
@@ -520,7 +541,8 @@ impl DesiredState {
                     && t.limits == limits
                     && t.cpu_weight == cpu_weight
                     && t.allowed_outbound_hosts == allowed_outbound_hosts
-                    && t.tls == tls =>
+                    && t.tls == tls
+                    && t.token_env == token_env =>
             {
                 Ok(Written::Unchanged)
             }
@@ -530,6 +552,7 @@ impl DesiredState {
                 t.cpu_weight = cpu_weight;
                 t.allowed_outbound_hosts = allowed_outbound_hosts;
                 t.tls = tls;
+                t.token_env = token_env;
                 t.source = source;
                 Ok(Written::Replaced)
             }
@@ -541,7 +564,7 @@ impl DesiredState {
                     TenantState {
                         hosts,
                         limits,
-                        token_env: None,
+                        token_env,
                         cpu_weight,
                         allowed_outbound_hosts,
                         tls,
@@ -1120,5 +1143,29 @@ component = "b.wasm"
             .expect_err("clash");
         assert!(matches!(err, StateError::RouteTaken { .. }), "{err}");
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_tenant_token_env_must_be_a_variable_name() {
+        let mut state = DesiredState::default();
+        for bad in ["", "1ABC", "A-B", "A B", &"X".repeat(129)] {
+            let settings = TenantSettings {
+                token_env: Some(bad.to_owned()),
+                ..TenantSettings::default()
+            };
+            let refused = state.put_tenant("t", settings, &Limits::default(), Source::Api);
+            assert!(matches!(refused, Err(StateError::Invalid(_))), "{bad:?}");
+        }
+        let settings = TenantSettings {
+            token_env: Some("ACME_TOKEN_2".to_owned()),
+            ..TenantSettings::default()
+        };
+        state
+            .put_tenant("t", settings, &Limits::default(), Source::Api)
+            .expect("valid");
+        assert_eq!(
+            state.tenants["t"].token_env.as_deref(),
+            Some("ACME_TOKEN_2")
+        );
     }
 }

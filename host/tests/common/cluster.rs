@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// The root token the replicas' admin APIs take.
 pub const TOKEN: &str = "cluster-root-token";
 
+/// What the replicas' `WASMGATE_CLUSTER_TENANT_TOKEN` holds: a tenant
+/// whose `token_env` names that variable may write with it.
+pub const TENANT_TOKEN: &str = "cluster-tenant-token";
+
 /// A port free on 127.0.0.1 a moment ago. Replicas and etcd are
 /// restarted on the same ports, so the ports are chosen up front.
 pub fn free_port() -> u16 {
@@ -173,6 +177,7 @@ impl Replica {
             .arg("--config")
             .arg(self.dir.join("wasmgate.toml"))
             .env("WASMGATE_CLUSTER_TEST_TOKEN", TOKEN)
+            .env("WASMGATE_CLUSTER_TENANT_TOKEN", TENANT_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -48,6 +48,11 @@ pub struct Cluster {
     oci: Oci,
     /// The repository uploads are pushed to.
     registry_base: RegistryBase,
+    /// Components this replica pushed, by sha256: a push is
+    /// content-addressed (the same bytes make the same manifest), so one is
+    /// never pushed twice; the lock also keeps this replica's concurrent
+    /// writes from pushing the same blob at once.
+    pushed: tokio::sync::Mutex<HashMap<String, OciReference>>,
     /// The handlers served here.
     registry: Arc<Registry>,
     /// Components stored here by sha256: what need not be pulled.
@@ -122,6 +127,7 @@ impl Cluster {
             store: tokio::sync::OnceCell::new(),
             oci: Oci::from_env(),
             registry_base,
+            pushed: tokio::sync::Mutex::new(HashMap::new()),
             registry: Arc::clone(registry),
             components: data_dir.components(),
             revision_file,
@@ -326,15 +332,45 @@ impl Cluster {
                     &stored
                 }
             };
-            let reference = self
-                .oci
-                .push(&self.registry_base, bytes)
-                .await
-                .map_err(|e| SharedError::RegistryUnavailable(e.to_string()))?;
+            let reference = self.push(&version.sha256, bytes).await?;
             known.insert(version.sha256.clone(), reference.clone());
             version.oci = Some(reference);
         }
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// Pushes one component (once per replica), retrying a failed push:
+    /// two replicas pushing the same blob at once can make a registry
+    /// refuse one of them, and pushing again then finds the blob there.
+    async fn push(&self, sha256: &str, bytes: &[u8]) -> Result<OciReference, SharedError> {
+        // Distinct components a replica remembers having pushed; past it the
+        // memory starts over (a push of a present blob is cheap).
+        const REMEMBERED: usize = 4096;
+        let mut pushed = self.pushed.lock().await;
+        if let Some(reference) = pushed.get(sha256) {
+            return Ok(reference.clone());
+        }
+        let mut attempt = 0;
+        let reference = loop {
+            match self.oci.push(&self.registry_base, bytes).await {
+                Ok(reference) => break reference,
+                Err(e) if attempt == 2 => {
+                    return Err(SharedError::RegistryUnavailable(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::debug!(sha256, "push failed, trying again: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        };
+        if pushed.len() >= REMEMBERED {
+            pushed.clear();
+        }
+        pushed.insert(sha256.to_owned(), reference.clone());
+        Ok(reference)
     }
 }
 
