@@ -477,7 +477,7 @@ impl Oci {
     /// must have exactly one `application/wasm` layer (served by the
     /// registry itself) and a wasm config, and that layer must declare at
     /// most `max_bytes`. The download that may follow shares the push's
-    /// [`TIMEOUT`] with this.
+    /// `TIMEOUT` with this.
     pub async fn find(
         &self,
         reference: &OciReference,

@@ -430,7 +430,7 @@ impl Registry {
     /// them, and the uploads are compiled before the write takes its turn.
     ///
     /// In cluster mode the edit is made to the shared state instead and
-    /// committed there (see [`Registry::apply_shared`]); it may then run
+    /// committed there (see `apply_shared`); it may then run
     /// more than once, which is why it is `Clone`.
     pub async fn apply<T: Send + 'static>(
         &self,

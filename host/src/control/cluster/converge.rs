@@ -72,7 +72,7 @@ async fn wait_for_commit(cluster: &Cluster, from: i64) {
 }
 
 /// Keeps this replica's report under a lease in the store, refreshed every
-/// [`REPORT_EVERY`] and right after each applied revision.
+/// `REPORT_EVERY` (3 s) and right after each applied revision.
 pub async fn report(cluster: Arc<Cluster>) {
     let mut applied = cluster.applied.subscribe();
     let mut lease = None;
