@@ -108,9 +108,13 @@ impl Host {
                 .to_owned());
         }
         let host = parsed.host();
-        let port_ok = authority[host.len()..].strip_prefix(':').map_or(true, |port| {
-            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-        });
+        let port_ok = match authority.strip_prefix(host) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())),
+            None => false,
+        };
         if !port_ok {
             return Err(format!("{authority:?} is not HOST[:PORT]"));
         }
