@@ -108,6 +108,16 @@ impl Host {
                 .to_owned());
         }
         let host = parsed.host();
+        let port_ok = match authority.strip_prefix(host) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())),
+            None => false,
+        };
+        if !port_ok {
+            return Err(format!("{authority:?} is not HOST[:PORT]"));
+        }
         let ip = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -415,6 +425,13 @@ impl Oci {
         base: &RegistryBase,
         component: &[u8],
     ) -> Result<OciReference, OciError> {
+        // The component model's binary header: a core module would push
+        // (`oci-wasm` takes modules too) and then never load.
+        if !component.starts_with(b"\0asm\x0d\0\x01\0") {
+            return Err(OciError::Invalid(
+                "not a WebAssembly component (its first bytes are not a component's)".to_owned(),
+            ));
+        }
         let tag = format!("sha256-{}", sha256_hex(component));
         let image = Reference::with_tag(
             base.host.authority.clone(),
@@ -476,8 +493,8 @@ impl Oci {
     /// downloading the component: its digest must be the reference's, it
     /// must have exactly one `application/wasm` layer (served by the
     /// registry itself) and a wasm config, and that layer must declare at
-    /// most `max_bytes`. The download that may follow shares the push's
-    /// `TIMEOUT` with this.
+    /// most `max_bytes`. This and the download that may follow share one
+    /// 30 s bound.
     pub async fn find(
         &self,
         reference: &OciReference,
@@ -916,10 +933,12 @@ mod tests {
             .expect_err("nothing there");
         assert!(matches!(error, OciError::Unreachable(_)), "{error:?}");
         let base: RegistryBase = format!("http://127.0.0.1:{port}/x").parse().expect("valid");
-        let error = Oci::new(None)
-            .push(&base, b"\0asm\x01\0\0\0")
-            .await
-            .expect_err("not a component");
-        assert!(matches!(error, OciError::Invalid(_)), "{error:?}");
+        for junk in [&b"\0asm\x01\0\0\0"[..], b"hello"] {
+            let error = Oci::new(None)
+                .push(&base, junk)
+                .await
+                .expect_err("not a component");
+            assert!(matches!(error, OciError::Invalid(_)), "{error:?}");
+        }
     }
 }
