@@ -157,6 +157,7 @@ async fn a_deploy_through_one_replica_serves_on_all_and_the_cluster_lists_them()
                 ("wasmgate_cluster_revision", revision as f64),
             ],
         );
+        common::promtool_accepts(&metrics);
     }
     let nodes: Vec<String> = cluster_status(&cluster.replicas[2].admin).await["replicas"]
         .as_array()

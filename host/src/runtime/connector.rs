@@ -201,24 +201,25 @@ async fn tls(
     host: &str,
     stream: tokio::net::TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ConnectError> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = match rustls::ClientConfig::builder_with_provider(provider)
+        // The ring provider supports the default versions; were it not so,
+        // every HTTPS call fails, not the process (`ClientConfig::builder()`
+        // would panic: two providers are linked, none installed).
+        rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-        {
-            Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-            // The ring provider supports the default versions. Were it not
-            // so, an empty config fails every handshake, not the process.
-            Err(_) => rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        Arc::new(config)
+            .ok()
+            .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
     });
+    let Some(config) = config else {
+        return Err(ConnectError::Tls(std::io::Error::other(
+            "no TLS client settings: the ring provider refused the default versions",
+        )));
+    };
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
         ConnectError::Tls(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -18,57 +18,73 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often a replica reports (well within the report's lease).
 const REPORT_EVERY: Duration = Duration::from_secs(3);
 
-/// Applies the newest revision, then waits for the next commit; forever.
-/// With the store down it retries with backoff and the state served stays
-/// as it is; a revision that fails to apply here is retried (a component
-/// may be pullable again later) without holding up the next one.
+/// Applies the newest revision, then each commit the watch reports;
+/// forever. One watch stays open across applies: a watch opened at a
+/// revision already past makes etcd catch it up in a background pass
+/// (about every 100 ms), which a fresh watch per commit paid when writes
+/// came close together. With the store down it retries with backoff and
+/// the state served stays as it is; a revision that fails to apply here
+/// is retried (a component may be pullable again later).
 pub async fn follow(cluster: Arc<Cluster>) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let read = match cluster.read_store().await {
-            Ok(read) => read,
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+        let Some(read) = catch_up(&cluster).await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        backoff = MIN_BACKOFF;
+        let Ok(store) = cluster.store().await else {
+            continue;
+        };
+        let mut stream = match store.watch_commits(read.store_revision + 1).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                cluster.store_answered(Some(&e));
                 continue;
             }
         };
-        backoff = MIN_BACKOFF;
-        let revision = read.snapshot.revision;
-        let behind = revision != *cluster.applied.borrow() || !cluster.has_state();
-        if behind && let Err(error) = cluster.apply(read.snapshot).await {
-            cluster.apply_failed(&error);
-            tokio::time::sleep(MAX_BACKOFF).await;
-            continue;
-        }
-        wait_for_commit(&cluster, read.store_revision + 1).await;
-    }
-}
-
-/// Returns at the first commit at `from` or later, or when the watch
-/// fails (then the caller reads again, which tells a commit from an
-/// outage).
-async fn wait_for_commit(cluster: &Cluster, from: i64) {
-    let Ok(store) = cluster.store().await else {
-        return;
-    };
-    let mut stream = match store.watch_commits(from).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            cluster.store_answered(Some(&e));
-            return;
-        }
-    };
-    loop {
-        match stream.message().await {
-            Ok(Some(response)) if response.events().is_empty() && !response.canceled() => {}
-            Ok(_) => return,
-            Err(e) => {
-                cluster.store_answered(Some(&e.into()));
-                return;
+        let mut seen = read.snapshot.revision;
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) if !response.canceled() => {
+                    let newest = response
+                        .events()
+                        .iter()
+                        .filter_map(|event| event.kv())
+                        .map(|kv| u64::try_from(kv.mod_revision()).unwrap_or(0))
+                        .max();
+                    // A commit this replica has read already (the read
+                    // after an earlier event saw it) needs no new read.
+                    if newest.is_some_and(|revision| revision > seen) {
+                        match catch_up(&cluster).await {
+                            Some(read) => seen = read.snapshot.revision,
+                            None => break,
+                        }
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    cluster.store_answered(Some(&e.into()));
+                    break;
+                }
             }
         }
     }
+}
+
+/// Reads the state and applies it if this replica is behind. `None` when
+/// the store did not answer, or the revision did not apply (after a pause,
+/// so a failing revision is not retried in a tight loop).
+async fn catch_up(cluster: &Cluster) -> Option<super::etcd::Read> {
+    let read = cluster.read_store().await.ok()?;
+    let behind = read.snapshot.revision != *cluster.applied.borrow() || !cluster.has_state();
+    if behind && let Err(error) = cluster.apply(read.snapshot.clone()).await {
+        cluster.apply_failed(&error);
+        tokio::time::sleep(MAX_BACKOFF).await;
+        return None;
+    }
+    Some(read)
 }
 
 /// Keeps this replica's report under a lease in the store, refreshed every
