@@ -623,7 +623,11 @@ mod tests {
         let mut bodies = vec![version.body()];
         for count in 1..=8 {
             let next = version.after(count);
-            assert_eq!(next.variant != version.variant, count.is_multiple_of(4), "{count}");
+            assert_eq!(
+                next.variant != version.variant,
+                count.is_multiple_of(4),
+                "{count}"
+            );
             version = next;
             bodies.push(version.body());
         }

@@ -271,6 +271,18 @@ pub fn cluster_only(plan: &Plan, results: &ClusterResults) -> String {
     md.push_str(&figures.measure_rows());
     md.push_str(CASE_HEADER);
     md.push_str(&ClusterFigures::case_rows(results));
+    let each = |samples: &[f64]| {
+        samples
+            .iter()
+            .map(|ms| format!("{ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    md.push_str(&format!(
+        "\ndeploy to served on all three, each (ms): {}\nthe write's answer, each (ms): {}\n",
+        each(&results.served_everywhere_ms),
+        each(&results.acknowledged_ms),
+    ));
     md
 }
 
