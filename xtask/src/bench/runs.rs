@@ -543,6 +543,14 @@ pub fn spawn_wrk_with(
 /// Waits for a wrk started by [`spawn_wrk`] and reads its result and the
 /// server's peak RSS meanwhile.
 pub fn finish_wrk(wrk: Child, url: &str, pid: u32) -> anyhow::Result<Load> {
+    let mut load = wrk_result(wrk, url)?;
+    load.peak_rss_mb = peak_rss_mb(pid)?;
+    Ok(load)
+}
+
+/// Waits for a wrk started with piped output and reads its result (no
+/// peak RSS: the caller knows which servers to read).
+pub fn wrk_result(wrk: Child, url: &str) -> anyhow::Result<Load> {
     let output = wrk.wait_with_output().context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -551,9 +559,35 @@ pub fn finish_wrk(wrk: Child, url: &str, pid: u32) -> anyhow::Result<Load> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let mut load = parse_wrk(&text)?;
-    load.peak_rss_mb = peak_rss_mb(pid)?;
-    Ok(load)
+    parse_wrk(&text)
+}
+
+/// Calls `write(0)` to `write(count - 1)` spread evenly over a load of
+/// `seconds` that began at `start`: from 250 ms after it began (its
+/// connections are up) to 250 ms before it ends. Returns how long the
+/// writes took from `start`, and warns when that is longer than the load
+/// (then some writes ran unloaded).
+pub fn spread_over_load(
+    start: Instant,
+    seconds: u64,
+    count: usize,
+    mut write: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
+    let lead_in = Duration::from_millis(250);
+    let spread = Duration::from_secs(seconds).saturating_sub(2 * lead_in);
+    let interval = spread / u32::try_from(count).unwrap_or(u32::MAX).max(1);
+    for i in 0..count {
+        let at = start + lead_in + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        write(i)?;
+    }
+    let took = start.elapsed();
+    if took > Duration::from_secs(seconds) {
+        eprintln!(
+            "xtask: warning: the {count} writes took {took:?}, longer than the {seconds} s load"
+        );
+    }
+    Ok(took)
 }
 
 /// Runs wrk against `url` with keep-alive and measures the server's peak
@@ -619,6 +653,130 @@ pub fn http(
         .read_to_end(&mut answer)
         .with_context(|| format!("reading the answer to {method} {path}"))?;
     parse_response(&answer).with_context(|| format!("the answer to {method} {path}"))
+}
+
+/// An HTTP/1.1 connection kept open from one GET to the next, for polling
+/// every millisecond without a new connection (and a new accept on the
+/// server) per poll. It reconnects when the server closed it.
+pub struct KeepAlive {
+    /// `HOST:PORT`.
+    address: String,
+    /// The open connection, if any.
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    /// A client for `base` (`http://HOST:PORT`); it connects at the first GET.
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let address = base
+            .strip_prefix("http://")
+            .with_context(|| format!("not an http:// URL: {base}"))?;
+        Ok(Self {
+            address: address.to_owned(),
+            stream: None,
+        })
+    }
+
+    /// `GET path`, the body read whole (de-chunked). A kept connection the
+    /// server closed since the last GET fails at once, so a failure on a
+    /// kept connection is retried once on a new one.
+    pub fn get(&mut self, path: &str) -> anyhow::Result<Response> {
+        let kept = self.stream.is_some();
+        match self.try_get(path) {
+            Err(_) if kept => self.try_get(path),
+            result => result,
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> anyhow::Result<Response> {
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(&self.address)
+                    .with_context(|| format!("connecting to {}", self.address))?;
+                stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+                stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+                stream.set_nodelay(true)?;
+                BufReader::new(stream)
+            }
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.address);
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .with_context(|| format!("sending GET {path}"))?;
+        let (response, reusable) =
+            read_response(&mut stream).with_context(|| format!("the answer to GET {path}"))?;
+        if reusable {
+            self.stream = Some(stream);
+        }
+        Ok(response)
+    }
+}
+
+/// Reads one HTTP/1.1 response from `reader`, its body sized by
+/// `Content-Length` or chunked; and whether the connection may carry the
+/// next request (no `Connection: close`, and the body's end was known).
+fn read_response(reader: &mut impl BufRead) -> anyhow::Result<(Response, bool)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP status line: {line:?}"))?;
+    let (mut length, mut chunked, mut reusable) = (None, false, true);
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            bail!("not a header: {header:?}");
+        };
+        let value = value.trim().to_ascii_lowercase();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = Some(value.parse::<usize>()?),
+            "transfer-encoding" => chunked = value.contains("chunked"),
+            "connection" => reusable &= value != "close",
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size_text = line.trim_end().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size_text.trim(), 16)
+                .with_context(|| format!("not a chunk size: {line:?}"))?;
+            if size == 0 {
+                // Trailers, if any, up to the empty line that ends them.
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            let mut crlf = [0; 2];
+            reader.read_exact(&mut crlf)?;
+        }
+    } else if let Some(length) = length {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+        reusable = false;
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok((Response { status, body }, reusable))
 }
 
 /// Reads the status line of an HTTP/1.1 response and keeps the rest.
@@ -856,6 +1014,39 @@ Transfer/sec:      6.17MB
         assert_eq!(response.body, "{}");
         assert!(parse_response(b"").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn reads_sized_and_chunked_responses_and_knows_when_to_reconnect() {
+        let mut sized = std::io::Cursor::new(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 404 Not Found\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        );
+        let (first, reusable) = read_response(&mut sized).expect("first");
+        assert_eq!(
+            (first.status, first.body.as_str(), reusable),
+            (200, "abc", true)
+        );
+        let (second, reusable) = read_response(&mut sized).expect("second");
+        assert_eq!(
+            (second.status, second.body.as_str(), reusable),
+            (404, "", false)
+        );
+        let mut chunked = std::io::Cursor::new(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nv1 f\r\na;x=y\r\nrom wasmga\r\n0\r\n\r\nnext"
+                .to_vec(),
+        );
+        let (response, reusable) = read_response(&mut chunked).expect("chunked");
+        assert_eq!((response.body.as_str(), reusable), ("v1 from wasmga", true));
+        let mut rest = String::new();
+        chunked.read_to_string(&mut rest).expect("the rest");
+        assert_eq!(rest, "next");
+        let mut to_close = std::io::Cursor::new(b"HTTP/1.0 200 OK\r\n\r\nto the end".to_vec());
+        let (response, reusable) = read_response(&mut to_close).expect("unsized");
+        assert_eq!((response.body.as_str(), reusable), ("to the end", false));
+        assert!(read_response(&mut std::io::Cursor::new(b"".to_vec())).is_err());
     }
 
     #[test]
