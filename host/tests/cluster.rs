@@ -52,6 +52,18 @@ impl Cluster {
             replicas,
         }
     }
+
+    /// [`Cluster::start`], then tenant `acme` with `hello` at `/hello`,
+    /// written through the first replica and served by all.
+    async fn with_hello(test: &str, n: usize) -> Self {
+        let cluster = Self::start(test, n).await;
+        put_tenant(&cluster.replicas[0], "acme").await;
+        let (status, body) = deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello").await;
+        assert_eq!(status, 201, "{body}");
+        let all: Vec<&Replica> = cluster.replicas.iter().collect();
+        until_all_serve(&all, "/hello", "hello from wasmgate\n").await;
+        cluster
+    }
 }
 
 /// `method` on `admin` + `path` with the root token.
@@ -305,11 +317,8 @@ async fn concurrent_writes_on_different_replicas_are_all_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_on_alternating_replicas_under_load_fail_no_request() {
-    let cluster = Cluster::start("swaps", 3).await;
+    let cluster = Cluster::with_hello("swaps", 3).await;
     let all: Vec<&Replica> = cluster.replicas.iter().collect();
-    put_tenant(all[0], "acme").await;
-    assert_eq!(deploy_hello(all[0], "acme", "hello", "/hello").await.0, 201);
-    until_all_serve(&all, "/hello", "hello from wasmgate\n").await;
     let haproxy = Haproxy::start(&all).await;
 
     // Load through HAProxy while 20 swaps are written on alternating
@@ -353,17 +362,7 @@ async fn swaps_on_alternating_replicas_under_load_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_during_a_deploy_serves_it_after_restart() {
-    let mut cluster = Cluster::start("restart", 3).await;
-    put_tenant(&cluster.replicas[0], "acme").await;
-    assert_eq!(
-        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello")
-            .await
-            .0,
-        201
-    );
-    let all: Vec<&Replica> = cluster.replicas.iter().collect();
-    until_all_serve(&all, "/hello", "hello from wasmgate\n").await;
-
+    let mut cluster = Cluster::with_hello("restart", 3).await;
     cluster.replicas[2].kill();
     assert_eq!(
         set_greeting(&cluster.replicas[0], "acme", "hello", "new").await,
@@ -384,19 +383,7 @@ async fn a_replica_killed_during_a_deploy_serves_it_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
-    let mut cluster = Cluster::start("outage", 3).await;
-    put_tenant(&cluster.replicas[0], "acme").await;
-    assert_eq!(
-        deploy_hello(&cluster.replicas[0], "acme", "hello", "/hello")
-            .await
-            .0,
-        201
-    );
-    {
-        let all: Vec<&Replica> = cluster.replicas.iter().collect();
-        until_all_serve(&all, "/hello", "hello from wasmgate\n").await;
-    }
-
+    let mut cluster = Cluster::with_hello("outage", 3).await;
     cluster.etcd.stop();
     // Writes change nothing and say why.
     let (status, body) = admin(
