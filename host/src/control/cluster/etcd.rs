@@ -233,12 +233,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes this replica's report (it is leaving).
-    pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        self.client.lease_client().revoke(lease).await?;
-        Ok(())
-    }
-
     /// Every replica's report, by node name.
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, StoreError> {
         let prefix = format!("{}/replicas/", self.prefix);
