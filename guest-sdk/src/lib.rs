@@ -69,6 +69,8 @@ pub use wasmgate_sdk_macro::handler;
 mod request;
 mod response;
 mod router;
+#[cfg(target_arch = "wasm32")]
+mod stdio;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod upstream;

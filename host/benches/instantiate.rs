@@ -5,8 +5,17 @@
 //! Run by `cargo xtask bench` (or `cargo bench -p wasmgate --bench
 //! instantiate -- [--quick]`). Prints one JSON object: p50/p99 of
 //! instantiate + call in microseconds, and instances per second at 1 thread
-//! and at one thread per core. A custom harness because the report needs
-//! percentiles and multi-thread throughput, which criterion does not give.
+//! and at one thread per core. A second run of calls splits each one at
+//! the reply (the gateway's worker answers the client there, before it
+//! tears the instance down): `to_reply_p50_us` and `teardown_p50_us`. A
+//! custom harness because the report needs percentiles and multi-thread
+//! throughput, which criterion does not give.
+//!
+//! `-- --calls N` makes exactly N calls (after the warm-up) in
+//! `measured_calls` and prints nothing: for instruction counts,
+//! `valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect='*measured_calls*' target/release/deps/instantiate-*
+//! --calls 1000`. `-- --component PATH` measures another component.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +43,17 @@ fn call(
     request: &GuestRequest,
     metrics: &Metrics,
 ) {
+    call_then(runtime, version, request, metrics, || ());
+}
+
+/// [`call`], running `replied` when the outcome is handed over.
+fn call_then(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    metrics: &Metrics,
+    replied: impl FnOnce(),
+) {
     call_guest(
         runtime,
         version,
@@ -46,6 +66,7 @@ fn call(
                 "hello failed: {:?}",
                 outcome.result.err()
             );
+            replied();
         },
     );
 }
@@ -100,8 +121,31 @@ fn main() {
     as_a_worker(measure);
 }
 
+/// The value after `flag` on the command line, if any.
+fn arg(flag: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != flag);
+    args.next()?;
+    args.next()
+}
+
+/// `calls` calls in a function of their own, which callgrind counts alone.
+#[inline(never)]
+fn measured_calls(
+    runtime: &Runtime,
+    version: &Arc<HandlerVersion>,
+    request: &GuestRequest,
+    metrics: &Metrics,
+    calls: u64,
+) {
+    for _ in 0..calls {
+        call(runtime, version, request, metrics);
+    }
+}
+
 fn measure() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let calls: Option<u64> = arg("--calls").map(|n| n.parse().expect("--calls takes a number"));
+    let component = arg("--component").unwrap_or_else(|| components::HELLO.to_owned());
     let duration = if quick {
         Duration::from_millis(500)
     } else {
@@ -118,7 +162,7 @@ fn measure() {
     let version = Arc::new(
         HandlerVersion::load_file(
             &runtime,
-            components::require(components::HELLO).as_ref(),
+            components::require(&component).as_ref(),
             limits,
             context,
         )
@@ -130,6 +174,10 @@ fn measure() {
     for _ in 0..2_000 {
         call(&runtime, &version, &request, &metrics);
     }
+    if let Some(calls) = calls {
+        measured_calls(&runtime, &version, &request, &metrics, calls);
+        return;
+    }
     let mut samples = Vec::new();
     let started = Instant::now();
     while started.elapsed() < duration {
@@ -137,6 +185,24 @@ fn measure() {
         call(&runtime, &version, &request, &metrics);
         samples.push(t.elapsed().as_nanos() as f64 / 1_000.0);
     }
+    let mut to_reply = Vec::new();
+    let mut teardown = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        let mut reply = t;
+        call_then(&runtime, &version, &request, &metrics, || {
+            reply = Instant::now();
+        });
+        let end = Instant::now();
+        to_reply.push((reply - t).as_nanos() as f64 / 1_000.0);
+        teardown.push((end - reply).as_nanos() as f64 / 1_000.0);
+    }
+    let p50 = |samples: &mut Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[(samples.len() - 1) / 2]
+    };
+    let (to_reply_p50, teardown_p50) = (p50(&mut to_reply), p50(&mut teardown));
     samples.sort_by(f64::total_cmp);
     let percentile = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
     // The gateway's own histogram times `instantiate` alone.
@@ -148,7 +214,8 @@ fn measure() {
     println!(
         "{{\"instantiate_call_p50_us\": {:.2}, \"instantiate_call_p99_us\": {:.2}, \
          \"instances_per_sec_1_thread\": {:.0}, \"instances_per_sec_n_threads\": {:.0}, \
-         \"instantiate_mean_us\": {instantiate_mean_us:.2}, \"threads\": {threads}, \"samples\": {}}}",
+         \"instantiate_mean_us\": {instantiate_mean_us:.2}, \"to_reply_p50_us\": {to_reply_p50:.2}, \
+         \"teardown_p50_us\": {teardown_p50:.2}, \"threads\": {threads}, \"samples\": {}}}",
         percentile(0.5),
         percentile(0.99),
         one,

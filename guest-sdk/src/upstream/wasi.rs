@@ -12,12 +12,12 @@ use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 
 use super::{Error, Request, Response, Timeouts};
 
-/// Bindings for `wit/upstream`. Generated here rather than taken from the
+/// Bindings for `wit/wasi`, world `upstream`. Generated here rather than taken from the
 /// `wasip2` crate, which needs a wit-bindgen other than the one the SDK pins.
 #[allow(unsafe_code, missing_docs, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
-        path: "wit/upstream",
+        path: "wit/wasi",
         world: "upstream",
         generate_all,
     });
