@@ -22,7 +22,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -356,10 +356,12 @@ pub struct Oci {
 }
 
 struct Clients {
-    /// For registries on this machine.
-    plain: Client,
+    /// For registries on this machine. Each client is made at first use:
+    /// making one loads the root certificates, about half a megabyte of
+    /// heap that a gateway which never pulls would keep for nothing.
+    plain: OnceLock<Client>,
     /// For all others.
-    tls: Client,
+    tls: OnceLock<Client>,
     auth: RegistryAuth,
 }
 
@@ -386,7 +388,25 @@ impl Oci {
     /// A client sending `credentials` (user name, password) to every
     /// registry, or none.
     pub fn new(credentials: Option<(String, String)>) -> Self {
-        let client = |protocol| {
+        let auth = credentials.map_or(RegistryAuth::Anonymous, |(user, password)| {
+            RegistryAuth::Basic(user, password)
+        });
+        Self {
+            inner: Arc::new(Clients {
+                plain: OnceLock::new(),
+                tls: OnceLock::new(),
+                auth,
+            }),
+        }
+    }
+
+    fn client(&self, host: &Host) -> &Client {
+        let (cell, protocol) = if host.loopback {
+            (&self.inner.plain, ClientProtocol::Http)
+        } else {
+            (&self.inner.tls, ClientProtocol::Https)
+        };
+        cell.get_or_init(|| {
             Client::new(ClientConfig {
                 protocol,
                 connect_timeout: Some(CONNECT_TIMEOUT),
@@ -395,25 +415,7 @@ impl Oci {
                 platform_resolver: None,
                 ..ClientConfig::default()
             })
-        };
-        let auth = credentials.map_or(RegistryAuth::Anonymous, |(user, password)| {
-            RegistryAuth::Basic(user, password)
-        });
-        Self {
-            inner: Arc::new(Clients {
-                plain: client(ClientProtocol::Http),
-                tls: client(ClientProtocol::Https),
-                auth,
-            }),
-        }
-    }
-
-    fn client(&self, host: &Host) -> &Client {
-        if host.loopback {
-            &self.inner.plain
-        } else {
-            &self.inner.tls
-        }
+        })
     }
 
     /// Pushes `component` to `base`'s repository, tagged
