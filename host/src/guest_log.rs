@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,10 @@ pub struct LogLimiter {
     handler: String,
     /// The budget and the drops not yet summarised.
     bucket: Mutex<Bucket>,
+    /// Whether the bucket holds drops not yet summarised, as of its last
+    /// change: the end of every request reads this, not the lock and the
+    /// clock ([`LogLimiter::flush_if_due`]).
+    unreported: AtomicBool,
     /// Every dropped line, as it is dropped, so the metric is always exact.
     dropped: IntCounter,
 }
@@ -133,6 +138,7 @@ impl LogLimiter {
                 dropped: 0,
                 first_drop: None,
             }),
+            unreported: AtomicBool::new(false),
             dropped,
         }
     }
@@ -151,7 +157,10 @@ impl LogLimiter {
         let (permitted, summary) = {
             let mut bucket = self.lock();
             let permitted = bucket.take(now);
-            (permitted, bucket.summary(now))
+            let summary = bucket.summary(now);
+            self.unreported
+                .store(bucket.first_drop.is_some(), Ordering::Relaxed);
+            (permitted, summary)
         };
         if !permitted {
             self.dropped.inc();
@@ -166,9 +175,23 @@ impl LogLimiter {
     /// at the end of each request, so a handler that stopped logging still
     /// gets its summary.
     pub fn flush(&self, now: Instant) {
-        let summary = self.lock().summary(now);
+        let summary = {
+            let mut bucket = self.lock();
+            let summary = bucket.summary(now);
+            self.unreported
+                .store(bucket.first_drop.is_some(), Ordering::Relaxed);
+            summary
+        };
         if let Some(summary) = summary {
             self.write_summary(summary);
+        }
+    }
+
+    /// [`LogLimiter::flush`] now, if any drop is not yet summarised: a
+    /// handler that never drops a line costs one atomic read per request.
+    pub fn flush_if_due(&self) {
+        if self.unreported.load(Ordering::Relaxed) {
+            self.flush(Instant::now());
         }
     }
 
@@ -358,21 +381,27 @@ mod tests {
         let t0 = Instant::now();
         let l = limiter(1, t0);
         assert!(l.permit(t0));
+        // Nothing dropped: a request's end looks at no lock or clock.
+        assert!(!l.unreported.load(Ordering::Relaxed));
         assert_eq!(permitted(&l, 4, t0 + Duration::from_millis(10)), 0);
         assert_eq!(pending(&l), (4, Some(t0 + Duration::from_millis(10))));
+        assert!(l.unreported.load(Ordering::Relaxed));
         // Not yet a second since the first drop: nothing is reported.
         l.flush(t0 + Duration::from_millis(1_009));
         assert_eq!(pending(&l).0, 4);
         // The next line (permitted: a token was earned) reports the four.
         assert!(l.permit(t0 + Duration::from_millis(1_010)));
         assert_eq!(pending(&l), (0, None));
+        assert!(!l.unreported.load(Ordering::Relaxed));
         // A new period starts at the next drop, and a request's end
         // reports it once it is a second old.
         assert!(!l.permit(t0 + Duration::from_millis(1_500)));
         l.flush(t0 + Duration::from_millis(2_499));
         assert_eq!(pending(&l).0, 1);
+        assert!(l.unreported.load(Ordering::Relaxed));
         l.flush(t0 + Duration::from_millis(2_500));
         assert_eq!(pending(&l), (0, None));
+        assert!(!l.unreported.load(Ordering::Relaxed));
         assert_eq!(l.dropped.get(), 5);
     }
 

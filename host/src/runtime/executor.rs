@@ -282,12 +282,12 @@ impl Executor {
         // first and the gauge never shows a stale or negative depth.
         metrics.queue_depth.inc();
         match self.pool.queue.push(job.flow, job) {
-            Ok(()) => {
+            Ok(woke_idle_worker) => {
                 // No worker is idle: end the long running slices now, so
                 // the workers see this request within microseconds rather
                 // than at the next tick. A worker with nothing better to
                 // run resumes the same guest.
-                if !self.pool.queue.has_idle_consumer() {
+                if !woke_idle_worker {
                     self.pool.end_long_slices();
                 }
                 Ok(())

@@ -68,8 +68,11 @@ impl<T> FairQueue<T> {
         }
     }
 
-    /// Queues `item` behind the earlier items of the same flow.
-    pub fn push(&self, flow: Flow, item: T) -> Result<(), Rejected<T>> {
+    /// Queues `item` behind the earlier items of the same flow. Says
+    /// whether an idle consumer was woken for it: one blocked in
+    /// [`FairQueue::pop`], or one that asked to hear of the next push
+    /// ([`FairQueue::wake_on_push`]); either takes the item at once.
+    pub fn push(&self, flow: Flow, item: T) -> Result<bool, Rejected<T>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Rejected::Closed(item));
@@ -91,10 +94,11 @@ impl<T> FairQueue<T> {
         if blocked {
             self.ready.notify_one();
         }
+        let woke = blocked || parked.is_some();
         if let Some(waker) = parked {
             waker.wake();
         }
-        Ok(())
+        Ok(woke)
     }
 
     /// Takes the next item in turn, waiting while the queue is empty;
@@ -131,14 +135,6 @@ impl<T> FairQueue<T> {
             .pop_where(allowed, |handlers| handlers.pop_with(VecDeque::pop_front))?;
         state.len -= 1;
         Some(item)
-    }
-
-    /// Whether a consumer is blocked in [`FairQueue::pop`] now, or waits to
-    /// hear of the next push ([`FairQueue::wake_on_push`]): either takes
-    /// the next item at once.
-    pub fn has_idle_consumer(&self) -> bool {
-        let state = self.lock();
-        state.waiting > 0 || !state.parked.is_empty()
     }
 
     /// Asks for `waker` to be woken by the next push, for a consumer that
@@ -350,11 +346,11 @@ mod tests {
     #[test]
     fn capacity_counts_every_flow_and_frees_on_pop() {
         let queue = FairQueue::new(2);
-        assert_eq!(queue.push(flow(0, 0), "1"), Ok(()));
-        assert_eq!(queue.push(flow(1, 0), "2"), Ok(()));
+        assert_eq!(queue.push(flow(0, 0), "1"), Ok(false));
+        assert_eq!(queue.push(flow(1, 0), "2"), Ok(false));
         assert_eq!(queue.push(flow(2, 0), "3"), Err(Rejected::Full("3")));
         assert_eq!(queue.pop(), Some("1"));
-        assert_eq!(queue.push(flow(2, 0), "3"), Ok(()));
+        assert_eq!(queue.push(flow(2, 0), "3"), Ok(false));
     }
 
     #[test]
@@ -413,20 +409,23 @@ mod tests {
         let queue = FairQueue::new(8);
         let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(Arc::clone(&counter));
-        assert!(!queue.has_idle_consumer());
+        assert_eq!(queue.push(flow(0, 0), 0), Ok(false), "no consumer waits");
+        assert_eq!(queue.try_pop_where(|_| true), Some(0));
         assert!(queue.wake_on_push(&waker));
         assert!(queue.wake_on_push(&waker), "asking twice keeps one waker");
-        assert!(queue.has_idle_consumer());
-        queue.push(flow(0, 0), 1).expect("room");
-        queue.push(flow(0, 0), 2).expect("room");
+        assert_eq!(
+            queue.push(flow(0, 0), 1),
+            Ok(true),
+            "the parked one is woken"
+        );
+        assert_eq!(queue.push(flow(0, 0), 2), Ok(false), "once");
         assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(!queue.wake_on_push(&waker), "items are queued: take them");
         assert_eq!(queue.try_pop_where(|_| true), Some(1));
         assert_eq!(queue.try_pop_where(|_| true), Some(2));
         assert!(queue.wake_on_push(&waker));
         queue.forget_waker(&waker);
-        assert!(!queue.has_idle_consumer());
-        queue.push(flow(0, 0), 3).expect("room");
+        assert_eq!(queue.push(flow(0, 0), 3), Ok(false));
         assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -9,7 +9,6 @@
 //! stderr is kept, bounded, so a panic message reaches the gateway log.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -87,7 +86,7 @@ impl Drop for State {
     /// The end of a request: reports the handler's dropped log lines if a
     /// summary is due, so it comes even when the guest has stopped logging.
     fn drop(&mut self) {
-        self.handler.metrics.log.flush(Instant::now());
+        self.handler.metrics.log.flush_if_due();
     }
 }
 
