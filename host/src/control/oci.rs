@@ -407,6 +407,10 @@ impl Oci {
             (&self.inner.tls, ClientProtocol::Https)
         };
         cell.get_or_init(|| {
+            // reqwest takes the process's default rustls provider and
+            // panics without one; wasmgate links only ring. An error means
+            // one is installed already, which serves as well.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             Client::new(ClientConfig {
                 protocol,
                 connect_timeout: Some(CONNECT_TIMEOUT),
@@ -934,6 +938,11 @@ mod tests {
             .await
             .expect_err("nothing there");
         assert!(matches!(error, OciError::Unreachable(_)), "{error:?}");
+        // The HTTPS client is made too (reqwest panics if no rustls
+        // provider is installed; only ring is linked).
+        let remote = Host::parse("registry.example.com").expect("valid");
+        assert!(!remote.loopback);
+        let _ = Oci::new(None).client(&remote);
         let base: RegistryBase = format!("http://127.0.0.1:{port}/x").parse().expect("valid");
         for junk in [&b"\0asm\x01\0\0\0"[..], b"hello"] {
             let error = Oci::new(None)
