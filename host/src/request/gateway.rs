@@ -228,6 +228,9 @@ impl Gateway {
         {
             head.headers.insert(http::header::HOST, host);
         }
+        // hyper sizes the map for the headers it parsed: room for the two
+        // the gateway adds in one growth, not one per header.
+        head.headers.reserve(2);
         set_route_header(&mut head.headers, route.route_header.clone());
         head.headers.insert(
             http::HeaderName::from_static(PROTO_HEADER),
