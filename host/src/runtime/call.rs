@@ -6,6 +6,7 @@
 //! code, and the blocking host calls wait at most until the deadline
 //! (see `deadline.rs`).
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,23 +62,31 @@ pub fn call_guest(
     reply: impl FnOnce(GuestOutcome),
 ) {
     block_on(call_guest_async(
-        runtime, version, request, deadline, metrics, reply,
+        runtime,
+        version,
+        request,
+        deadline,
+        metrics,
+        |outcome, _| reply(outcome),
     ));
 }
 
 /// [`call_guest`] as a future: the guest runs on a fiber when polled and
 /// the future is pending at every epoch tick (woken at once: it yields,
 /// it does not wait) and while the guest waits in `wasi:io/poll`.
-pub(super) async fn call_guest_async(
+///
+/// `reply` gets the request back with the outcome, so that the executor
+/// frees it on the thread that allocated it.
+pub(super) async fn call_guest_async<R: Borrow<GuestRequest>>(
     runtime: &Runtime,
     version: &Arc<HandlerVersion>,
-    request: &GuestRequest,
+    request: R,
     deadline: Instant,
     metrics: &Metrics,
-    reply: impl FnOnce(GuestOutcome),
+    reply: impl FnOnce(GuestOutcome, R),
 ) {
-    let (outcome, store) = run_guest(runtime, version, request, deadline, metrics).await;
-    reply(outcome);
+    let (outcome, store) = run_guest(runtime, version, request.borrow(), deadline, metrics).await;
+    reply(outcome, request);
     drop(store);
 }
 

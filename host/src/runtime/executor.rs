@@ -59,8 +59,12 @@ struct Job {
     request: GuestRequest,
     deadline: Instant,
     /// Dropped unanswered when serving the job panics; the request path
-    /// then answers 500.
-    reply: oneshot::Sender<GuestOutcome>,
+    /// then answers 500. The request comes back with the outcome, to be
+    /// freed where it was allocated: memory a thread frees from another
+    /// thread's malloc arena goes back under that arena's lock (under
+    /// load, the connection threads and the workers then contend for it)
+    /// and may be returned to the kernel, to fault in again.
+    reply: oneshot::Sender<(GuestOutcome, GuestRequest)>,
     /// The tenant's concurrency slot, held until the guest's outcome is
     /// ready even if the client leaves earlier, and let go before the
     /// outcome is sent (see [`run_job`]).
@@ -269,7 +273,10 @@ impl Executor {
             return failed(e);
         }
         match tokio::time::timeout_at((deadline + REPLY_GRACE).into(), receiver).await {
-            Ok(Ok(outcome)) => outcome,
+            Ok(Ok((outcome, request))) => {
+                drop(request);
+                outcome
+            }
             Ok(Err(_)) => failed(RequestError::Internal),
             Err(_) => failed(RequestError::Expired),
         }
@@ -394,13 +401,13 @@ fn run_job(pool: Arc<Pool>, job: Job) -> GuestFuture {
         call_guest_async(
             &pool.runtime,
             &version,
-            &request,
+            request,
             deadline,
             metrics,
-            |outcome| {
+            |outcome, request| {
                 drop(permit);
                 // The client may have gone away meanwhile; nothing to do then.
-                let _ = reply.send(outcome);
+                let _ = reply.send((outcome, request));
             },
         )
         .await;
@@ -880,10 +887,11 @@ mod tests {
     fn panicky_runner(_: Arc<Pool>, job: Job) -> GuestFuture {
         Box::pin(async move {
             assert_ne!(job.request.path(), "/panic", "deliberate panic in a job");
-            let _ = job.reply.send(GuestOutcome {
+            let outcome = GuestOutcome {
                 result: Ok(http::Response::new(Bytes::new())),
                 fuel_consumed: None,
-            });
+            };
+            let _ = job.reply.send((outcome, job.request));
         })
     }
 

@@ -102,6 +102,12 @@ pub(super) struct ConnState {
     /// When the client last made room for response bytes: the socket took
     /// some, a body handed some to hyper, or a wait to write began.
     progress_at_ms: AtomicU64,
+    /// A request ending before this moment wakes [`drive`], since the idle
+    /// clock it starts could run out before drive's timer fires; one
+    /// ending later needs no wake-up (the timer fires first and looks
+    /// again). `u64::MAX` while no timer runs. This spares a busy
+    /// keep-alive connection a pass of drive's loop per request.
+    idle_wake_before_ms: AtomicU64,
     /// Wakes [`drive`] when a clock may have to start: nothing in flight
     /// any more, a body begins, the socket blocks.
     changed: Notify,
@@ -118,6 +124,7 @@ impl ConnState {
             bodies: AtomicUsize::new(0),
             write_blocked: AtomicBool::new(false),
             progress_at_ms: AtomicU64::new(0),
+            idle_wake_before_ms: AtomicU64::new(u64::MAX),
             changed: Notify::new(),
         })
     }
@@ -135,6 +142,25 @@ impl ConnState {
         self.epoch + Duration::from_millis(ms.load(Ordering::Acquire))
     }
 
+    /// `at` in milliseconds since accept.
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Tells requests ending from now on whether they must wake [`drive`]:
+    /// its timer fires at `armed` (or not at all), and the idle clock
+    /// runs for `idle`.
+    fn timer_armed(&self, armed: Option<Instant>, idle: Duration) {
+        let before = armed.map_or(u64::MAX, |at| {
+            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            self.ms_since_epoch(at).saturating_sub(idle_ms)
+        });
+        // SeqCst here and in `InFlight::drop`: either drive sees the
+        // request gone when it looks at the clocks, or the request sees
+        // that no timer runs and wakes it.
+        self.idle_wake_before_ms.store(before, Ordering::SeqCst);
+    }
+
     /// A request head is complete; the request is in flight until the
     /// returned guard is dropped.
     pub(super) fn begin(self: &Arc<Self>) -> InFlight {
@@ -145,7 +171,11 @@ impl ConnState {
 
     /// The socket accepted response bytes.
     pub(super) fn wrote(&self) {
-        self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+        // The write clock runs only while a response waits to be written,
+        // and starts from when it began to wait: no clock to read else.
+        if self.waiting_to_write() {
+            self.progress_at_ms.store(self.now_ms(), Ordering::Release);
+        }
         self.write_blocked.store(false, Ordering::Release);
     }
 
@@ -184,7 +214,7 @@ impl ConnState {
 
     /// When nothing went in flight since, or `None` while something is.
     fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
         Some(self.at(&self.idle_at_ms))
@@ -255,8 +285,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
-        state.idle_at_ms.store(state.now_ms(), Ordering::Release);
-        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let now = state.now_ms();
+        state.idle_at_ms.store(now, Ordering::Release);
+        if state.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && now < state.idle_wake_before_ms.load(Ordering::SeqCst)
+        {
             state.changed.notify_one();
         }
     }
@@ -297,6 +330,7 @@ where
             timer.as_mut().reset(at.into());
             armed = Some(at);
         }
+        state.timer_armed(armed, timeouts.idle);
         tokio::select! {
             result = connection.as_mut() => return Ending::Finished(result),
             changed = phase.changed() => {
@@ -318,6 +352,7 @@ where
                 // The timer has fired: re-arm it on the next pass even if
                 // the deadline is the same.
                 armed = None;
+                state.timer_armed(None, timeouts.idle);
                 let now = Instant::now();
                 if let Some(reason) = state.overdue(&timeouts, now) {
                     return Ending::Cut(reason);
@@ -438,9 +473,61 @@ mod tests {
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         drop(request);
-        let ending = driving.await;
+        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
+            .await
+            .expect("closed once idle");
         assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
         assert!(state.idle_for(timeouts.idle, Instant::now()));
+    }
+
+    #[test]
+    fn a_request_ending_wakes_drive_only_if_the_idle_clock_runs_out_before_its_timer() {
+        let state = ConnState::new();
+        state.timer_armed(Some(ms(&state, 5000)), Duration::from_millis(1000));
+        assert_eq!(state.idle_wake_before_ms.load(Ordering::SeqCst), 4000);
+        state.timer_armed(Some(ms(&state, 500)), Duration::from_millis(1000));
+        assert_eq!(state.idle_wake_before_ms.load(Ordering::SeqCst), 0);
+        state.timer_armed(None, Duration::from_millis(1000));
+        assert_eq!(state.idle_wake_before_ms.load(Ordering::SeqCst), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn drive_closes_an_idle_connection_long_before_a_later_timer_fires() {
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        // The header clock arms drive's timer 60 s out; the idle clock,
+        // started by the request's end, must fire first.
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(60),
+            idle: Duration::from_millis(20),
+            write: Duration::from_secs(60),
+        };
+        let asked_to_close = AtomicBool::new(false);
+        let connection = std::future::poll_fn(|_| {
+            if asked_to_close.load(Ordering::Acquire) {
+                std::task::Poll::Ready(Ok::<(), ()>(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let driving = drive(
+            connection,
+            |_| asked_to_close.store(true, Ordering::Release),
+            &state,
+            timeouts,
+            watching,
+        );
+        let mut driving = pin!(driving);
+        tokio::select! {
+            biased;
+            _ = driving.as_mut() => panic!("closed before any request"),
+            () = tokio::task::yield_now() => {}
+        }
+        drop(state.begin());
+        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
+            .await
+            .expect("closed at the idle timeout, not at the header timer");
+        assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
     }
 
     #[tokio::test]
