@@ -380,6 +380,18 @@ mod tests {
         state.epoch + Duration::from_millis(ms)
     }
 
+    /// A connection that ends once `asked` is set, as hyper's does when
+    /// asked to close while idle.
+    fn until_asked_to_close(asked: &AtomicBool) -> impl Future<Output = Result<(), ()>> + '_ {
+        std::future::poll_fn(|_| {
+            if asked.load(Ordering::Acquire) {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
     #[test]
     fn a_silent_connection_is_due_at_the_header_timeout_from_accept() {
         let state = ConnState::new();
@@ -449,14 +461,7 @@ mod tests {
             ..T
         };
         let asked_to_close = AtomicBool::new(false);
-        // Ends once asked to close, as hyper's connection does when idle.
-        let connection = std::future::poll_fn(|_| {
-            if asked_to_close.load(Ordering::Acquire) {
-                std::task::Poll::Ready(Ok::<(), ()>(()))
-            } else {
-                std::task::Poll::Pending
-            }
-        });
+        let connection = until_asked_to_close(&asked_to_close);
         let request = state.begin();
         let driving = drive(
             connection,
@@ -503,13 +508,7 @@ mod tests {
             write: Duration::from_secs(60),
         };
         let asked_to_close = AtomicBool::new(false);
-        let connection = std::future::poll_fn(|_| {
-            if asked_to_close.load(Ordering::Acquire) {
-                std::task::Poll::Ready(Ok::<(), ()>(()))
-            } else {
-                std::task::Poll::Pending
-            }
-        });
+        let connection = until_asked_to_close(&asked_to_close);
         let driving = drive(
             connection,
             |_| asked_to_close.store(true, Ordering::Release),
