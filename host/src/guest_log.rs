@@ -157,10 +157,7 @@ impl LogLimiter {
         let (permitted, summary) = {
             let mut bucket = self.lock();
             let permitted = bucket.take(now);
-            let summary = bucket.summary(now);
-            self.unreported
-                .store(bucket.first_drop.is_some(), Ordering::Relaxed);
-            (permitted, summary)
+            (permitted, self.summary(&mut bucket, now))
         };
         if !permitted {
             self.dropped.inc();
@@ -175,13 +172,7 @@ impl LogLimiter {
     /// at the end of each request, so a handler that stopped logging still
     /// gets its summary.
     pub fn flush(&self, now: Instant) {
-        let summary = {
-            let mut bucket = self.lock();
-            let summary = bucket.summary(now);
-            self.unreported
-                .store(bucket.first_drop.is_some(), Ordering::Relaxed);
-            summary
-        };
+        let summary = self.summary(&mut self.lock(), now);
         if let Some(summary) = summary {
             self.write_summary(summary);
         }
@@ -193,6 +184,14 @@ impl LogLimiter {
         if self.unreported.load(Ordering::Relaxed) {
             self.flush(Instant::now());
         }
+    }
+
+    /// The bucket's summary if one is due, keeping `unreported` in step.
+    fn summary(&self, bucket: &mut Bucket, now: Instant) -> Option<Summary> {
+        let summary = bucket.summary(now);
+        self.unreported
+            .store(bucket.first_drop.is_some(), Ordering::Relaxed);
+        summary
     }
 
     fn write_summary(&self, summary: Summary) {

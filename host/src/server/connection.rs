@@ -452,37 +452,51 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn drive_closes_gracefully_once_idle_after_the_last_response() {
+    /// Drives a connection that closes when asked, with a request in
+    /// flight from the start for `hold` (a response body being written
+    /// meanwhile, if `writing`): it must stay open that long, then close
+    /// once idle.
+    async fn closes_once_idle(timeouts: Timeouts, hold: Duration, writing: bool) {
         let state = ConnState::new();
         let (_phase, watching) = watch::channel(Phase::Serving);
-        let timeouts = Timeouts {
-            idle: Duration::from_millis(20),
-            ..T
-        };
         let asked_to_close = AtomicBool::new(false);
-        let connection = until_asked_to_close(&asked_to_close);
         let request = state.begin();
+        if writing {
+            state.body_started();
+        }
         let driving = drive(
-            connection,
+            until_asked_to_close(&asked_to_close),
             |_| asked_to_close.store(true, Ordering::Release),
             &state,
             timeouts,
             watching,
         );
         let mut driving = pin!(driving);
-        // In flight: no clock runs, however long it takes.
+        // In flight: only the write clock may run.
         tokio::select! {
             biased;
             _ = driving.as_mut() => panic!("closed with a request in flight"),
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(hold) => {}
+        }
+        if writing {
+            state.body_finished();
         }
         drop(request);
+        // Bounded, so a missed wake-up fails rather than hangs.
         let ending = tokio::time::timeout(Duration::from_secs(30), driving)
             .await
             .expect("closed once idle");
         assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
         assert!(state.idle_for(timeouts.idle, Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn drive_closes_gracefully_once_idle_after_the_last_response() {
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(20),
+            ..T
+        };
+        closes_once_idle(timeouts, Duration::from_millis(100), false).await;
     }
 
     #[test]
@@ -498,35 +512,15 @@ mod tests {
 
     #[tokio::test]
     async fn drive_closes_an_idle_connection_long_before_a_later_timer_fires() {
-        let state = ConnState::new();
-        let (_phase, watching) = watch::channel(Phase::Serving);
-        // The header clock arms drive's timer 60 s out; the idle clock,
-        // started by the request's end, must fire first.
+        // The write clock of the response being written arms drive's timer
+        // 60 s out; the idle clock, started by the request's end, must
+        // wake drive and run out first.
         let timeouts = Timeouts {
             header_read: Duration::from_secs(60),
             idle: Duration::from_millis(20),
             write: Duration::from_secs(60),
         };
-        let asked_to_close = AtomicBool::new(false);
-        let connection = until_asked_to_close(&asked_to_close);
-        let driving = drive(
-            connection,
-            |_| asked_to_close.store(true, Ordering::Release),
-            &state,
-            timeouts,
-            watching,
-        );
-        let mut driving = pin!(driving);
-        tokio::select! {
-            biased;
-            _ = driving.as_mut() => panic!("closed before any request"),
-            () = tokio::task::yield_now() => {}
-        }
-        drop(state.begin());
-        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
-            .await
-            .expect("closed at the idle timeout, not at the header timer");
-        assert!(matches!(ending, Ending::Finished(Ok(()))), "{ending:?}");
+        closes_once_idle(timeouts, Duration::ZERO, true).await;
     }
 
     #[tokio::test]
