@@ -157,12 +157,7 @@ fn serve_refuses_bad_config_and_names_the_culprit() {
 fn serve_listens_where_the_config_says() {
     // Two ports that are free now and are not the defaults (8080, 9090),
     // so only the config can have put the listeners there.
-    let (public, admin) = {
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (public, admin) = (free(), free());
-        let port = |listener: std::net::TcpListener| listener.local_addr().expect("addr").port();
-        (port(public), port(admin))
-    };
+    let (public, admin) = (common::unused_port(), common::unused_port());
     assert!(![8080, 9090].contains(&public) && ![8080, 9090].contains(&admin));
     let dir = scratch("listen");
     let config = write_config(

@@ -405,6 +405,21 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
         assert_eq!(status["store_up"], false, "{status}");
         assert_eq!(status["stale"], true, "{status}");
     }
+    // A token no one has is refused while the store cannot be asked.
+    let asked = Instant::now();
+    let (status, _) = common::admin_json(
+        Method::GET,
+        &format!("{}/admin/tenants/acme/handlers", cluster.replicas[0].admin),
+        "nobody's token",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     // A replica restarted meanwhile serves the last state from its data dir.
     cluster.replicas[2].restart();
     cluster.replicas[2].wait_ready().await;
@@ -429,6 +444,86 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
     }
     let all: Vec<&Replica> = cluster.replicas.iter().collect();
     until_all_serve(&all, "/hello", "back from wasmgate: hello\n").await;
+}
+
+/// A tenant's token named through one replica works on another at once,
+/// before that replica has seen the commit by itself: a replica catches up
+/// with the store before it refuses a token it does not know. The other
+/// replica is stopped (SIGSTOP) while the token is named and the request
+/// is sent, so on SIGCONT the request and the commit's event wait for it
+/// together; the request needs no round trip and would win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
+    let cluster = Cluster::start("token", 3).await;
+    for round in 0..3 {
+        let named_on = &cluster.replicas[round % 3];
+        let used_on = &cluster.replicas[(round + 1) % 3];
+        let tenant = format!("/admin/tenants/t{round}");
+        used_on.signal("STOP");
+        let (status, body) = admin(
+            Method::PUT,
+            &named_on.admin,
+            &tenant,
+            Some(json!({"hosts": ["*"], "token_env": "WASMGATE_CLUSTER_TENANT_TOKEN"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let url = format!("{}{tenant}/handlers", used_on.admin);
+        let request =
+            tokio::spawn(
+                async move { common::admin_json(Method::GET, &url, TENANT_TOKEN, None).await },
+            );
+        // Time for the request to reach the stopped replica's socket.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        used_on.signal("CONT");
+        let (status, body) = request.await.expect("request");
+        assert_eq!(status, 200, "round {round}, on {}: {body}", used_on.node);
+
+        // The next round names the token for another tenant: this one
+        // gives it up on every replica first.
+        let (status, body) = admin(
+            Method::PUT,
+            &named_on.admin,
+            &tenant,
+            Some(json!({"hosts": ["*"]})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let revision = cluster_status(&named_on.admin).await["applied_revision"]
+            .as_u64()
+            .expect("applied_revision");
+        for replica in &cluster.replicas {
+            common::wait_until("every replica applies the write", || async {
+                cluster_status(&replica.admin).await["applied_revision"].as_u64() >= Some(revision)
+            })
+            .await;
+        }
+    }
+
+    // A flood of tokens no one has costs the store a few small reads,
+    // not one per request: a read that began after a request arrived
+    // answers every request waiting for it.
+    let etcd_metrics = format!("{}/metrics", cluster.etcd.url());
+    let store_reads = || async {
+        let (_, metrics) = common::get_text(&common::client(), &etcd_metrics).await;
+        common::require_metric(&metrics, "etcd_mvcc_range_total")
+    };
+    let before = store_reads().await;
+    let url = format!("{}/admin/tenants/t0/handlers", cluster.replicas[0].admin);
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                common::admin_json(Method::GET, &url, "nobody's token", None).await
+            })
+        })
+        .collect();
+    for request in flood {
+        let (status, body) = request.await.expect("request");
+        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    }
+    let reads = store_reads().await - before;
+    assert!(reads < 50.0, "{reads} store reads for 100 unknown tokens");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::Admin;
+use super::auth::Denied;
 use super::bodies::drain;
 use super::ops::{Call, Operation};
 use super::wire::Rejection;
@@ -74,7 +75,15 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let caller = admin.tokens().authorize(authorization.as_deref(), scope);
+    let mut caller = admin.tokens().authorize(authorization.as_deref(), scope);
+    // In cluster mode a token named through another replica a moment ago
+    // may not have reached this one yet: catch up before refusing it.
+    if let Err(Denied::UnknownToken(_)) = caller
+        && let Some(shared) = admin.registry.shared()
+    {
+        shared.catch_up().await;
+        caller = admin.tokens().authorize(authorization.as_deref(), scope);
+    }
     let result = match caller {
         Err(denied) => {
             drain(request.into_body()).await;

@@ -62,6 +62,12 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// one.
     fn wait_applied(&self, revision: u64) -> BoxFuture<'_, ()>;
 
+    /// Waits, boundedly, until this replica serves what the store holds
+    /// now: a tenant's token named through another replica a moment ago
+    /// may not have reached this one by itself yet. Returns at once when
+    /// this replica is not behind or the store does not answer.
+    fn catch_up(&self) -> BoxFuture<'_, ()>;
+
     /// The revision this replica serves.
     fn applied_revision(&self) -> u64;
 

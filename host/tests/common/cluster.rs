@@ -14,13 +14,6 @@ pub const TOKEN: &str = "cluster-root-token";
 /// whose `token_env` names that variable may write with it.
 pub const TENANT_TOKEN: &str = "cluster-tenant-token";
 
-/// A port free on 127.0.0.1 a moment ago. Replicas and etcd are
-/// restarted on the same ports, so the ports are chosen up front.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// A single-member etcd; [`Etcd::stop`] and [`Etcd::start_again`] keep its
 /// ports and data.
 pub struct Etcd {
@@ -39,8 +32,8 @@ impl Etcd {
         for _ in 0..5 {
             let mut etcd = Self {
                 child: None,
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: super::unused_port(),
+                peer_port: super::unused_port(),
                 dir: dir.clone(),
             };
             etcd.spawn();
@@ -146,7 +139,7 @@ impl Replica {
     /// `[cluster]`, e.g. `[limits]` lines).
     pub fn start(node: &str, etcd: &str, prefix: &str, registry: &str, extra: &str) -> Self {
         let dir = super::scratch(&format!("replica-{}-{node}-{prefix}", std::process::id()));
-        let ports = (free_port(), free_port());
+        let ports = (super::unused_port(), super::unused_port());
         let config = format!(
             "{extra}\n[server]\nlisten = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
              token_env = \"WASMGATE_CLUSTER_TEST_TOKEN\"\n\n[cluster]\netcd = [\"{etcd}\"]\n\
@@ -218,15 +211,39 @@ impl Replica {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the replica runs");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} {}", self.node);
+    }
+
     /// Starts it again on the same ports, config and data dir.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    /// `GET path` on its public listener: status and body.
+    /// `GET path` on its public listener: status and body. A request that
+    /// gets no answer fails the test with the replica's log.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        super::get_text(&super::client(), &format!("{}{path}", self.url)).await
+        let url = format!("{}{path}", self.url);
+        match super::client().get(&url).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.expect("body"))
+            }
+            Err(e) => panic!(
+                "GET {url} on {}: {}; its log:\n{}",
+                self.node,
+                super::error_chain(&e),
+                self.log()
+            ),
+        }
     }
 }
 
@@ -250,8 +267,8 @@ impl Haproxy {
     /// whose `/readyz` fails twice is taken out) and waits until it
     /// accepts connections.
     pub async fn start(replicas: &[&Replica]) -> Self {
-        let dir = super::scratch(&format!("haproxy-{}-{}", std::process::id(), free_port()));
-        let port = free_port();
+        let port = super::unused_port();
+        let dir = super::scratch(&format!("haproxy-{}-{port}", std::process::id()));
         let mut config = format!(
             "global\n  maxconn 2000\n\ndefaults\n  mode http\n  timeout connect 2s\n  \
              timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\n\

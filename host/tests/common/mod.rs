@@ -103,6 +103,40 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A port on 127.0.0.1 that nothing listens on now, for a process a test
+/// starts and must name the port to (etcd, a registry, a replica, HAProxy).
+///
+/// Not one the kernel hands out for `127.0.0.1:0`: those come from its
+/// ephemeral range, where any test's outgoing connection can take the
+/// port between this call and the process's bind (seen once in about
+/// fifteen runs of the cluster tests). Ports below that range are only
+/// ever bound on purpose. Each process starts at its own offset, so test
+/// binaries running side by side seldom try the same ports, and a port
+/// in use is skipped.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    assert!(
+        span >= 1_000,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for test ports"
+    );
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(LOWEST + offset).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("every port from {LOWEST} to {ephemeral_low} is in use");
+}
+
 /// A fresh folder under target/ for one test's files.
 pub fn scratch(name: &str) -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -132,9 +166,21 @@ pub async fn get_text(client: &reqwest::Client, url: &str) -> (u16, String) {
         .get(url)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        .unwrap_or_else(|e| panic!("GET {url}: {}", error_chain(&e)));
     let status = response.status().as_u16();
     (status, response.text().await.expect("body"))
+}
+
+/// `error` and its sources, `: `-separated (reqwest's own message alone
+/// says only "error sending request").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// `POST url` with `body`.

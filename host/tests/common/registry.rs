@@ -24,10 +24,10 @@ impl Registry {
         static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = super::scratch(&format!("registry-{}-{n}", std::process::id()));
-        // A port the kernel just handed out can be taken by another test
-        // before the registry binds it: then try another.
+        // Another test process may have taken the port since: then try
+        // another.
         for _ in 0..5 {
-            let port = free_port();
+            let port = super::unused_port();
             let mut registry = Self {
                 child: spawn(&dir, port),
                 port,
@@ -85,14 +85,6 @@ impl Drop for Registry {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Writes the config for `port` into `dir` and starts the registry on it,

@@ -13,7 +13,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The longest wait between two attempts to reach the store: a replica
 /// catches up at most this long after etcd is back.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How often a replica reports (well within the report's lease).
 const REPORT_EVERY: Duration = Duration::from_secs(3);

@@ -145,6 +145,20 @@ impl Store {
         })
     }
 
+    /// The state's revision (its meta key's last write; 0 before the
+    /// first): one key read, for a replica checking it is not behind.
+    pub async fn state_revision(&self) -> Result<u64, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(self.meta_key(), Some(GetOptions::new().with_keys_only()))
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map_or(0, |kv| u64::try_from(kv.mod_revision()).unwrap_or(0)))
+    }
+
     /// Writes `next` in one transaction if the state's last write is
     /// still `read`'s: only the tenants that differ from `read`'s are
     /// written or deleted. `None` when another write came first.

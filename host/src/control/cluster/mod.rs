@@ -18,7 +18,7 @@ pub mod etcd;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 use tokio::sync::watch;
@@ -35,6 +35,11 @@ use crate::metrics::Metrics;
 /// How long a write waits for its own replica to serve what it committed
 /// before it answers anyway (the answer's revision header then says so).
 const WAIT_APPLIED: Duration = Duration::from_secs(10);
+
+/// How long a request waits in [`SharedState::catch_up`] for this replica
+/// to apply the store's latest revision: as long as a replica takes to
+/// catch up after the store is back.
+const WAIT_CAUGHT_UP: Duration = converge::MAX_BACKOFF;
 
 /// One replica's part in the cluster.
 pub struct Cluster {
@@ -65,6 +70,11 @@ pub struct Cluster {
     applied: watch::Sender<u64>,
     /// What `/admin/cluster`, the log and the metrics say.
     status: Mutex<Status>,
+    /// The last store revision [`SharedState::catch_up`] read, and when
+    /// that read began. Held across the read, so at most one runs at a
+    /// time, and requests that waited for it use it: a flood of unknown
+    /// tokens costs the store one small read at a time.
+    caught_up: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// `wasmgate_cluster_revision`.
     revision_gauge: IntGauge,
     /// `wasmgate_cluster_store_up`.
@@ -137,6 +147,7 @@ impl Cluster {
                 has_state: applied.is_some(),
                 ..Status::default()
             }),
+            caught_up: tokio::sync::Mutex::new(None),
             revision_gauge,
             store_up_gauge,
         });
@@ -374,6 +385,25 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The state's revision in the store, read at `asked` or later; `None`
+    /// if the store did not answer.
+    async fn store_revision_since(&self, asked: Instant) -> Option<u64> {
+        let mut caught_up = self.caught_up.lock().await;
+        if let Some((began, revision)) = *caught_up
+            && began >= asked
+        {
+            return Some(revision);
+        }
+        let began = Instant::now();
+        let read = async { self.store().await?.state_revision().await }.await;
+        self.store_answered(read.as_ref().err());
+        let revision = read.ok()?;
+        *caught_up = Some((began, revision));
+        Some(revision)
+    }
+}
+
 impl SharedState for Cluster {
     fn read(&self) -> BoxFuture<'_, Result<Snapshot, SharedError>> {
         Box::pin(async move {
@@ -417,6 +447,20 @@ impl SharedState for Cluster {
                     "a write was committed but this replica has not applied it yet"
                 );
             }
+        })
+    }
+
+    fn catch_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let asked = Instant::now();
+            let _ = tokio::time::timeout(WAIT_CAUGHT_UP, async {
+                let Some(latest) = self.store_revision_since(asked).await else {
+                    return;
+                };
+                let mut applied = self.applied.subscribe();
+                let _ = applied.wait_for(|applied| *applied >= latest).await;
+            })
+            .await;
         })
     }
 
