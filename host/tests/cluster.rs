@@ -448,13 +448,16 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
 
 /// A tenant's token named through one replica works on another at once,
 /// before that replica has seen the commit by itself: a replica catches up
-/// with the store before it refuses a token it does not know. The other
-/// replica is stopped (SIGSTOP) while the token is named and the request
-/// is sent, so on SIGCONT the request and the commit's event wait for it
-/// together; the request needs no round trip and would win.
+/// with the store before it refuses a token it does not know (round 0),
+/// or one it still takes for another tenant's (the token moves on in each
+/// later round). The other replica is stopped (SIGSTOP) while the token
+/// moves and the request is sent, so on SIGCONT the request and the
+/// commits' events wait for it together; the request needs no round trip
+/// and would win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
     let cluster = Cluster::start("token", 3).await;
+    let with_token = json!({"hosts": ["*"], "token_env": "WASMGATE_CLUSTER_TENANT_TOKEN"});
     for round in 0..3 {
         let named_on = &cluster.replicas[round % 3];
         let used_on = &cluster.replicas[(round + 1) % 3];
@@ -464,10 +467,21 @@ async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
             Method::PUT,
             &named_on.admin,
             &tenant,
-            Some(json!({"hosts": ["*"], "token_env": "WASMGATE_CLUSTER_TENANT_TOKEN"})),
+            Some(with_token.clone()),
         )
         .await;
         assert_eq!(status, 201, "{body}");
+        if round > 0 {
+            let previous = format!("/admin/tenants/t{}", round - 1);
+            let (status, body) = admin(
+                Method::PUT,
+                &named_on.admin,
+                &previous,
+                Some(json!({"hosts": ["*"]})),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
         let url = format!("{}{tenant}/handlers", used_on.admin);
         let request =
             tokio::spawn(
@@ -479,16 +493,7 @@ async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
         let (status, body) = request.await.expect("request");
         assert_eq!(status, 200, "round {round}, on {}: {body}", used_on.node);
 
-        // The next round names the token for another tenant: this one
-        // gives it up on every replica first.
-        let (status, body) = admin(
-            Method::PUT,
-            &named_on.admin,
-            &tenant,
-            Some(json!({"hosts": ["*"]})),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        // Every replica knows whose the token is before it moves on.
         let revision = cluster_status(&named_on.admin).await["applied_revision"]
             .as_u64()
             .expect("applied_revision");
@@ -509,7 +514,7 @@ async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
         common::require_metric(&metrics, "etcd_mvcc_range_total")
     };
     let before = store_reads().await;
-    let url = format!("{}/admin/tenants/t0/handlers", cluster.replicas[0].admin);
+    let url = format!("{}/admin/tenants/t2/handlers", cluster.replicas[0].admin);
     let flood: Vec<_> = (0..100)
         .map(|_| {
             let url = url.clone();

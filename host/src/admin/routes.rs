@@ -76,9 +76,10 @@ pub(super) async fn handle(admin: &Admin, request: Request<Incoming>) -> Respons
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
     let mut caller = admin.tokens().authorize(authorization.as_deref(), scope);
-    // In cluster mode a token named through another replica a moment ago
-    // may not have reached this one yet: catch up before refusing it.
-    if let Err(Denied::UnknownToken(_)) = caller
+    // In cluster mode a token named or moved through another replica a
+    // moment ago may not have reached this one yet: catch up before
+    // refusing it.
+    if let Err(Denied::UnknownToken(_) | Denied::OtherTenant { .. }) = caller
         && let Some(shared) = admin.registry.shared()
     {
         shared.catch_up().await;
