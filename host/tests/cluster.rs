@@ -446,51 +446,72 @@ async fn with_etcd_down_replicas_serve_writes_fail_and_all_converge_after() {
     until_all_serve(&all, "/hello", "back from wasmgate: hello\n").await;
 }
 
-/// A tenant's token named through one replica works on another at once,
-/// before that replica has seen the commit by itself: a replica catches up
-/// with the store before it refuses a token it does not know (round 0),
-/// or one it still takes for another tenant's (the token moves on in each
-/// later round). The other replica is stopped (SIGSTOP) while the token
-/// moves and the request is sent, so on SIGCONT the request and the
-/// commits' events wait for it together; the request needs no round trip
-/// and would win.
+/// `GET url` (on `behind`'s admin listener) with `token`, sent while
+/// `behind` is stopped (SIGSTOP) and `write` runs through another replica:
+/// on SIGCONT the request and the write's commit events wait for it
+/// together, and the request, which needs no round trip, would be served
+/// first from the old state unless the replica catches up with the store.
+async fn ask_while_behind(
+    behind: &Replica,
+    url: String,
+    token: &'static str,
+    write: impl Future<Output = ()>,
+) -> (u16, serde_json::Value) {
+    behind.signal("STOP");
+    write.await;
+    let request =
+        tokio::spawn(async move { common::admin_json(Method::GET, &url, token, None).await });
+    // Time for the request to reach the stopped replica's socket.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    behind.signal("CONT");
+    request.await.expect("request")
+}
+
+/// Every admin answer reflects the writes acknowledged before it was asked,
+/// whichever replica took them: a tenant made through one replica is seen
+/// on another that had no time to hear of it, and a tenant's token named
+/// through one works on another at once, whether that one did not know the
+/// token (round 0) or still took it for another tenant's (the token moves
+/// on in each later round).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
+async fn admin_answers_on_any_replica_reflect_writes_acknowledged_on_another() {
     let cluster = Cluster::start("token", 3).await;
+    let (one, two) = (&cluster.replicas[0], &cluster.replicas[1]);
+    let url = format!("{}/admin/tenants/early/handlers", two.admin);
+    let (status, body) = ask_while_behind(two, url, TOKEN, async {
+        put_tenant(one, "early").await;
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+
     let with_token = json!({"hosts": ["*"], "token_env": "WASMGATE_CLUSTER_TENANT_TOKEN"});
     for round in 0..3 {
         let named_on = &cluster.replicas[round % 3];
         let used_on = &cluster.replicas[(round + 1) % 3];
-        let tenant = format!("/admin/tenants/t{round}");
-        used_on.signal("STOP");
-        let (status, body) = admin(
-            Method::PUT,
-            &named_on.admin,
-            &tenant,
-            Some(with_token.clone()),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        if round > 0 {
-            let previous = format!("/admin/tenants/t{}", round - 1);
-            let (status, body) = admin(
+        let url = format!("{}/admin/tenants/t{round}/handlers", used_on.admin);
+        let move_token = async {
+            let tenant = format!("/admin/tenants/t{round}");
+            let named = admin(
                 Method::PUT,
                 &named_on.admin,
-                &previous,
-                Some(json!({"hosts": ["*"]})),
-            )
-            .await;
-            assert_eq!(status, 200, "{body}");
-        }
-        let url = format!("{}{tenant}/handlers", used_on.admin);
-        let request =
-            tokio::spawn(
-                async move { common::admin_json(Method::GET, &url, TENANT_TOKEN, None).await },
+                &tenant,
+                Some(with_token.clone()),
             );
-        // Time for the request to reach the stopped replica's socket.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        used_on.signal("CONT");
-        let (status, body) = request.await.expect("request");
+            let (status, body) = named.await;
+            assert_eq!(status, 201, "{body}");
+            if round > 0 {
+                let previous = format!("/admin/tenants/t{}", round - 1);
+                let unnamed = admin(
+                    Method::PUT,
+                    &named_on.admin,
+                    &previous,
+                    Some(json!({"hosts": ["*"]})),
+                );
+                let (status, body) = unnamed.await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let (status, body) = ask_while_behind(used_on, url, TENANT_TOKEN, move_token).await;
         assert_eq!(status, 200, "round {round}, on {}: {body}", used_on.node);
 
         // Every replica knows whose the token is before it moves on.
@@ -505,9 +526,9 @@ async fn a_token_named_on_one_replica_works_on_the_others_at_once() {
         }
     }
 
-    // A flood of tokens no one has costs the store a few small reads,
-    // not one per request: a read that began after a request arrived
-    // answers every request waiting for it.
+    // A flood of admin requests (with tokens no one has) costs the store
+    // a few small reads, not one per request: a read that began after a
+    // request arrived answers every request waiting for it.
     let etcd_metrics = format!("{}/metrics", cluster.etcd.url());
     let store_reads = || async {
         let (_, metrics) = common::get_text(&common::client(), &etcd_metrics).await;

@@ -63,9 +63,9 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn wait_applied(&self, revision: u64) -> BoxFuture<'_, ()>;
 
     /// Waits, boundedly, until this replica serves what the store holds
-    /// now: a tenant's token named or moved through another replica a
-    /// moment ago may not have reached this one by itself yet. Returns at once when
-    /// this replica is not behind or the store does not answer.
+    /// now, so that an admin answer reflects a write another replica
+    /// acknowledged a moment ago (a token it named, too). Returns at once
+    /// when this replica is not behind or the store is down.
     fn catch_up(&self) -> BoxFuture<'_, ()>;
 
     /// The revision this replica serves.

@@ -72,8 +72,8 @@ pub struct Cluster {
     status: Mutex<Status>,
     /// The last store revision [`SharedState::catch_up`] read, and when
     /// that read began. Held across the read, so at most one runs at a
-    /// time, and requests that waited for it use it: a flood of unknown
-    /// tokens costs the store one small read at a time.
+    /// time, and requests that waited for it use it: a flood of admin
+    /// requests costs the store one small read at a time.
     caught_up: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// `wasmgate_cluster_revision`.
     revision_gauge: IntGauge,
@@ -452,6 +452,11 @@ impl SharedState for Cluster {
 
     fn catch_up(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // With the store known down, there is nothing to catch up
+            // with until the convergence loop reaches it again.
+            if !self.lock().store_up {
+                return;
+            }
             let asked = Instant::now();
             let _ = tokio::time::timeout(WAIT_CAUGHT_UP, async {
                 let Some(latest) = self.store_revision_since(asked).await else {
