@@ -238,9 +238,9 @@ impl Replica {
                 (status, response.text().await.expect("body"))
             }
             Err(e) => panic!(
-                "GET {url} on {}: {}; its log:\n{}",
+                "GET {url} on {}: {:#}; its log:\n{}",
                 self.node,
-                super::error_chain(&e),
+                anyhow::Error::new(e),
                 self.log()
             ),
         }

@@ -166,21 +166,9 @@ pub async fn get_text(client: &reqwest::Client, url: &str) -> (u16, String) {
         .get(url)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {}", error_chain(&e)));
+        .unwrap_or_else(|e| panic!("GET {url}: {:#}", anyhow::Error::new(e)));
     let status = response.status().as_u16();
     (status, response.text().await.expect("body"))
-}
-
-/// `error` and its sources, `: `-separated (reqwest's own message alone
-/// says only "error sending request").
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// `POST url` with `body`.

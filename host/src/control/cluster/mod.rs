@@ -383,9 +383,7 @@ impl Cluster {
         pushed.insert(sha256.to_owned(), reference.clone());
         Ok(reference)
     }
-}
 
-impl Cluster {
     /// The state's revision in the store, read at `asked` or later; `None`
     /// if the store did not answer.
     async fn store_revision_since(&self, asked: Instant) -> Option<u64> {
