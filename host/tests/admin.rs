@@ -631,6 +631,146 @@ async fn swaps_under_load_fail_no_request() {
     );
 }
 
+/// A PUT of a component may carry the new version's config strings
+/// (`x-wasmgate-config`): they arrive in the same version as the bytes.
+#[tokio::test]
+async fn a_component_and_its_config_arrive_in_one_version() {
+    let gw = Gateway::start(&write_config("with-config", ""), true).await;
+    let (hello, echo) = (component(components::HELLO), component(components::ECHO));
+    let put = |wasm: &Vec<u8>, config: Option<&str>| {
+        let path = format!("{GREET}?route=/greet");
+        let request = gw.upload(&path, Some(ROOT), WASM, wasm.clone());
+        match config {
+            Some(config) => send(request.header("x-wasmgate-config", config)),
+            None => send(request),
+        }
+    };
+
+    // A new handler starts with its config.
+    let created = put(&hello, Some(r#"{"greeting": "hey"}"#)).await;
+    assert_version(&created, 201, 1);
+    assert_eq!(created.1["config"], json!({"greeting": "hey"}));
+    assert_eq!(gw.get("/greet").await.1, "hey from wasmgate: hello\n");
+    // The same bytes, route and config: nothing changes.
+    let again = put(&hello, Some(r#"{"greeting":"hey"}"#)).await;
+    assert_version(&again, 200, 1);
+    assert_eq!(again.1["result"], "unchanged");
+    // A new config with the same bytes; non-ASCII escaped as JSON allows.
+    assert_version(
+        &put(&hello, Some(r#"{"greeting": "h\u00e9"}"#)).await,
+        200,
+        2,
+    );
+    assert_eq!(gw.get("/greet").await.1, "h\u{e9} from wasmgate: hello\n");
+    // Without the header new bytes keep the config.
+    let kept = put(&echo, None).await;
+    assert_version(&kept, 200, 3);
+    assert_eq!(kept.1["config"], json!({"greeting": "h\u{e9}"}));
+    // An empty object clears it.
+    let cleared = put(&hello, Some("{}")).await;
+    assert_version(&cleared, 200, 4);
+    assert_eq!(cleared.1["config"], json!({}));
+    assert_eq!(gw.get("/greet").await.1, "hello from wasmgate\n");
+
+    // What is not a JSON object of strings is refused, and changes nothing.
+    for bad in [
+        "greeting=hey",
+        r#"["greeting"]"#,
+        r#"{"greeting": 1}"#,
+        r#"{"a": "b""#,
+    ] {
+        let refused = put(&echo, Some(bad)).await;
+        assert_rejected(&refused, 400, "invalid_request");
+        assert_message(
+            &refused.1,
+            "x-wasmgate-config must be a JSON object of strings",
+        );
+    }
+    // Config strings are bounded as a PATCH's are (64 KiB).
+    let huge = json!({"k": "v".repeat(100 << 10)}).to_string();
+    let refused = put(&echo, Some(&huge)).await;
+    assert_rejected(&refused, 400, "invalid_request");
+    assert_message(&refused.1, "config is 102401 bytes");
+    // A deploy by reference carries its config in the JSON body, not here.
+    let both = gw
+        .upload(
+            GREET,
+            Some(ROOT),
+            "application/json",
+            br#"{"oci": "127.0.0.1:1/x@sha256:0000000000000000000000000000000000000000000000000000000000000000"}"#.to_vec(),
+        )
+        .header("x-wasmgate-config", "{}");
+    let refused = send(both).await;
+    assert_rejected(&refused, 400, "invalid_request");
+    assert_message(&refused.1, "\"config\" field");
+    let (_, now) = gw.read(GREET).await;
+    assert_eq!(now["version"], 4, "{now}");
+    assert_eq!(gw.get("/greet").await.1, "hello from wasmgate\n");
+}
+
+/// 32 connections keep requesting a handler while it is swapped between
+/// `echo` (no config) and `hello` with a greeting, each swap one PUT with
+/// the config: no request ever meets `hello` without its greeting, as it
+/// would between an upload and a later PATCH of its config.
+#[tokio::test]
+async fn a_swap_with_new_config_shows_no_request_the_component_without_it() {
+    let config = write_config("swap-config", "[limits]\nmax_concurrency = 1000");
+    let gw = Gateway::start(&config, true).await;
+    let (hello, echo) = (component(components::HELLO), component(components::ECHO));
+    let put = |wasm: &Vec<u8>, config: &str| {
+        let path = format!("{GREET}?route=/greet");
+        send(
+            gw.upload(&path, Some(ROOT), WASM, wasm.clone())
+                .header("x-wasmgate-config", config),
+        )
+    };
+    assert_eq!(put(&echo, "{}").await.0, 201);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..32)
+        .map(|_| {
+            let client = reqwest::Client::new();
+            let url = format!("{}/greet", gw.url);
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let (mut greeted, mut echoed, mut others) = (0u64, 0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 204 => echoed += 1,
+                        Ok(r) if r.status() == 200 => match r.text().await {
+                            Ok(body) if body == "hey from wasmgate: hello\n" => greeted += 1,
+                            body => others.push(format!("200 {body:?}")),
+                        },
+                        Ok(r) => others.push(format!("status {}", r.status())),
+                        Err(e) => others.push(format!("error {e}")),
+                    }
+                }
+                (greeted, echoed, others)
+            })
+        })
+        .collect();
+    for i in 0..20u32 {
+        let (status, body) = if i.is_multiple_of(2) {
+            put(&hello, r#"{"greeting": "hey"}"#).await
+        } else {
+            put(&echo, "{}").await
+        };
+        assert_eq!(status, 200, "{body}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut greeted, mut echoed) = (0, 0);
+    for task in load {
+        let (g, e, others) = task.await.expect("load task");
+        assert!(others.is_empty(), "failed or foreign answers: {others:?}");
+        greeted += g;
+        echoed += e;
+    }
+    assert!(
+        greeted > 0 && echoed > 0,
+        "both versions served: {greeted} / {echoed}"
+    );
+}
+
 /// Handlers that come and go leave nothing behind: no metric series, no
 /// stored components, no state, and no memory beyond noise. (A day of
 /// 10,000 deploys is this loop, longer.)

@@ -135,9 +135,8 @@ async fn apply_creates_then_changes_only_what_differs_and_prunes_on_request() {
         lines,
         [
             "tenant shop: created",
-            // A config is set by a second version: an upload keeps the
-            // handler's config.
-            "handler shop/hello version 2 at /hello: created",
+            // The component arrives with its config: one version.
+            "handler shop/hello version 1 at /hello: created",
             "handler shop/echo version 1 at /echo: created",
             &format!(
                 "static shop at /files (dir {}): created",
@@ -184,14 +183,14 @@ async fn apply_creates_then_changes_only_what_differs_and_prunes_on_request() {
     assert_eq!(gw.handlers("shop").await, before);
     assert_eq!(gw.admin("tenants").await, tenants);
 
-    // Edited: hello gets a new route and config (one new version), echo is
-    // as it was, cpu is new, tenant old is no longer listed (and without
-    // --prune stays).
+    // Edited: hello gets a new route and config (one new version), echo
+    // another component and a config (one new version too), cpu is new,
+    // tenant old is no longer listed (and without --prune stays).
     let edited = format!(
         "[[tenant]]\nname = \"shop\"\ncpu_weight = 2\nlimits = {{ fuel = 50000000 }}\n\n{}{}{}\
          [[tenant.static]]\nroute = \"/files\"\ndir = \"files\"\n",
         handler("hello", "/hi", hello, "greeting = \"hey\""),
-        handler("echo", "/echo", echo, ""),
+        handler("echo", "/echo", hello, "greeting = \"yo\""),
         handler("cpu", "/cpu", cpu, ""),
     );
     let second = write(&dir, "second.toml", &edited);
@@ -201,15 +200,19 @@ async fn apply_creates_then_changes_only_what_differs_and_prunes_on_request() {
         lines[..4],
         [
             "tenant shop: unchanged",
-            "handler shop/hello version 3 at /hi: replaced",
-            "handler shop/echo version 1 at /echo: unchanged",
+            "handler shop/hello version 2 at /hi: replaced",
+            "handler shop/echo version 2 at /echo: replaced",
             "handler shop/cpu version 1 at /cpu: created",
         ],
         "{stdout}"
     );
     assert!(
-        stdout.ends_with(": 1 created, 1 replaced, 3 unchanged, 0 deleted\n"),
+        stdout.ends_with(": 1 created, 2 replaced, 2 unchanged, 0 deleted\n"),
         "{stdout}"
+    );
+    assert_eq!(
+        gw.get("/echo").await,
+        (200, "yo from wasmgate: hello\n".to_owned())
     );
     assert_eq!(
         gw.get("/hi").await,

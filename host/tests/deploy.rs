@@ -104,6 +104,71 @@ fn deployed_line(component: &[u8], version: u64, outcome: &str) -> String {
     )
 }
 
+/// `deploy --config` and `--unset` change the handler's config strings in
+/// the version that brings the component: one version per deploy.
+#[tokio::test]
+async fn deploy_sends_the_component_and_its_config_in_one_version() {
+    let dir = common::scratch("deploy-config");
+    let gw = Gateway::start(&dir);
+    let (hello_path, echo_path) = (
+        components::require(components::HELLO),
+        components::require(components::ECHO),
+    );
+    let hello = std::fs::read(hello_path).expect("read hello");
+    let echo = std::fs::read(echo_path).expect("read echo");
+    let deploy = |file: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", "greet"];
+        args.extend(extra);
+        gw.cli(Some(ROOT), &args)
+    };
+    let line = |component: &[u8], version: u64, config: &str, outcome: &str| {
+        deployed_line(component, version, outcome)
+            .replace(" at /greet:", &format!(" at /greet, config {config}:"))
+    };
+
+    // Non-ASCII travels too (the header escapes it).
+    let first = deploy(
+        hello_path,
+        &[
+            "--route",
+            "/greet",
+            "--config",
+            "greeting=h\u{e9}",
+            "--config",
+            "extra=1",
+        ],
+    );
+    let expected = line(&hello, 1, "extra=1,greeting=h\u{e9}", "created");
+    assert_eq!(succeeded(&first), expected);
+    assert_eq!(
+        gw.get("/greet").await,
+        (200, "h\u{e9} from wasmgate: hello\n".to_owned())
+    );
+    let again = deploy(hello_path, &["--config", "greeting=h\u{e9}"]);
+    let expected = line(&hello, 1, "extra=1,greeting=h\u{e9}", "unchanged");
+    assert_eq!(succeeded(&again), expected);
+
+    // New bytes with a config string taken away; the other stays.
+    let second = deploy(echo_path, &["--unset", "extra"]);
+    assert_eq!(
+        succeeded(&second),
+        line(&echo, 2, "greeting=h\u{e9}", "replaced")
+    );
+    let third = deploy(hello_path, &["--config", "greeting=hey"]);
+    assert_eq!(
+        succeeded(&third),
+        line(&hello, 3, "greeting=hey", "replaced")
+    );
+    assert_eq!(gw.get("/greet").await.1, "hey from wasmgate: hello\n");
+    let stdout = succeeded(&gw.cli(Some(ROOT), &["list", "--tenant", "demo"]));
+    assert!(
+        stdout
+            .lines()
+            .any(|row| row.starts_with("greet  /greet  3 ")),
+        "three deploys, three versions: {stdout}"
+    );
+}
+
 #[tokio::test]
 async fn deploy_list_and_rollback_drive_a_running_gateway() {
     let dir = common::scratch("deploy-lifecycle");

@@ -419,8 +419,24 @@ async fn the_cli_pushes_then_deploys_by_reference() {
         get_text(&common::client(), &format!("{}/greet", gw.url)).await,
         (200, "hello from wasmgate\n".to_owned())
     );
-    let (ok, stdout, _) = wasmgate(deploy).await;
+    let (ok, stdout, _) = wasmgate(deploy.clone()).await;
     assert!(ok && stdout.trim_end().ends_with(": unchanged"), "{stdout}");
+    // The body carries the config: one new version with it.
+    let mut with_config = deploy;
+    with_config.extend(args(&["--config", "greeting=hey"]));
+    let (ok, stdout, stderr) = wasmgate(with_config).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("deployed demo/greet version 2")
+            && stdout
+                .trim_end()
+                .ends_with(", config greeting=hey: replaced"),
+        "{stdout}"
+    );
+    assert_eq!(
+        get_text(&common::client(), &format!("{}/greet", gw.url)).await,
+        (200, "hey from wasmgate: hello\n".to_owned())
+    );
     let (ok, stdout, stderr) =
         wasmgate(args(&["list", "--tenant", "demo", "--admin", &gw.admin])).await;
     assert!(ok, "{stderr}");

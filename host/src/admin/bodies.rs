@@ -14,6 +14,7 @@
 //! component pulled from a registry (a deploy by reference) holds a share
 //! the same way, reserved from the size its manifest declares.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use hyper::body::Body;
 use prometheus::IntGauge;
 use serde::de::DeserializeOwned;
 
+use super::views::CONFIG_HEADER;
 use super::wire::Rejection;
 use crate::request::body::{ByteBudget, Reservation};
 
@@ -277,6 +279,23 @@ pub(super) async fn drain<B: Body + Unpin>(mut body: B) {
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
     serde_json::from_slice(body).map_err(|e| Rejection::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// The config strings a handler upload carries in [`CONFIG_HEADER`], if
+/// it does: a JSON object whose values are strings.
+pub(super) fn config_header(
+    headers: &HeaderMap,
+) -> Result<Option<BTreeMap<String, String>>, Rejection> {
+    let Some(value) = headers.get(CONFIG_HEADER) else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.as_bytes())
+        .map(Some)
+        .map_err(|e| {
+            Rejection::bad_request(format!(
+                "{CONFIG_HEADER} must be a JSON object of strings, like {{\"greeting\": \"hi\"}}: {e}"
+            ))
+        })
 }
 
 /// `sha-256=:BASE64:` (RFC 9530) as hex.

@@ -5,15 +5,15 @@
 //! the write is logged with tenant, handler, sha256, caller and result
 //! (tokens never are).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::bodies::{Upload, drain, media_type};
+use super::bodies::{Upload, config_header, drain, media_type};
 use super::views::{
-    HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo, StaticPut,
-    TenantList, TenantPut, TenantView, WriteResult,
+    CONFIG_HEADER, HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded, RollbackTo,
+    StaticPut, TenantList, TenantPut, TenantView, WriteResult,
 };
 use super::wire::{Rejection, etag_of, if_match, json, no_content, query_param, tagged};
 use super::{Admin, ReloadError};
@@ -27,6 +27,9 @@ use crate::digest::sha256_hex;
 use crate::limits::Limits;
 use crate::request::body::{Reservation, ResponseBody};
 use crate::runtime::LoadError;
+
+/// A handler version's config strings.
+type Config = BTreeMap<String, String>;
 
 /// What an empty upload is told: `curl --data-binary @FILE` sends nothing,
 /// with only a warning, when it cannot read FILE.
@@ -297,14 +300,22 @@ impl Call<'_> {
     pub(super) async fn put_handler(&self, request: Request<Incoming>) -> HttpResult {
         let route = query_param(request.uri().query(), "route");
         let if_match = if_match(request.headers());
-        let (bytes, sha256, held, oci) = if media_type(request.headers()) == "application/json" {
-            let (bytes, held, reference) = self.pull(request).await?;
+        let in_header = config_header(request.headers())?;
+        let (bytes, sha256, held, oci, config) = if media_type(request.headers())
+            == "application/json"
+        {
+            if in_header.is_some() {
+                return Err(Rejection::bad_request(format!(
+                    "a JSON body carries the config in its \"config\" field, not in {CONFIG_HEADER}"
+                )));
+            }
+            let (bytes, held, reference, config) = self.pull(request).await?;
             let sha256 = sha256_hex(&bytes);
-            (bytes, sha256, held, Some(reference))
+            (bytes, sha256, held, Some(reference), config)
         } else {
             let upload = self.admin.bodies.component(request).await?;
             let sha256 = self.check_upload(&upload)?;
-            (upload.bytes, sha256, upload.held, None)
+            (upload.bytes, sha256, upload.held, None, in_header)
         };
         self.refuse_unless_wasm(&sha256, &bytes)?;
         let component = Component {
@@ -328,7 +339,14 @@ impl Call<'_> {
                         ));
                     }
                 };
-                state.put_handler(tenant, handler, &component, &route, None, Source::Api)
+                state.put_handler(
+                    tenant,
+                    handler,
+                    &component,
+                    &route,
+                    config.as_ref(),
+                    Source::Api,
+                )
             };
         let written = self
             .write_handler(if_match, Some(&sha256), uploads, edit)
@@ -340,11 +358,11 @@ impl Call<'_> {
 
     /// The component a `{"oci": REFERENCE}` body names, pulled within
     /// `admin.max_upload_bytes`, holding its share of the body budget as
-    /// an upload would, and the reference.
+    /// an upload would, the reference, and the body's config if any.
     async fn pull(
         &self,
         request: Request<Incoming>,
-    ) -> Result<(Vec<u8>, Reservation, OciReference), Rejection> {
+    ) -> Result<(Vec<u8>, Reservation, OciReference, Option<Config>), Rejection> {
         let body: HandlerFromOci = self.admin.bodies.json(request).await?;
         let refused = |error: OciError| {
             self.log_write(None, &Err::<(), _>(&error));
@@ -360,7 +378,7 @@ impl Call<'_> {
             .map_err(refused)?;
         let held = self.admin.bodies.hold(artifact.size())?;
         let bytes = artifact.download().await.map_err(refused)?;
-        Ok((bytes, held, reference))
+        Ok((bytes, held, reference, body.config))
     }
 
     /// Checks an upload's bytes against what its request says; their

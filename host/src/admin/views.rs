@@ -300,7 +300,18 @@ pub struct HandlerPatch {
 pub struct HandlerFromOci {
     /// `REGISTRY/REPOSITORY@sha256:HEX` (an `oci://` prefix is allowed).
     pub oci: String,
+    /// The new version's config strings; without them it keeps the
+    /// handler's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
 }
+
+/// The request header of a handler `PUT` whose body is the component's
+/// bytes that carries the new version's config strings, as a JSON object
+/// (`{"greeting": "hi"}`); without it the version keeps the handler's.
+/// The component and its config arrive in one version, so no request is
+/// served by the one without the other.
+pub const CONFIG_HEADER: &str = "x-wasmgate-config";
 
 /// The body of a rollback: the version to go back to; none: the previous.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

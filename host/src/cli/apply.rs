@@ -244,9 +244,9 @@ enum HandlerPlan {
     Keep(u64),
     /// Same component: a new route, new config, or both.
     Patch(HandlerPatch),
-    /// A new component (or a new handler) at the file's route; then, when
-    /// they differ from what it has, its config strings (an upload keeps
-    /// the handler's config).
+    /// A new component (or a new handler) at the file's route, in one
+    /// version with its config strings when they differ from what it has
+    /// (an upload without them keeps the handler's).
     Upload(Option<BTreeMap<String, String>>),
 }
 
@@ -372,27 +372,16 @@ impl Applier {
             HandlerPlan::Upload(config) => {
                 let deployed = self
                     .client
-                    .deploy(want.component, tenant, &want.name, Some(&want.route))
+                    .deploy(
+                        want.component,
+                        tenant,
+                        &want.name,
+                        Some(&want.route),
+                        config.as_ref(),
+                    )
                     .await
                     .with_context(|| format!("{name} at {}", want.route))?;
                 let version = deployed.handler.value.version;
-                let version = match config {
-                    None => version,
-                    Some(config) => {
-                        let patch = HandlerPatch {
-                            route: None,
-                            config: Some(config),
-                        };
-                        let patched = self.client.patch_handler(tenant, &want.name, &patch);
-                        let failed = || {
-                            format!(
-                                "{}: the component is uploaded but setting its config failed",
-                                at(version)
-                            )
-                        };
-                        patched.await.with_context(failed)?.value.version
-                    }
-                };
                 let change = if have.is_some() {
                     Change::Replaced
                 } else {
@@ -526,7 +515,7 @@ mod tests {
         assert_eq!(
             plan(&wanted("/a", &[]), None),
             HandlerPlan::Upload(None),
-            "a new handler without config needs no patch"
+            "a new handler without config sends none"
         );
         let same = view(SHA, "/a", &[("k", "v")]);
         assert_eq!(plan(&want, Some(&same)), HandlerPlan::Keep(1));
@@ -534,7 +523,7 @@ mod tests {
         assert_eq!(
             plan(&want, Some(&view(&other, "/a", &[("k", "v")]))),
             HandlerPlan::Upload(None),
-            "the upload keeps the config, which is right"
+            "the config is right already: the upload keeps it"
         );
         assert_eq!(
             plan(&want, Some(&view(&other, "/b", &[]))),

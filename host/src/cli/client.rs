@@ -8,6 +8,7 @@
 //! most. The token comes from the environment, never from the command
 //! line, where `ps` would show it to every user of the machine.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,8 +23,8 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 use crate::admin::views::{
-    ErrorBody, HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded, StaticPut,
-    TenantList, TenantPut, TenantView, WriteResult,
+    CONFIG_HEADER, ErrorBody, HandlerFromOci, HandlerList, HandlerPatch, HandlerView, Reloaded,
+    StaticPut, TenantList, TenantPut, TenantView, WriteResult,
 };
 use crate::control::oci::OciReference;
 use crate::control::shared::ClusterStatus;
@@ -190,7 +191,29 @@ struct Put {
     content_type: &'static str,
     /// `Content-Digest`, if sent.
     digest: Option<String>,
+    /// [`CONFIG_HEADER`], if sent.
+    config_header: Option<String>,
     body: Vec<u8>,
+}
+
+/// `config` as the value of [`CONFIG_HEADER`]: JSON with every character
+/// outside printable ASCII escaped, so that any config string makes a
+/// valid header value.
+fn config_header(config: &BTreeMap<String, String>) -> String {
+    // Serialising strings cannot fail.
+    let json = serde_json::to_string(config).unwrap_or_default();
+    let mut ascii = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            ascii.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(ascii, "\\u{unit:04x}");
+            }
+        }
+    }
+    ascii
 }
 
 /// A connection to one gateway's admin API, with a token.
@@ -274,13 +297,15 @@ impl Client {
 
     /// Uploads the component in `file` as `tenant`'s handler `name`, at
     /// `route` (needed for a new handler; without it a handler keeps its
-    /// route).
+    /// route), with `config` as its config strings (without them it keeps
+    /// the handler's): one new version.
     pub async fn deploy_file(
         &self,
         file: &Path,
         tenant: &str,
         name: &str,
         route: Option<&str>,
+        config: Option<&BTreeMap<String, String>>,
     ) -> Result<Deployed, ClientError> {
         let path = file.to_owned();
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
@@ -290,7 +315,7 @@ impl Client {
                 path: file.to_owned(),
                 error,
             })?;
-        self.deploy(bytes, tenant, name, route).await
+        self.deploy(bytes, tenant, name, route, config).await
     }
 
     /// Uploads `component` as `tenant`'s handler `name`; see
@@ -301,6 +326,7 @@ impl Client {
         tenant: &str,
         name: &str,
         route: Option<&str>,
+        config: Option<&BTreeMap<String, String>>,
     ) -> Result<Deployed, ClientError> {
         let digest = sha2::Sha256::digest(&component);
         let digest = format!(
@@ -310,9 +336,10 @@ impl Client {
         let put = Put {
             content_type: "application/wasm",
             digest: Some(digest),
+            config_header: config.map(config_header),
             body: component,
         };
-        self.put_handler(put, tenant, name, route).await
+        self.put_handler(put, tenant, name, route, config).await
     }
 
     /// Has the gateway pull the component `reference` names from its
@@ -324,26 +351,31 @@ impl Client {
         tenant: &str,
         name: &str,
         route: Option<&str>,
+        config: Option<&BTreeMap<String, String>>,
     ) -> Result<Deployed, ClientError> {
         let body = HandlerFromOci {
             oci: reference.to_string(),
+            config: config.cloned(),
         };
         let put = Put {
             content_type: "application/json",
             digest: None,
-            // Serialising a string cannot fail.
+            config_header: None,
+            // Serialising strings cannot fail.
             body: serde_json::to_vec(&body).unwrap_or_default(),
         };
-        self.put_handler(put, tenant, name, route).await
+        self.put_handler(put, tenant, name, route, config).await
     }
 
-    /// Sends `put` to `tenant`'s handler `name`, at `route` when given.
+    /// Sends `put` to `tenant`'s handler `name`, at `route` when given,
+    /// carrying `config` when given.
     async fn put_handler(
         &self,
         put: Put,
         tenant: &str,
         name: &str,
         route: Option<&str>,
+        config: Option<&BTreeMap<String, String>>,
     ) -> Result<Deployed, ClientError> {
         // The answer to a replace and to a no-op are alike (200, the
         // handler); what was serving before tells them apart.
@@ -362,6 +394,9 @@ impl Client {
             .header(header::CONTENT_TYPE, put.content_type);
         if let Some(digest) = put.digest {
             request = request.header("content-digest", digest);
+        }
+        if let Some(config) = put.config_header {
+            request = request.header(CONFIG_HEADER, config);
         }
         let request = request.body(Full::new(Bytes::from(put.body)));
         let (status, body) = self.exchange(request).await?;
@@ -383,6 +418,18 @@ impl Client {
             WriteResult::Unchanged
         } else {
             WriteResult::Replaced
+        };
+        // A gateway older than the config header deploys without it: set
+        // the config with a second version, as such a gateway needs.
+        let handler = match config {
+            Some(config) if handler.value.config != *config => {
+                let patch = HandlerPatch {
+                    route: None,
+                    config: Some(config.clone()),
+                };
+                self.patch_handler(tenant, name, &patch).await?
+            }
+            _ => handler,
         };
         Ok(Deployed {
             tenant: tenant.to_owned(),
@@ -715,6 +762,23 @@ mod tests {
     use crate::control::state::Source;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn any_config_makes_a_printable_ascii_header_that_parses_back() {
+        let config = BTreeMap::from([
+            ("greeting".to_owned(), "h\u{e9}, \u{1f600}".to_owned()),
+            ("lines".to_owned(), "a\nb\t\"c\"\\\u{7f}".to_owned()),
+            ("".to_owned(), String::new()),
+        ]);
+        let header = config_header(&config);
+        assert!(
+            header.bytes().all(|b| (b' '..=b'~').contains(&b)),
+            "{header}"
+        );
+        assert!(HeaderValue::from_str(&header).is_ok());
+        let back: BTreeMap<String, String> = serde_json::from_str(&header).expect("JSON");
+        assert_eq!(back, config);
+    }
 
     #[test]
     fn a_handler_answer_is_parsed_with_its_versions_and_kept_as_sent() {

@@ -4,11 +4,12 @@
 //! ([`super::client`]) and what each prints ([`super::print`]). Everything
 //! the admin API does, a command does.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::client::{self, Client};
+use super::client::{self, Client, ClientError};
 use super::{print, say};
 use crate::admin::views::{HandlerPatch, TenantPut};
 use crate::control::oci::{OciError, OciReference};
@@ -45,6 +46,14 @@ pub enum Command {
         /// it an existing handler keeps its route.
         #[arg(long)]
         route: Option<String>,
+        /// A config string the new version gets (repeatable); the handler's
+        /// others are kept. The component and its config arrive in one
+        /// version.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::call::parse_config)]
+        set: Vec<(String, String)>,
+        /// A config string the new version goes without (repeatable).
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
         /// Where the gateway is.
         #[command(flatten)]
         admin: AdminArgs,
@@ -350,15 +359,36 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             file,
             handler: HandlerId { tenant, name },
             route,
+            set,
+            unset,
             admin,
         } => call(&admin, async |client| {
             let route = route.as_deref();
+            let config = if set.is_empty() && unset.is_empty() {
+                None
+            } else {
+                let mut config = match client.handler(&tenant, &name).await {
+                    Ok(current) => current.value.config,
+                    Err(ClientError::Rejected { status: 404, .. }) => BTreeMap::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                for key in &unset {
+                    config.remove(key);
+                }
+                config.extend(set);
+                Some(config)
+            };
+            let config = config.as_ref();
             let deployed = match &file {
                 ComponentSource::File(file) => {
-                    client.deploy_file(file, &tenant, &name, route).await?
+                    client
+                        .deploy_file(file, &tenant, &name, route, config)
+                        .await?
                 }
                 ComponentSource::Oci(reference) => {
-                    client.deploy_oci(reference, &tenant, &name, route).await?
+                    client
+                        .deploy_oci(reference, &tenant, &name, route, config)
+                        .await?
                 }
             };
             Ok((print::deploy_summary(&deployed), deployed.handler.json))

@@ -2,6 +2,7 @@
 //! write, tables of handlers and tenants, sizes and times as people write
 //! them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::client::{Deployed, TenantWritten};
@@ -19,8 +20,13 @@ const SHA_PREFIX: usize = 12;
 /// 0123456789ab, 113.2 KiB) at /greet: created`.
 pub fn deploy_summary(deployed: &Deployed) -> String {
     let h = &deployed.handler.value;
+    let config = if h.config.is_empty() {
+        String::new()
+    } else {
+        format!(", config {}", config_list(&h.config))
+    };
     format!(
-        "deployed {}/{} version {} (sha256 {}, {}) at {}: {}",
+        "deployed {}/{} version {} (sha256 {}, {}) at {}{config}: {}",
         deployed.tenant,
         h.name,
         h.version,
@@ -29,6 +35,18 @@ pub fn deploy_summary(deployed: &Deployed) -> String {
         h.route,
         deployed.outcome.as_str()
     )
+}
+
+/// Config strings as `KEY=VALUE,...`, or `-` when there are none.
+fn config_list(config: &BTreeMap<String, String>) -> String {
+    if config.is_empty() {
+        return "-".to_owned();
+    }
+    let pairs: Vec<String> = config
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    pairs.join(",")
 }
 
 /// One line after a rollback.
@@ -46,21 +64,12 @@ pub fn rollback_summary(tenant: &str, handler: &HandlerView) -> String {
 /// One line after a patch: `patched demo/greet version 3 at /greet, config
 /// greeting=hey: replaced`.
 pub fn patch_summary(tenant: &str, handler: &HandlerView) -> String {
-    let config: Vec<String> = handler
-        .config
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
     format!(
         "patched {tenant}/{} version {} at {}, config {}: {}",
         handler.name,
         handler.version,
         handler.route,
-        if config.is_empty() {
-            "-".to_owned()
-        } else {
-            config.join(",")
-        },
+        config_list(&handler.config),
         handler.result.map_or("replaced", WriteResult::as_str)
     )
 }
