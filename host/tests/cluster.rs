@@ -259,6 +259,32 @@ async fn a_deploy_through_one_replica_serves_on_all_and_the_cluster_lists_them()
         .parse::<u64>()
         .expect("a number");
     assert!(header >= revision);
+
+    // A component deployed with its config through one replica serves
+    // with it on all, in one version.
+    let hello = std::fs::read(components::require(components::HELLO)).expect("hello.wasm");
+    let response = common::client()
+        .put(format!(
+            "{}/admin/tenants/acme/handlers/greet?route=/greet",
+            cluster.replicas[1].admin
+        ))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/wasm")
+        .header("x-wasmgate-config", r#"{"greeting": "hey"}"#)
+        .body(hello)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(
+        (
+            body["version"].as_u64(),
+            body["config"]["greeting"].as_str()
+        ),
+        (Some(1), Some("hey"))
+    );
+    until_all_serve(&all, "/greet", "hey from wasmgate: hello\n").await;
     drop(cluster.etcd);
 }
 
