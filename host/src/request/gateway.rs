@@ -23,17 +23,7 @@ use crate::metrics::Metrics;
 use crate::request::body::{ByteBudget, Reservation, ResponseBody};
 use crate::runtime::{Executor, GuestRequest};
 
-/// The request header that tells a guest the route prefix it was routed
-/// by (`/api` for a handler at `--route /api`), so it can match paths
-/// relative to it, as the SDK's router does. The gateway sets it on every
-/// request it passes to a guest and removes any a client sent, so a client
-/// cannot change what the guest believes its route is.
-pub const ROUTE_HEADER: &str = "x-wasmgate-route";
-
-/// The request header that tells a guest whether the request came over
-/// `https` or `http`. Like [`ROUTE_HEADER`], the gateway sets it on every
-/// request it passes to a guest, replacing any a client sent.
-pub const PROTO_HEADER: &str = "x-forwarded-proto";
+pub use crate::runtime::{PROTO_HEADER, ROUTE_HEADER};
 
 /// What the HTTPS listener puts in the extensions of each request of a TLS
 /// connection: the server name (SNI) its handshake asked for, empty when
@@ -228,17 +218,12 @@ impl Gateway {
         {
             head.headers.insert(http::header::HOST, host);
         }
-        // hyper sizes the map for the headers it parsed: room for the two
-        // the gateway adds in one growth, not one per header.
-        head.headers.reserve(2);
-        set_route_header(&mut head.headers, route.route_header.clone());
-        head.headers.insert(
-            http::HeaderName::from_static(PROTO_HEADER),
-            HeaderValue::from_static(if https { "https" } else { "http" }),
-        );
+        let route_header = route.route_header.clone();
         let mut reservation = self.budget.reserve_none();
         if body.is_end_stream() {
-            let request = GuestRequest::new(head, Bytes::new()).with_https(https);
+            let request = GuestRequest::new(head, Bytes::new())
+                .with_https(https)
+                .routed(route_header);
             return Ok((request, reservation));
         }
         let over_budget =
@@ -283,7 +268,10 @@ impl Gateway {
             }
         }
         let body = joined.map_or(whole, BytesMut::freeze);
-        Ok((GuestRequest::new(head, body).with_https(https), reservation))
+        let request = GuestRequest::new(head, body)
+            .with_https(https)
+            .routed(route_header);
+        Ok((request, reservation))
     }
 }
 
@@ -301,22 +289,6 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.requests_in_flight.dec();
-    }
-}
-
-/// Replaces whatever [`ROUTE_HEADER`] the client sent by `route` (made
-/// once per route: `Route::route_header`). Routes are printable ASCII
-/// (`router::check_route`), always a valid value; one that were not would
-/// leave the header out, never the client's.
-fn set_route_header(headers: &mut http::HeaderMap, route: Option<HeaderValue>) {
-    const NAME: http::HeaderName = http::HeaderName::from_static(ROUTE_HEADER);
-    match route {
-        Some(value) => {
-            headers.insert(NAME, value);
-        }
-        None => {
-            headers.remove(NAME);
-        }
     }
 }
 
@@ -427,18 +399,6 @@ mod tests {
                 (got, want) => panic!("{version:?} {uri} {hosts:?}: got {got:?}, want {want:?}"),
             }
         }
-    }
-
-    #[test]
-    fn the_route_header_is_the_gateways_whatever_the_client_sent() {
-        let mut headers = http::HeaderMap::new();
-        headers.append(ROUTE_HEADER, HeaderValue::from_static("/"));
-        headers.append(ROUTE_HEADER, HeaderValue::from_static("/api/users"));
-        set_route_header(&mut headers, HeaderValue::from_str("/api").ok());
-        let values: Vec<_> = headers.get_all(ROUTE_HEADER).iter().collect();
-        assert_eq!(values, ["/api"]);
-        set_route_header(&mut headers, HeaderValue::from_str("/a\nb").ok());
-        assert!(headers.get(ROUTE_HEADER).is_none());
     }
 
     #[test]

@@ -40,5 +40,5 @@ pub use fair_queue::Flow;
 pub use handler::{Compiled, ComponentInfo, HandlerVersion, LoadError};
 pub use host_fns::GUEST_LOG_TARGET;
 pub use outbound::Outbound;
-pub use request::GuestRequest;
+pub use request::{GuestRequest, PROTO_HEADER, ROUTE_HEADER};
 pub use response::{MAX_HEAD_BYTES, MAX_HEADERS};
