@@ -568,6 +568,50 @@ async fn the_last_acknowledged_state_survives_kill_9_and_the_config_file_yields_
     assert_eq!(gw.get("/greet").await.0, 204);
 }
 
+/// `connections` clients requesting `url` until the returned stop is
+/// called; it gives how many answers were 200 with `body` and how many
+/// were 204 (`echo`'s answer to an empty GET), and fails on any other.
+fn keep_requesting(
+    url: String,
+    connections: usize,
+    body: &'static str,
+) -> impl AsyncFnOnce() -> (u64, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..connections)
+        .map(|_| {
+            let client = reqwest::Client::new();
+            let url = url.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let (mut bodies, mut empties, mut others) = (0u64, 0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.text().await {
+                            Ok(text) if text == body => bodies += 1,
+                            text => others.push(format!("200 {text:?}")),
+                        },
+                        Ok(r) if r.status() == 204 => empties += 1,
+                        Ok(r) => others.push(format!("status {}", r.status())),
+                        Err(e) => others.push(format!("error {e}")),
+                    }
+                }
+                (bodies, empties, others)
+            })
+        })
+        .collect();
+    async move || {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut bodies, mut empties) = (0, 0);
+        for task in load {
+            let (b, e, others) = task.await.expect("load task");
+            assert!(others.is_empty(), "failed or foreign answers: {others:?}");
+            bodies += b;
+            empties += e;
+        }
+        (bodies, empties)
+    }
+}
+
 /// 64 connections keep requesting a handler while it is swapped 20 times
 /// between two versions: no request fails, and every answer is one of the
 /// two versions'.
@@ -581,33 +625,7 @@ async fn swaps_under_load_fail_no_request() {
         201
     );
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..64)
-        .map(|_| {
-            let client = reqwest::Client::new();
-            let url = format!("{}/swap", gw.url);
-            let stop = std::sync::Arc::clone(&stop);
-            tokio::spawn(async move {
-                let (mut hellos, mut echoes, mut others) = (0u64, 0u64, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => {
-                            let body = r.text().await.unwrap_or_default();
-                            if body == "hello from wasmgate\n" {
-                                hellos += 1;
-                            } else {
-                                others.push(format!("200 {body:?}"));
-                            }
-                        }
-                        Ok(r) if r.status() == 204 => echoes += 1,
-                        Ok(r) => others.push(format!("status {}", r.status())),
-                        Err(e) => others.push(format!("error {e}")),
-                    }
-                }
-                (hellos, echoes, others)
-            })
-        })
-        .collect();
+    let stop = keep_requesting(format!("{}/swap", gw.url), 64, "hello from wasmgate\n");
     for i in 0..20u32 {
         let wasm = if i.is_multiple_of(2) {
             echo.clone()
@@ -617,14 +635,7 @@ async fn swaps_under_load_fail_no_request() {
         let (status, body) = gw.deploy("demo", "swap", "/swap", wasm).await;
         assert_eq!(status, 200, "{body}");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut hellos, mut echoes) = (0, 0);
-    for task in load {
-        let (h, e, others) = task.await.expect("load task");
-        assert!(others.is_empty(), "failed or foreign answers: {others:?}");
-        hellos += h;
-        echoes += e;
-    }
+    let (hellos, echoes) = stop().await;
     assert!(
         hellos > 0 && echoes > 0,
         "both versions served: {hellos} / {echoes}"
@@ -726,29 +737,8 @@ async fn a_swap_with_new_config_shows_no_request_the_component_without_it() {
     };
     assert_eq!(put(&echo, "{}").await.0, 201);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..32)
-        .map(|_| {
-            let client = reqwest::Client::new();
-            let url = format!("{}/greet", gw.url);
-            let stop = std::sync::Arc::clone(&stop);
-            tokio::spawn(async move {
-                let (mut greeted, mut echoed, mut others) = (0u64, 0u64, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status() == 204 => echoed += 1,
-                        Ok(r) if r.status() == 200 => match r.text().await {
-                            Ok(body) if body == "hey from wasmgate: hello\n" => greeted += 1,
-                            body => others.push(format!("200 {body:?}")),
-                        },
-                        Ok(r) => others.push(format!("status {}", r.status())),
-                        Err(e) => others.push(format!("error {e}")),
-                    }
-                }
-                (greeted, echoed, others)
-            })
-        })
-        .collect();
+    let url = format!("{}/greet", gw.url);
+    let stop = keep_requesting(url, 32, "hey from wasmgate: hello\n");
     for i in 0..20u32 {
         let (status, body) = if i.is_multiple_of(2) {
             put(&hello, r#"{"greeting": "hey"}"#).await
@@ -757,14 +747,7 @@ async fn a_swap_with_new_config_shows_no_request_the_component_without_it() {
         };
         assert_eq!(status, 200, "{body}");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut greeted, mut echoed) = (0, 0);
-    for task in load {
-        let (g, e, others) = task.await.expect("load task");
-        assert!(others.is_empty(), "failed or foreign answers: {others:?}");
-        greeted += g;
-        echoed += e;
-    }
+    let (greeted, echoed) = stop().await;
     assert!(
         greeted > 0 && echoed > 0,
         "both versions served: {greeted} / {echoed}"
