@@ -300,15 +300,22 @@ impl Call<'_> {
     pub(super) async fn put_handler(&self, request: Request<Incoming>) -> HttpResult {
         let route = query_param(request.uri().query(), "route");
         let if_match = if_match(request.headers());
-        let in_header = config_header(request.headers())?;
-        let (bytes, sha256, held, oci, config) = if media_type(request.headers())
-            == "application/json"
-        {
-            if in_header.is_some() {
-                return Err(Rejection::bad_request(format!(
-                    "a JSON body carries the config in its \"config\" field, not in {CONFIG_HEADER}"
-                )));
+        let is_json = media_type(request.headers()) == "application/json";
+        let in_header = match config_header(request.headers()) {
+            Ok(Some(_)) if is_json => Err(Rejection::bad_request(format!(
+                "a JSON body carries the config in its \"config\" field, not in {CONFIG_HEADER}"
+            ))),
+            header => header,
+        };
+        let in_header = match in_header {
+            Ok(config) => config,
+            Err(rejection) => {
+                // Read what the client sends on, so it gets the answer.
+                drain(request.into_body()).await;
+                return Err(rejection);
             }
+        };
+        let (bytes, sha256, held, oci, config) = if is_json {
             let (bytes, held, reference, config) = self.pull(request).await?;
             let sha256 = sha256_hex(&bytes);
             (bytes, sha256, held, Some(reference), config)
