@@ -54,6 +54,14 @@ impl Gateway {
         command.output().expect("run wasmgate")
     }
 
+    /// `wasmgate deploy FILE --tenant demo --name greet EXTRA...` with the
+    /// root token.
+    fn deploy_greet(&self, file: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", "greet"];
+        args.extend(extra);
+        self.cli(Some(ROOT), &args)
+    }
+
     async fn get(&self, path: &str) -> (u16, String) {
         let response = reqwest::get(format!("{}{path}", self.url))
             .await
@@ -95,6 +103,15 @@ fn texts(output: &Output) -> (String, String) {
     )
 }
 
+/// The `hello` and `echo` components: their paths and bytes.
+fn hello_and_echo() -> ((&'static str, Vec<u8>), (&'static str, Vec<u8>)) {
+    let read = |path: &'static str| (path, std::fs::read(path).expect("read a component"));
+    (
+        read(components::require(components::HELLO)),
+        read(components::require(components::ECHO)),
+    )
+}
+
 /// What `deploy` prints for `component` deployed as demo/greet.
 fn deployed_line(component: &[u8], version: u64, outcome: &str) -> String {
     format!(
@@ -110,17 +127,8 @@ fn deployed_line(component: &[u8], version: u64, outcome: &str) -> String {
 async fn deploy_sends_the_component_and_its_config_in_one_version() {
     let dir = common::scratch("deploy-config");
     let gw = Gateway::start(&dir);
-    let (hello_path, echo_path) = (
-        components::require(components::HELLO),
-        components::require(components::ECHO),
-    );
-    let hello = std::fs::read(hello_path).expect("read hello");
-    let echo = std::fs::read(echo_path).expect("read echo");
-    let deploy = |file: &str, extra: &[&str]| {
-        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", "greet"];
-        args.extend(extra);
-        gw.cli(Some(ROOT), &args)
-    };
+    let ((hello_path, hello), (echo_path, echo)) = hello_and_echo();
+    let deploy = |file: &str, extra: &[&str]| gw.deploy_greet(file, extra);
     let line = |component: &[u8], version: u64, config: &str, outcome: &str| {
         deployed_line(component, version, outcome)
             .replace(" at /greet:", &format!(" at /greet, config {config}:"))
@@ -173,16 +181,10 @@ async fn deploy_sends_the_component_and_its_config_in_one_version() {
 async fn deploy_list_and_rollback_drive_a_running_gateway() {
     let dir = common::scratch("deploy-lifecycle");
     let gw = Gateway::start(&dir);
-    let (hello_path, echo_path) = (
-        components::require(components::HELLO),
-        components::require(components::ECHO),
-    );
-    let hello = std::fs::read(hello_path).expect("read hello");
-    let echo = std::fs::read(echo_path).expect("read echo");
-    let deploy = |file: &str, route: Option<&str>| {
-        let mut args = vec!["deploy", file, "--tenant", "demo", "--name", "greet"];
-        args.extend(route.iter().flat_map(|r| ["--route", r]));
-        gw.cli(Some(ROOT), &args)
+    let ((hello_path, hello), (echo_path, echo)) = hello_and_echo();
+    let deploy = |file: &str, route: Option<&str>| match route {
+        Some(route) => gw.deploy_greet(file, &["--route", route]),
+        None => gw.deploy_greet(file, &[]),
     };
 
     assert_eq!(gw.get("/greet").await.0, 404);
