@@ -103,8 +103,11 @@ fn texts(output: &Output) -> (String, String) {
     )
 }
 
-/// The `hello` and `echo` components: their paths and bytes.
-fn hello_and_echo() -> ((&'static str, Vec<u8>), (&'static str, Vec<u8>)) {
+/// A component's path and bytes.
+type ComponentFile = (&'static str, Vec<u8>);
+
+/// The `hello` and `echo` components.
+fn hello_and_echo() -> (ComponentFile, ComponentFile) {
     let read = |path: &'static str| (path, std::fs::read(path).expect("read a component"));
     (
         read(components::require(components::HELLO)),
