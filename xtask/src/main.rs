@@ -16,13 +16,14 @@
 //!   haproxy (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when
 //!   missing.
 //!
-//! Every command that builds the gateway installs `protoc` (Debian's
-//! `protobuf-compiler`) first when it is missing: the etcd client crate
-//! needs it to build.
+//! Every command that builds the gateway installs `protoc` and protobuf's
+//! well-known types (Debian's `protobuf-compiler` and `libprotobuf-dev`)
+//! first when they are missing: the etcd client crate needs them to build.
 //!
 //! A command that fails ends xtask with the command's own output and exit
 //! status, and nothing more: its output is the message.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
 
@@ -263,10 +264,10 @@ fn not_members_message(folders: &[String]) -> Option<String> {
     ))
 }
 
-/// A program xtask needs and the Debian package that has it.
+/// Something xtask needs and the Debian package that has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AptTool {
-    /// The program, as looked up on PATH.
+    /// The program, as looked up on PATH, or [`WELL_KNOWN_TYPES`].
     program: &'static str,
     /// The package apt-get installs for it.
     package: &'static str,
@@ -277,6 +278,17 @@ struct AptTool {
 const PROTOC: AptTool = AptTool {
     program: "protoc",
     package: "protobuf-compiler",
+};
+
+/// What [`PROTOC_INCLUDES`] stands for in place of a program.
+const WELL_KNOWN_TYPES: &str = "protobuf's well-known types";
+
+/// etcd's protos import `google/protobuf/descriptor.proto` and friends,
+/// which Debian ships apart from protoc (a recommendation of
+/// protobuf-compiler, which `--no-install-recommends` leaves out).
+const PROTOC_INCLUDES: AptTool = AptTool {
+    program: WELL_KNOWN_TYPES,
+    package: "libprotobuf-dev",
 };
 
 /// The load generator of `bench`.
@@ -313,7 +325,7 @@ const CLUSTER_TOOLS: [AptTool; 3] = [
 /// none.
 fn tools_for(command: &str) -> Vec<AptTool> {
     let mut tools = match command {
-        "serve" | "install" | "test" | "bench" => vec![PROTOC],
+        "serve" | "install" | "test" | "bench" => vec![PROTOC, PROTOC_INCLUDES],
         _ => Vec::new(),
     };
     match command {
@@ -328,6 +340,40 @@ fn tools_for(command: &str) -> Vec<AptTool> {
         _ => {}
     }
     tools
+}
+
+/// Whether `tool` is there already.
+fn is_present(tool: &AptTool) -> bool {
+    if tool.program == WELL_KNOWN_TYPES {
+        has_well_known_types()
+    } else {
+        on_path(tool.program)
+    }
+}
+
+/// Whether the protoc the build will run finds `google/protobuf/*.proto`.
+fn has_well_known_types() -> bool {
+    well_known_types_found(
+        std::env::var_os("PROTOC_INCLUDE").as_deref(),
+        std::env::var_os("PATH").as_deref(),
+    )
+}
+
+/// Whether `google/protobuf/descriptor.proto` is in `protoc_include` (prost
+/// passes `$PROTOC_INCLUDE` to protoc) or in `include/` beside the folder
+/// of the first protoc on `path` (where protoc looks: Debian's
+/// /usr/bin/protoc finds /usr/include).
+fn well_known_types_found(protoc_include: Option<&OsStr>, path: Option<&OsStr>) -> bool {
+    const DESCRIPTOR: &str = "google/protobuf/descriptor.proto";
+    if protoc_include.is_some_and(|dir| Path::new(dir).join(DESCRIPTOR).is_file()) {
+        return true;
+    }
+    let Some(path) = path else {
+        return false;
+    };
+    std::env::split_paths(path)
+        .find(|dir| dir.join("protoc").is_file())
+        .is_some_and(|dir| dir.join("../include").join(DESCRIPTOR).is_file())
 }
 
 /// Whether `program` is an executable file in a folder of PATH.
@@ -353,7 +399,7 @@ fn ensure_apt_tools(tools: &[AptTool]) -> anyhow::Result<()> {
     let missing: Vec<AptTool> = tools
         .iter()
         .copied()
-        .filter(|tool| !on_path(tool.program))
+        .filter(|tool| !is_present(tool))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -607,6 +653,7 @@ mod tests {
             test,
             [
                 "protobuf-compiler",
+                "libprotobuf-dev",
                 "prometheus",
                 "etcd-server",
                 "docker-registry",
@@ -618,12 +665,33 @@ mod tests {
             bench,
             [
                 "protobuf-compiler",
+                "libprotobuf-dev",
                 "wrk",
                 "etcd-server",
                 "docker-registry",
                 "haproxy"
             ]
         );
+    }
+
+    #[test]
+    fn well_known_types_are_looked_up_beside_protoc_or_in_protoc_include() {
+        let root = std::env::temp_dir().join(format!("xtask-protoc-{}", std::process::id()));
+        let bin = root.join("bin");
+        let include = root.join("include");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::write(bin.join("protoc"), "").expect("protoc");
+        let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).expect("path");
+        assert!(!well_known_types_found(None, Some(&path)), "protoc alone");
+        assert!(!well_known_types_found(Some(include.as_os_str()), None));
+
+        let protobuf = include.join("google/protobuf");
+        std::fs::create_dir_all(&protobuf).expect("include");
+        std::fs::write(protobuf.join("descriptor.proto"), "").expect("descriptor");
+        assert!(well_known_types_found(None, Some(&path)), "beside protoc");
+        assert!(well_known_types_found(Some(include.as_os_str()), None));
+        assert!(!well_known_types_found(None, None));
+        std::fs::remove_dir_all(&root).expect("clean up");
     }
 
     #[test]
