@@ -428,6 +428,7 @@ impl Connection {
             let phase = self.phase.clone();
             let drain = Arc::clone(&self.drain);
             service_fn(move |mut request: Request<Incoming>| {
+                own_head(&mut request);
                 let request_in_flight = state.begin();
                 if let Some(tls) = &tls {
                     request.extensions_mut().insert(tls.clone());
@@ -531,6 +532,49 @@ impl Connection {
     }
 }
 
+/// Gives an HTTP/1 request's target and header values one buffer of their
+/// own. hyper parses a head in place, so they share its read buffer, and
+/// right after it hands the request over (before the response) hyper reads
+/// on to notice a client that goes away: with the buffer still shared it
+/// allocates a new one of 8 KiB for that read, for every request (a large
+/// allocation, which takes the malloc arena's lock). Copying the head's
+/// few bytes here, before hyper reads again, leaves hyper its buffer. An
+/// HTTP/2 head is decoded into buffers of its own already.
+fn own_head<B>(request: &mut Request<B>) {
+    if request.version() > http::Version::HTTP_11 {
+        return;
+    }
+    let uri = request.uri();
+    let absolute;
+    let target = match uri.path_and_query() {
+        Some(origin_form) if uri.authority().is_none() => origin_form.as_str(),
+        _ => {
+            absolute = uri.to_string();
+            &absolute
+        }
+    };
+    let values: usize = request.headers().values().map(|v| v.len()).sum();
+    let mut copy = bytes::BytesMut::with_capacity(target.len() + values);
+    copy.extend_from_slice(target.as_bytes());
+    for value in request.headers().values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let target_len = target.len();
+    let mut copy = copy.freeze();
+    // Both were valid as parsed, so they parse again; if one did not, it
+    // keeps sharing hyper's buffer, which is only slower.
+    if let Ok(uri) = http::Uri::from_maybe_shared(copy.split_to(target_len)) {
+        *request.uri_mut() = uri;
+    }
+    for value in request.headers_mut().values_mut() {
+        let own = copy.split_to(value.len());
+        if let Ok(mut own) = http::HeaderValue::from_maybe_shared(own) {
+            own.set_sensitive(value.is_sensitive());
+            *value = own;
+        }
+    }
+}
+
 /// The service's response (and the request body it left unread), or 503
 /// `shutting_down` when the server's grace period ends first.
 async fn respond_or_cut(
@@ -560,5 +604,54 @@ async fn respond_or_cut(
                 .map(ResponseBody::from);
             (response, None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderValue, Uri};
+
+    #[test]
+    fn an_http1_head_no_longer_shares_the_buffer_it_was_parsed_from() {
+        let read = Bytes::from(b"/hello?x=1 a two:three http://b.example/p".to_vec());
+        let shared = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(read.slice(range)).expect("value")
+        };
+        for (target, range) in [("/hello?x=1", 0..10), ("http://b.example/p", 23..41)] {
+            let mut request = Request::builder()
+                .uri(Uri::from_maybe_shared(read.slice(range)).expect("uri"))
+                .header("host", shared(11..12))
+                .header("x-two", shared(13..16))
+                .header("x-two", shared(13..22))
+                .body(())
+                .expect("request");
+            request
+                .headers_mut()
+                .get_mut("host")
+                .expect("host")
+                .set_sensitive(true);
+            own_head(&mut request);
+            assert_eq!(request.uri().to_string(), target);
+            assert_eq!(request.headers()["host"], "a");
+            assert!(request.headers()["host"].is_sensitive());
+            let two: Vec<_> = request.headers().get_all("x-two").iter().collect();
+            assert_eq!(two, ["two", "two:three"]);
+            drop(request);
+        }
+        assert!(read.is_unique(), "nothing of the request refers to it");
+    }
+
+    #[test]
+    fn an_http2_head_is_left_as_it_is() {
+        let read = Bytes::from(b"/h".to_vec());
+        let mut request = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(Uri::from_maybe_shared(read.slice(..)).expect("uri"))
+            .body(())
+            .expect("request");
+        own_head(&mut request);
+        assert!(!read.is_unique(), "still shared: not copied");
     }
 }
