@@ -267,57 +267,67 @@ fn not_members_message(folders: &[String]) -> Option<String> {
 /// Something xtask needs and the Debian package that has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AptTool {
-    /// The program, as looked up on PATH, or [`WELL_KNOWN_TYPES`].
+    /// What it is, for messages: the program's name for a program.
     program: &'static str,
     /// The package apt-get installs for it.
     package: &'static str,
+    /// How xtask tells it is there.
+    found: Found,
+}
+
+/// How xtask tells that an [`AptTool`] is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The program is an executable on PATH.
+    OnPath,
+    /// protoc finds `google/protobuf/*.proto` ([`has_well_known_types`]).
+    BesideProtoc,
+}
+
+impl AptTool {
+    /// A program of `package`, looked up on PATH.
+    const fn program(program: &'static str, package: &'static str) -> Self {
+        Self {
+            program,
+            package,
+            found: Found::OnPath,
+        }
+    }
+
+    /// Whether it is there already.
+    fn is_present(&self) -> bool {
+        match self.found {
+            Found::OnPath => on_path(self.program),
+            Found::BesideProtoc => has_well_known_types(),
+        }
+    }
 }
 
 /// The etcd client crate runs `protoc` in its build script, so every
 /// command that builds the gateway needs it first.
-const PROTOC: AptTool = AptTool {
-    program: "protoc",
-    package: "protobuf-compiler",
-};
-
-/// What [`PROTOC_INCLUDES`] stands for in place of a program.
-const WELL_KNOWN_TYPES: &str = "protobuf's well-known types";
+const PROTOC: AptTool = AptTool::program("protoc", "protobuf-compiler");
 
 /// etcd's protos import `google/protobuf/descriptor.proto` and friends,
 /// which Debian ships apart from protoc (a recommendation of
 /// protobuf-compiler, which `--no-install-recommends` leaves out).
 const PROTOC_INCLUDES: AptTool = AptTool {
-    program: WELL_KNOWN_TYPES,
+    program: "protobuf's well-known types",
     package: "libprotobuf-dev",
+    found: Found::BesideProtoc,
 };
 
 /// The load generator of `bench`.
-const WRK: AptTool = AptTool {
-    program: "wrk",
-    package: "wrk",
-};
+const WRK: AptTool = AptTool::program("wrk", "wrk");
 
 /// `promtool`: the tests check the metrics exposition with it.
-const PROMTOOL: AptTool = AptTool {
-    program: "promtool",
-    package: "prometheus",
-};
+const PROMTOOL: AptTool = AptTool::program("promtool", "prometheus");
 
 /// What a cluster runs on: etcd, a registry and a load balancer, for the
 /// cluster tests and the cluster bench cases.
 const CLUSTER_TOOLS: [AptTool; 3] = [
-    AptTool {
-        program: "etcd",
-        package: "etcd-server",
-    },
-    AptTool {
-        program: "docker-registry",
-        package: "docker-registry",
-    },
-    AptTool {
-        program: "haproxy",
-        package: "haproxy",
-    },
+    AptTool::program("etcd", "etcd-server"),
+    AptTool::program("docker-registry", "docker-registry"),
+    AptTool::program("haproxy", "haproxy"),
 ];
 
 /// The tools `command` needs before it starts; installed by [`xtask`]
@@ -340,15 +350,6 @@ fn tools_for(command: &str) -> Vec<AptTool> {
         _ => {}
     }
     tools
-}
-
-/// Whether `tool` is there already.
-fn is_present(tool: &AptTool) -> bool {
-    if tool.program == WELL_KNOWN_TYPES {
-        has_well_known_types()
-    } else {
-        on_path(tool.program)
-    }
 }
 
 /// Whether the protoc the build will run finds `google/protobuf/*.proto`.
@@ -399,7 +400,7 @@ fn ensure_apt_tools(tools: &[AptTool]) -> anyhow::Result<()> {
     let missing: Vec<AptTool> = tools
         .iter()
         .copied()
-        .filter(|tool| !is_present(tool))
+        .filter(|tool| !tool.is_present())
         .collect();
     if missing.is_empty() {
         return Ok(());
