@@ -538,8 +538,10 @@ impl Connection {
 /// on to notice a client that goes away: with the buffer still shared it
 /// allocates a new one of 8 KiB for that read, for every request (a large
 /// allocation, which takes the malloc arena's lock). Copying the head's
-/// few bytes here, before hyper reads again, leaves hyper its buffer. An
-/// HTTP/2 head is decoded into buffers of its own already.
+/// few bytes here, before hyper reads again, leaves hyper its buffer
+/// (unless a body read into it still holds it). The copy is as large as
+/// the head, which hyper's head limits bound. An HTTP/2 head is decoded
+/// into buffers of its own already.
 fn own_head<B>(request: &mut Request<B>) {
     if request.version() > http::Version::HTTP_11 {
         return;
