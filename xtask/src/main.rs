@@ -11,8 +11,8 @@
 //!   `-D warnings`, every test of every workspace member (handler crates'
 //!   unit tests natively); installs what the tests run (promtool, etcd,
 //!   docker-registry, haproxy) with apt-get when missing.
-//! - `bench [--quick] [--only isolation|https|cluster]`: the benchmark
-//!   report (see `bench/mod.rs`); installs wrk, etcd, docker-registry and
+//! - `bench [--quick] [--only isolation|https|cluster] [--against OLD]`:
+//!   the benchmark report (see `bench/mod.rs`); installs wrk, etcd, docker-registry and
 //!   haproxy (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when
 //!   missing.
 //!
@@ -42,7 +42,9 @@ commands:
   install          cargo install --path host --locked: puts `wasmgate` on PATH
   test             fmt check, clippy -D warnings, every test
   bench [--quick]  load and in-process benchmarks; writes target/bench/report.{json,md}
-                   (--only isolation|https|cluster: just those cases, printed)
+                   (--only isolation|https|cluster: just those cases, printed;
+                   --against OLD_BINARY [--runs N]: /hello on this tree's gateway and
+                   on OLD_BINARY at the same time, N rounds, printed)
   build-handlers   build the handler components for wasm32-wasip2";
 
 /// A command xtask ran failed; it has said why on its own output.

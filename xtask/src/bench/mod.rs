@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick] [--only isolation|https|cluster]`: every
+//! `cargo xtask bench [--quick] [--only isolation|https|cluster]
+//! [--against OLD_BINARY [--runs N]]`: every
 //! benchmark case in one run, side by side, reported as ratios against
 //! ceilings measured on the same machine in the same run, and the
 //! hot-loading figures (deploy to serving, swaps under load, start-up and
@@ -18,6 +19,8 @@
 //! - `cluster.rs`: three replicas on etcd and a registry: deploy to served
 //!   everywhere, and cases p and q (swaps under load through HAProxy);
 //! - `isolation.rs`: one tenant measured while another floods;
+//! - `against.rs`: `--against`, this tree's gateway against another build,
+//!   both loaded at the same time;
 //! - `runs.rs`: servers, wrk, memory, HTTP;
 //! - `report.rs`: the figures, computed once, and both report files.
 
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 
 use crate::{build_handlers, cargo, run, wasmtime_cli};
 
+mod against;
 mod cases;
 mod cluster;
 mod hotload;
@@ -63,6 +67,8 @@ enum Only {
     Https,
     /// Cluster mode: deploy to served everywhere, cases p and q.
     Cluster,
+    /// `--against`: this tree's gateway against another build of it.
+    Against(PathBuf, usize),
 }
 
 /// Runs every case and writes the report.
@@ -83,6 +89,11 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             "--only takes `isolation`, `https` or `cluster` (got {})",
             other.unwrap_or("nothing")
         ),
+    };
+    let only = match (only, against::args(args)?) {
+        (only, None) => only,
+        (None, Some((old, rounds))) => Some(Only::Against(old, rounds)),
+        (Some(_), Some(_)) => anyhow::bail!("--against and --only go separately"),
     };
     build_handlers()?;
     run(cargo().args([
@@ -117,6 +128,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Some(Only::Against(old, rounds)) => return against::run(&plan, &out, &old, rounds),
         None => {}
     }
     let wasmtime = wasmtime_cli::ensure()?;

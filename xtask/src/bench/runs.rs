@@ -168,7 +168,12 @@ impl Server {
 /// A `wasmgate serve --config CONFIG` command with the bench's admin token;
 /// its log goes nowhere.
 pub fn gateway_command(config: &Path) -> Command {
-    let mut command = Command::new("target/release/wasmgate");
+    gateway_binary_command(Path::new("target/release/wasmgate"), config)
+}
+
+/// [`gateway_command`] running the gateway binary `binary`.
+pub fn gateway_binary_command(binary: &Path, config: &Path) -> Command {
+    let mut command = Command::new(binary);
     command
         .args(["serve", "--config"])
         .arg(config)
