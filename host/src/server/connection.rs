@@ -11,10 +11,12 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use atomic_waker::AtomicWaker;
+use tokio::sync::watch;
 
 /// Where the server is in its life. Accept loops, connections and
 /// requests watch it; it only moves forward.
@@ -110,7 +112,12 @@ pub(super) struct ConnState {
     idle_wake_before_ms: AtomicU64,
     /// Wakes [`drive`] when a clock may have to start: nothing in flight
     /// any more, a body begins, the socket blocks.
-    changed: Notify,
+    drive: AtomicWaker,
+    /// [`drive`] is polling the connection, and looks at the clocks right
+    /// after: a change made meanwhile needs no wake-up. On HTTP/1 that is
+    /// every response's body beginning, which would otherwise poll the
+    /// connection's task once more per request.
+    polling: AtomicBool,
 }
 
 impl ConnState {
@@ -125,13 +132,26 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             progress_at_ms: AtomicU64::new(0),
             idle_wake_before_ms: AtomicU64::new(u64::MAX),
-            changed: Notify::new(),
+            drive: AtomicWaker::new(),
+            polling: AtomicBool::new(false),
         })
     }
 
     /// When the connection was accepted.
     pub(super) fn accepted_at(&self) -> Instant {
         self.epoch
+    }
+
+    /// A clock may have to start: wakes [`drive`] unless it is about to
+    /// look anyway.
+    fn changed(&self) {
+        // With `drive`'s fence between `polling = false` and its look at
+        // the clocks: either it sees this change, or this sees it done
+        // polling and wakes it.
+        fence(Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.drive.wake();
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -183,7 +203,7 @@ impl ConnState {
     pub(super) fn write_pending(&self) {
         if !self.write_blocked.swap(true, Ordering::AcqRel) {
             self.progress_at_ms.store(self.now_ms(), Ordering::Release);
-            self.changed.notify_one();
+            self.changed();
         }
     }
 
@@ -193,7 +213,7 @@ impl ConnState {
             if !self.write_blocked.load(Ordering::Acquire) {
                 self.progress_at_ms.store(self.now_ms(), Ordering::Release);
             }
-            self.changed.notify_one();
+            self.changed();
         }
     }
 
@@ -290,9 +310,43 @@ impl Drop for InFlight {
         if state.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && now < state.idle_wake_before_ms.load(Ordering::SeqCst)
         {
-            state.changed.notify_one();
+            state.changed();
         }
     }
+}
+
+/// Wakes [`drive`] for a change of the server's phase, and notes that it
+/// came, so that drive polls the phase's future only then: the connection's
+/// task wakes for every read, write and reply, and polling the phase each
+/// time would take the lock that every connection's phase watch shares.
+#[derive(Debug)]
+struct PhaseSignal {
+    came: AtomicBool,
+    drive: AtomicWaker,
+}
+
+impl Wake for PhaseSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.came.store(true, Ordering::SeqCst);
+        self.drive.wake();
+    }
+}
+
+/// The first phase after `past` (`Closed` if the server is gone), and the
+/// receiver, to watch for the next one.
+async fn phase_after(
+    mut phase: watch::Receiver<Phase>,
+    past: Phase,
+) -> (Phase, watch::Receiver<Phase>) {
+    let now = match phase.wait_for(|now| *now > past).await {
+        Ok(now) => *now,
+        Err(_) => Phase::Closed,
+    };
+    (now, phase)
 }
 
 /// Drives `connection` to its end, or cuts it: when no request head came
@@ -305,65 +359,80 @@ pub(super) async fn drive<C, E>(
     graceful: impl Fn(Pin<&mut C>),
     state: &ConnState,
     timeouts: Timeouts,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) -> Ending<E>
 where
     C: Future<Output = Result<(), E>>,
 {
     let mut connection = pin!(connection);
     let mut closing = false;
-    if *phase.borrow_and_update() != Phase::Serving {
-        closing = true;
-        graceful(connection.as_mut());
-    }
-    let timer = tokio::time::sleep(Duration::ZERO);
-    let mut timer = pin!(timer);
+    let signal = Arc::new(PhaseSignal {
+        // The first poll looks at the phase.
+        came: AtomicBool::new(true),
+        drive: AtomicWaker::new(),
+    });
+    let phase_waker = Waker::from(Arc::clone(&signal));
+    let mut next_phase = pin!(phase_after(phase, Phase::Serving));
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
     let mut armed: Option<Instant> = None;
-    loop {
-        // Only ever move the timer earlier: a timer that fires before a
-        // deadline that moved later (each request on a keep-alive
-        // connection moves the idle one) just re-checks and re-arms, which
-        // is cheaper than resetting it on every request.
-        if let Some(at) = state.next_check(&timeouts, closing)
-            && armed.is_none_or(|armed| at < armed)
-        {
-            timer.as_mut().reset(at.into());
-            armed = Some(at);
-        }
-        state.timer_armed(armed, timeouts.idle);
-        tokio::select! {
-            result = connection.as_mut() => return Ending::Finished(result),
-            changed = phase.changed() => {
-                // The sender is gone only if the server is: close too.
-                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closed };
-                match now {
-                    Phase::Serving => {}
-                    Phase::Draining | Phase::Cut => {
-                        if !closing {
-                            closing = true;
-                            graceful(connection.as_mut());
-                        }
-                    }
-                    Phase::Closed => return Ending::Cut(CutReason::Shutdown),
+    std::future::poll_fn(|cx| {
+        state.drive.register(cx.waker());
+        signal.drive.register(cx.waker());
+        loop {
+            if signal.came.swap(false, Ordering::SeqCst)
+                && let Poll::Ready((now, phase)) = next_phase
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&phase_waker))
+            {
+                if now == Phase::Closed {
+                    return Poll::Ready(Ending::Cut(CutReason::Shutdown));
                 }
-            }
-            () = state.changed.notified() => {}
-            () = &mut timer, if armed.is_some() => {
-                // The timer has fired: re-arm it on the next pass even if
-                // the deadline is the same.
-                armed = None;
-                state.timer_armed(None, timeouts.idle);
-                let now = Instant::now();
-                if let Some(reason) = state.overdue(&timeouts, now) {
-                    return Ending::Cut(reason);
-                }
-                if !closing && state.idle_for(timeouts.idle, now) {
+                // Draining or Cut: the requests answer a cut themselves.
+                if !closing {
                     closing = true;
                     graceful(connection.as_mut());
                 }
+                next_phase.set(phase_after(phase, Phase::Cut));
+                signal.came.store(true, Ordering::SeqCst);
+                continue;
+            }
+            state.polling.store(true, Ordering::SeqCst);
+            let polled = connection.as_mut().poll(cx);
+            state.polling.store(false, Ordering::SeqCst);
+            // See `ConnState::changed`.
+            fence(Ordering::SeqCst);
+            if let Poll::Ready(result) = polled {
+                return Poll::Ready(Ending::Finished(result));
+            }
+            // Only ever move the timer earlier: a timer that fires before a
+            // deadline that moved later (each request on a keep-alive
+            // connection moves the idle one) just re-checks and re-arms,
+            // which is cheaper than resetting it on every request.
+            if let Some(at) = state.next_check(&timeouts, closing)
+                && armed.is_none_or(|armed| at < armed)
+            {
+                timer.as_mut().reset(at.into());
+                armed = Some(at);
+            }
+            state.timer_armed(armed, timeouts.idle);
+            if armed.is_none() || timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer has fired: re-arm it on the next pass even if the
+            // deadline is the same.
+            armed = None;
+            state.timer_armed(None, timeouts.idle);
+            let now = Instant::now();
+            if let Some(reason) = state.overdue(&timeouts, now) {
+                return Poll::Ready(Ending::Cut(reason));
+            }
+            if !closing && state.idle_for(timeouts.idle, now) {
+                closing = true;
+                graceful(connection.as_mut());
             }
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -521,6 +590,83 @@ mod tests {
             write: Duration::from_secs(60),
         };
         closes_once_idle(timeouts, Duration::ZERO, true).await;
+    }
+
+    /// Timeouts whose write clock alone can end a test.
+    const WRITE_ONLY: Timeouts = Timeouts {
+        header_read: Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+        write: Duration::from_millis(20),
+    };
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_beginning_while_drive_polls_starts_the_write_clock_without_a_wake_up() {
+        // As hyper does on HTTP/1: the response body is handed over inside
+        // the connection's poll. drive must see it when it looks at the
+        // clocks after that poll, without waking its task to poll again.
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        let polls = AtomicUsize::new(0);
+        let responding = std::future::poll_fn(|_| {
+            if polls.fetch_add(1, Ordering::Relaxed) == 0 {
+                std::mem::forget(state.begin());
+                state.body_started();
+            }
+            Poll::<Result<(), ()>>::Pending
+        });
+        let driving = drive(responding, |_| {}, &state, WRITE_ONLY, watching);
+        let mut driving = pin!(driving);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let first = driving.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(first.is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "woken for its own poll");
+        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
+            .await
+            .expect("cut by the write clock");
+        assert!(
+            matches!(ending, Ending::Cut(CutReason::Write)),
+            "{ending:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_beginning_on_another_task_wakes_drive() {
+        // As on HTTP/2, where each stream runs on a task of its own.
+        let state = ConnState::new();
+        let (_phase, watching) = watch::channel(Phase::Serving);
+        let never = std::future::pending::<Result<(), ()>>();
+        let driving = drive(never, |_| {}, &state, WRITE_ONLY, watching);
+        let mut driving = pin!(driving);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        assert!(
+            driving
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let _request = state.begin();
+        state.body_started();
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "drive was not woken");
+        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
+            .await
+            .expect("cut by the write clock");
+        assert!(
+            matches!(ending, Ending::Cut(CutReason::Write)),
+            "{ending:?}"
+        );
     }
 
     #[tokio::test]
