@@ -11,16 +11,18 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-/// Where the server is in its life. Accept loops, connections and
-/// requests watch it; it only moves forward.
+/// Where the server is in its life. Accept loops and connections watch
+/// it (a connection's requests learn it from their connection); it only
+/// moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub(super) enum Phase {
     /// Accepting and serving.
     Serving,
@@ -32,6 +34,18 @@ pub(super) enum Phase {
     Cut,
     /// Whatever is still open is dropped now.
     Closed,
+}
+
+impl Phase {
+    /// The phase `as u8` gave.
+    fn from_u8(phase: u8) -> Self {
+        match phase {
+            0 => Self::Serving,
+            1 => Self::Draining,
+            2 => Self::Cut,
+            _ => Self::Closed,
+        }
+    }
 }
 
 /// Why the gateway cut a connection instead of letting it close.
@@ -118,6 +132,12 @@ pub(super) struct ConnState {
     /// every response's body beginning, which would otherwise poll the
     /// connection's task once more per request.
     polling: AtomicBool,
+    /// The server's phase as [`drive`] last saw it (a [`Phase`] `as u8`):
+    /// the connection's requests read it here rather than each watching
+    /// the server's phase, which every connection on every thread shares.
+    phase: AtomicU8,
+    /// Wakes the requests waiting for [`Phase::Cut`].
+    cut: Notify,
 }
 
 impl ConnState {
@@ -134,12 +154,37 @@ impl ConnState {
             idle_wake_before_ms: AtomicU64::new(u64::MAX),
             drive: AtomicWaker::new(),
             polling: AtomicBool::new(false),
+            phase: AtomicU8::new(Phase::Serving as u8),
+            cut: Notify::new(),
         })
     }
 
     /// When the connection was accepted.
     pub(super) fn accepted_at(&self) -> Instant {
         self.epoch
+    }
+
+    /// The server's phase, as this connection last saw it.
+    pub(super) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the server's grace period is over ([`Phase::Cut`]).
+    pub(super) async fn cut(&self) {
+        // Created before the look, so a notification in between counts.
+        let cut = self.cut.notified();
+        if self.phase() >= Phase::Cut {
+            return;
+        }
+        cut.await;
+    }
+
+    /// The server's phase moved on to `now`.
+    fn phase_moved(&self, now: Phase) {
+        self.phase.store(now as u8, Ordering::Release);
+        if now >= Phase::Cut {
+            self.cut.notify_waiters();
+        }
     }
 
     /// A clock may have to start: wakes [`drive`] unless it is about to
@@ -384,6 +429,7 @@ where
                     .as_mut()
                     .poll(&mut Context::from_waker(&phase_waker))
             {
+                state.phase_moved(now);
                 if now == Phase::Closed {
                     return Poll::Ready(Ending::Cut(CutReason::Shutdown));
                 }
@@ -392,7 +438,7 @@ where
                     closing = true;
                     graceful(connection.as_mut());
                 }
-                next_phase.set(phase_after(phase, Phase::Cut));
+                next_phase.set(phase_after(phase, now));
                 signal.came.store(true, Ordering::SeqCst);
                 continue;
             }
@@ -667,6 +713,39 @@ mod tests {
             matches!(ending, Ending::Cut(CutReason::Write)),
             "{ending:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_learn_the_phase_and_the_cut_from_their_connection() {
+        let state = ConnState::new();
+        let (phase, watching) = watch::channel(Phase::Serving);
+        let never = std::future::pending::<Result<(), ()>>();
+        let driving = drive(never, |_| {}, &state, T, watching);
+        let cut = state.cut();
+        let (mut driving, mut cut) = (pin!(driving), pin!(cut));
+        for now in [Phase::Serving, Phase::Draining] {
+            phase.send_replace(now);
+            tokio::select! {
+                biased;
+                _ = driving.as_mut() => panic!("ended before the server closed"),
+                () = cut.as_mut() => panic!("cut at {now:?}"),
+                () = tokio::task::yield_now() => {}
+            }
+            assert_eq!(state.phase(), now);
+        }
+        phase.send_replace(Phase::Cut);
+        let cut_or_ended = async {
+            tokio::select! {
+                _ = driving.as_mut() => panic!("ended before the server closed"),
+                () = cut => {}
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), cut_or_ended)
+            .await
+            .expect("the request learns the cut");
+        assert_eq!(state.phase(), Phase::Cut);
+        // A request that asks after the cut is cut at once.
+        state.cut().await;
     }
 
     #[tokio::test]
