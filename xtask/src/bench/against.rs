@@ -6,8 +6,9 @@
 //! change of a few percent. Run at the same moment, each under its own
 //! `wrk -t1 -c32`, both see the same machine, and the ratio of their
 //! rates cancels the drift (a binary against itself read 0.97 to 1.01 per
-//! round, 0.99 over six). Each round starts both gateways afresh, in alternating
-//! order, and the report is every round's ratio and their mean.
+//! round, 0.99 over six). Each round starts both gateways afresh, in
+//! alternating order, and the report is every round's ratio and their
+//! mean.
 
 use std::path::{Path, PathBuf};
 
@@ -65,16 +66,16 @@ pub fn run(plan: &Plan, out: &Path, old: &Path, rounds: usize) -> anyhow::Result
     let mut measured = Vec::with_capacity(rounds);
     for round in 0..rounds {
         eprintln!("xtask: --against, round {} of {rounds}", round + 1);
-        // The build started first gets the first pick of ports, pages and
-        // cores; which one that is alternates.
-        let (old_server, new_server) = if round % 2 == 0 {
+        // The build started (and loaded) first gets the first pick of
+        // ports, pages and cores; which one that is alternates.
+        let old_first = round % 2 == 0;
+        let (old_server, new_server) = if old_first {
             let old_server = start(&old, &configs[0])?;
             (old_server, start(&new, &configs[1])?)
         } else {
             let new_server = start(&new, &configs[1])?;
             (start(&old, &configs[0])?, new_server)
         };
-        let old_first = round % 2 == 0;
         both(&old_server, &new_server, old_first, WARM_UP_SECONDS)?;
         let (old_rate, new_rate) = both(&old_server, &new_server, old_first, plan.seconds)?;
         measured.push(Round {
