@@ -655,6 +655,26 @@ mod tests {
         }
     }
 
+    /// Polls `driving` once, still pending, with a waker that counts the
+    /// wake-ups it gets from then on.
+    fn poll_once_counting_wakes<F: Future>(driving: Pin<&mut F>) -> Arc<Wakes> {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        assert!(driving.poll(&mut Context::from_waker(&waker)).is_pending());
+        wakes
+    }
+
+    /// Waits (at most 30 s) for `driving` to end, cut by the write clock.
+    async fn cut_by_the_write_clock(driving: impl Future<Output = Ending<()>>) {
+        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
+            .await
+            .expect("cut by the write clock");
+        assert!(
+            matches!(ending, Ending::Cut(CutReason::Write)),
+            "{ending:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_body_beginning_while_drive_polls_starts_the_write_clock_without_a_wake_up() {
         // As hyper does on HTTP/1: the response body is handed over inside
@@ -672,19 +692,10 @@ mod tests {
         });
         let driving = drive(responding, |_| {}, &state, WRITE_ONLY, watching);
         let mut driving = pin!(driving);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(Arc::clone(&wakes));
-        let first = driving.as_mut().poll(&mut Context::from_waker(&waker));
-        assert!(first.is_pending());
+        let wakes = poll_once_counting_wakes(driving.as_mut());
         assert_eq!(polls.load(Ordering::Relaxed), 1);
         assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "woken for its own poll");
-        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
-            .await
-            .expect("cut by the write clock");
-        assert!(
-            matches!(ending, Ending::Cut(CutReason::Write)),
-            "{ending:?}"
-        );
+        cut_by_the_write_clock(driving).await;
     }
 
     #[tokio::test]
@@ -695,24 +706,11 @@ mod tests {
         let never = std::future::pending::<Result<(), ()>>();
         let driving = drive(never, |_| {}, &state, WRITE_ONLY, watching);
         let mut driving = pin!(driving);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(Arc::clone(&wakes));
-        assert!(
-            driving
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        let wakes = poll_once_counting_wakes(driving.as_mut());
         let _request = state.begin();
         state.body_started();
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "drive was not woken");
-        let ending = tokio::time::timeout(Duration::from_secs(30), driving)
-            .await
-            .expect("cut by the write clock");
-        assert!(
-            matches!(ending, Ending::Cut(CutReason::Write)),
-            "{ending:?}"
-        );
+        cut_by_the_write_clock(driving).await;
     }
 
     #[tokio::test]
