@@ -15,6 +15,10 @@
 //!   the benchmark report (see `bench/mod.rs`); installs wrk, etcd, docker-registry and
 //!   haproxy (apt-get) and the `wasmtime` CLI (`wasmtime_cli.rs`) when
 //!   missing.
+//! - `pgo`: `target/pgo/wasmgate`, the gateway built with profile-guided
+//!   optimisation from a run of an instrumented build under the bench's
+//!   load (see `pgo.rs`); adds rustup's `llvm-tools` and installs wrk when
+//!   missing.
 //!
 //! Every command that builds the gateway installs `protoc` and protobuf's
 //! well-known types (Debian's `protobuf-compiler` and `libprotobuf-dev`)
@@ -30,6 +34,7 @@ use std::process::{Command, ExitCode, ExitStatus};
 use anyhow::{Context, bail};
 
 mod bench;
+mod pgo;
 mod wasmtime_cli;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -45,6 +50,8 @@ commands:
                    (--only isolation|https|cluster: just those cases, printed;
                    --against OLD_BINARY [--runs N]: /hello on this tree's gateway and
                    on OLD_BINARY at the same time, N rounds, printed)
+  pgo              build target/pgo/wasmgate, optimised with a profile of the gateway
+                   under the bench's load (two release builds' time; target/release is untouched)
   build-handlers   build the handler components for wasm32-wasip2";
 
 /// A command xtask ran failed; it has said why on its own output.
@@ -116,6 +123,7 @@ fn xtask() -> anyhow::Result<()> {
         "install" => install(),
         "test" => test(),
         "bench" => bench::bench(&rest),
+        "pgo" => pgo::pgo(),
         _ => bail!("{USAGE}"),
     }
 }
@@ -337,7 +345,7 @@ const CLUSTER_TOOLS: [AptTool; 3] = [
 /// none.
 fn tools_for(command: &str) -> Vec<AptTool> {
     let mut tools = match command {
-        "serve" | "install" | "test" | "bench" => vec![PROTOC, PROTOC_INCLUDES],
+        "serve" | "install" | "test" | "bench" | "pgo" => vec![PROTOC, PROTOC_INCLUDES],
         _ => Vec::new(),
     };
     match command {
@@ -349,6 +357,7 @@ fn tools_for(command: &str) -> Vec<AptTool> {
             tools.push(WRK);
             tools.extend(CLUSTER_TOOLS);
         }
+        "pgo" => tools.push(WRK),
         _ => {}
     }
     tools

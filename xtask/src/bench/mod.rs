@@ -34,7 +34,7 @@ mod cluster;
 mod hotload;
 mod isolation;
 mod report;
-mod runs;
+pub(crate) mod runs;
 
 /// How long and how often each case runs.
 pub struct Plan {

@@ -163,6 +163,24 @@ impl Server {
         }
         Ok(server)
     }
+
+    /// Stops the server with SIGTERM and waits, at most `timeout`, for it
+    /// to exit on its own (a gateway drains, then writes what it must at
+    /// exit).
+    pub fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
+        crate::run(Command::new("kill").args(["-TERM", &self.pid().to_string()]))?;
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the server exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the server did not exit within {timeout:?} of SIGTERM")
+    }
 }
 
 /// A `wasmgate serve --config CONFIG` command with the bench's admin token;
