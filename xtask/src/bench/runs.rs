@@ -913,6 +913,46 @@ pub fn minimum(samples: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
+    /// A shell that announces a listener, then waits: for SIGTERM it exits
+    /// with `on_term`'s status, or ignores it when `on_term` is empty.
+    fn announcing_shell(on_term: &str) -> Command {
+        let trap = if on_term.is_empty() {
+            "trap '' TERM".to_owned()
+        } else {
+            format!("trap 'exit {on_term}' TERM")
+        };
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!(
+                "{trap}; echo 'listening on http://127.0.0.1:1'; while :; do sleep 0.05; done"
+            ),
+        ]);
+        command
+    }
+
+    #[test]
+    fn stop_waits_for_a_clean_exit_after_sigterm() -> anyhow::Result<()> {
+        let server = Server::start(announcing_shell("0"), Listeners::PUBLIC)?;
+        assert_eq!(server.url, "http://127.0.0.1:1");
+        server.stop(Duration::from_secs(10))
+    }
+
+    #[test]
+    fn stop_fails_on_a_bad_exit_or_no_exit() -> anyhow::Result<()> {
+        let failing = Server::start(announcing_shell("3"), Listeners::PUBLIC)?;
+        let error = failing
+            .stop(Duration::from_secs(10))
+            .expect_err("exit status 3 is a failure");
+        assert!(error.to_string().contains("after SIGTERM"), "{error}");
+        let deaf = Server::start(announcing_shell(""), Listeners::PUBLIC)?;
+        let error = deaf
+            .stop(Duration::from_millis(300))
+            .expect_err("a server that ignores SIGTERM is a failure");
+        assert!(error.to_string().contains("did not exit"), "{error}");
+        Ok(())
+    }
+
     #[test]
     fn parses_wrk_output() {
         let output = "Running 2s test @ http://127.0.0.1:1/hello
