@@ -22,14 +22,15 @@ use crate::bench::runs::{
 };
 use crate::{build_handlers, cargo, run};
 
-/// What the instrumented gateway is trained on, and for how long: the
-/// paths every request takes (routing, the queue, instantiation, the call,
-/// the reply), through both kinds of component, and a route miss.
-const TRAINING: [(&str, u64); 4] = [
-    ("/hello", 8),
-    ("/hello?name=pgo", 2),
-    ("/wasi", 6),
-    ("/no-such-route", 1),
+/// What the instrumented gateway is trained on (path, the status it must
+/// answer, seconds of load): the paths every request takes (routing, the
+/// queue, instantiation, the call, the reply), through both kinds of
+/// component, and a route miss.
+const TRAINING: [(&str, u16, u64); 4] = [
+    ("/hello", 200, 8),
+    ("/hello?name=pgo", 200, 2),
+    ("/wasi", 200, 6),
+    ("/no-such-route", 404, 1),
 ];
 
 /// How long a trained gateway may take to drain and write its profile.
@@ -113,18 +114,13 @@ fn train(binary: &Path, dir: &Path) -> anyhow::Result<()> {
     ];
     let config = write_config(&dir.join("train.toml"), true, &handlers)?;
     let server = Server::start(gateway_binary_command(binary, &config), Listeners::GATEWAY)?;
-    for (path, seconds) in TRAINING {
-        let expected = if path.starts_with("/no-such") {
-            404
-        } else {
-            200
-        };
+    for (path, expected, seconds) in TRAINING {
         let status = http("GET", &server.url, path, &[], &[])?.status;
         if status != expected {
             bail!("the instrumented gateway answered {path} with {status}, not {expected}");
         }
         eprintln!("xtask: training on {path} for {seconds} s");
-        let output = wrk_command(
+        let wrk = wrk_command(
             &format!("{}{path}", server.url),
             "2",
             "32",
@@ -134,7 +130,7 @@ fn train(binary: &Path, dir: &Path) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .status()
         .context("running wrk")?;
-        if !output.success() {
+        if !wrk.success() {
             bail!("wrk failed on {path}");
         }
     }
