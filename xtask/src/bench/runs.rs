@@ -168,7 +168,13 @@ impl Server {
     /// to exit on its own (a gateway drains, then writes what it must at
     /// exit).
     pub fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
-        crate::run(Command::new("kill").args(["-TERM", &self.pid().to_string()]))?;
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("running kill")?;
+        if !kill.success() {
+            bail!("kill -TERM {} failed", self.pid());
+        }
         let started = Instant::now();
         while started.elapsed() < timeout {
             if let Some(status) = self.child.try_wait()? {
