@@ -123,7 +123,7 @@ fn xtask() -> anyhow::Result<()> {
         "install" => install(),
         "test" => test(),
         "bench" => bench::bench(&rest),
-        "pgo" => pgo::pgo(),
+        "pgo" => pgo::pgo(&rest),
         _ => bail!("{USAGE}"),
     }
 }
@@ -655,7 +655,7 @@ mod tests {
 
     #[test]
     fn every_command_that_builds_the_gateway_gets_protoc_first() {
-        for command in ["serve", "install", "test", "bench"] {
+        for command in ["serve", "install", "test", "bench", "pgo"] {
             assert_eq!(tools_for(command).first(), Some(&PROTOC), "{command}");
         }
         assert!(tools_for("build-handlers").is_empty());
@@ -684,6 +684,8 @@ mod tests {
                 "haproxy"
             ]
         );
+        let pgo: Vec<&str> = tools_for("pgo").iter().map(|t| t.package).collect();
+        assert_eq!(pgo, ["protobuf-compiler", "libprotobuf-dev", "wrk"]);
     }
 
     #[test]

@@ -36,8 +36,11 @@ const TRAINING: [(&str, u16, u64); 4] = [
 /// How long a trained gateway may take to drain and write its profile.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Builds `target/pgo/wasmgate`.
-pub fn pgo() -> anyhow::Result<()> {
+/// Builds `target/pgo/wasmgate`; `args` must be empty.
+pub fn pgo(args: &[String]) -> anyhow::Result<()> {
+    if let Some(arg) = args.first() {
+        bail!("cargo xtask pgo takes no arguments, not {arg:?}");
+    }
     let profdata = llvm_profdata()?;
     build_handlers()?;
     let host = host_triple()?;
